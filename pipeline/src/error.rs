@@ -1,0 +1,165 @@
+//! Errors of the engine (job-level) and of stages (item-level).
+
+use std::fmt;
+
+use crate::manifest::Diagnostics;
+
+/// A job-level failure: the run cannot start or must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The manifest is invalid; every problem found is listed with its position.
+    #[error("{0}")]
+    Manifest(#[from] Diagnostics),
+    /// An output or input location could not be opened, read or written.
+    #[error("storage error at {location}")]
+    Storage {
+        /// The path or URL involved.
+        location: String,
+        /// What object_store reported.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The input listing could not be read or is inconsistent.
+    #[error("cannot list the job's inputs: {0}")]
+    Input(String),
+    /// A local file operation failed.
+    #[error("{context}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output already holds a journal that disagrees with this job.
+    #[error("the journal at {location} does not match this job: {detail}")]
+    JournalMismatch {
+        /// Output location.
+        location: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A stage could not be built (model missing, bad device, ...).
+    #[error("stage {position} (`{kind}`) could not start: {message}")]
+    Build {
+        /// 1-based position in the manifest.
+        position: usize,
+        /// Stage kind.
+        kind: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Writing a shard's files failed.
+    #[error("cannot write shard {shard}: {message}")]
+    Write {
+        /// Shard index.
+        shard: usize,
+        /// What went wrong.
+        message: String,
+    },
+    /// Too many items failed.
+    #[error(
+        "aborted: {failed} of {finished} finished items failed ({:.1}%), above job.max_error_rate = {max_rate}",
+        100.0 * *failed as f64 / *finished as f64
+    )]
+    ErrorRate {
+        /// Items that became error records.
+        failed: u64,
+        /// Items finished (written, filtered or failed).
+        finished: u64,
+        /// The configured limit.
+        max_rate: f64,
+    },
+    /// Ctrl-C or SIGTERM: intake stopped, unfinished shards left uncommitted.
+    #[error("interrupted by {0}; {1} shard(s) committed, unfinished shards discarded")]
+    Interrupted(&'static str, usize),
+}
+
+impl PipelineError {
+    /// A hint for the user, printed after the error and its causes.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PipelineError::ErrorRate { .. } => Some(
+                "look at the error tables (`mugflow inspect <output>`); raise job.max_error_rate if failures are expected".into(),
+            ),
+            PipelineError::Interrupted(..) => Some("run the same command again to resume".into()),
+            PipelineError::JournalMismatch { .. } => {
+                Some("the inputs or shard_size changed since the first run: write to a new output, or restore them".into())
+            }
+            PipelineError::Storage { .. } => Some(
+                "check the path or URL; cloud credentials are read from the environment (AWS_*, GOOGLE_*, AZURE_*)".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// A storage error with its location.
+    pub fn storage(location: impl fmt::Display, source: object_store::Error) -> Self {
+        PipelineError::Storage { location: location.to_string(), source }
+    }
+
+    /// A local I/O error with what we were doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        PipelineError::Io { context: context.into(), source }
+    }
+}
+
+/// Why one item failed in one stage; becomes a row in the shard's error table.
+#[derive(Debug, Clone)]
+pub struct StageError {
+    /// The top-level message.
+    pub message: String,
+    /// The cause chain, outermost first.
+    pub causes: Vec<String>,
+}
+
+impl StageError {
+    /// An error from a plain message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        StageError { message: message.into(), causes: Vec::new() }
+    }
+
+    /// Prefix the message with context, keeping the old message as the first cause.
+    pub fn context(self, message: impl Into<String>) -> Self {
+        let mut causes = vec![self.message];
+        causes.extend(self.causes);
+        StageError { message: message.into(), causes }
+    }
+}
+
+impl<E: std::error::Error> From<E> for StageError {
+    fn from(e: E) -> Self {
+        let mut causes = Vec::new();
+        let mut next = e.source();
+        while let Some(c) = next {
+            causes.push(c.to_string());
+            next = c.source();
+        }
+        StageError { message: e.to_string(), causes }
+    }
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        for c in &self.causes {
+            write!(f, ": {c}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One failed item as recorded in the shard's error table.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErrorRecord {
+    /// Id of the item that failed.
+    pub item_id: String,
+    /// The item's source path or URL.
+    pub uri: String,
+    /// Stage position and kind, e.g. "2:probe".
+    pub stage: String,
+    /// The error message.
+    pub message: String,
+    /// The cause chain joined with " <- ".
+    pub causes: String,
+}

@@ -1,0 +1,426 @@
+//! The streaming executor: input shards flow through stages over bounded channels into the sink,
+//! which commits each shard once all of its items are written, filtered or failed.
+//!
+//! - Every stage runs `parallelism` workers on tokio; CPU work inside stages goes to rayon.
+//! - Channels are bounded (`job.queue_depth`), and payload bytes are capped by the memory
+//!   budget, so a slow stage pauses the ones before it instead of filling memory.
+//! - A shard commits in three steps: files staged in local scratch, each published with an
+//!   atomic put, then the journal entry created exclusively. Killing the process at any point
+//!   leaves either a committed shard or one that the next run redoes from scratch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::budget::MemoryBudget;
+use crate::format::DatasetIndex;
+use crate::input::{list_inputs, InputItem};
+use crate::io::Location;
+use crate::journal::{self, ShardEntry};
+use crate::plan::Plan;
+use crate::report::{Reporter, RunReport, RunStart, StageCounters, StageReport};
+use crate::stage::{BuildContext, Registry, Runnable, ShardSink, Sink, Stage, StageContext};
+use crate::{ErrorRecord, Item, PipelineError, StageError};
+
+/// Error rates are only judged once this many items have finished.
+pub const ERROR_RATE_MIN_ITEMS: u64 = 20;
+
+/// How a run is observed and stopped.
+pub struct RunOptions<S> {
+    /// Receives progress events.
+    pub reporter: Arc<dyn Reporter>,
+    /// Completes with the signal's name when the user asks to stop (Ctrl-C, SIGTERM).
+    pub stop: S,
+}
+
+/// Per-shard bookkeeping: how many items are still alive, and the errors recorded so far.
+struct Tracker {
+    shards: Mutex<HashMap<usize, ShardState>>,
+    done: mpsc::UnboundedSender<usize>,
+    finished: AtomicU64,
+    failed: AtomicU64,
+    max_error_rate: f64,
+    aborted: AtomicBool,
+    abort: Notify,
+}
+
+#[derive(Default)]
+struct ShardState {
+    live: usize,
+    source_done: bool,
+    errors: Vec<ErrorRecord>,
+}
+
+impl Tracker {
+    fn open(&self, shard: usize, items: usize) {
+        self.shards.lock().expect("tracker lock").insert(shard, ShardState { live: items, ..Default::default() });
+    }
+
+    /// Fan-out: `n` more items of `shard` are alive.
+    fn add(&self, shard: usize, n: usize) {
+        self.shards.lock().expect("tracker lock").entry(shard).or_default().live += n;
+    }
+
+    /// `n` items of `shard` finished (written or filtered out).
+    fn finish(&self, shard: usize, n: usize) {
+        self.finished.fetch_add(n as u64, Ordering::Relaxed);
+        self.settle(shard, n, None);
+    }
+
+    /// One item of `shard` failed.
+    fn fail(&self, shard: usize, record: ErrorRecord) {
+        let finished = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
+        let failed = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.settle(shard, 1, Some(record));
+        if finished >= ERROR_RATE_MIN_ITEMS && failed as f64 > self.max_error_rate * finished as f64 && !self.aborted.swap(true, Ordering::SeqCst) {
+            self.abort.notify_one();
+        }
+    }
+
+    fn source_done(&self, shard: usize) {
+        let mut shards = self.shards.lock().expect("tracker lock");
+        let s = shards.entry(shard).or_default();
+        s.source_done = true;
+        if s.live == 0 {
+            let _ = self.done.send(shard);
+        }
+    }
+
+    fn settle(&self, shard: usize, n: usize, record: Option<ErrorRecord>) {
+        let mut shards = self.shards.lock().expect("tracker lock");
+        let s = shards.entry(shard).or_default();
+        s.errors.extend(record);
+        s.live = s.live.saturating_sub(n);
+        if s.live == 0 && s.source_done {
+            // The receiver lives as long as the run; after it is gone nothing is committed anyway.
+            let _ = self.done.send(shard);
+        }
+    }
+
+    fn take_errors(&self, shard: usize) -> Vec<ErrorRecord> {
+        self.shards.lock().expect("tracker lock").remove(&shard).map(|s| s.errors).unwrap_or_default()
+    }
+}
+
+/// Run a validated plan to completion (or until stopped), resuming from the output's journal.
+pub async fn run<S>(plan: &Plan, registry: &Registry, opts: RunOptions<S>) -> Result<RunReport, PipelineError>
+where
+    S: Future<Output = &'static str> + Send,
+{
+    let started = Instant::now();
+    let job = &plan.job;
+    let out = Location::parse(&job.output)?;
+    let inputs = list_inputs(&job.input).await?;
+    plan.check_fields(&inputs.fields, registry)?;
+    let shards: Vec<&[InputItem]> = inputs.items.chunks(job.shard_size as usize).collect();
+    let fingerprints: Vec<String> = shards.iter().map(|s| journal::fingerprint(s.iter().map(|i| i.id.as_str()))).collect();
+
+    let mut committed = journal::load(&out).await?;
+    for (k, e) in &committed {
+        if fingerprints.get(*k) != Some(&e.fingerprint) {
+            return Err(PipelineError::JournalMismatch {
+                location: out.url.clone(),
+                detail: format!("shard {k} was committed with other input items than this job lists now"),
+            });
+        }
+    }
+    out.remove_local_staging_files()?;
+    let pending: Vec<usize> = (0..shards.len()).filter(|k| !committed.contains_key(k)).collect();
+    let skipped = shards.len() - pending.len();
+    let labels: Vec<String> = plan.stages.iter().map(|s| s.label()).collect();
+    let counters: Vec<Arc<StageCounters>> = plan.stages.iter().map(|_| Arc::default()).collect();
+    let mut report = RunReport {
+        job: job.name.clone(),
+        output: out.url.clone(),
+        status: "nothing to do".into(),
+        wall_s: 0.0,
+        input_items: inputs.items.len(),
+        shards_total: shards.len(),
+        shards_committed: 0,
+        shards_skipped: skipped,
+        items_written: 0,
+        errors: 0,
+        stages: Vec::new(),
+    };
+    opts.reporter.start(&RunStart {
+        stages: labels.clone(),
+        pending_items: pending.iter().map(|k| shards[*k].len() as u64).sum(),
+        pending_shards: pending.len(),
+        skipped_shards: skipped,
+    });
+    if pending.is_empty() {
+        // A finished job: nothing is read, nothing is written.
+        report.wall_s = started.elapsed().as_secs_f64();
+        opts.reporter.finish(&report);
+        return Ok(report);
+    }
+
+    let ctx = BuildContext { job_name: job.name.clone() };
+    let mut transforms: Vec<(usize, Arc<dyn Stage>)> = Vec::new();
+    let mut sink: Option<Arc<dyn Sink>> = None;
+    for (i, s) in plan.stages.iter().enumerate() {
+        match s.config.build(&ctx).map_err(|message| PipelineError::Build { position: s.position, kind: s.kind.into(), message })? {
+            Runnable::Transform(t) => transforms.push((i, t)),
+            Runnable::Sink(k) => sink = Some(k),
+        }
+    }
+    // Plan validation guarantees the last stage is a sink.
+    let sink = sink.expect("a validated plan ends with a sink");
+    let scratch = tempfile::Builder::new()
+        .prefix("mugflow-")
+        .tempdir()
+        .map_err(|e| PipelineError::io("cannot create a scratch directory", e))?;
+    let stage_ctx = StageContext { scratch: scratch.path().to_path_buf() };
+    let budget = MemoryBudget::new(job.memory_budget.0);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let tracker = Arc::new(Tracker {
+        shards: Mutex::default(),
+        done: done_tx,
+        finished: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        max_error_rate: job.max_error_rate,
+        aborted: AtomicBool::new(false),
+        abort: Notify::new(),
+    });
+
+    let depth = job.queue_depth as usize;
+    let (first_tx, mut rx) = async_channel::bounded::<Item>(depth);
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let tracker = tracker.clone();
+        let items: Vec<(usize, Vec<InputItem>)> = pending.iter().map(|k| (*k, shards[*k].to_vec())).collect();
+        tasks.spawn(async move {
+            for (k, shard_items) in items {
+                tracker.open(k, shard_items.len());
+                for input in shard_items {
+                    let mut item = Item::new(input.id);
+                    item.fields = input.fields;
+                    item.shard = k;
+                    if first_tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                tracker.source_done(k);
+            }
+        });
+    }
+    for (i, stage) in &transforms {
+        let (tx, next_rx) = async_channel::bounded::<Item>(depth);
+        let ps = &plan.stages[*i];
+        for _ in 0..ps.parallelism {
+            let w = Worker {
+                stage: stage.clone(),
+                label: ps.label(),
+                rx: rx.clone(),
+                tx: tx.clone(),
+                tracker: tracker.clone(),
+                counters: counters[*i].clone(),
+                budget: budget.clone(),
+                ctx: stage_ctx.clone(),
+                timeout: job.item_timeout.0,
+            };
+            tasks.spawn(w.run());
+        }
+        rx = next_rx;
+    }
+    {
+        let reporter = opts.reporter.clone();
+        let (counters, labels) = (counters.clone(), labels.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let snaps: Vec<_> = counters.iter().zip(&labels).map(|(c, l)| c.snapshot(l)).collect();
+                reporter.progress(&snaps, started.elapsed());
+            }
+        });
+    }
+
+    let sink_counters = counters[plan.stages.len() - 1].clone();
+    let sink_label = labels[labels.len() - 1].clone();
+    let pipeline: Vec<serde_json::Value> = plan
+        .stages
+        .iter()
+        .map(|s| serde_json::json!({ "kind": s.kind, "params": s.config.params() }))
+        .collect();
+    let mut open: BTreeMap<usize, Box<dyn ShardSink>> = BTreeMap::new();
+    let shard_dir = |k: usize| -> Result<PathBuf, PipelineError> {
+        let d = scratch.path().join(format!("shard-{k:05}"));
+        std::fs::create_dir_all(&d).map_err(|e| PipelineError::io(format!("cannot create {}", d.display()), e))?;
+        Ok(d)
+    };
+    let stop = opts.stop;
+    tokio::pin!(stop);
+    let outcome: Result<(), PipelineError> = loop {
+        tokio::select! {
+            biased;
+            signal = &mut stop => break Err(PipelineError::Interrupted(signal, report.shards_committed)),
+            _ = tracker.abort.notified() => break Err(PipelineError::ErrorRate {
+                failed: tracker.failed.load(Ordering::SeqCst),
+                finished: tracker.finished.load(Ordering::SeqCst),
+                max_rate: job.max_error_rate,
+            }),
+            Some(k) = done_rx.recv() => {
+                let writer = match open.remove(&k) {
+                    Some(w) => w,
+                    None => match sink.open_shard(k, &shard_dir(k)?) { Ok(w) => w, Err(e) => break Err(e) },
+                };
+                let entry = match commit_shard(&out, writer, k, &fingerprints[k], shards[k].len(), tracker.take_errors(k)).await {
+                    Ok(e) => e,
+                    Err(e) => break Err(e),
+                };
+                let _ = std::fs::remove_dir_all(scratch.path().join(format!("shard-{k:05}")));
+                report.shards_committed += 1;
+                report.items_written += entry.items as u64;
+                opts.reporter.shard_committed(k, entry.items, entry.errors);
+                committed.insert(k, entry);
+                let index = DatasetIndex::new(&job.name, committed.values().cloned().collect(), pipeline.clone());
+                // Plain data always serializes.
+                if let Err(e) = out.write("index.json", serde_json::to_vec_pretty(&index).expect("index serializes")).await {
+                    break Err(e);
+                }
+                if report.shards_committed == pending.len() {
+                    break Ok(());
+                }
+            }
+            Ok(item) = rx.recv() => {
+                sink_counters.items_in.fetch_add(1, Ordering::Relaxed);
+                let k = item.shard;
+                let writer = match open.entry(k) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => match sink.open_shard(k, &shard_dir(k)?) {
+                        Ok(w) => v.insert(w),
+                        Err(e) => break Err(e),
+                    },
+                };
+                let (id, uri) = (item.id.clone(), item.get("uri").map(ToString::to_string).unwrap_or_default());
+                let t0 = Instant::now();
+                let added = tokio::task::block_in_place(|| writer.add(item));
+                sink_counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                match added {
+                    Ok(()) => {
+                        sink_counters.items_out.fetch_add(1, Ordering::Relaxed);
+                        tracker.finish(k, 1);
+                    }
+                    Err(e) => {
+                        sink_counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracker.fail(k, record(&id, &uri, &sink_label, e));
+                    }
+                }
+            }
+        }
+    };
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drop(open);
+    report.stages = counters
+        .iter()
+        .zip(&labels)
+        .map(|(c, l)| {
+            let counters = c.snapshot(l);
+            let items_per_busy_s = if counters.busy_s > 0.0 { counters.items_in as f64 / counters.busy_s } else { 0.0 };
+            StageReport { counters, items_per_busy_s }
+        })
+        .collect();
+    report.errors = report.stages.iter().map(|s| s.counters.errors).sum();
+    report.wall_s = started.elapsed().as_secs_f64();
+    report.status = match &outcome {
+        Ok(()) => "completed",
+        Err(PipelineError::Interrupted(..)) => "interrupted",
+        Err(_) => "aborted",
+    }
+    .into();
+    // The report is one atomic object; an interrupted run still says what it did.
+    let written = out.write("report.json", serde_json::to_vec_pretty(&report).expect("report serializes")).await;
+    opts.reporter.finish(&report);
+    outcome?;
+    written?;
+    Ok(report)
+}
+
+/// Finish a shard's files, publish each with an atomic put, then create its journal entry.
+async fn commit_shard(
+    out: &Location,
+    writer: Box<dyn ShardSink>,
+    shard: usize,
+    fingerprint: &str,
+    inputs: usize,
+    errors: Vec<ErrorRecord>,
+) -> Result<ShardEntry, PipelineError> {
+    let files = tokio::task::block_in_place(|| writer.finish(&errors))?;
+    for (local, name) in &files.files {
+        out.upload(local, name).await?;
+    }
+    let entry = ShardEntry {
+        shard,
+        fingerprint: fingerprint.to_string(),
+        inputs,
+        items: files.items,
+        errors: errors.len(),
+        files: files.files.iter().map(|(_, n)| n.clone()).collect(),
+        fields: files.fields,
+        tensors: files.tensors,
+        committed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    journal::commit(out, &entry).await?;
+    Ok(entry)
+}
+
+fn record(id: &str, uri: &str, stage: &str, e: StageError) -> ErrorRecord {
+    ErrorRecord { item_id: id.to_string(), uri: uri.to_string(), stage: stage.to_string(), message: e.message, causes: e.causes.join(" <- ") }
+}
+
+/// One worker of one stage.
+struct Worker {
+    stage: Arc<dyn Stage>,
+    label: String,
+    rx: async_channel::Receiver<Item>,
+    tx: async_channel::Sender<Item>,
+    tracker: Arc<Tracker>,
+    counters: Arc<StageCounters>,
+    budget: MemoryBudget,
+    ctx: StageContext,
+    timeout: Duration,
+}
+
+impl Worker {
+    async fn run(self) {
+        while let Ok(item) = self.rx.recv().await {
+            self.counters.items_in.fetch_add(1, Ordering::Relaxed);
+            let (id, shard) = (item.id.clone(), item.shard);
+            let uri = item.get("uri").map(ToString::to_string).unwrap_or_default();
+            let t0 = Instant::now();
+            let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &self.ctx)).await {
+                Ok(r) => r,
+                Err(_) => Err(StageError::msg(format!(
+                    "timed out after {} (job.item_timeout)",
+                    humantime::format_duration(self.timeout)
+                ))),
+            };
+            self.counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match result {
+                Ok(children) if children.is_empty() => self.tracker.finish(shard, 1),
+                Ok(children) => {
+                    self.counters.items_out.fetch_add(children.len() as u64, Ordering::Relaxed);
+                    self.tracker.add(shard, children.len() - 1);
+                    for mut child in children {
+                        child.shard = shard;
+                        self.budget.reserve(&mut child).await;
+                        if self.tx.send(child).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.tracker.fail(shard, record(&id, &uri, &self.label, e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The native dataset format: per shard a Parquet table (one row per item) and a safetensors
+//! file (tensors keyed `<item_id>/<name>`), an error table, and a dataset-level `index.json`.
+//!
+//! Tables are written with polars, tensors with the safetensors crate, so Python's polars,
+//! pyarrow and safetensors read them without conversion.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::journal::ShardEntry;
+use crate::stage::{ShardFiles, ShardSink};
+use crate::{DType, ErrorRecord, FieldType, Item, PipelineError, StageError, Value};
+
+/// Name of a shard's metadata table.
+pub fn table_name(shard: usize) -> String {
+    format!("shard-{shard:05}.parquet")
+}
+
+/// Name of a shard's tensor file.
+pub fn tensors_name(shard: usize) -> String {
+    format!("shard-{shard:05}.safetensors")
+}
+
+/// Name of a shard's error table.
+pub fn errors_name(shard: usize) -> String {
+    format!("shard-{shard:05}.errors.parquet")
+}
+
+/// Writes one shard in the native format; tensors are spooled to disk as items arrive.
+pub struct NativeShardWriter {
+    shard: usize,
+    dir: PathBuf,
+    rows: Vec<(String, BTreeMap<String, Value>)>,
+    spool: BufWriter<File>,
+    spool_path: PathBuf,
+    spooled: Vec<(String, DType, Vec<usize>, usize, usize)>,
+    offset: usize,
+}
+
+impl NativeShardWriter {
+    /// Start a shard in a local scratch directory.
+    pub fn new(shard: usize, dir: &Path) -> Result<Self, PipelineError> {
+        let spool_path = dir.join(format!("shard-{shard:05}.spool"));
+        let spool = File::create(&spool_path).map_err(|e| PipelineError::io(format!("cannot create {}", spool_path.display()), e))?;
+        Ok(NativeShardWriter {
+            shard,
+            dir: dir.to_path_buf(),
+            rows: Vec::new(),
+            spool: BufWriter::new(spool),
+            spool_path,
+            spooled: Vec::new(),
+            offset: 0,
+        })
+    }
+
+    fn write_tensors(&mut self, path: &Path) -> Result<(), PipelineError> {
+        let io = |e| PipelineError::io(format!("cannot write {}", path.display()), e);
+        self.spool.flush().map_err(io)?;
+        let file = File::open(&self.spool_path).map_err(io)?;
+        // SAFETY: the spool file is private to this writer and no longer written to.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .spooled
+            .iter()
+            .map(|(key, dtype, shape, start, end)| {
+                let view = safetensors::tensor::TensorView::new(st_dtype(*dtype), shape.clone(), &map[*start..*end])
+                    .map_err(|e| PipelineError::Write { shard: self.shard, message: format!("tensor `{key}`: {e}") })?;
+                Ok((key.clone(), view))
+            })
+            .collect::<Result<_, PipelineError>>()?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "mugflow".to_string()), ("shard".to_string(), self.shard.to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| PipelineError::Write { shard: self.shard, message: e.to_string() })
+    }
+}
+
+fn st_dtype(d: DType) -> safetensors::Dtype {
+    match d {
+        DType::U8 => safetensors::Dtype::U8,
+        DType::Bool => safetensors::Dtype::BOOL,
+        DType::I64 => safetensors::Dtype::I64,
+        DType::F16 => safetensors::Dtype::F16,
+        DType::BF16 => safetensors::Dtype::BF16,
+        DType::F32 => safetensors::Dtype::F32,
+    }
+}
+
+impl ShardSink for NativeShardWriter {
+    fn add(&mut self, item: Item) -> Result<(), StageError> {
+        for (name, t) in &item.tensors {
+            self.spool.write_all(&t.data)?;
+            let end = self.offset + t.data.len();
+            self.spooled.push((format!("{}/{name}", item.id), t.dtype, t.shape.clone(), self.offset, end));
+            self.offset = end;
+        }
+        self.rows.push((item.id, item.fields));
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, errors: &[ErrorRecord]) -> Result<ShardFiles, PipelineError> {
+        let mut out = ShardFiles { items: self.rows.len(), ..Default::default() };
+        let table = self.dir.join(table_name(self.shard));
+        let (mut df, fields) = rows_frame(&self.rows).map_err(|e| PipelineError::Write { shard: self.shard, message: e.to_string() })?;
+        write_parquet(&mut df, &table, self.shard)?;
+        out.files.push((table, table_name(self.shard)));
+        out.fields = fields;
+        if !self.spooled.is_empty() {
+            let path = self.dir.join(tensors_name(self.shard));
+            self.write_tensors(&path)?;
+            out.files.push((path, tensors_name(self.shard)));
+            let mut names: Vec<String> = self.spooled.iter().filter_map(|(k, ..)| k.rsplit_once('/').map(|(_, n)| n.to_string())).collect();
+            names.sort();
+            names.dedup();
+            out.tensors = names;
+        }
+        if let Some(f) = write_error_table(errors, &self.dir, self.shard)? {
+            out.files.push(f);
+        }
+        let _ = std::fs::remove_file(&self.spool_path);
+        Ok(out)
+    }
+}
+
+/// Write the shard's error records as `shard-XXXXX.errors.parquet`; `None` when there are none.
+pub fn write_error_table(errors: &[ErrorRecord], dir: &Path, shard: usize) -> Result<Option<(PathBuf, String)>, PipelineError> {
+    if errors.is_empty() {
+        return Ok(None);
+    }
+    let col = |name: &str, f: fn(&ErrorRecord) -> &str| Column::new(name.into(), errors.iter().map(f).collect::<Vec<_>>());
+    let mut df = DataFrame::new(
+        errors.len(),
+        vec![
+            col("item_id", |e| &e.item_id),
+            col("uri", |e| &e.uri),
+            col("stage", |e| &e.stage),
+            col("message", |e| &e.message),
+            col("causes", |e| &e.causes),
+        ],
+    )
+    .map_err(|e| PipelineError::Write { shard, message: e.to_string() })?;
+    let path = dir.join(errors_name(shard));
+    write_parquet(&mut df, &path, shard)?;
+    Ok(Some((path, errors_name(shard))))
+}
+
+fn write_parquet(df: &mut DataFrame, path: &Path, shard: usize) -> Result<(), PipelineError> {
+    let file = File::create(path).map_err(|e| PipelineError::io(format!("cannot create {}", path.display()), e))?;
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Snappy)
+        .finish(df)
+        .map_err(|e| PipelineError::Write { shard, message: format!("{}: {e}", path.display()) })?;
+    Ok(())
+}
+
+/// Build a frame with an `id` column and one column per field (the union over all rows).
+///
+/// A column's type is its values' type; integers mixed with floats widen to float, any other
+/// mix is written as text. Rows without the field get null.
+pub fn rows_frame(rows: &[(String, BTreeMap<String, Value>)]) -> PolarsResult<(DataFrame, Vec<(String, FieldType)>)> {
+    let mut types: BTreeMap<&str, Option<FieldType>> = BTreeMap::new();
+    for (_, fields) in rows {
+        for (name, v) in fields {
+            let t = types.entry(name).or_insert(None);
+            *t = match (*t, v.field_type()) {
+                (None, x) | (x, None) => x,
+                (Some(a), Some(b)) if a == b => Some(a),
+                (Some(FieldType::Int), Some(FieldType::Float)) | (Some(FieldType::Float), Some(FieldType::Int)) => Some(FieldType::Float),
+                _ => Some(FieldType::Str),
+            };
+        }
+    }
+    let mut cols = vec![Column::new("id".into(), rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())];
+    let mut schema = vec![("id".to_string(), FieldType::Str)];
+    for (name, ty) in types {
+        let ty = ty.unwrap_or(FieldType::Str);
+        fn get<'r>(r: &'r (String, BTreeMap<String, Value>), name: &str) -> Option<&'r Value> {
+            r.1.get(name).filter(|v| **v != Value::Null)
+        }
+        let col = match ty {
+            FieldType::Bool => Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(|v| if let Value::Bool(b) = v { Some(*b) } else { None })).collect::<Vec<_>>()),
+            FieldType::Int => Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(Value::as_i64)).collect::<Vec<_>>()),
+            FieldType::Float => Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(Value::as_f64)).collect::<Vec<_>>()),
+            FieldType::Str | FieldType::Tensor => Column::new(name.into(), rows.iter().map(|r| get(r, name).map(|v| v.to_string())).collect::<Vec<_>>()),
+        };
+        cols.push(col);
+        schema.push((name.to_string(), ty));
+    }
+    Ok((DataFrame::new(rows.len(), cols)?, schema))
+}
+
+/// The dataset-level `index.json`: what a reader needs to find every committed shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetIndex {
+    /// Always "mugflow".
+    pub format: String,
+    /// Version of this layout.
+    pub format_version: u32,
+    /// The job that wrote it.
+    pub job: String,
+    /// Committed shards in order.
+    pub shards: Vec<ShardEntry>,
+    /// Total items written.
+    pub items: usize,
+    /// Total error records.
+    pub errors: usize,
+    /// Metadata fields across shards.
+    pub fields: Vec<(String, FieldType)>,
+    /// Tensor names across shards.
+    pub tensors: Vec<String>,
+    /// The stages that produced the data, with all parameters (checkpoints included).
+    pub pipeline: Vec<serde_json::Value>,
+}
+
+impl DatasetIndex {
+    /// An index over the given committed shards.
+    pub fn new(job: &str, shards: Vec<ShardEntry>, pipeline: Vec<serde_json::Value>) -> Self {
+        let mut fields: Vec<(String, FieldType)> = Vec::new();
+        let mut tensors: Vec<String> = Vec::new();
+        for s in &shards {
+            for f in &s.fields {
+                if !fields.iter().any(|(n, _)| *n == f.0) {
+                    fields.push(f.clone());
+                }
+            }
+            tensors.extend(s.tensors.iter().cloned());
+        }
+        tensors.sort();
+        tensors.dedup();
+        DatasetIndex {
+            format: "mugflow".into(),
+            format_version: 1,
+            job: job.into(),
+            items: shards.iter().map(|s| s.items).sum(),
+            errors: shards.iter().map(|s| s.errors).sum(),
+            shards,
+            fields,
+            tensors,
+            pipeline,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Tensor, Value};
+
+    #[test]
+    fn shard_round_trips_through_parquet_and_safetensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w: Box<dyn ShardSink> = Box::new(NativeShardWriter::new(3, dir.path()).unwrap());
+        for (i, id) in ["a", "b"].iter().enumerate() {
+            let mut item = Item::new(*id);
+            item.set("n", i as i64);
+            if i == 0 {
+                item.set("score", 0.5);
+            } else {
+                item.set("score", 2i64);
+            }
+            let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+            item.tensors.insert("latent".into(), Tensor::new(DType::F32, vec![2], data.into()).unwrap());
+            w.add(item).unwrap();
+        }
+        let errors = vec![ErrorRecord { item_id: "c".into(), uri: "c.mp4".into(), stage: "1:probe".into(), message: "bad".into(), causes: String::new() }];
+        let files = w.finish(&errors).unwrap();
+        assert_eq!(files.files.iter().map(|f| f.1.as_str()).collect::<Vec<_>>(), ["shard-00003.parquet", "shard-00003.safetensors", "shard-00003.errors.parquet"]);
+        assert_eq!(files.fields, [("id".into(), FieldType::Str), ("n".into(), FieldType::Int), ("score".into(), FieldType::Float)]);
+        assert_eq!(files.tensors, ["latent"]);
+
+        let df = ParquetReader::new(File::open(&files.files[0].0).unwrap()).finish().unwrap();
+        assert_eq!(df.height(), 2);
+        assert_eq!(df.column("score").unwrap().f64().unwrap().get(1), Some(2.0));
+        let bytes = std::fs::read(&files.files[1].0).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("b/latent").unwrap();
+        assert_eq!(t.shape(), [2]);
+        assert_eq!(t.data(), [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        let e = ParquetReader::new(File::open(&files.files[2].0).unwrap()).finish().unwrap();
+        assert_eq!(e.column("stage").unwrap().str().unwrap().get(0), Some("1:probe"));
+        let _ = Value::Null;
+    }
+}

@@ -1,0 +1,24 @@
+//! The mugflow engine: manifests, plans, a streaming executor, shards, journal and reports.
+//!
+//! This crate moves items through stages; it knows nothing about video or models. Stages live
+//! in the `stages` crate and register their config types in a [`Registry`].
+
+pub mod budget;
+mod error;
+pub mod executor;
+pub mod format;
+pub mod input;
+pub mod inspect;
+pub mod io;
+mod item;
+pub mod journal;
+pub mod manifest;
+pub mod plan;
+pub mod report;
+pub mod stage;
+
+pub use error::{ErrorRecord, PipelineError, StageError};
+pub use executor::{run, RunOptions};
+pub use item::{DType, Field, FieldType, Item, MissingField, Tensor, Value};
+pub use plan::Plan;
+pub use stage::{BuildContext, Registry, Runnable, ShardFiles, ShardSink, Sink, Stage, StageConfig, StageContext};

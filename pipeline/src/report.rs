@@ -1,0 +1,145 @@
+//! Progress events and the final run report (`report.json` and the summary table).
+//!
+//! The engine only emits events through [`Reporter`]; the CLI decides how to draw them
+//! (bars on a terminal, plain lines in logs, nothing).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Live counters of one stage, updated by its workers.
+#[derive(Debug, Default)]
+pub struct StageCounters {
+    /// Items received.
+    pub items_in: AtomicU64,
+    /// Items emitted (after fan-out and filtering).
+    pub items_out: AtomicU64,
+    /// Items that failed here.
+    pub errors: AtomicU64,
+    /// Nanoseconds spent processing, summed over workers.
+    pub busy_ns: AtomicU64,
+}
+
+impl StageCounters {
+    /// A consistent-enough copy for display.
+    pub fn snapshot(&self, label: &str) -> StageSnapshot {
+        StageSnapshot {
+            stage: label.to_string(),
+            items_in: self.items_in.load(Ordering::Relaxed),
+            items_out: self.items_out.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            busy_s: self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+        }
+    }
+}
+
+/// A stage's counters at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageSnapshot {
+    /// "position:kind".
+    pub stage: String,
+    /// Items received.
+    pub items_in: u64,
+    /// Items emitted.
+    pub items_out: u64,
+    /// Items failed.
+    pub errors: u64,
+    /// Seconds of processing, summed over workers.
+    pub busy_s: f64,
+}
+
+/// What the run is about to do, sent once before the first item.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    /// Stage labels in order.
+    pub stages: Vec<String>,
+    /// Input items in the shards this run processes.
+    pub pending_items: u64,
+    /// Shards to process now.
+    pub pending_shards: usize,
+    /// Shards already committed by earlier runs.
+    pub skipped_shards: usize,
+}
+
+/// Receives progress events; implemented by the CLI.
+pub trait Reporter: Send + Sync {
+    /// The run starts.
+    fn start(&self, start: &RunStart);
+    /// Periodic counters of every stage (a few times per second).
+    fn progress(&self, stages: &[StageSnapshot], elapsed: Duration);
+    /// A shard was committed.
+    fn shard_committed(&self, shard: usize, items: usize, errors: usize);
+    /// The run ended (successfully or not).
+    fn finish(&self, report: &RunReport);
+}
+
+/// A reporter that shows nothing (`--progress none`, tests).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn start(&self, _: &RunStart) {}
+    fn progress(&self, _: &[StageSnapshot], _: Duration) {}
+    fn shard_committed(&self, _: usize, _: usize, _: usize) {}
+    fn finish(&self, _: &RunReport) {}
+}
+
+/// One stage's line of the final report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Counters at the end.
+    #[serde(flatten)]
+    pub counters: StageSnapshot,
+    /// Items received per second of busy time (per-worker throughput).
+    pub items_per_busy_s: f64,
+}
+
+/// The report of one run, written to `report.json` in the output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Job name.
+    pub job: String,
+    /// Output location.
+    pub output: String,
+    /// "completed", "nothing to do", "interrupted" or "aborted".
+    pub status: String,
+    /// Wall-clock seconds.
+    pub wall_s: f64,
+    /// Input items of the whole job.
+    pub input_items: usize,
+    /// Shards of the whole job.
+    pub shards_total: usize,
+    /// Shards committed by this run.
+    pub shards_committed: usize,
+    /// Shards skipped because an earlier run committed them.
+    pub shards_skipped: usize,
+    /// Items written by this run.
+    pub items_written: u64,
+    /// Error records written by this run.
+    pub errors: u64,
+    /// Per-stage counters.
+    pub stages: Vec<StageReport>,
+}
+
+impl RunReport {
+    /// The summary table printed on stderr at the end of a run.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{:<22} {:>9} {:>9} {:>7} {:>9} {:>10}", "stage", "in", "out", "errors", "busy s", "items/s");
+        for s in &self.stages {
+            let c = &s.counters;
+            let _ = writeln!(
+                out,
+                "{:<22} {:>9} {:>9} {:>7} {:>9.2} {:>10.1}",
+                c.stage, c.items_in, c.items_out, c.errors, c.busy_s, s.items_per_busy_s
+            );
+        }
+        let _ = write!(
+            out,
+            "{}: {} shard(s) committed, {} skipped (of {}); {} item(s) written, {} error record(s); {:.1}s",
+            self.status, self.shards_committed, self.shards_skipped, self.shards_total, self.items_written, self.errors, self.wall_s
+        );
+        out
+    }
+}

@@ -1,0 +1,216 @@
+//! What a stage is: a typed config (validated, documented) that builds a runnable operator.
+//!
+//! A stage's config struct is the single source of truth: serde reads it, schemars describes it
+//! for the validator and for `mugflow stages`, and `build()` turns it into the runtime stage.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{ErrorRecord, Field, Item, PipelineError, StageError};
+
+/// A transform: takes one item, returns zero (filtered), one, or many (fan-out) items.
+#[async_trait]
+pub trait Stage: Send + Sync {
+    /// Process one item. An `Err` becomes an error record for this item; the run continues.
+    async fn process(&self, item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError>;
+}
+
+/// The last stage: receives every surviving item of a shard and stages its output files.
+pub trait Sink: Send + Sync {
+    /// Start writing one shard; files go into `dir` (local scratch) until the shard commits.
+    fn open_shard(&self, shard: usize, dir: &Path) -> Result<Box<dyn ShardSink>, PipelineError>;
+}
+
+/// The writer of one shard.
+pub trait ShardSink: Send {
+    /// Add an item (its tensors may be spooled to disk right away to free memory).
+    fn add(&mut self, item: Item) -> Result<(), StageError>;
+    /// Finish the shard: write the error table too and return every file to publish.
+    fn finish(self: Box<Self>, errors: &[ErrorRecord]) -> Result<ShardFiles, PipelineError>;
+}
+
+/// A shard's finished files, staged locally, and what they contain.
+#[derive(Debug, Default)]
+pub struct ShardFiles {
+    /// (local path, name relative to the output location) of each file to publish.
+    pub files: Vec<(PathBuf, String)>,
+    /// Metadata fields the shard's table holds, with their types.
+    pub fields: Vec<(String, crate::FieldType)>,
+    /// Tensor names (without the item id prefix) present in the shard.
+    pub tensors: Vec<String>,
+    /// Items written.
+    pub items: usize,
+}
+
+/// What `build()` returns: a transform or the sink.
+pub enum Runnable {
+    /// A stage that maps items to items.
+    Transform(Arc<dyn Stage>),
+    /// The writer at the end of the pipeline.
+    Sink(Arc<dyn Sink>),
+}
+
+/// What a stage may use while processing: its scratch directory and the CPU pool.
+#[derive(Debug, Clone)]
+pub struct StageContext {
+    /// A local directory for temporary files (downloads, spools), removed after the run.
+    pub scratch: PathBuf,
+}
+
+impl StageContext {
+    /// Run CPU-heavy work on the rayon pool and await it; a panic becomes an item error.
+    pub async fn cpu<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, StageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rayon::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            // The receiver is gone only if the item timed out; the result is then not needed.
+            let _ = tx.send(r);
+        });
+        match rx.await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(panic)) => {
+                let msg = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Err(StageError::msg(format!("internal error (panic): {}", msg.unwrap_or_default())))
+            }
+            Err(_) => Err(StageError::msg("the worker thread stopped")),
+        }
+    }
+}
+
+/// Settings given to `build()`.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The job name.
+    pub job_name: String,
+}
+
+/// A stage's config struct. Implement this, register it, and the stage exists everywhere:
+/// manifests, `mugflow validate`, `mugflow stages`, and runs.
+pub trait StageConfig: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static {
+    /// The name users write in `kind = "..."`.
+    const KIND: &'static str;
+    /// A complete `[[stage]]` example for the docs (tested to validate).
+    const EXAMPLE: &'static str;
+    /// True for the writer that ends a pipeline.
+    const SINK: bool = false;
+    /// Fields this stage reads from each item.
+    fn reads(&self) -> Vec<Field>;
+    /// Fields this stage adds to each item.
+    fn adds(&self) -> Vec<Field>;
+    /// Items processed concurrently when the manifest sets no `parallelism`.
+    fn default_parallelism(&self) -> usize {
+        1
+    }
+    /// Checks that involve several parameters at once; each string is one problem.
+    fn check(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The runtime stage.
+    fn build(&self, ctx: &BuildContext) -> Result<Runnable, String>;
+}
+
+/// A config after validation, with its type erased so the plan can hold any stage.
+pub trait ConfiguredStage: Send + Sync {
+    /// All parameters, defaults filled in.
+    fn params(&self) -> serde_json::Value;
+    /// Fields read.
+    fn reads(&self) -> Vec<Field>;
+    /// Fields added.
+    fn adds(&self) -> Vec<Field>;
+    /// Default concurrency.
+    fn default_parallelism(&self) -> usize;
+    /// True for the writer that ends a pipeline.
+    fn is_sink(&self) -> bool;
+    /// Multi-parameter checks.
+    fn check(&self) -> Vec<String>;
+    /// Build the runtime stage.
+    fn build(&self, ctx: &BuildContext) -> Result<Runnable, String>;
+}
+
+impl<C: StageConfig> ConfiguredStage for C {
+    fn params(&self) -> serde_json::Value {
+        // Config structs hold only plain data, which always serializes.
+        serde_json::to_value(self).expect("stage configs serialize")
+    }
+    fn reads(&self) -> Vec<Field> {
+        StageConfig::reads(self)
+    }
+    fn adds(&self) -> Vec<Field> {
+        StageConfig::adds(self)
+    }
+    fn default_parallelism(&self) -> usize {
+        StageConfig::default_parallelism(self)
+    }
+    fn is_sink(&self) -> bool {
+        C::SINK
+    }
+    fn check(&self) -> Vec<String> {
+        StageConfig::check(self)
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Runnable, String> {
+        StageConfig::build(self, ctx)
+    }
+}
+
+/// A registered stage kind, type-erased: name, docs, schema, and a way to read its config.
+pub trait StageKind: Send + Sync {
+    /// `kind = "..."` name.
+    fn name(&self) -> &'static str;
+    /// JSON schema of the config (keys, types, defaults, docs).
+    fn schema(&self) -> serde_json::Value;
+    /// A `[[stage]]` example.
+    fn example(&self) -> &'static str;
+    /// Deserialize validated parameters into the config.
+    fn configure(&self, params: serde_json::Value) -> Result<Box<dyn ConfiguredStage>, String>;
+}
+
+struct Kind<C>(std::marker::PhantomData<fn() -> C>);
+
+impl<C: StageConfig> StageKind for Kind<C> {
+    fn name(&self) -> &'static str {
+        C::KIND
+    }
+    fn schema(&self) -> serde_json::Value {
+        schemars::schema_for!(C).to_value()
+    }
+    fn example(&self) -> &'static str {
+        C::EXAMPLE
+    }
+    fn configure(&self, params: serde_json::Value) -> Result<Box<dyn ConfiguredStage>, String> {
+        serde_json::from_value::<C>(params).map(|c| Box::new(c) as Box<dyn ConfiguredStage>).map_err(|e| e.to_string())
+    }
+}
+
+/// Every stage kind a manifest may name.
+#[derive(Default)]
+pub struct Registry {
+    kinds: Vec<Box<dyn StageKind>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a stage kind.
+    pub fn register<C: StageConfig>(&mut self) -> &mut Self {
+        self.kinds.push(Box::new(Kind::<C>(std::marker::PhantomData)));
+        self
+    }
+
+    /// Look a kind up by name.
+    pub fn get(&self, name: &str) -> Option<&dyn StageKind> {
+        self.kinds.iter().find(|k| k.name() == name).map(|k| &**k)
+    }
+
+    /// All kinds, in registration order.
+    pub fn kinds(&self) -> impl Iterator<Item = &dyn StageKind> {
+        self.kinds.iter().map(|k| &**k)
+    }
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install what is missing, build mugflow and run the demo job on the bundled sample videos.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release
+rm -rf out/demo
+target/release/mugflow validate manifests/demo.toml
+target/release/mugflow run manifests/demo.toml
+target/release/mugflow inspect out/demo

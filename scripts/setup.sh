@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install what mugflow needs on a fresh Debian/Ubuntu machine: FFmpeg's development files and
+# clang (for ffmpeg-sys bindings), plus a Python venv with the readers the tests check against.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
+          libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+venv=.cache/venv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import polars, pyarrow, safetensors, numpy" 2>/dev/null; then
+  echo "setup: installing Python readers into $venv"
+  "$venv/bin/pip" install -q polars pyarrow safetensors numpy
+fi

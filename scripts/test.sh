@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every test (unit, parity, end-to-end CLI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export MUGFLOW_TEST_PYTHON="$PWD/.cache/venv/bin/python"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

@@ -1,0 +1,140 @@
+//! Command-line interface: argument parsing, error rendering and exit codes.
+
+mod inspect;
+mod progress;
+mod run;
+mod stages;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Prepare training data for video generation models and run catalog-scale video generation.
+///
+/// A manifest (TOML) names the inputs, the output and a chain of stages; `mugflow run` executes
+/// it streaming, shard by shard, and resumes where it stopped when run again.
+#[derive(Parser)]
+#[command(name = "mugflow", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a manifest: process every uncommitted shard and write the dataset.
+    Run {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// How to show progress: bars on a terminal, plain lines for logs, or nothing.
+        #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+        progress: ProgressMode,
+    },
+    /// Check a manifest and print the resolved plan (parameters, defaults, fields, inputs).
+    Validate {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Do not list the inputs (skip reading the input location).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// List every stage with its parameters, types, defaults and docs.
+    Stages {
+        /// Show only this stage.
+        kind: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = stages::Format::Text)]
+        format: stages::Format,
+    },
+    /// Summarise a dataset, a shard table or a tensor file: rows, fields, tensors, errors.
+    Inspect {
+        /// Dataset directory or URL, or a `.parquet` / `.safetensors` file.
+        path: String,
+    },
+}
+
+/// Arguments shared by commands that read a manifest.
+#[derive(clap::Args)]
+struct ManifestArgs {
+    /// The manifest file (TOML).
+    manifest: PathBuf,
+    /// Override a value: `stage.<position|name|kind>.<key>=<value>` or `job.<key>=<value>`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+/// Progress display modes.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Bars when stderr is a terminal, plain lines otherwise.
+    Auto,
+    /// indicatif bars per stage.
+    Bars,
+    /// A status line every few seconds.
+    Plain,
+    /// Nothing but the final summary.
+    None,
+}
+
+/// Exit code for an invalid manifest or usage.
+const EXIT_USAGE: u8 = 2;
+/// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Parse arguments, run the command, render errors.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { manifest, progress } => run::run(&manifest, progress),
+        Command::Validate { manifest, offline } => validate::validate(&manifest, offline),
+        Command::Stages { kind, format } => stages::stages(kind.as_deref(), format),
+        Command::Inspect { path } => inspect::inspect(&path),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            render_error(&e);
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<pipeline::PipelineError>() {
+        Some(pipeline::PipelineError::Manifest(_)) => EXIT_USAGE,
+        Some(pipeline::PipelineError::Interrupted(..)) => EXIT_INTERRUPTED,
+        _ => 1,
+    }
+}
+
+/// uv-style: `error:` line, `Caused by:` chain, then a `hint:`. Manifest diagnostics render themselves.
+fn render_error(e: &anyhow::Error) {
+    if let Some(pipeline::PipelineError::Manifest(d)) = e.downcast_ref::<pipeline::PipelineError>() {
+        eprintln!("{d}");
+        return;
+    }
+    eprintln!("error: {e}");
+    let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+    if !causes.is_empty() {
+        eprintln!("\nCaused by:");
+        for c in causes {
+            eprintln!("  {c}");
+        }
+    }
+    if let Some(hint) = e.downcast_ref::<pipeline::PipelineError>().and_then(pipeline::PipelineError::hint) {
+        eprintln!("\nhint: {hint}");
+    }
+}
+
+/// A multi-threaded tokio runtime for commands that do I/O.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Load and validate a manifest into a plan.
+fn load_plan(args: &ManifestArgs, registry: &pipeline::Registry) -> Result<pipeline::Plan, pipeline::PipelineError> {
+    let m = pipeline::manifest::Manifest::load(&args.manifest, &args.set)?;
+    Ok(pipeline::Plan::from_manifest(&m, registry)?)
+}

@@ -1,0 +1,48 @@
+//! Every stage a mugflow manifest can name, and the registry that maps names to stages.
+//!
+//! One stage = one module = one config struct (serde + schemars) with a `build()`.
+
+pub mod probe;
+pub mod write;
+
+use pipeline::Registry;
+
+/// All stage kinds, in the order `mugflow stages` lists them.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<probe::ProbeConfig>().register::<write::WriteConfig>();
+    r
+}
+
+/// Initialise FFmpeg once per process and keep its own logging quiet: failures reach the user
+/// as error records, not as interleaved stderr lines.
+pub(crate) fn ffmpeg_init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        // Initialisation only registers codecs; it cannot fail on supported FFmpeg versions.
+        let _ = ffmpeg_next::init();
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered stage's example parses and validates as part of a manifest.
+    #[test]
+    fn every_example_validates() {
+        let reg = registry();
+        for kind in reg.kinds() {
+            let text = format!(
+                "[job]\nname = \"t\"\ninput = \"x/*.mp4\"\noutput = \"out\"\n\n{}{}",
+                kind.example(),
+                if kind.name() == "write" { "" } else { "\n[[stage]]\nkind = \"write\"\n" }
+            );
+            let m = pipeline::manifest::Manifest::from_text(std::path::Path::new("example.toml"), text, &[], &|_| None).unwrap();
+            if let Err(e) = pipeline::Plan::from_manifest(&m, &reg) {
+                panic!("example of `{}` does not validate:\n{e}", kind.name());
+            }
+        }
+    }
+}

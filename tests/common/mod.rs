@@ -1,0 +1,87 @@
+//! Helpers shared by the end-to-end tests: running the CLI and reading what it wrote.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (tests run with it as the working directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled test videos.
+pub fn videos() -> PathBuf {
+    root().join("tests/data/videos")
+}
+
+/// `mugflow` with arguments, run from the repository root.
+pub fn mugflow(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mugflow"));
+    c.args(args).current_dir(root());
+    c
+}
+
+/// Run and capture; returns (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out: Output = mugflow(args).output().expect("mugflow runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Write a manifest into `dir` and return its path.
+pub fn manifest(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every item id written in a local dataset, read back from its committed shards (via the journal).
+pub fn written_ids(out: &Path) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
+        let mut ids = Vec::new();
+        for entry in pipeline::journal::load(&loc).await.unwrap().values() {
+            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet")) {
+                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
+                ids.extend(t.rows.iter().map(|r| r["id"].clone()));
+            }
+        }
+        ids
+    })
+}
+
+/// Error rows (item_id, stage, message) of every committed shard.
+pub fn error_rows(out: &Path) -> Vec<(String, String, String)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
+        let mut rows = Vec::new();
+        for entry in pipeline::journal::load(&loc).await.unwrap().values() {
+            for f in entry.files.iter().filter(|f| f.ends_with(".errors.parquet")) {
+                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
+                rows.extend(t.rows.iter().map(|r| (r["item_id"].clone(), r["stage"].clone(), r["message"].clone())));
+            }
+        }
+        rows.sort();
+        rows
+    })
+}
+
+/// All files under a directory (relative paths with sizes and contents hash), for "nothing changed" checks.
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push((p.strip_prefix(base).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
