@@ -46,7 +46,8 @@ impl NativeShardWriter {
     /// Start a shard in a local scratch directory.
     pub fn new(shard: usize, dir: &Path) -> Result<Self, PipelineError> {
         let spool_path = dir.join(format!("shard-{shard:05}.spool"));
-        let spool = File::create(&spool_path).map_err(|e| PipelineError::io(format!("cannot create {}", spool_path.display()), e))?;
+        let spool = File::create(&spool_path)
+            .map_err(|e| PipelineError::io(format!("cannot create {}", spool_path.display()), e))?;
         Ok(NativeShardWriter {
             shard,
             dir: dir.to_path_buf(),
@@ -68,13 +69,26 @@ impl NativeShardWriter {
             .spooled
             .iter()
             .map(|(key, dtype, shape, start, end)| {
-                let view = safetensors::tensor::TensorView::new(st_dtype(*dtype), shape.clone(), &map[*start..*end])
-                    .map_err(|e| PipelineError::Write { shard: self.shard, message: format!("tensor `{key}`: {e}") })?;
+                let view = safetensors::tensor::TensorView::new(
+                    st_dtype(*dtype),
+                    shape.clone(),
+                    &map[*start..*end],
+                )
+                .map_err(|e| PipelineError::Write {
+                    shard: self.shard,
+                    message: format!("tensor `{key}`: {e}"),
+                })?;
                 Ok((key.clone(), view))
             })
             .collect::<Result<_, PipelineError>>()?;
-        let meta = std::collections::HashMap::from([("format".to_string(), "mugflow".to_string()), ("shard".to_string(), self.shard.to_string())]);
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| PipelineError::Write { shard: self.shard, message: e.to_string() })
+        let meta = std::collections::HashMap::from([
+            ("format".to_string(), "mugflow".to_string()),
+            ("shard".to_string(), self.shard.to_string()),
+        ]);
+        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| PipelineError::Write {
+            shard: self.shard,
+            message: e.to_string(),
+        })
     }
 }
 
@@ -94,7 +108,13 @@ impl ShardSink for NativeShardWriter {
         for (name, t) in &item.tensors {
             self.spool.write_all(&t.data)?;
             let end = self.offset + t.data.len();
-            self.spooled.push((format!("{}/{name}", item.id), t.dtype, t.shape.clone(), self.offset, end));
+            self.spooled.push((
+                format!("{}/{name}", item.id),
+                t.dtype,
+                t.shape.clone(),
+                self.offset,
+                end,
+            ));
             self.offset = end;
         }
         self.rows.push((item.id, item.fields));
@@ -102,9 +122,15 @@ impl ShardSink for NativeShardWriter {
     }
 
     fn finish(mut self: Box<Self>, errors: &[ErrorRecord]) -> Result<ShardFiles, PipelineError> {
-        let mut out = ShardFiles { items: self.rows.len(), ..Default::default() };
+        let mut out = ShardFiles {
+            items: self.rows.len(),
+            ..Default::default()
+        };
         let table = self.dir.join(table_name(self.shard));
-        let (mut df, fields) = rows_frame(&self.rows).map_err(|e| PipelineError::Write { shard: self.shard, message: e.to_string() })?;
+        let (mut df, fields) = rows_frame(&self.rows).map_err(|e| PipelineError::Write {
+            shard: self.shard,
+            message: e.to_string(),
+        })?;
         write_parquet(&mut df, &table, self.shard)?;
         out.files.push((table, table_name(self.shard)));
         out.fields = fields;
@@ -112,7 +138,11 @@ impl ShardSink for NativeShardWriter {
             let path = self.dir.join(tensors_name(self.shard));
             self.write_tensors(&path)?;
             out.files.push((path, tensors_name(self.shard)));
-            let mut names: Vec<String> = self.spooled.iter().filter_map(|(k, ..)| k.rsplit_once('/').map(|(_, n)| n.to_string())).collect();
+            let mut names: Vec<String> = self
+                .spooled
+                .iter()
+                .filter_map(|(k, ..)| k.rsplit_once('/').map(|(_, n)| n.to_string()))
+                .collect();
             names.sort();
             names.dedup();
             out.tensors = names;
@@ -126,11 +156,17 @@ impl ShardSink for NativeShardWriter {
 }
 
 /// Write the shard's error records as `shard-XXXXX.errors.parquet`; `None` when there are none.
-pub fn write_error_table(errors: &[ErrorRecord], dir: &Path, shard: usize) -> Result<Option<(PathBuf, String)>, PipelineError> {
+pub fn write_error_table(
+    errors: &[ErrorRecord],
+    dir: &Path,
+    shard: usize,
+) -> Result<Option<(PathBuf, String)>, PipelineError> {
     if errors.is_empty() {
         return Ok(None);
     }
-    let col = |name: &str, f: fn(&ErrorRecord) -> &str| Column::new(name.into(), errors.iter().map(f).collect::<Vec<_>>());
+    let col = |name: &str, f: fn(&ErrorRecord) -> &str| {
+        Column::new(name.into(), errors.iter().map(f).collect::<Vec<_>>())
+    };
     let mut df = DataFrame::new(
         errors.len(),
         vec![
@@ -141,18 +177,25 @@ pub fn write_error_table(errors: &[ErrorRecord], dir: &Path, shard: usize) -> Re
             col("causes", |e| &e.causes),
         ],
     )
-    .map_err(|e| PipelineError::Write { shard, message: e.to_string() })?;
+    .map_err(|e| PipelineError::Write {
+        shard,
+        message: e.to_string(),
+    })?;
     let path = dir.join(errors_name(shard));
     write_parquet(&mut df, &path, shard)?;
     Ok(Some((path, errors_name(shard))))
 }
 
 fn write_parquet(df: &mut DataFrame, path: &Path, shard: usize) -> Result<(), PipelineError> {
-    let file = File::create(path).map_err(|e| PipelineError::io(format!("cannot create {}", path.display()), e))?;
+    let file = File::create(path)
+        .map_err(|e| PipelineError::io(format!("cannot create {}", path.display()), e))?;
     ParquetWriter::new(file)
         .with_compression(ParquetCompression::Snappy)
         .finish(df)
-        .map_err(|e| PipelineError::Write { shard, message: format!("{}: {e}", path.display()) })?;
+        .map_err(|e| PipelineError::Write {
+            shard,
+            message: format!("{}: {e}", path.display()),
+        })?;
     Ok(())
 }
 
@@ -160,7 +203,9 @@ fn write_parquet(df: &mut DataFrame, path: &Path, shard: usize) -> Result<(), Pi
 ///
 /// A column's type is its values' type; integers mixed with floats widen to float, any other
 /// mix is written as text. Rows without the field get null.
-pub fn rows_frame(rows: &[(String, BTreeMap<String, Value>)]) -> PolarsResult<(DataFrame, Vec<(String, FieldType)>)> {
+pub fn rows_frame(
+    rows: &[(String, BTreeMap<String, Value>)],
+) -> PolarsResult<(DataFrame, Vec<(String, FieldType)>)> {
     let mut types: BTreeMap<&str, Option<FieldType>> = BTreeMap::new();
     for (_, fields) in rows {
         for (name, v) in fields {
@@ -168,12 +213,16 @@ pub fn rows_frame(rows: &[(String, BTreeMap<String, Value>)]) -> PolarsResult<(D
             *t = match (*t, v.field_type()) {
                 (None, x) | (x, None) => x,
                 (Some(a), Some(b)) if a == b => Some(a),
-                (Some(FieldType::Int), Some(FieldType::Float)) | (Some(FieldType::Float), Some(FieldType::Int)) => Some(FieldType::Float),
+                (Some(FieldType::Int), Some(FieldType::Float))
+                | (Some(FieldType::Float), Some(FieldType::Int)) => Some(FieldType::Float),
                 _ => Some(FieldType::Str),
             };
         }
     }
-    let mut cols = vec![Column::new("id".into(), rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())];
+    let mut cols = vec![Column::new(
+        "id".into(),
+        rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+    )];
     let mut schema = vec![("id".to_string(), FieldType::Str)];
     for (name, ty) in types {
         let ty = ty.unwrap_or(FieldType::Str);
@@ -181,10 +230,38 @@ pub fn rows_frame(rows: &[(String, BTreeMap<String, Value>)]) -> PolarsResult<(D
             r.1.get(name).filter(|v| **v != Value::Null)
         }
         let col = match ty {
-            FieldType::Bool => Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(|v| if let Value::Bool(b) = v { Some(*b) } else { None })).collect::<Vec<_>>()),
-            FieldType::Int => Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(Value::as_i64)).collect::<Vec<_>>()),
-            FieldType::Float => Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(Value::as_f64)).collect::<Vec<_>>()),
-            FieldType::Str | FieldType::Tensor => Column::new(name.into(), rows.iter().map(|r| get(r, name).map(|v| v.to_string())).collect::<Vec<_>>()),
+            FieldType::Bool => Column::new(
+                name.into(),
+                rows.iter()
+                    .map(|r| {
+                        get(r, name).and_then(|v| {
+                            if let Value::Bool(b) = v {
+                                Some(*b)
+                            } else {
+                                None
+                            }
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            FieldType::Int => Column::new(
+                name.into(),
+                rows.iter()
+                    .map(|r| get(r, name).and_then(Value::as_i64))
+                    .collect::<Vec<_>>(),
+            ),
+            FieldType::Float => Column::new(
+                name.into(),
+                rows.iter()
+                    .map(|r| get(r, name).and_then(Value::as_f64))
+                    .collect::<Vec<_>>(),
+            ),
+            FieldType::Str | FieldType::Tensor => Column::new(
+                name.into(),
+                rows.iter()
+                    .map(|r| get(r, name).map(|v| v.to_string()))
+                    .collect::<Vec<_>>(),
+            ),
         };
         cols.push(col);
         schema.push((name.to_string(), ty));
@@ -262,25 +339,61 @@ mod tests {
                 item.set("score", 2i64);
             }
             let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-            item.tensors.insert("latent".into(), Tensor::new(DType::F32, vec![2], data.into()).unwrap());
+            item.tensors.insert(
+                "latent".into(),
+                Tensor::new(DType::F32, vec![2], data.into()).unwrap(),
+            );
             w.add(item).unwrap();
         }
-        let errors = vec![ErrorRecord { item_id: "c".into(), uri: "c.mp4".into(), stage: "1:probe".into(), message: "bad".into(), causes: String::new() }];
+        let errors = vec![ErrorRecord {
+            item_id: "c".into(),
+            uri: "c.mp4".into(),
+            stage: "1:probe".into(),
+            message: "bad".into(),
+            causes: String::new(),
+        }];
         let files = w.finish(&errors).unwrap();
-        assert_eq!(files.files.iter().map(|f| f.1.as_str()).collect::<Vec<_>>(), ["shard-00003.parquet", "shard-00003.safetensors", "shard-00003.errors.parquet"]);
-        assert_eq!(files.fields, [("id".into(), FieldType::Str), ("n".into(), FieldType::Int), ("score".into(), FieldType::Float)]);
+        assert_eq!(
+            files.files.iter().map(|f| f.1.as_str()).collect::<Vec<_>>(),
+            [
+                "shard-00003.parquet",
+                "shard-00003.safetensors",
+                "shard-00003.errors.parquet"
+            ]
+        );
+        assert_eq!(
+            files.fields,
+            [
+                ("id".into(), FieldType::Str),
+                ("n".into(), FieldType::Int),
+                ("score".into(), FieldType::Float)
+            ]
+        );
         assert_eq!(files.tensors, ["latent"]);
 
-        let df = ParquetReader::new(File::open(&files.files[0].0).unwrap()).finish().unwrap();
+        let df = ParquetReader::new(File::open(&files.files[0].0).unwrap())
+            .finish()
+            .unwrap();
         assert_eq!(df.height(), 2);
         assert_eq!(df.column("score").unwrap().f64().unwrap().get(1), Some(2.0));
         let bytes = std::fs::read(&files.files[1].0).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let t = st.tensor("b/latent").unwrap();
         assert_eq!(t.shape(), [2]);
-        assert_eq!(t.data(), [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
-        let e = ParquetReader::new(File::open(&files.files[2].0).unwrap()).finish().unwrap();
-        assert_eq!(e.column("stage").unwrap().str().unwrap().get(0), Some("1:probe"));
+        assert_eq!(
+            t.data(),
+            [1.0f32, 2.0]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+        );
+        let e = ParquetReader::new(File::open(&files.files[2].0).unwrap())
+            .finish()
+            .unwrap();
+        assert_eq!(
+            e.column("stage").unwrap().str().unwrap().get(0),
+            Some("1:probe")
+        );
         let _ = Value::Null;
     }
 }

@@ -126,7 +126,19 @@ impl RunReport {
     /// The summary table printed on stderr at the end of a run.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:<22} {:>9} {:>9} {:>7} {:>9} {:>10}", "stage", "in", "out", "errors", "busy s", "items/s");
+        if self.stages.is_empty() {
+            let _ = write!(
+                out,
+                "nothing to do: all {} shard(s) of {} are committed",
+                self.shards_total, self.output
+            );
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9} {:>9} {:>7} {:>9} {:>10}",
+            "stage", "in", "out", "errors", "busy s", "items/s"
+        );
         for s in &self.stages {
             let c = &s.counters;
             let _ = writeln!(

@@ -3,16 +3,20 @@
 use std::collections::BTreeMap;
 
 use pipeline::format::DatasetIndex;
-use pipeline::io::Location;
 use pipeline::inspect::{read_table_summary, read_tensor_header, TableSummary, TensorInfo};
+use pipeline::io::Location;
 
 /// Print a summary of a dataset directory/URL or one `.parquet` / `.safetensors` file.
 pub fn inspect(path: &str) -> anyhow::Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         let (dir, name) = match path.rsplit_once('/') {
-            Some((d, n)) if n.ends_with(".parquet") || n.ends_with(".safetensors") => (d.to_string(), Some(n.to_string())),
-            None if path.ends_with(".parquet") || path.ends_with(".safetensors") => (".".to_string(), Some(path.to_string())),
+            Some((d, n)) if n.ends_with(".parquet") || n.ends_with(".safetensors") => {
+                (d.to_string(), Some(n.to_string()))
+            }
+            None if path.ends_with(".parquet") || path.ends_with(".safetensors") => {
+                (".".to_string(), Some(path.to_string()))
+            }
             _ => (path.trim_end_matches('/').to_string(), None),
         };
         let loc = Location::parse(&dir)?;
@@ -27,7 +31,10 @@ pub fn inspect(path: &str) -> anyhow::Result<()> {
 
 async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
     let Some(bytes) = loc.read_opt("index.json").await? else {
-        anyhow::bail!("{} has no index.json: not a mugflow dataset (or no shard is committed yet)", loc.url);
+        anyhow::bail!(
+            "{} has no index.json: not a mugflow dataset (or no shard is committed yet)",
+            loc.url
+        );
     };
     let index: DatasetIndex = serde_json::from_slice(&bytes)?;
     println!("dataset   {}", loc.url);
@@ -39,13 +46,32 @@ async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
     for (name, ty) in &index.fields {
         println!("  {name:<20} {ty}");
     }
-    if let Some(first) = index.shards.iter().find(|s| s.files.iter().any(|f| f.ends_with(".safetensors"))) {
-        let file = first.files.iter().find(|f| f.ends_with(".safetensors")).expect("found above");
+    if let Some(first) = index
+        .shards
+        .iter()
+        .find(|s| s.files.iter().any(|f| f.ends_with(".safetensors")))
+    {
+        let file = first
+            .files
+            .iter()
+            .find(|f| f.ends_with(".safetensors"))
+            .expect("found above");
         println!("\ntensors (first item of shard {})", first.shard);
         let tensors = read_tensor_header(loc, file).await?;
-        let first_id = tensors.first().map(|t| t.name.rsplit_once('/').map_or("", |(id, _)| id).to_string()).unwrap_or_default();
-        for t in tensors.iter().filter(|t| t.name.starts_with(&format!("{first_id}/"))) {
-            println!("  {:<20} {:<5} {:?}", t.name.rsplit_once('/').map_or(t.name.as_str(), |(_, n)| n), t.dtype, t.shape);
+        let first_id = tensors
+            .first()
+            .map(|t| t.name.rsplit_once('/').map_or("", |(id, _)| id).to_string())
+            .unwrap_or_default();
+        for t in tensors
+            .iter()
+            .filter(|t| t.name.starts_with(&format!("{first_id}/")))
+        {
+            println!(
+                "  {:<20} {:<5} {:?}",
+                t.name.rsplit_once('/').map_or(t.name.as_str(), |(_, n)| n),
+                t.dtype,
+                t.shape
+            );
         }
     }
     let mut by_stage: BTreeMap<String, usize> = BTreeMap::new();
@@ -54,7 +80,9 @@ async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
         for f in s.files.iter().filter(|f| f.ends_with(".errors.parquet")) {
             let t = read_table_summary(loc, f).await?;
             for row in &t.rows {
-                *by_stage.entry(row.get("stage").cloned().unwrap_or_default()).or_default() += 1;
+                *by_stage
+                    .entry(row.get("stage").cloned().unwrap_or_default())
+                    .or_default() += 1;
                 if examples.len() < 5 {
                     examples.push(format!(
                         "  {} [{}] {}",
@@ -87,7 +115,11 @@ fn print_table(t: &TableSummary) {
     }
     println!("\nfirst rows");
     for row in t.rows.iter().take(5) {
-        let cells: Vec<String> = t.columns.iter().map(|(c, _)| format!("{c}={}", row.get(c).cloned().unwrap_or_default())).collect();
+        let cells: Vec<String> = t
+            .columns
+            .iter()
+            .map(|(c, _)| format!("{c}={}", row.get(c).cloned().unwrap_or_default()))
+            .collect();
         println!("  {}", cells.join("  "));
     }
 }

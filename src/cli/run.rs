@@ -10,10 +10,14 @@ pub fn run(args: &ManifestArgs, mode: ProgressMode) -> anyhow::Result<()> {
     let plan = load_plan(args, &registry)?;
     let reporter: Arc<dyn pipeline::report::Reporter> = progress::reporter(mode);
     let rt = runtime()?;
-    let report = rt.block_on(pipeline::run(&plan, &registry, pipeline::RunOptions { reporter, stop: stop_signal() }))?;
-    if report.status == "nothing to do" {
-        eprintln!("nothing to do: all {} shard(s) of {} are committed", report.shards_total, report.output);
-    }
+    rt.block_on(pipeline::run(
+        &plan,
+        &registry,
+        pipeline::RunOptions {
+            reporter,
+            stop: stop_signal(),
+        },
+    ))?;
     Ok(())
 }
 

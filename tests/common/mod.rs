@@ -25,7 +25,11 @@ pub fn mugflow(args: &[&str]) -> Command {
 /// Run and capture; returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out: Output = mugflow(args).output().expect("mugflow runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Write a manifest into `dir` and return its path.
@@ -42,8 +46,14 @@ pub fn written_ids(out: &Path) -> Vec<String> {
         let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
         let mut ids = Vec::new();
         for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet")) {
-                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
+            for f in entry
+                .files
+                .iter()
+                .filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet"))
+            {
+                let t = pipeline::inspect::read_table_summary(&loc, f)
+                    .await
+                    .unwrap();
                 ids.extend(t.rows.iter().map(|r| r["id"].clone()));
             }
         }
@@ -58,9 +68,21 @@ pub fn error_rows(out: &Path) -> Vec<(String, String, String)> {
         let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
         let mut rows = Vec::new();
         for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry.files.iter().filter(|f| f.ends_with(".errors.parquet")) {
-                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
-                rows.extend(t.rows.iter().map(|r| (r["item_id"].clone(), r["stage"].clone(), r["message"].clone())));
+            for f in entry
+                .files
+                .iter()
+                .filter(|f| f.ends_with(".errors.parquet"))
+            {
+                let t = pipeline::inspect::read_table_summary(&loc, f)
+                    .await
+                    .unwrap();
+                rows.extend(t.rows.iter().map(|r| {
+                    (
+                        r["item_id"].clone(),
+                        r["stage"].clone(),
+                        r["message"].clone(),
+                    )
+                }));
             }
         }
         rows.sort();
@@ -76,7 +98,10 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 walk(base, &p, out);
             } else {
-                out.push((p.strip_prefix(base).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(base).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
             }
         }
     }

@@ -72,7 +72,10 @@ impl Node {
 
     /// The value of `key` in a table node.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.entries()?.iter().find(|e| e.key == key).map(|e| &e.value)
+        self.entries()?
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| &e.value)
     }
 
     /// Convert to JSON for serde (origins dropped; validation has already run).
@@ -80,10 +83,16 @@ impl Node {
         match &self.kind {
             NodeKind::Bool(b) => (*b).into(),
             NodeKind::Int(i) => (*i).into(),
-            NodeKind::Float(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
+            NodeKind::Float(x) => {
+                serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
+            }
             NodeKind::Str(s) => s.clone().into(),
             NodeKind::Array(a) => a.iter().map(Node::to_json).collect(),
-            NodeKind::Table(e) => e.iter().map(|e| (e.key.clone(), e.value.to_json())).collect::<serde_json::Map<_, _>>().into(),
+            NodeKind::Table(e) => e
+                .iter()
+                .map(|e| (e.key.clone(), e.value.to_json()))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
         }
     }
 }
@@ -137,7 +146,11 @@ impl Converter<'_> {
             Item::Value(v) => self.value(v),
             Item::Table(t) => self.table(t, key_span.unwrap_or(0..0)),
             Item::ArrayOfTables(a) => Node {
-                kind: NodeKind::Array(a.iter().map(|t| self.table(t, key_span.clone().unwrap_or(0..0))).collect()),
+                kind: NodeKind::Array(
+                    a.iter()
+                        .map(|t| self.table(t, key_span.clone().unwrap_or(0..0)))
+                        .collect(),
+                ),
                 origin: self.origin(a.span().or(key_span)),
             },
             Item::None => Node {
@@ -176,7 +189,11 @@ impl Converter<'_> {
 /// Replace `${NAME}` and `${NAME:-default}` in every string with the environment's value.
 ///
 /// `$${` writes a literal `${`. An unset variable without a default is an error at its position.
-pub fn interpolate_env(node: &mut Node, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<Diagnostic>) {
+pub fn interpolate_env(
+    node: &mut Node,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<Diagnostic>,
+) {
     match &mut node.kind {
         NodeKind::Str(s) if s.contains("${") => match expand(s, env) {
             Ok(v) => *s = v,
@@ -186,7 +203,9 @@ pub fn interpolate_env(node: &mut Node, env: &dyn Fn(&str) -> Option<String>, er
             ),
         },
         NodeKind::Array(a) => a.iter_mut().for_each(|n| interpolate_env(n, env, errors)),
-        NodeKind::Table(t) => t.iter_mut().for_each(|e| interpolate_env(&mut e.value, env, errors)),
+        NodeKind::Table(t) => t
+            .iter_mut()
+            .for_each(|e| interpolate_env(&mut e.value, env, errors)),
         _ => {}
     }
 }
@@ -204,14 +223,18 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
         }
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in \"{s}\""))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated `${{` in \"{s}\""))?;
         let spec = &after[..end];
         let (name, default) = match spec.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (spec, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{spec}}}` is not a valid environment variable reference"));
+            return Err(format!(
+                "`${{{spec}}}` is not a valid environment variable reference"
+            ));
         }
         match env(name).or_else(|| default.map(str::to_string)) {
             Some(v) => out.push_str(&v),
@@ -236,7 +259,11 @@ mod tests {
         assert_eq!(expand("s3://${BUCKET}/x", &env).unwrap(), "s3://raw/x");
         assert_eq!(expand("${NOPE:-local}/x", &env).unwrap(), "local/x");
         assert_eq!(expand("$${BUCKET}", &env).unwrap(), "${BUCKET}");
-        assert!(expand("${NOPE}", &env).unwrap_err().contains("`NOPE` is not set"));
-        assert!(expand("${BUCKET", &env).unwrap_err().contains("unterminated"));
+        assert!(expand("${NOPE}", &env)
+            .unwrap_err()
+            .contains("`NOPE` is not set"));
+        assert!(expand("${BUCKET", &env)
+            .unwrap_err()
+            .contains("unterminated"));
     }
 }

@@ -89,12 +89,26 @@ impl fmt::Display for Diagnostic {
             Origin::File(src, range) => {
                 let (line, col) = src.line_col(range.start);
                 let text = src.line_text(line);
-                let width = range.len().max(1).min(text.chars().count().saturating_sub(col - 1).max(1));
+                let width = range
+                    .len()
+                    .max(1)
+                    .min(text.chars().count().saturating_sub(col - 1).max(1));
                 let gutter = line.to_string().len();
-                writeln!(f, "{:>gutter$}--> {}:{line}:{col}", "", src.display_path().display())?;
+                writeln!(
+                    f,
+                    "{:>gutter$}--> {}:{line}:{col}",
+                    "",
+                    src.display_path().display()
+                )?;
                 writeln!(f, "{:>gutter$} |", "")?;
                 writeln!(f, "{line} | {text}")?;
-                write!(f, "{:>gutter$} | {}{}", "", " ".repeat(col - 1), "^".repeat(width))?;
+                write!(
+                    f,
+                    "{:>gutter$} | {}{}",
+                    "",
+                    " ".repeat(col - 1),
+                    "^".repeat(width)
+                )?;
             }
             Origin::Override(arg) => write!(f, "  --> command line: --set {arg}")?,
             Origin::Manifest(src) => write!(f, "  --> {}", src.display_path().display())?,

