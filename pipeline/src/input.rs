@@ -311,12 +311,17 @@ fn common_dir(uris: &[String]) -> String {
     };
     let mut prefix = first.rsplit_once('/').map_or("", |(d, _)| d).to_string();
     for u in &uris[1..] {
-        while !(u.starts_with(&prefix) && u[prefix.len()..].starts_with('/')) && !prefix.is_empty()
-        {
+        while !(prefix.is_empty() || is_under(u, &prefix)) {
             prefix = prefix.rsplit_once('/').map_or("", |(d, _)| d).to_string();
         }
     }
     prefix
+}
+
+/// Whether `path` lies inside directory `dir`.
+fn is_under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn split_parent(path: &str) -> (&str, &str) {

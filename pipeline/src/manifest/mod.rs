@@ -245,9 +245,8 @@ fn select_stage<'a>(
         _ => None,
     };
     let matches: Vec<usize> = match sel.parse::<usize>() {
-        Ok(pos) => (pos >= 1 && pos <= stages.len())
-            .then(|| vec![pos - 1])
-            .unwrap_or_default(),
+        Ok(pos) if pos >= 1 && pos <= stages.len() => vec![pos - 1],
+        Ok(_) => Vec::new(),
         Err(_) => {
             let by_name: Vec<usize> = (0..stages.len())
                 .filter(|&i| label(&stages[i], "name").as_deref() == Some(sel))
