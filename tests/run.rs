@@ -18,22 +18,13 @@ fn job(dir: &Path, input: &str, shard_size: usize, extra: &str) -> std::path::Pa
 
 /// A table listing of `n` rows cycling over the test videos, with unique ids.
 fn big_listing(dir: &Path, n: usize) -> String {
-    let videos: Vec<_> = std::fs::read_dir(common::videos())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let videos: Vec<_> = std::fs::read_dir(common::videos()).unwrap().map(|e| e.unwrap().path()).collect();
     let mut csv = String::from("id,path\n");
     for i in 0..n {
-        csv.push_str(&format!(
-            "item{i:05},{}\n",
-            videos[i % videos.len()].display()
-        ));
+        csv.push_str(&format!("item{i:05},{}\n", videos[i % videos.len()].display()));
     }
     std::fs::write(dir.join("listing.csv"), csv).unwrap();
-    format!(
-        "{{ table = \"{}/listing.csv\", id_column = \"id\" }}",
-        dir.display()
-    )
+    format!("{{ table = \"{}/listing.csv\", id_column = \"id\" }}", dir.display())
 }
 
 #[test]
@@ -41,30 +32,18 @@ fn demo_runs_end_to_end_and_a_rerun_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let set = format!("job.output={}", out.display());
-    let (code, _, err) = run(&[
-        "run",
-        "manifests/demo.toml",
-        "--set",
-        &set,
-        "--progress",
-        "plain",
-    ]);
+    let (code, _, err) = run(&["run", "manifests/demo.toml", "--set", &set, "--progress", "plain"]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("completed: 3 shard(s) committed, 0 skipped (of 3); 10 item(s) written"),
-        "{err}"
-    );
+    assert!(err.contains("completed: 3 shard(s) committed, 0 skipped (of 3); 10 item(s) written"), "{err}");
     let mut ids = written_ids(&out);
     ids.sort();
     assert_eq!(ids.len(), 10);
     assert!(ids.contains(&"cockatoo_rot90".to_string()));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["status"], "completed");
     assert_eq!(report["stages"][0]["stage"], "1:probe");
     assert_eq!(report["stages"][0]["items_out"], 10);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["items"], 10);
     assert_eq!(index["shards"].as_array().unwrap().len(), 3);
     assert_eq!(index["pipeline"][0]["kind"], "probe");
@@ -73,18 +52,11 @@ fn demo_runs_end_to_end_and_a_rerun_changes_nothing() {
     let (code, _, err) = run(&["run", "manifests/demo.toml", "--set", &set]);
     assert_eq!(code, 0);
     assert!(err.contains("nothing to do: all 3 shard(s)"), "{err}");
-    assert_eq!(
-        common::tree(&out),
-        before,
-        "a rerun of a finished job must not touch the output"
-    );
+    assert_eq!(common::tree(&out), before, "a rerun of a finished job must not touch the output");
 
     let (code, stdout, _) = run(&["inspect", out.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert!(
-        stdout.contains("items     10") && stdout.contains("duration_s           float"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("items     10") && stdout.contains("duration_s           float"), "{stdout}");
     let (code, stdout, _) = run(&["inspect", out.join("shard-00000.parquet").to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(stdout.contains("rows      4"), "{stdout}");
@@ -100,38 +72,20 @@ fn corrupt_and_missing_inputs_become_error_records_and_the_rest_is_written() {
     for e in std::fs::read_dir(common::videos()).unwrap() {
         list.push_str(&format!("{}\n", e.unwrap().path().display()));
     }
-    list.push_str(&format!(
-        "{}\n{}/missing.mp4\n",
-        corrupt.display(),
-        dir.path().display()
-    ));
+    list.push_str(&format!("{}\n{}/missing.mp4\n", corrupt.display(), dir.path().display()));
     std::fs::write(dir.path().join("inputs.txt"), list).unwrap();
-    let m = job(
-        dir.path(),
-        &format!("{{ list = \"{}/inputs.txt\" }}", dir.path().display()),
-        5,
-        "",
-    );
+    let m = job(dir.path(), &format!("{{ list = \"{}/inputs.txt\" }}", dir.path().display()), 5, "");
     let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
     assert_eq!(code, 0, "{err}");
     let out = dir.path().join("out");
     assert_eq!(written_ids(&out).len(), 10);
     let errors = error_rows(&out);
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert_eq!(
-        (errors[0].0.as_str(), errors[0].1.as_str()),
-        ("corrupt", "1:probe")
-    );
-    assert_eq!(
-        (errors[1].0.as_str(), errors[1].1.as_str()),
-        ("missing", "1:probe")
-    );
+    assert_eq!((errors[0].0.as_str(), errors[0].1.as_str()), ("corrupt", "1:probe"));
+    assert_eq!((errors[1].0.as_str(), errors[1].1.as_str()), ("missing", "1:probe"));
     assert!(errors[1].2.contains("missing.mp4"), "{errors:?}");
     let (_, stdout, _) = run(&["inspect", out.to_str().unwrap()]);
-    assert!(
-        stdout.contains("errors by stage") && stdout.contains("1:probe              2"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("errors by stage") && stdout.contains("1:probe              2"), "{stdout}");
 }
 
 #[test]
@@ -147,26 +101,17 @@ fn a_run_killed_mid_way_resumes_with_every_item_exactly_once() {
     let start = Instant::now();
     let committed = |p: &Path| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
     while committed(&journal) < 5 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no shard committed"
-        );
+        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = committed(&journal);
-    assert!(
-        at_kill < n / 3,
-        "the run finished before it was killed; nothing was tested"
-    );
+    assert!(at_kill < n / 3, "the run finished before it was killed; nothing was tested");
 
     let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains(&format!("{} skipped (of 200)", at_kill)) || err.contains("skipped (of 200)"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{} skipped (of 200)", at_kill)) || err.contains("skipped (of 200)"), "{err}");
     let mut ids = written_ids(&dir.path().join("out"));
     assert_eq!(ids.len(), n, "every input exactly once");
     ids.sort();
@@ -177,8 +122,7 @@ fn a_run_killed_mid_way_resumes_with_every_item_exactly_once() {
     let out = dir.path().join("out");
     let mut expected: Vec<String> = vec!["index.json".into(), "report.json".into()];
     for e in std::fs::read_dir(&journal).unwrap() {
-        let entry: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
         for f in entry["files"].as_array().unwrap() {
             expected.push(f.as_str().unwrap().to_string());
         }
@@ -211,10 +155,7 @@ fn ctrl_c_stops_without_partial_output_and_the_next_run_finishes() {
         .unwrap();
     let start = Instant::now();
     while std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0) < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no shard committed"
-        );
+        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
         std::thread::sleep(Duration::from_millis(5));
     }
     // SAFETY: plain libc call on a child we own.
@@ -223,34 +164,21 @@ fn ctrl_c_stops_without_partial_output_and_the_next_run_finishes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(
-        err.contains("interrupted by Ctrl-C")
-            && err.contains("hint: run the same command again to resume"),
+        err.contains("interrupted by Ctrl-C") && err.contains("hint: run the same command again to resume"),
         "{err}"
     );
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("out/report.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/report.json")).unwrap()).unwrap();
     assert_eq!(report["status"], "interrupted");
     // Only committed shards' files exist.
     let committed: Vec<String> = std::fs::read_dir(&journal)
         .unwrap()
-        .map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .replace(".json", "")
-        })
+        .map(|e| e.unwrap().file_name().to_string_lossy().replace(".json", ""))
         .collect();
     for e in std::fs::read_dir(dir.path().join("out")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().to_string();
-        if let Some(stem) = name
-            .strip_suffix(".errors.parquet")
-            .or(name.strip_suffix(".parquet"))
-        {
-            assert!(
-                committed.contains(&stem.to_string()),
-                "{name} belongs to no committed shard"
-            );
+        if let Some(stem) = name.strip_suffix(".errors.parquet").or(name.strip_suffix(".parquet")) {
+            assert!(committed.contains(&stem.to_string()), "{name} belongs to no committed shard");
         }
     }
     let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
@@ -266,9 +194,7 @@ extern "C" {
 #[test]
 fn too_many_failures_abort_the_job_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let list: String = (0..30)
-        .map(|i| format!("{}/nope{i}.mp4\n", dir.path().display()))
-        .collect();
+    let list: String = (0..30).map(|i| format!("{}/nope{i}.mp4\n", dir.path().display())).collect();
     std::fs::write(dir.path().join("inputs.txt"), list).unwrap();
     let m = job(
         dir.path(),
@@ -278,14 +204,14 @@ fn too_many_failures_abort_the_job_with_a_clear_message() {
     );
     let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("error: aborted: 20 of 20 finished items failed (100.0%), above job.max_error_rate = 0.5"), "{err}");
+    assert!(
+        err.contains("error: aborted: 20 of 20 finished items failed (100.0%), above job.max_error_rate = 0.5"),
+        "{err}"
+    );
     assert!(err.contains("hint: look at the error tables"), "{err}");
     assert!(
         !dir.path().join("out/_journal").exists()
-            || std::fs::read_dir(dir.path().join("out/_journal"))
-                .unwrap()
-                .count()
-                == 0
+            || std::fs::read_dir(dir.path().join("out/_journal")).unwrap().count() == 0
     );
 }
 
@@ -294,16 +220,8 @@ fn an_item_that_takes_too_long_becomes_an_error_record() {
     let dir = tempfile::tempdir().unwrap();
     // A FIFO blocks FFmpeg's open until a writer appears, which never happens: a hung input.
     let fifo = dir.path().join("hung.mp4");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let list = format!(
-        "{}\n{}\n",
-        fifo.display(),
-        common::videos().join("hug_lego_movie.mp4").display()
-    );
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let list = format!("{}\n{}\n", fifo.display(), common::videos().join("hug_lego_movie.mp4").display());
     std::fs::write(dir.path().join("inputs.txt"), list).unwrap();
     let m = job(
         dir.path(),

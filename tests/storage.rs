@@ -13,16 +13,10 @@ async fn run_demo(output: &str) -> pipeline::report::RunReport {
     let registry = stages::registry();
     let path = common::root().join("manifests/demo.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let sets = [
-        format!("job.output={output}"),
-        format!("job.input={}/*", common::videos().display()),
-    ];
+    let sets = [format!("job.output={output}"), format!("job.input={}/*", common::videos().display())];
     let m = Manifest::from_text(&path, text, &sets, &|_| None).unwrap();
     let plan = pipeline::Plan::from_manifest(&m, &registry).unwrap();
-    let opts = pipeline::RunOptions {
-        reporter: Arc::new(pipeline::report::Silent),
-        stop: std::future::pending(),
-    };
+    let opts = pipeline::RunOptions { reporter: Arc::new(pipeline::report::Silent), stop: std::future::pending() };
     pipeline::run(&plan, &registry, opts).await.unwrap()
 }
 
@@ -31,12 +25,7 @@ async fn rows(loc: &Location) -> Vec<std::collections::BTreeMap<String, String>>
     let mut rows = Vec::new();
     for e in pipeline::journal::load(loc).await.unwrap().values() {
         for f in e.files.iter().filter(|f| f.ends_with(".parquet")) {
-            rows.extend(
-                pipeline::inspect::read_table_summary(loc, f)
-                    .await
-                    .unwrap()
-                    .rows,
-            );
+            rows.extend(pipeline::inspect::read_table_summary(loc, f).await.unwrap().rows);
         }
     }
     rows.sort_by(|a, b| a["id"].cmp(&b["id"]));
@@ -54,22 +43,12 @@ async fn an_object_store_output_holds_the_same_dataset_as_a_local_one() {
     let disk_loc = Location::parse(disk.to_str().unwrap()).unwrap();
     let mem_loc = Location::parse("memory://storage-test/datasets/demo").unwrap();
     assert_eq!(rows(&disk_loc).await, rows(&mem_loc).await);
-    let names = |v: Vec<String>| {
-        v.into_iter()
-            .filter(|n| n != "report.json")
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        names(disk_loc.list("").await.unwrap()),
-        names(mem_loc.list("").await.unwrap())
-    );
+    let names = |v: Vec<String>| v.into_iter().filter(|n| n != "report.json").collect::<Vec<_>>();
+    assert_eq!(names(disk_loc.list("").await.unwrap()), names(mem_loc.list("").await.unwrap()));
 
     // Resume works the same way on the object store: a second run does nothing.
     let again = run_demo("memory://storage-test/datasets/demo").await;
-    assert_eq!(
-        (again.status.as_str(), again.shards_skipped),
-        ("nothing to do", 3)
-    );
+    assert_eq!((again.status.as_str(), again.shards_skipped), ("nothing to do", 3));
 }
 
 /// Python's polars, pyarrow and safetensors read a shard without conversion.
@@ -98,18 +77,8 @@ with safe_open(f"{d}/shard-00000.safetensors", framework="numpy") as f:
     assert f.metadata()["format"] == "mugflow"
 print("python readers ok")
 "#;
-    let out = std::process::Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(python).arg("-c").arg(script).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 fn write_shard_with_tensors(dir: &Path) {
@@ -123,14 +92,8 @@ fn write_shard_with_tensors(dir: &Path) {
             item.set("caption", "a vase");
         }
         let lat: Vec<u8> = (1..=6).flat_map(|x| (x as f32).to_le_bytes()).collect();
-        item.tensors.insert(
-            "latent".into(),
-            Tensor::new(DType::F32, vec![2, 3], lat.into()).unwrap(),
-        );
-        item.tensors.insert(
-            "mask".into(),
-            Tensor::new(DType::Bool, vec![4], vec![1u8, 1, 0, 0].into()).unwrap(),
-        );
+        item.tensors.insert("latent".into(), Tensor::new(DType::F32, vec![2, 3], lat.into()).unwrap());
+        item.tensors.insert("mask".into(), Tensor::new(DType::Bool, vec![4], vec![1u8, 1, 0, 0].into()).unwrap());
         w.add(item).unwrap();
     }
     let files = Box::new(w).finish(&[]).unwrap();

@@ -22,23 +22,12 @@ fn every_bundled_manifest_validates() {
 
 #[test]
 fn validate_prints_the_resolved_plan() {
-    let (code, out, _) = run(&[
-        "validate",
-        "manifests/demo.toml",
-        "--set",
-        "stage.probe.parallelism=3",
-    ]);
+    let (code, out, _) = run(&["validate", "manifests/demo.toml", "--set", "stage.probe.parallelism=3"]);
     assert_eq!(code, 0);
     assert!(out.contains("[1] probe  (parallelism 3)"), "{out}");
     assert!(out.contains("require_video = true  (default)"), "{out}");
-    assert!(
-        out.contains("adds   container: str, duration_s: float"),
-        "{out}"
-    );
-    assert!(
-        out.contains("inputs: 10 items in 3 shard(s) of up to 4"),
-        "{out}"
-    );
+    assert!(out.contains("adds   container: str, duration_s: float"), "{out}");
+    assert!(out.contains("inputs: 10 items in 3 shard(s) of up to 4"), "{out}");
     assert!(out.contains("[2] write  (sink)"), "{out}");
 }
 
@@ -47,13 +36,14 @@ const HEAD: &str = "[job]\nname = \"t\"\ninput = \"tests/data/videos/*\"\noutput
 #[test]
 fn a_misspelt_key_names_the_position_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(dir.path(), "typo.toml", &format!("{HEAD}\n[[stage]]\nkind = \"probe\"\nrequire_vidoe = false\n\n[[stage]]\nkind = \"write\"\n"));
+    let m = manifest(
+        dir.path(),
+        "typo.toml",
+        &format!("{HEAD}\n[[stage]]\nkind = \"probe\"\nrequire_vidoe = false\n\n[[stage]]\nkind = \"write\"\n"),
+    );
     let (code, out, err) = run(&["validate", m.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}{err}");
-    assert!(
-        err.contains("unknown key `require_vidoe` in stage 1 (`probe`)"),
-        "{err}"
-    );
+    assert!(err.contains("unknown key `require_vidoe` in stage 1 (`probe`)"), "{err}");
     assert!(err.contains("typo.toml:8:1"), "{err}");
     assert!(err.contains("did you mean `require_video`?"), "{err}");
 }
@@ -86,53 +76,30 @@ fn wrong_types_bad_units_and_unknown_kinds_are_all_reported() {
 #[test]
 fn missing_job_keys_and_pipeline_shape_are_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(dir.path(), "shape.toml", "[job]\nname = \"t\"\ninput = \"x/*\"\n\n[[stage]]\nkind = \"write\"\n\n[[stage]]\nkind = \"probe\"\n");
+    let m = manifest(
+        dir.path(),
+        "shape.toml",
+        "[job]\nname = \"t\"\ninput = \"x/*\"\n\n[[stage]]\nkind = \"write\"\n\n[[stage]]\nkind = \"probe\"\n",
+    );
     let (code, _, err) = run(&["validate", "--offline", m.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("missing required key `output` in [job]"),
-        "{err}"
-    );
-    assert!(
-        err.contains("stage 1 (`write`) writes output and must be the last stage"),
-        "{err}"
-    );
-    assert!(
-        err.contains("the last stage (`probe`) does not write anything"),
-        "{err}"
-    );
+    assert!(err.contains("missing required key `output` in [job]"), "{err}");
+    assert!(err.contains("stage 1 (`write`) writes output and must be the last stage"), "{err}");
+    assert!(err.contains("the last stage (`probe`) does not write anything"), "{err}");
 }
 
 #[test]
 fn overrides_and_environment_are_applied_and_checked() {
-    let (code, out, _) = run(&[
-        "validate",
-        "manifests/demo.toml",
-        "--set",
-        "job.shard_size=5",
-    ]);
+    let (code, out, _) = run(&["validate", "manifests/demo.toml", "--set", "job.shard_size=5"]);
     assert_eq!(code, 0);
     assert!(out.contains("shard_size = 5"), "{out}");
     assert!(out.contains("in 2 shard(s) of up to 5"), "{out}");
 
-    let (code, _, err) = run(&[
-        "validate",
-        "manifests/demo.toml",
-        "--set",
-        "stage.prob.parallelism=2",
-    ]);
+    let (code, _, err) = run(&["validate", "manifests/demo.toml", "--set", "stage.prob.parallelism=2"]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("no stage matches `prob`") && err.contains("did you mean `stage.probe`?"),
-        "{err}"
-    );
+    assert!(err.contains("no stage matches `prob`") && err.contains("did you mean `stage.probe`?"), "{err}");
 
-    let (code, _, err) = run(&[
-        "validate",
-        "manifests/demo.toml",
-        "--set",
-        "job.shard_size=many",
-    ]);
+    let (code, _, err) = run(&["validate", "manifests/demo.toml", "--set", "job.shard_size=many"]);
     assert_eq!(code, 2);
     assert!(err.contains("--set job.shard_size=many"), "{err}");
 
@@ -161,10 +128,7 @@ fn a_field_nothing_provides_fails_before_the_run() {
 fn stages_lists_every_stage_from_the_schema() {
     let (code, out, _) = run(&["stages"]);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("probe\n  Read container and stream metadata with FFmpeg"),
-        "{out}"
-    );
+    assert!(out.contains("probe\n  Read container and stream metadata with FFmpeg"), "{out}");
     assert!(out.contains("require_video"), "{out}");
     assert!(out.contains("format             \"mugflow\""), "{out}");
     let (code, _, err) = run(&["stages", "prob"]);
@@ -172,8 +136,5 @@ fn stages_lists_every_stage_from_the_schema() {
     assert!(err.contains("did you mean `probe`?"), "{err}");
     let (code, out, _) = run(&["stages", "--format", "markdown"]);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("## `probe`") && out.contains("| `require_video` | boolean | `true` |"),
-        "{out}"
-    );
+    assert!(out.contains("## `probe`") && out.contains("| `require_video` | boolean | `true` |"), "{out}");
 }

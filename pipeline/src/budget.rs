@@ -28,10 +28,7 @@ impl MemoryBudget {
     /// A budget of `bytes` (at least one unit).
     pub fn new(bytes: u64) -> Self {
         let total_units = (bytes / UNIT).clamp(1, u32::MAX as u64 / 2) as u32;
-        MemoryBudget {
-            semaphore: Arc::new(Semaphore::new(total_units as usize)),
-            total_units,
-        }
+        MemoryBudget { semaphore: Arc::new(Semaphore::new(total_units as usize)), total_units }
     }
 
     /// Bytes not currently reserved.
@@ -56,16 +53,8 @@ impl MemoryBudget {
             return;
         }
         // The semaphore is never closed, so acquiring can only wait, not fail.
-        let permit = self
-            .semaphore
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .expect("budget semaphore is never closed");
-        item.reservation = Some(Reservation {
-            _permit: permit,
-            units,
-        });
+        let permit = self.semaphore.clone().acquire_many_owned(units).await.expect("budget semaphore is never closed");
+        item.reservation = Some(Reservation { _permit: permit, units });
     }
 }
 
@@ -78,25 +67,16 @@ mod tests {
     async fn reservations_follow_payload_and_release_on_drop() {
         let budget = MemoryBudget::new(1 << 20);
         let mut item = Item::new("a");
-        item.tensors.insert(
-            "x".into(),
-            Tensor::new(DType::U8, vec![256 * 1024], vec![0u8; 256 * 1024].into()).unwrap(),
-        );
+        item.tensors
+            .insert("x".into(), Tensor::new(DType::U8, vec![256 * 1024], vec![0u8; 256 * 1024].into()).unwrap());
         budget.reserve(&mut item).await;
         assert_eq!(budget.available_bytes(), 768 * 1024);
         item.tensors.clear();
         budget.reserve(&mut item).await;
         assert_eq!(budget.available_bytes(), 1 << 20);
-        item.tensors.insert(
-            "y".into(),
-            Tensor::new(DType::U8, vec![4 << 20], vec![0u8; 4 << 20].into()).unwrap(),
-        );
+        item.tensors.insert("y".into(), Tensor::new(DType::U8, vec![4 << 20], vec![0u8; 4 << 20].into()).unwrap());
         budget.reserve(&mut item).await;
-        assert_eq!(
-            budget.available_bytes(),
-            0,
-            "an oversized item takes the whole budget"
-        );
+        assert_eq!(budget.available_bytes(), 0, "an oversized item takes the whole budget");
         drop(item);
         assert_eq!(budget.available_bytes(), 1 << 20);
     }

@@ -95,18 +95,12 @@ impl PipelineError {
 
     /// A storage error with its location.
     pub fn storage(location: impl fmt::Display, source: object_store::Error) -> Self {
-        PipelineError::Storage {
-            location: location.to_string(),
-            source,
-        }
+        PipelineError::Storage { location: location.to_string(), source }
     }
 
     /// A local I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        PipelineError::Io {
-            context: context.into(),
-            source,
-        }
+        PipelineError::Io { context: context.into(), source }
     }
 }
 
@@ -122,20 +116,14 @@ pub struct StageError {
 impl StageError {
     /// An error from a plain message.
     pub fn msg(message: impl Into<String>) -> Self {
-        StageError {
-            message: message.into(),
-            causes: Vec::new(),
-        }
+        StageError { message: message.into(), causes: Vec::new() }
     }
 
     /// Prefix the message with context, keeping the old message as the first cause.
     pub fn context(self, message: impl Into<String>) -> Self {
         let mut causes = vec![self.message];
         causes.extend(self.causes);
-        StageError {
-            message: message.into(),
-            causes,
-        }
+        StageError { message: message.into(), causes }
     }
 }
 
@@ -147,10 +135,7 @@ impl<E: std::error::Error> From<E> for StageError {
             causes.push(c.to_string());
             next = c.source();
         }
-        StageError {
-            message: e.to_string(),
-            causes,
-        }
+        StageError { message: e.to_string(), causes }
     }
 }
 

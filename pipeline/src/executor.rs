@@ -58,23 +58,12 @@ struct ShardState {
 
 impl Tracker {
     fn open(&self, shard: usize, items: usize) {
-        self.shards.lock().expect("tracker lock").insert(
-            shard,
-            ShardState {
-                live: items,
-                ..Default::default()
-            },
-        );
+        self.shards.lock().expect("tracker lock").insert(shard, ShardState { live: items, ..Default::default() });
     }
 
     /// Fan-out: `n` more items of `shard` are alive.
     fn add(&self, shard: usize, n: usize) {
-        self.shards
-            .lock()
-            .expect("tracker lock")
-            .entry(shard)
-            .or_default()
-            .live += n;
+        self.shards.lock().expect("tracker lock").entry(shard).or_default().live += n;
     }
 
     /// `n` items of `shard` finished (written or filtered out).
@@ -117,21 +106,12 @@ impl Tracker {
     }
 
     fn take_errors(&self, shard: usize) -> Vec<ErrorRecord> {
-        self.shards
-            .lock()
-            .expect("tracker lock")
-            .remove(&shard)
-            .map(|s| s.errors)
-            .unwrap_or_default()
+        self.shards.lock().expect("tracker lock").remove(&shard).map(|s| s.errors).unwrap_or_default()
     }
 }
 
 /// Run a validated plan to completion (or until stopped), resuming from the output's journal.
-pub async fn run<S>(
-    plan: &Plan,
-    registry: &Registry,
-    opts: RunOptions<S>,
-) -> Result<RunReport, PipelineError>
+pub async fn run<S>(plan: &Plan, registry: &Registry, opts: RunOptions<S>) -> Result<RunReport, PipelineError>
 where
     S: Future<Output = &'static str> + Send,
 {
@@ -141,26 +121,20 @@ where
     let inputs = list_inputs(&job.input).await?;
     plan.check_fields(&inputs.fields, registry)?;
     let shards: Vec<&[InputItem]> = inputs.items.chunks(job.shard_size as usize).collect();
-    let fingerprints: Vec<String> = shards
-        .iter()
-        .map(|s| journal::fingerprint(s.iter().map(|i| i.id.as_str())))
-        .collect();
+    let fingerprints: Vec<String> =
+        shards.iter().map(|s| journal::fingerprint(s.iter().map(|i| i.id.as_str()))).collect();
 
     let mut committed = journal::load(&out).await?;
     for (k, e) in &committed {
         if fingerprints.get(*k) != Some(&e.fingerprint) {
             return Err(PipelineError::JournalMismatch {
                 location: out.url.clone(),
-                detail: format!(
-                    "shard {k} was committed with other input items than this job lists now"
-                ),
+                detail: format!("shard {k} was committed with other input items than this job lists now"),
             });
         }
     }
     out.remove_local_staging_files()?;
-    let pending: Vec<usize> = (0..shards.len())
-        .filter(|k| !committed.contains_key(k))
-        .collect();
+    let pending: Vec<usize> = (0..shards.len()).filter(|k| !committed.contains_key(k)).collect();
     let skipped = shards.len() - pending.len();
     let labels: Vec<String> = plan.stages.iter().map(|s| s.label()).collect();
     let counters: Vec<Arc<StageCounters>> = plan.stages.iter().map(|_| Arc::default()).collect();
@@ -190,20 +164,15 @@ where
         return Ok(report);
     }
 
-    let ctx = BuildContext {
-        job_name: job.name.clone(),
-    };
+    let ctx = BuildContext { job_name: job.name.clone() };
     let mut transforms: Vec<(usize, Arc<dyn Stage>)> = Vec::new();
     let mut sink: Option<Arc<dyn Sink>> = None;
     for (i, s) in plan.stages.iter().enumerate() {
-        match s
-            .config
-            .build(&ctx)
-            .map_err(|message| PipelineError::Build {
-                position: s.position,
-                kind: s.kind.into(),
-                message,
-            })? {
+        match s.config.build(&ctx).map_err(|message| PipelineError::Build {
+            position: s.position,
+            kind: s.kind.into(),
+            message,
+        })? {
             Runnable::Transform(t) => transforms.push((i, t)),
             Runnable::Sink(k) => sink = Some(k),
         }
@@ -215,9 +184,7 @@ where
         .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
         .tempdir()
         .map_err(|e| PipelineError::io("cannot create a scratch directory", e))?;
-    let stage_ctx = StageContext {
-        scratch: scratch.path().to_path_buf(),
-    };
+    let stage_ctx = StageContext { scratch: scratch.path().to_path_buf() };
     let budget = MemoryBudget::new(job.memory_budget.0);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let tracker = Arc::new(Tracker {
@@ -235,8 +202,7 @@ where
     let mut tasks = tokio::task::JoinSet::new();
     {
         let tracker = tracker.clone();
-        let items: Vec<(usize, Vec<InputItem>)> =
-            pending.iter().map(|k| (*k, shards[*k].to_vec())).collect();
+        let items: Vec<(usize, Vec<InputItem>)> = pending.iter().map(|k| (*k, shards[*k].to_vec())).collect();
         tasks.spawn(async move {
             for (k, shard_items) in items {
                 tracker.open(k, shard_items.len());
@@ -278,11 +244,7 @@ where
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                let snaps: Vec<_> = counters
-                    .iter()
-                    .zip(&labels)
-                    .map(|(c, l)| c.snapshot(l))
-                    .collect();
+                let snaps: Vec<_> = counters.iter().zip(&labels).map(|(c, l)| c.snapshot(l)).collect();
                 reporter.progress(&snaps, started.elapsed());
             }
         });
@@ -290,16 +252,12 @@ where
 
     let sink_counters = counters[plan.stages.len() - 1].clone();
     let sink_label = labels[labels.len() - 1].clone();
-    let pipeline: Vec<serde_json::Value> = plan
-        .stages
-        .iter()
-        .map(|s| serde_json::json!({ "kind": s.kind, "params": s.config.params() }))
-        .collect();
+    let pipeline: Vec<serde_json::Value> =
+        plan.stages.iter().map(|s| serde_json::json!({ "kind": s.kind, "params": s.config.params() })).collect();
     let mut open: BTreeMap<usize, Box<dyn ShardSink>> = BTreeMap::new();
     let shard_dir = |k: usize| -> Result<PathBuf, PipelineError> {
         let d = scratch.path().join(format!("shard-{k:05}"));
-        std::fs::create_dir_all(&d)
-            .map_err(|e| PipelineError::io(format!("cannot create {}", d.display()), e))?;
+        std::fs::create_dir_all(&d).map_err(|e| PipelineError::io(format!("cannot create {}", d.display()), e))?;
         Ok(d)
     };
     let stop = opts.stop;
@@ -371,15 +329,8 @@ where
         .zip(&labels)
         .map(|(c, l)| {
             let counters = c.snapshot(l);
-            let items_per_busy_s = if counters.busy_s > 0.0 {
-                counters.items_in as f64 / counters.busy_s
-            } else {
-                0.0
-            };
-            StageReport {
-                counters,
-                items_per_busy_s,
-            }
+            let items_per_busy_s = if counters.busy_s > 0.0 { counters.items_in as f64 / counters.busy_s } else { 0.0 };
+            StageReport { counters, items_per_busy_s }
         })
         .collect();
     report.errors = report.stages.iter().map(|s| s.counters.errors).sum();
@@ -391,12 +342,7 @@ where
     }
     .into();
     // The report is one atomic object; an interrupted run still says what it did.
-    let written = out
-        .write(
-            "report.json",
-            serde_json::to_vec_pretty(&report).expect("report serializes"),
-        )
-        .await;
+    let written = out.write("report.json", serde_json::to_vec_pretty(&report).expect("report serializes")).await;
     opts.reporter.finish(&report);
     outcome?;
     written?;
@@ -413,10 +359,8 @@ fn remove_stale_scratch() {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name
-            .strip_prefix(SCRATCH_PREFIX)
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(p, _)| p.parse::<u32>().ok())
+        let Some(pid) =
+            name.strip_prefix(SCRATCH_PREFIX).and_then(|r| r.split_once('-')).and_then(|(p, _)| p.parse::<u32>().ok())
         else {
             continue;
         };
@@ -485,24 +429,18 @@ impl Worker {
             let (id, shard) = (item.id.clone(), item.shard);
             let uri = item.get("uri").map(ToString::to_string).unwrap_or_default();
             let t0 = Instant::now();
-            let result =
-                match tokio::time::timeout(self.timeout, self.stage.process(item, &self.ctx)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(StageError::msg(format!(
-                        "timed out after {} (job.item_timeout)",
-                        humantime::format_duration(self.timeout)
-                    ))),
-                };
-            self.counters
-                .busy_ns
-                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &self.ctx)).await {
+                Ok(r) => r,
+                Err(_) => Err(StageError::msg(format!(
+                    "timed out after {} (job.item_timeout)",
+                    humantime::format_duration(self.timeout)
+                ))),
+            };
+            self.counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             match result {
                 Ok(children) if children.is_empty() => self.tracker.finish(shard, 1),
                 Ok(children) => {
-                    self.counters
-                        .items_out
-                        .fetch_add(children.len() as u64, Ordering::Relaxed);
+                    self.counters.items_out.fetch_add(children.len() as u64, Ordering::Relaxed);
                     self.tracker.add(shard, children.len() - 1);
                     for mut child in children {
                         child.shard = shard;

@@ -69,15 +69,8 @@ impl NativeShardWriter {
             .spooled
             .iter()
             .map(|(key, dtype, shape, start, end)| {
-                let view = safetensors::tensor::TensorView::new(
-                    st_dtype(*dtype),
-                    shape.clone(),
-                    &map[*start..*end],
-                )
-                .map_err(|e| PipelineError::Write {
-                    shard: self.shard,
-                    message: format!("tensor `{key}`: {e}"),
-                })?;
+                let view = safetensors::tensor::TensorView::new(st_dtype(*dtype), shape.clone(), &map[*start..*end])
+                    .map_err(|e| PipelineError::Write { shard: self.shard, message: format!("tensor `{key}`: {e}") })?;
                 Ok((key.clone(), view))
             })
             .collect::<Result<_, PipelineError>>()?;
@@ -85,10 +78,8 @@ impl NativeShardWriter {
             ("format".to_string(), "mugflow".to_string()),
             ("shard".to_string(), self.shard.to_string()),
         ]);
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| PipelineError::Write {
-            shard: self.shard,
-            message: e.to_string(),
-        })
+        safetensors::serialize_to_file(views, Some(meta), path)
+            .map_err(|e| PipelineError::Write { shard: self.shard, message: e.to_string() })
     }
 }
 
@@ -108,13 +99,7 @@ impl ShardSink for NativeShardWriter {
         for (name, t) in &item.tensors {
             self.spool.write_all(&t.data)?;
             let end = self.offset + t.data.len();
-            self.spooled.push((
-                format!("{}/{name}", item.id),
-                t.dtype,
-                t.shape.clone(),
-                self.offset,
-                end,
-            ));
+            self.spooled.push((format!("{}/{name}", item.id), t.dtype, t.shape.clone(), self.offset, end));
             self.offset = end;
         }
         self.rows.push((item.id, item.fields));
@@ -122,15 +107,12 @@ impl ShardSink for NativeShardWriter {
     }
 
     fn finish(mut self: Box<Self>, errors: &[ErrorRecord]) -> Result<ShardFiles, PipelineError> {
-        let mut out = ShardFiles {
-            items: self.rows.len(),
-            ..Default::default()
-        };
+        let mut out = ShardFiles { items: self.rows.len(), ..Default::default() };
+        // Workers finish items in any order; sorting makes a shard's table the same on every run.
+        self.rows.sort_by(|a, b| a.0.cmp(&b.0));
         let table = self.dir.join(table_name(self.shard));
-        let (mut df, fields) = rows_frame(&self.rows).map_err(|e| PipelineError::Write {
-            shard: self.shard,
-            message: e.to_string(),
-        })?;
+        let (mut df, fields) =
+            rows_frame(&self.rows).map_err(|e| PipelineError::Write { shard: self.shard, message: e.to_string() })?;
         write_parquet(&mut df, &table, self.shard)?;
         out.files.push((table, table_name(self.shard)));
         out.fields = fields;
@@ -138,11 +120,8 @@ impl ShardSink for NativeShardWriter {
             let path = self.dir.join(tensors_name(self.shard));
             self.write_tensors(&path)?;
             out.files.push((path, tensors_name(self.shard)));
-            let mut names: Vec<String> = self
-                .spooled
-                .iter()
-                .filter_map(|(k, ..)| k.rsplit_once('/').map(|(_, n)| n.to_string()))
-                .collect();
+            let mut names: Vec<String> =
+                self.spooled.iter().filter_map(|(k, ..)| k.rsplit_once('/').map(|(_, n)| n.to_string())).collect();
             names.sort();
             names.dedup();
             out.tensors = names;
@@ -164,9 +143,8 @@ pub fn write_error_table(
     if errors.is_empty() {
         return Ok(None);
     }
-    let col = |name: &str, f: fn(&ErrorRecord) -> &str| {
-        Column::new(name.into(), errors.iter().map(f).collect::<Vec<_>>())
-    };
+    let col =
+        |name: &str, f: fn(&ErrorRecord) -> &str| Column::new(name.into(), errors.iter().map(f).collect::<Vec<_>>());
     let mut df = DataFrame::new(
         errors.len(),
         vec![
@@ -177,25 +155,18 @@ pub fn write_error_table(
             col("causes", |e| &e.causes),
         ],
     )
-    .map_err(|e| PipelineError::Write {
-        shard,
-        message: e.to_string(),
-    })?;
+    .map_err(|e| PipelineError::Write { shard, message: e.to_string() })?;
     let path = dir.join(errors_name(shard));
     write_parquet(&mut df, &path, shard)?;
     Ok(Some((path, errors_name(shard))))
 }
 
 fn write_parquet(df: &mut DataFrame, path: &Path, shard: usize) -> Result<(), PipelineError> {
-    let file = File::create(path)
-        .map_err(|e| PipelineError::io(format!("cannot create {}", path.display()), e))?;
+    let file = File::create(path).map_err(|e| PipelineError::io(format!("cannot create {}", path.display()), e))?;
     ParquetWriter::new(file)
         .with_compression(ParquetCompression::Snappy)
         .finish(df)
-        .map_err(|e| PipelineError::Write {
-            shard,
-            message: format!("{}: {e}", path.display()),
-        })?;
+        .map_err(|e| PipelineError::Write { shard, message: format!("{}: {e}", path.display()) })?;
     Ok(())
 }
 
@@ -203,9 +174,7 @@ fn write_parquet(df: &mut DataFrame, path: &Path, shard: usize) -> Result<(), Pi
 ///
 /// A column's type is its values' type; integers mixed with floats widen to float, any other
 /// mix is written as text. Rows without the field get null.
-pub fn rows_frame(
-    rows: &[(String, BTreeMap<String, Value>)],
-) -> PolarsResult<(DataFrame, Vec<(String, FieldType)>)> {
+pub fn rows_frame(rows: &[(String, BTreeMap<String, Value>)]) -> PolarsResult<(DataFrame, Vec<(String, FieldType)>)> {
     let mut types: BTreeMap<&str, Option<FieldType>> = BTreeMap::new();
     for (_, fields) in rows {
         for (name, v) in fields {
@@ -213,16 +182,14 @@ pub fn rows_frame(
             *t = match (*t, v.field_type()) {
                 (None, x) | (x, None) => x,
                 (Some(a), Some(b)) if a == b => Some(a),
-                (Some(FieldType::Int), Some(FieldType::Float))
-                | (Some(FieldType::Float), Some(FieldType::Int)) => Some(FieldType::Float),
+                (Some(FieldType::Int), Some(FieldType::Float)) | (Some(FieldType::Float), Some(FieldType::Int)) => {
+                    Some(FieldType::Float)
+                }
                 _ => Some(FieldType::Str),
             };
         }
     }
-    let mut cols = vec![Column::new(
-        "id".into(),
-        rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
-    )];
+    let mut cols = vec![Column::new("id".into(), rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())];
     let mut schema = vec![("id".to_string(), FieldType::Str)];
     for (name, ty) in types {
         let ty = ty.unwrap_or(FieldType::Str);
@@ -233,35 +200,18 @@ pub fn rows_frame(
             FieldType::Bool => Column::new(
                 name.into(),
                 rows.iter()
-                    .map(|r| {
-                        get(r, name).and_then(|v| {
-                            if let Value::Bool(b) = v {
-                                Some(*b)
-                            } else {
-                                None
-                            }
-                        })
-                    })
+                    .map(|r| get(r, name).and_then(|v| if let Value::Bool(b) = v { Some(*b) } else { None }))
                     .collect::<Vec<_>>(),
             ),
-            FieldType::Int => Column::new(
-                name.into(),
-                rows.iter()
-                    .map(|r| get(r, name).and_then(Value::as_i64))
-                    .collect::<Vec<_>>(),
-            ),
-            FieldType::Float => Column::new(
-                name.into(),
-                rows.iter()
-                    .map(|r| get(r, name).and_then(Value::as_f64))
-                    .collect::<Vec<_>>(),
-            ),
-            FieldType::Str | FieldType::Tensor => Column::new(
-                name.into(),
-                rows.iter()
-                    .map(|r| get(r, name).map(|v| v.to_string()))
-                    .collect::<Vec<_>>(),
-            ),
+            FieldType::Int => {
+                Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(Value::as_i64)).collect::<Vec<_>>())
+            }
+            FieldType::Float => {
+                Column::new(name.into(), rows.iter().map(|r| get(r, name).and_then(Value::as_f64)).collect::<Vec<_>>())
+            }
+            FieldType::Str | FieldType::Tensor => {
+                Column::new(name.into(), rows.iter().map(|r| get(r, name).map(|v| v.to_string())).collect::<Vec<_>>())
+            }
         };
         cols.push(col);
         schema.push((name.to_string(), ty));
@@ -339,10 +289,7 @@ mod tests {
                 item.set("score", 2i64);
             }
             let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-            item.tensors.insert(
-                "latent".into(),
-                Tensor::new(DType::F32, vec![2], data.into()).unwrap(),
-            );
+            item.tensors.insert("latent".into(), Tensor::new(DType::F32, vec![2], data.into()).unwrap());
             w.add(item).unwrap();
         }
         let errors = vec![ErrorRecord {
@@ -355,45 +302,24 @@ mod tests {
         let files = w.finish(&errors).unwrap();
         assert_eq!(
             files.files.iter().map(|f| f.1.as_str()).collect::<Vec<_>>(),
-            [
-                "shard-00003.parquet",
-                "shard-00003.safetensors",
-                "shard-00003.errors.parquet"
-            ]
+            ["shard-00003.parquet", "shard-00003.safetensors", "shard-00003.errors.parquet"]
         );
         assert_eq!(
             files.fields,
-            [
-                ("id".into(), FieldType::Str),
-                ("n".into(), FieldType::Int),
-                ("score".into(), FieldType::Float)
-            ]
+            [("id".into(), FieldType::Str), ("n".into(), FieldType::Int), ("score".into(), FieldType::Float)]
         );
         assert_eq!(files.tensors, ["latent"]);
 
-        let df = ParquetReader::new(File::open(&files.files[0].0).unwrap())
-            .finish()
-            .unwrap();
+        let df = ParquetReader::new(File::open(&files.files[0].0).unwrap()).finish().unwrap();
         assert_eq!(df.height(), 2);
         assert_eq!(df.column("score").unwrap().f64().unwrap().get(1), Some(2.0));
         let bytes = std::fs::read(&files.files[1].0).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let t = st.tensor("b/latent").unwrap();
         assert_eq!(t.shape(), [2]);
-        assert_eq!(
-            t.data(),
-            [1.0f32, 2.0]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-        );
-        let e = ParquetReader::new(File::open(&files.files[2].0).unwrap())
-            .finish()
-            .unwrap();
-        assert_eq!(
-            e.column("stage").unwrap().str().unwrap().get(0),
-            Some("1:probe")
-        );
+        assert_eq!(t.data(), [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        let e = ParquetReader::new(File::open(&files.files[2].0).unwrap()).finish().unwrap();
+        assert_eq!(e.column("stage").unwrap().str().unwrap().get(0), Some("1:probe"));
         let _ = Value::Null;
     }
 }

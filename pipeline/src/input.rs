@@ -35,21 +35,13 @@ const GLOB_META: &[char] = &['*', '?', '[', '{'];
 /// Read the listing a manifest's `job.input` describes.
 pub async fn list_inputs(spec: &InputSpec) -> Result<Inputs, PipelineError> {
     let listing = match spec {
-        InputSpec::Glob(g) => InputListing {
-            glob: Some(g.clone()),
-            list: None,
-            table: None,
-            path_column: "path".into(),
-            id_column: None,
-        },
+        InputSpec::Glob(g) => {
+            InputListing { glob: Some(g.clone()), list: None, table: None, path_column: "path".into(), id_column: None }
+        }
         InputSpec::Listing(l) => l.clone(),
     };
     let mut fields = vec![
-        Field::new(
-            "id",
-            FieldType::Str,
-            "stable item id, derived from the input",
-        ),
+        Field::new("id", FieldType::Str, "stable item id, derived from the input"),
         Field::new("uri", FieldType::Str, "path or URL of the source"),
     ];
     let mut items = match (&listing.glob, &listing.list, &listing.table) {
@@ -60,11 +52,7 @@ pub async fn list_inputs(spec: &InputSpec) -> Result<Inputs, PipelineError> {
             fields.extend(extra);
             items
         }
-        _ => {
-            return Err(PipelineError::Input(
-                "job.input must name exactly one of `glob`, `list` or `table`".into(),
-            ))
-        }
+        _ => return Err(PipelineError::Input("job.input must name exactly one of `glob`, `list` or `table`".into())),
     };
     items.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(w) = items.windows(2).find(|w| w[0].id == w[1].id) {
@@ -84,10 +72,7 @@ async fn glob(pattern: &str) -> Result<Vec<String>, PipelineError> {
         None => (None, pattern),
     };
     let comps: Vec<&str> = path.split('/').collect();
-    let first_meta = comps
-        .iter()
-        .position(|c| c.contains(GLOB_META))
-        .unwrap_or(comps.len().saturating_sub(1));
+    let first_meta = comps.iter().position(|c| c.contains(GLOB_META)).unwrap_or(comps.len().saturating_sub(1));
     let base = comps[..first_meta].join("/");
     let base_text = match scheme {
         Some(s) => format!("{s}://{base}"),
@@ -108,15 +93,9 @@ async fn glob(pattern: &str) -> Result<Vec<String>, PipelineError> {
         .map_err(|e| PipelineError::Input(format!("invalid glob `{pattern}`: {e}")))?
         .compile_matcher();
     let names = loc.list("").await?;
-    let uris: Vec<String> = names
-        .into_iter()
-        .filter(|n| matcher.is_match(n))
-        .map(|n| loc.url_of(&n))
-        .collect();
+    let uris: Vec<String> = names.into_iter().filter(|n| matcher.is_match(n)).map(|n| loc.url_of(&n)).collect();
     if uris.is_empty() {
-        return Err(PipelineError::Input(format!(
-            "the glob `{pattern}` matches no files"
-        )));
+        return Err(PipelineError::Input(format!("the glob `{pattern}` matches no files")));
     }
     Ok(uris)
 }
@@ -126,28 +105,18 @@ async fn glob(pattern: &str) -> Result<Vec<String>, PipelineError> {
 async fn list_file(list: &str) -> Result<Vec<String>, PipelineError> {
     let (dir, name) = split_parent(list);
     let text = Location::parse(dir)?.read(name).await?;
-    let text = String::from_utf8(text.to_vec())
-        .map_err(|_| PipelineError::Input(format!("{list} is not UTF-8 text")))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| resolve(dir, l))
-        .collect())
+    let text =
+        String::from_utf8(text.to_vec()).map_err(|_| PipelineError::Input(format!("{list} is not UTF-8 text")))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| resolve(dir, l)).collect())
 }
 
 /// Read a CSV or Parquet listing with polars; every column becomes an item field.
-async fn table(
-    path: &str,
-    listing: &InputListing,
-) -> Result<(Vec<InputItem>, Vec<Field>), PipelineError> {
+async fn table(path: &str, listing: &InputListing) -> Result<(Vec<InputItem>, Vec<Field>), PipelineError> {
     let (dir, name) = split_parent(path);
     let bytes = Location::parse(dir)?.read(name).await?;
     let bad = |e: PolarsError| PipelineError::Input(format!("cannot read table {path}: {e}"));
     let df = if name.ends_with(".parquet") {
-        ParquetReader::new(std::io::Cursor::new(bytes))
-            .finish()
-            .map_err(bad)?
+        ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(bad)?
     } else if name.ends_with(".csv") {
         CsvReadOptions::default()
             .with_has_header(true)
@@ -155,21 +124,12 @@ async fn table(
             .finish()
             .map_err(bad)?
     } else {
-        return Err(PipelineError::Input(format!(
-            "{path}: a table listing must be a .csv or .parquet file"
-        )));
+        return Err(PipelineError::Input(format!("{path}: a table listing must be a .csv or .parquet file")));
     };
     let column = |c: &str| {
         df.column(c).map_err(|_| {
-            let cols: Vec<String> = df
-                .get_column_names()
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            PipelineError::Input(format!(
-                "{path} has no column `{c}`; its columns are: {}",
-                cols.join(", ")
-            ))
+            let cols: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+            PipelineError::Input(format!("{path} has no column `{c}`; its columns are: {}", cols.join(", ")))
         })
     };
     column(&listing.path_column)?;
@@ -192,29 +152,19 @@ async fn table(
         let line = row + 2; // 1-based, after the header line
         let raw_path = match get(&listing.path_column) {
             Some(Value::Str(p)) if !p.trim().is_empty() => p.trim().to_string(),
-            _ => {
-                return Err(PipelineError::Input(format!(
-                    "{path}:{line}: empty `{}`",
-                    listing.path_column
-                )))
-            }
+            _ => return Err(PipelineError::Input(format!("{path}:{line}: empty `{}`", listing.path_column))),
         };
         let uri = resolve(dir, &raw_path);
         let id = match &listing.id_column {
             Some(c) => match get(c) {
                 Some(Value::Null) | None => {
-                    return Err(PipelineError::Input(format!(
-                        "{path}:{line}: empty id in column `{c}`"
-                    )))
+                    return Err(PipelineError::Input(format!("{path}:{line}: empty id in column `{c}`")))
                 }
                 Some(v) => v.to_string(),
             },
             None => derive_id(&raw_path),
         };
-        let mut f: BTreeMap<String, Value> = cols
-            .iter()
-            .map(|(n, v)| (n.clone(), v[row].clone()))
-            .collect();
+        let mut f: BTreeMap<String, Value> = cols.iter().map(|(n, v)| (n.clone(), v[row].clone())).collect();
         f.insert("uri".into(), Value::Str(uri));
         f.remove("id");
         items.push(InputItem { id, fields: f });
@@ -227,41 +177,24 @@ fn column_values(s: &Series) -> PolarsResult<(FieldType, Vec<Value>)> {
     Ok(match s.dtype() {
         D::Boolean => {
             let ca = s.bool()?;
-            (
-                FieldType::Bool,
-                (0..ca.len())
-                    .map(|i| ca.get(i).map_or(Value::Null, Value::Bool))
-                    .collect(),
-            )
+            (FieldType::Bool, (0..ca.len()).map(|i| ca.get(i).map_or(Value::Null, Value::Bool)).collect())
         }
         d if d.is_integer() => {
             let s = s.cast(&D::Int64)?;
             let ca = s.i64()?;
-            (
-                FieldType::Int,
-                (0..ca.len())
-                    .map(|i| ca.get(i).map_or(Value::Null, Value::Int))
-                    .collect(),
-            )
+            (FieldType::Int, (0..ca.len()).map(|i| ca.get(i).map_or(Value::Null, Value::Int)).collect())
         }
         d if d.is_float() => {
             let s = s.cast(&D::Float64)?;
             let ca = s.f64()?;
-            (
-                FieldType::Float,
-                (0..ca.len())
-                    .map(|i| ca.get(i).map_or(Value::Null, Value::Float))
-                    .collect(),
-            )
+            (FieldType::Float, (0..ca.len()).map(|i| ca.get(i).map_or(Value::Null, Value::Float)).collect())
         }
         _ => {
             let s = s.cast(&D::String)?;
             let ca = s.str()?;
             (
                 FieldType::Str,
-                (0..ca.len())
-                    .map(|i| ca.get(i).map_or(Value::Null, |x| Value::Str(x.to_string())))
-                    .collect(),
+                (0..ca.len()).map(|i| ca.get(i).map_or(Value::Null, |x| Value::Str(x.to_string()))).collect(),
             )
         }
     })
@@ -279,11 +212,7 @@ fn from_paths(uris: Vec<String>) -> Result<Vec<InputItem>, PipelineError> {
     Ok(uris
         .into_iter()
         .map(|uri| {
-            let id = if unique {
-                stem(&uri)
-            } else {
-                derive_id(uri[common.len()..].trim_start_matches('/'))
-            };
+            let id = if unique { stem(&uri) } else { derive_id(uri[common.len()..].trim_start_matches('/')) };
             let mut fields = BTreeMap::new();
             fields.insert("uri".to_string(), Value::Str(uri));
             InputItem { id, fields }
@@ -299,10 +228,7 @@ pub fn derive_id(rel: &str) -> String {
         Some(dot) if dot > 0 => rel.len() - (last.len() - dot),
         _ => rel.len(),
     };
-    rel[..stem_len]
-        .trim_start_matches("./")
-        .trim_start_matches('/')
-        .replace('/', "-")
+    rel[..stem_len].trim_start_matches("./").trim_start_matches('/').replace('/', "-")
 }
 
 fn common_dir(uris: &[String]) -> String {
@@ -320,8 +246,7 @@ fn common_dir(uris: &[String]) -> String {
 
 /// Whether `path` lies inside directory `dir`.
 fn is_under(path: &str, dir: &str) -> bool {
-    path.strip_prefix(dir)
-        .is_some_and(|rest| rest.starts_with('/'))
+    path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn split_parent(path: &str) -> (&str, &str) {
@@ -353,10 +278,7 @@ mod tests {
         assert_eq!(derive_id("clip_01.mp4"), "clip_01");
         assert_eq!(derive_id("a/b/c.tar.mp4"), "a-b-c.tar");
         assert_eq!(derive_id(".hidden"), ".hidden");
-        assert_eq!(
-            common_dir(&["/d/a/x.mp4".into(), "/d/b/y.mp4".into()]),
-            "/d"
-        );
+        assert_eq!(common_dir(&["/d/a/x.mp4".into(), "/d/b/y.mp4".into()]), "/d");
     }
 
     #[tokio::test]
@@ -367,29 +289,13 @@ mod tests {
             std::fs::write(d.join(n), b"x").unwrap();
         }
         let spec = InputSpec::Glob(format!("{}/*.mp4", d.display()));
-        let ids: Vec<String> = list_inputs(&spec)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        let ids: Vec<String> = list_inputs(&spec).await.unwrap().items.into_iter().map(|i| i.id).collect();
         assert_eq!(ids, ["a", "b"]);
         std::fs::create_dir(d.join("sub")).unwrap();
         std::fs::write(d.join("sub/a.mp4"), b"x").unwrap();
         let spec = InputSpec::Glob(format!("{}/**/*.mp4", d.display()));
-        let ids: Vec<String> = list_inputs(&spec)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
-        assert_eq!(
-            ids,
-            ["a", "b", "sub-a"],
-            "stems collide, so ids are relative paths"
-        );
+        let ids: Vec<String> = list_inputs(&spec).await.unwrap().items.into_iter().map(|i| i.id).collect();
+        assert_eq!(ids, ["a", "b", "sub-a"], "stems collide, so ids are relative paths");
         std::fs::remove_dir_all(d.join("sub")).unwrap();
 
         std::fs::write(d.join("list.txt"), "# inputs\nb.mp4\n\nmissing.mp4\n").unwrap();
@@ -402,44 +308,18 @@ mod tests {
                 id_column: id.map(Into::into),
             })
         };
-        let got = list_inputs(&listing(
-            Some(format!("{}/list.txt", d.display())),
-            None,
-            None,
-        ))
-        .await
-        .unwrap();
-        assert_eq!(
-            got.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
-            ["b", "missing"]
-        );
-        assert_eq!(
-            got.items[1].fields["uri"],
-            Value::Str(format!("{}/missing.mp4", d.display()))
-        );
+        let got = list_inputs(&listing(Some(format!("{}/list.txt", d.display())), None, None)).await.unwrap();
+        assert_eq!(got.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["b", "missing"]);
+        assert_eq!(got.items[1].fields["uri"], Value::Str(format!("{}/missing.mp4", d.display())));
 
         std::fs::write(d.join("t.csv"), "sku,path,score\n7,a.mp4,0.5\n3,b.mp4,\n").unwrap();
-        let got = list_inputs(&listing(
-            None,
-            Some(format!("{}/t.csv", d.display())),
-            Some("sku"),
-        ))
-        .await
-        .unwrap();
+        let got = list_inputs(&listing(None, Some(format!("{}/t.csv", d.display())), Some("sku"))).await.unwrap();
         assert_eq!(got.items[0].id, "3");
         assert_eq!(got.items[1].fields["score"], Value::Float(0.5));
         assert_eq!(got.items[0].fields["score"], Value::Null);
-        assert!(got
-            .fields
-            .iter()
-            .any(|f| f.name == "score" && f.ty == FieldType::Float));
-        let err = list_inputs(&listing(
-            None,
-            Some(format!("{}/t.csv", d.display())),
-            Some("sku_id"),
-        ))
-        .await
-        .unwrap_err();
+        assert!(got.fields.iter().any(|f| f.name == "score" && f.ty == FieldType::Float));
+        let err =
+            list_inputs(&listing(None, Some(format!("{}/t.csv", d.display())), Some("sku_id"))).await.unwrap_err();
         assert!(err.to_string().contains("no column `sku_id`"), "{err}");
     }
 }

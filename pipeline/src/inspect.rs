@@ -23,33 +23,18 @@ pub async fn read_table_summary(loc: &Location, name: &str) -> Result<TableSumma
     let bytes = loc.read(name).await?;
     let df = ParquetReader::new(std::io::Cursor::new(bytes))
         .finish()
-        .map_err(|e| {
-            PipelineError::Input(format!(
-                "{} is not a readable Parquet file: {e}",
-                loc.url_of(name)
-            ))
-        })?;
-    let columns: Vec<(String, String)> = df
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_string(), c.dtype().to_string()))
-        .collect();
+        .map_err(|e| PipelineError::Input(format!("{} is not a readable Parquet file: {e}", loc.url_of(name))))?;
+    let columns: Vec<(String, String)> =
+        df.columns().iter().map(|c| (c.name().to_string(), c.dtype().to_string())).collect();
     let mut rows = vec![BTreeMap::new(); df.height()];
     for c in df.columns() {
         let s = c.as_materialized_series();
         for (i, row) in rows.iter_mut().enumerate() {
-            let v = s
-                .get(i)
-                .map(|v| v.str_value().to_string())
-                .unwrap_or_default();
+            let v = s.get(i).map(|v| v.str_value().to_string()).unwrap_or_default();
             row.insert(c.name().to_string(), v);
         }
     }
-    Ok(TableSummary {
-        height: df.height(),
-        columns,
-        rows,
-    })
+    Ok(TableSummary { height: df.height(), columns, rows })
 }
 
 /// One tensor entry of a safetensors header.
@@ -64,22 +49,10 @@ pub struct TensorInfo {
 }
 
 /// Read only the header of a safetensors file (two small range reads, however large the file).
-pub async fn read_tensor_header(
-    loc: &Location,
-    name: &str,
-) -> Result<Vec<TensorInfo>, PipelineError> {
-    let bad = |why: String| {
-        PipelineError::Input(format!(
-            "{} is not a safetensors file: {why}",
-            loc.url_of(name)
-        ))
-    };
+pub async fn read_tensor_header(loc: &Location, name: &str) -> Result<Vec<TensorInfo>, PipelineError> {
+    let bad = |why: String| PipelineError::Input(format!("{} is not a safetensors file: {why}", loc.url_of(name)));
     let len = loc.read_range(name, 0..8).await?;
-    let n = u64::from_le_bytes(
-        len[..]
-            .try_into()
-            .map_err(|_| bad("shorter than 8 bytes".into()))?,
-    );
+    let n = u64::from_le_bytes(len[..].try_into().map_err(|_| bad("shorter than 8 bytes".into()))?);
     if n > 100 << 20 {
         return Err(bad(format!("header of {n} bytes")));
     }
@@ -91,20 +64,11 @@ pub async fn read_tensor_header(
         .filter(|(k, _)| k != "__metadata__")
         .map(|(k, v)| TensorInfo {
             name: k,
-            dtype: v
-                .get("dtype")
-                .and_then(|d| d.as_str())
-                .unwrap_or("?")
-                .to_string(),
+            dtype: v.get("dtype").and_then(|d| d.as_str()).unwrap_or("?").to_string(),
             shape: v
                 .get("shape")
                 .and_then(|s| s.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as usize)
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect())
                 .unwrap_or_default(),
         })
         .collect();

@@ -47,15 +47,32 @@ impl Location {
             "file" => Self::local(Path::new(rest)),
             "memory" => {
                 let (name, key) = rest.split_once('/').unwrap_or((rest, ""));
-                let store = memory_stores().lock().expect("memory store registry poisoned").entry(name.to_string()).or_default().clone();
-                Ok(Location { store, prefix: StorePath::from(key), url: text.trim_end_matches('/').to_string(), local_dir: None })
+                let store = memory_stores()
+                    .lock()
+                    .expect("memory store registry poisoned")
+                    .entry(name.to_string())
+                    .or_default()
+                    .clone();
+                Ok(Location {
+                    store,
+                    prefix: StorePath::from(key),
+                    url: text.trim_end_matches('/').to_string(),
+                    local_dir: None,
+                })
             }
             "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
-                let url = url::Url::parse(text).map_err(|e| PipelineError::Input(format!("`{text}` is not a valid URL: {e}")))?;
+                let url = url::Url::parse(text)
+                    .map_err(|e| PipelineError::Input(format!("`{text}` is not a valid URL: {e}")))?;
                 let store: Arc<dyn ObjectStore> = match scheme {
-                    "s3" | "s3a" => Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(text).build().map_err(bad)?),
-                    "gs" => Arc::new(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(text).build().map_err(bad)?),
-                    _ => Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(text).build().map_err(bad)?),
+                    "s3" | "s3a" => {
+                        Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(text).build().map_err(bad)?)
+                    }
+                    "gs" => Arc::new(
+                        object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(text).build().map_err(bad)?,
+                    ),
+                    _ => Arc::new(
+                        object_store::azure::MicrosoftAzureBuilder::from_env().with_url(text).build().map_err(bad)?,
+                    ),
                 };
                 let prefix = StorePath::from_url_path(url.path()).map_err(|e| bad(e.into()))?;
                 Ok(Location { store, prefix, url: text.trim_end_matches('/').to_string(), local_dir: None })
@@ -69,8 +86,8 @@ impl Location {
     fn local(path: &Path) -> Result<Location, PipelineError> {
         let abs = std::path::absolute(path)
             .map_err(|e| PipelineError::io(format!("cannot resolve path {}", path.display()), e))?;
-        let prefix = StorePath::from_absolute_path(&abs)
-            .map_err(|e| PipelineError::storage(path.display(), e.into()))?;
+        let prefix =
+            StorePath::from_absolute_path(&abs).map_err(|e| PipelineError::storage(path.display(), e.into()))?;
         Ok(Location {
             store: Arc::new(object_store::local::LocalFileSystem::new()),
             prefix,
@@ -81,9 +98,7 @@ impl Location {
 
     /// The key of `name` under this location.
     pub fn key(&self, name: &str) -> StorePath {
-        name.split('/')
-            .filter(|p| !p.is_empty())
-            .fold(self.prefix.clone(), |p, part| p.join(part))
+        name.split('/').filter(|p| !p.is_empty()).fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
     /// Display form of `name` under this location.
@@ -94,50 +109,27 @@ impl Location {
     /// Read a whole object.
     pub async fn read(&self, name: &str) -> Result<Bytes, PipelineError> {
         let key = self.key(name);
-        let r = self
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| PipelineError::storage(self.url_of(name), e))?;
-        r.bytes()
-            .await
-            .map_err(|e| PipelineError::storage(self.url_of(name), e))
+        let r = self.store.get(&key).await.map_err(|e| PipelineError::storage(self.url_of(name), e))?;
+        r.bytes().await.map_err(|e| PipelineError::storage(self.url_of(name), e))
     }
 
     /// Read a byte range of an object (headers of large files).
-    pub async fn read_range(
-        &self,
-        name: &str,
-        range: std::ops::Range<u64>,
-    ) -> Result<Bytes, PipelineError> {
-        self.store
-            .get_range(&self.key(name), range)
-            .await
-            .map_err(|e| PipelineError::storage(self.url_of(name), e))
+    pub async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Bytes, PipelineError> {
+        self.store.get_range(&self.key(name), range).await.map_err(|e| PipelineError::storage(self.url_of(name), e))
     }
 
     /// Read a whole object, or `None` if it does not exist.
     pub async fn read_opt(&self, name: &str) -> Result<Option<Bytes>, PipelineError> {
         match self.read(name).await {
             Ok(b) => Ok(Some(b)),
-            Err(PipelineError::Storage {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
+            Err(PipelineError::Storage { source: object_store::Error::NotFound { .. }, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// Write a whole object atomically (object_store puts are all-or-nothing on every backend).
-    pub async fn write(
-        &self,
-        name: &str,
-        data: impl Into<PutPayload>,
-    ) -> Result<(), PipelineError> {
-        self.store
-            .put(&self.key(name), data.into())
-            .await
-            .map_err(|e| PipelineError::storage(self.url_of(name), e))?;
+    pub async fn write(&self, name: &str, data: impl Into<PutPayload>) -> Result<(), PipelineError> {
+        self.store.put(&self.key(name), data.into()).await.map_err(|e| PipelineError::storage(self.url_of(name), e))?;
         Ok(())
     }
 
@@ -161,9 +153,7 @@ impl Location {
             total += n as u64;
             tokio::io::AsyncWriteExt::write_all(&mut writer, &buf[..n])
                 .await
-                .map_err(|e| {
-                    PipelineError::io(format!("cannot upload to {}", self.url_of(name)), e)
-                })?;
+                .map_err(|e| PipelineError::io(format!("cannot upload to {}", self.url_of(name)), e))?;
         }
         tokio::io::AsyncWriteExt::shutdown(&mut writer)
             .await
@@ -183,12 +173,9 @@ impl Location {
         let mut names: Vec<String> = metas
             .into_iter()
             .filter_map(|m| {
-                m.location.prefix_match(&self.prefix).map(|parts| {
-                    parts
-                        .map(|p| p.as_ref().to_string())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                })
+                m.location
+                    .prefix_match(&self.prefix)
+                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
             })
             .collect();
         names.sort();
@@ -214,9 +201,7 @@ impl Location {
                 let path = entry.path();
                 if entry.file_type()?.is_dir() {
                     walk(&path, removed)?;
-                } else if let Some((_, suffix)) =
-                    entry.file_name().to_string_lossy().rsplit_once('#')
-                {
+                } else if let Some((_, suffix)) = entry.file_name().to_string_lossy().rsplit_once('#') {
                     if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
                         std::fs::remove_file(&path)?;
                         *removed += 1;
@@ -227,8 +212,7 @@ impl Location {
         }
         let mut removed = 0;
         if let Some(dir) = self.local_dir.as_ref().filter(|d| d.is_dir()) {
-            walk(dir, &mut removed)
-                .map_err(|e| PipelineError::io(format!("cannot clean {}", dir.display()), e))?;
+            walk(dir, &mut removed).map_err(|e| PipelineError::io(format!("cannot clean {}", dir.display()), e))?;
         }
         Ok(removed)
     }
@@ -258,26 +242,14 @@ pub async fn fetch_local(uri: &str, scratch: &Path) -> Result<LocalFile, Pipelin
     let (dir, name) = uri.rsplit_once('/').unwrap_or(("", uri));
     let loc = Location::parse(dir)?;
     let data = loc.read(name).await?;
-    let ext = Path::new(name)
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
+    let ext = Path::new(name).extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
         .suffix(&ext)
         .tempfile_in(scratch)
-        .map_err(|e| {
-            PipelineError::io(
-                format!("cannot create a scratch file in {}", scratch.display()),
-                e,
-            )
-        })?;
-    std::io::Write::write_all(&mut tmp, &data)
-        .map_err(|e| PipelineError::io("cannot write a scratch file", e))?;
+        .map_err(|e| PipelineError::io(format!("cannot create a scratch file in {}", scratch.display()), e))?;
+    std::io::Write::write_all(&mut tmp, &data).map_err(|e| PipelineError::io("cannot write a scratch file", e))?;
     let temp = tmp.into_temp_path();
-    Ok(LocalFile {
-        path: temp.to_path_buf(),
-        _temp: Some(temp),
-    })
+    Ok(LocalFile { path: temp.to_path_buf(), _temp: Some(temp) })
 }
 
 #[cfg(test)]

@@ -125,11 +125,7 @@ pub struct Field {
 impl Field {
     /// A field declaration.
     pub fn new(name: impl Into<String>, ty: FieldType, doc: &'static str) -> Self {
-        Field {
-            name: name.into(),
-            ty,
-            doc,
-        }
+        Field { name: name.into(), ty, doc }
     }
 }
 
@@ -176,11 +172,7 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor from parts; `None` if the byte length does not match the shape.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Bytes) -> Option<Self> {
-        (shape.iter().product::<usize>() * dtype.size() == data.len()).then_some(Tensor {
-            dtype,
-            shape,
-            data,
-        })
+        (shape.iter().product::<usize>() * dtype.size() == data.len()).then_some(Tensor { dtype, shape, data })
     }
 }
 
@@ -202,13 +194,7 @@ pub struct Item {
 impl Item {
     /// A new item with an id and no fields, belonging to shard 0 (the executor assigns shards).
     pub fn new(id: impl Into<String>) -> Self {
-        Item {
-            id: id.into(),
-            fields: BTreeMap::new(),
-            tensors: BTreeMap::new(),
-            shard: 0,
-            reservation: None,
-        }
+        Item { id: id.into(), fields: BTreeMap::new(), tensors: BTreeMap::new(), shard: 0, reservation: None }
     }
 
     /// A field's value.
@@ -218,9 +204,7 @@ impl Item {
 
     /// A text field, or an error naming the missing field.
     pub fn str(&self, name: &str) -> Result<&str, MissingField> {
-        self.get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| MissingField(name.to_string()))
+        self.get(name).and_then(Value::as_str).ok_or_else(|| MissingField(name.to_string()))
     }
 
     /// Set a field.

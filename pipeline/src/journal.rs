@@ -61,11 +61,10 @@ pub async fn load(out: &Location) -> Result<BTreeMap<usize, ShardEntry>, Pipelin
             continue;
         }
         let bytes = out.read(&name).await?;
-        let entry: ShardEntry =
-            serde_json::from_slice(&bytes).map_err(|e| PipelineError::JournalMismatch {
-                location: out.url_of(&name),
-                detail: format!("unreadable journal entry: {e}"),
-            })?;
+        let entry: ShardEntry = serde_json::from_slice(&bytes).map_err(|e| PipelineError::JournalMismatch {
+            location: out.url_of(&name),
+            detail: format!("unreadable journal entry: {e}"),
+        })?;
         entries.insert(entry.shard, entry);
     }
     Ok(entries)
@@ -85,19 +84,14 @@ pub async fn commit(out: &Location, entry: &ShardEntry) -> Result<Commit, Pipeli
     let name = entry_name(entry.shard);
     // Plain data always serializes.
     let body = serde_json::to_vec_pretty(entry).expect("journal entries serialize");
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
     match out.store.put_opts(&out.key(&name), body.into(), opts).await {
         Ok(_) => Ok(Commit::Committed),
         Err(object_store::Error::AlreadyExists { .. }) => {
             let existing: ShardEntry =
-                serde_json::from_slice(&out.read(&name).await?).map_err(|e| {
-                    PipelineError::JournalMismatch {
-                        location: out.url_of(&name),
-                        detail: format!("unreadable journal entry: {e}"),
-                    }
+                serde_json::from_slice(&out.read(&name).await?).map_err(|e| PipelineError::JournalMismatch {
+                    location: out.url_of(&name),
+                    detail: format!("unreadable journal entry: {e}"),
                 })?;
             if existing.fingerprint == entry.fingerprint {
                 Ok(Commit::AlreadyCommitted)
@@ -133,22 +127,10 @@ mod tests {
     /// The same conformance checks on every backend we can run here.
     async fn conformance(out: Location) {
         assert!(load(&out).await.unwrap().is_empty());
-        assert_eq!(
-            commit(&out, &entry(1, "aa")).await.unwrap(),
-            Commit::Committed
-        );
-        assert_eq!(
-            commit(&out, &entry(1, "aa")).await.unwrap(),
-            Commit::AlreadyCommitted
-        );
-        assert!(matches!(
-            commit(&out, &entry(1, "bb")).await,
-            Err(PipelineError::JournalMismatch { .. })
-        ));
-        assert_eq!(
-            commit(&out, &entry(0, "cc")).await.unwrap(),
-            Commit::Committed
-        );
+        assert_eq!(commit(&out, &entry(1, "aa")).await.unwrap(), Commit::Committed);
+        assert_eq!(commit(&out, &entry(1, "aa")).await.unwrap(), Commit::AlreadyCommitted);
+        assert!(matches!(commit(&out, &entry(1, "bb")).await, Err(PipelineError::JournalMismatch { .. })));
+        assert_eq!(commit(&out, &entry(0, "cc")).await.unwrap(), Commit::Committed);
         let all = load(&out).await.unwrap();
         assert_eq!(all.keys().copied().collect::<Vec<_>>(), [0, 1]);
         assert_eq!(all[&1], entry(1, "aa"));

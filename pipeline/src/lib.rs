@@ -21,6 +21,4 @@ pub use error::{ErrorRecord, PipelineError, StageError};
 pub use executor::{run, RunOptions};
 pub use item::{DType, Field, FieldType, Item, MissingField, Tensor, Value};
 pub use plan::Plan;
-pub use stage::{
-    BuildContext, Registry, Runnable, ShardFiles, ShardSink, Sink, Stage, StageConfig, StageContext,
-};
+pub use stage::{BuildContext, Registry, Runnable, ShardFiles, ShardSink, Sink, Stage, StageConfig, StageContext};

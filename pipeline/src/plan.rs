@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::input::Inputs;
 use crate::manifest::{
-    Diagnostic, Diagnostics, InputSpec, JobConfig, Manifest, NodeKind, Origin, SchemaCheck,
-    SourceFile, COMMON_STAGE_KEYS,
+    Diagnostic, Diagnostics, InputSpec, JobConfig, Manifest, NodeKind, Origin, SchemaCheck, SourceFile,
+    COMMON_STAGE_KEYS,
 };
 use crate::stage::{ConfiguredStage, Registry};
 use crate::{Field, FieldType};
@@ -54,13 +54,9 @@ impl Plan {
             if e.key != "job" && e.key != "stage" {
                 let help = crate::manifest::nearest(&e.key, ["job", "stage"])
                     .map(|n| format!("did you mean `{n}`?"))
-                    .unwrap_or_else(|| {
-                        "a manifest has one [job] table and [[stage]] tables".into()
-                    });
-                errors.push(
-                    Diagnostic::new(format!("unknown top-level key `{}`", e.key), &e.key_origin)
-                        .with_help(help),
-                );
+                    .unwrap_or_else(|| "a manifest has one [job] table and [[stage]] tables".into());
+                errors
+                    .push(Diagnostic::new(format!("unknown top-level key `{}`", e.key), &e.key_origin).with_help(help));
             }
         }
         let job = match m.root.get("job") {
@@ -79,25 +75,22 @@ impl Plan {
                 } else {
                     match serde_json::from_value::<JobConfig>(node.to_json()) {
                         Ok(job) => {
-                            if let (InputSpec::Listing(l), Some(input)) =
-                                (&job.input, node.get("input"))
-                            {
-                                let n = [&l.glob, &l.list, &l.table]
-                                    .iter()
-                                    .filter(|x| x.is_some())
-                                    .count();
+                            if let (InputSpec::Listing(l), Some(input)) = (&job.input, node.get("input")) {
+                                let n = [&l.glob, &l.list, &l.table].iter().filter(|x| x.is_some()).count();
                                 if n != 1 {
                                     errors.push(
-                                        Diagnostic::new("`input` must name exactly one of `glob`, `list` or `table`", &input.origin)
-                                            .with_help("e.g. input = { list = \"inputs.txt\" }"),
+                                        Diagnostic::new(
+                                            "`input` must name exactly one of `glob`, `list` or `table`",
+                                            &input.origin,
+                                        )
+                                        .with_help("e.g. input = { list = \"inputs.txt\" }"),
                                     );
                                 }
                             }
                             Some(job)
                         }
                         Err(e) => {
-                            errors
-                                .push(Diagnostic::new(format!("invalid [job]: {e}"), &node.origin));
+                            errors.push(Diagnostic::new(format!("invalid [job]: {e}"), &node.origin));
                             None
                         }
                     }
@@ -120,10 +113,7 @@ impl Plan {
             for s in &stages[..stages.len() - 1] {
                 if s.config.is_sink() {
                     errors.push(Diagnostic::new(
-                        format!(
-                            "stage {} (`{}`) writes output and must be the last stage",
-                            s.position, s.kind
-                        ),
+                        format!("stage {} (`{}`) writes output and must be the last stage", s.position, s.kind),
                         &s.origin,
                     ));
                 }
@@ -131,20 +121,13 @@ impl Plan {
             let last = &stages[stages.len() - 1];
             if !last.config.is_sink() {
                 errors.push(
-                    Diagnostic::new(
-                        format!("the last stage (`{}`) does not write anything", last.kind),
-                        &last.origin,
-                    )
-                    .with_help("end the manifest with:\n[[stage]]\nkind = \"write\""),
+                    Diagnostic::new(format!("the last stage (`{}`) does not write anything", last.kind), &last.origin)
+                        .with_help("end the manifest with:\n[[stage]]\nkind = \"write\""),
                 );
             }
         }
         match job {
-            Some(job) if errors.is_empty() => Ok(Plan {
-                source: m.source.clone(),
-                job,
-                stages,
-            }),
+            Some(job) if errors.is_empty() => Ok(Plan { source: m.source.clone(), job, stages }),
             _ => Err(Diagnostics(errors)),
         }
     }
@@ -156,9 +139,7 @@ impl Plan {
         for s in &self.stages {
             for r in s.config.reads() {
                 match available.iter().find(|f| f.name == r.name) {
-                    Some(f)
-                        if f.ty == r.ty || (r.ty == FieldType::Float && f.ty == FieldType::Int) => {
-                    }
+                    Some(f) if f.ty == r.ty || (r.ty == FieldType::Float && f.ty == FieldType::Int) => {}
                     Some(f) => errors.push(Diagnostic::new(
                         format!(
                             "stage {} (`{}`) reads `{}` as {}, but it is {} here",
@@ -182,7 +163,10 @@ impl Plan {
                         };
                         errors.push(
                             Diagnostic::new(
-                                format!("stage {} (`{}`) reads `{}`, which neither the input nor an earlier stage provides", s.position, s.kind, r.name),
+                                format!(
+                                    "stage {} (`{}`) reads `{}`, which neither the input nor an earlier stage provides",
+                                    s.position, s.kind, r.name
+                                ),
                                 &s.origin,
                             )
                             .with_help(help),
@@ -222,27 +206,15 @@ impl Plan {
         }
         let _ = writeln!(out, "\nstages");
         for s in &self.stages {
-            let role = if s.config.is_sink() {
-                "sink".to_string()
-            } else {
-                format!("parallelism {}", s.parallelism)
-            };
-            let name = s
-                .name
-                .as_ref()
-                .map(|n| format!(" \"{n}\""))
-                .unwrap_or_default();
+            let role = if s.config.is_sink() { "sink".to_string() } else { format!("parallelism {}", s.parallelism) };
+            let name = s.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default();
             let _ = writeln!(out, "  [{}] {}{name}  ({role})", s.position, s.kind);
             render_params(&mut out, &s.config.params(), &s.explicit, "      ", true);
             let list = |fields: Vec<Field>| {
                 if fields.is_empty() {
                     "-".to_string()
                 } else {
-                    fields
-                        .iter()
-                        .map(|f| format!("{}: {}", f.name, f.ty))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    fields.iter().map(|f| format!("{}: {}", f.name, f.ty)).collect::<Vec<_>>().join(", ")
                 }
             };
             let _ = writeln!(out, "      reads  {}", list(s.config.reads()));
@@ -252,23 +224,13 @@ impl Plan {
     }
 }
 
-fn render_params(
-    out: &mut String,
-    params: &serde_json::Value,
-    explicit: &[String],
-    indent: &str,
-    mark_defaults: bool,
-) {
+fn render_params(out: &mut String, params: &serde_json::Value, explicit: &[String], indent: &str, mark_defaults: bool) {
     if let Some(map) = params.as_object() {
         for (k, v) in map {
             if v.is_null() {
                 continue;
             }
-            let mark = if mark_defaults && !explicit.iter().any(|e| e == k) {
-                "  (default)"
-            } else {
-                ""
-            };
+            let mark = if mark_defaults && !explicit.iter().any(|e| e == k) { "  (default)" } else { "" };
             let _ = writeln!(out, "{indent}{k} = {v}{mark}");
         }
     }
@@ -292,26 +254,15 @@ fn plan_stage(
         }
     };
     let NodeKind::Str(kind_name) = &kind_node.kind else {
-        errors.push(Diagnostic::new(
-            format!("`kind` of stage {position} must be a string"),
-            &kind_node.origin,
-        ));
+        errors.push(Diagnostic::new(format!("`kind` of stage {position} must be a string"), &kind_node.origin));
         return None;
     };
     let Some(kind) = registry.get(kind_name) else {
         let kinds: Vec<&str> = registry.kinds().map(|k| k.name()).collect();
         let help = crate::manifest::nearest(kind_name, kinds.iter().copied())
             .map(|n| format!("did you mean \"{n}\"?"))
-            .unwrap_or_else(|| {
-                format!("known stages: {} (see `mugflow stages`)", kinds.join(", "))
-            });
-        errors.push(
-            Diagnostic::new(
-                format!("unknown stage kind `{kind_name}`"),
-                &kind_node.origin,
-            )
-            .with_help(help),
-        );
+            .unwrap_or_else(|| format!("known stages: {} (see `mugflow stages`)", kinds.join(", ")));
+        errors.push(Diagnostic::new(format!("unknown stage kind `{kind_name}`"), &kind_node.origin).with_help(help));
         return None;
     };
     let context = format!("stage {position} (`{kind_name}`)");
@@ -320,10 +271,7 @@ fn plan_stage(
         Some((NodeKind::Str(s), _)) => Some(s.clone()),
         Some((other, origin)) => {
             errors.push(Diagnostic::new(
-                format!(
-                    "`name` in {context} must be a string, found {}",
-                    other.type_name()
-                ),
+                format!("`name` in {context} must be a string, found {}", other.type_name()),
                 origin,
             ));
             None
@@ -333,10 +281,8 @@ fn plan_stage(
     let parallelism = match node.get("parallelism").map(|n| (&n.kind, &n.origin)) {
         Some((NodeKind::Int(i), _)) if *i >= 1 => Some(*i as usize),
         Some((_, origin)) => {
-            errors.push(Diagnostic::new(
-                format!("`parallelism` in {context} must be an integer of at least 1"),
-                origin,
-            ));
+            errors
+                .push(Diagnostic::new(format!("`parallelism` in {context} must be an integer of at least 1"), origin));
             None
         }
         None => None,
@@ -347,12 +293,7 @@ fn plan_stage(
         return None;
     }
     let mut params = node.to_json();
-    let explicit: Vec<String> = node
-        .entries()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e.key.clone())
-        .collect();
+    let explicit: Vec<String> = node.entries().unwrap_or_default().iter().map(|e| e.key.clone()).collect();
     if let Some(map) = params.as_object_mut() {
         for k in COMMON_STAGE_KEYS {
             map.remove(k);
@@ -361,22 +302,14 @@ fn plan_stage(
     let config = match kind.configure(params) {
         Ok(c) => c,
         Err(e) => {
-            errors.push(Diagnostic::new(
-                format!("invalid {context}: {e}"),
-                &node.origin,
-            ));
+            errors.push(Diagnostic::new(format!("invalid {context}: {e}"), &node.origin));
             return None;
         }
     };
     for problem in config.check() {
-        errors.push(Diagnostic::new(
-            format!("{context}: {problem}"),
-            &kind_node.origin,
-        ));
+        errors.push(Diagnostic::new(format!("{context}: {problem}"), &kind_node.origin));
     }
-    let parallelism = parallelism
-        .unwrap_or_else(|| config.default_parallelism())
-        .max(1);
+    let parallelism = parallelism.unwrap_or_else(|| config.default_parallelism()).max(1);
     Some(PlannedStage {
         position,
         kind: kind.name(),

@@ -127,18 +127,11 @@ impl RunReport {
     pub fn table(&self) -> String {
         let mut out = String::new();
         if self.stages.is_empty() {
-            let _ = write!(
-                out,
-                "nothing to do: all {} shard(s) of {} are committed",
-                self.shards_total, self.output
-            );
+            let _ = write!(out, "nothing to do: all {} shard(s) of {} are committed", self.shards_total, self.output);
             return out;
         }
-        let _ = writeln!(
-            out,
-            "{:<22} {:>9} {:>9} {:>7} {:>9} {:>10}",
-            "stage", "in", "out", "errors", "busy s", "items/s"
-        );
+        let _ =
+            writeln!(out, "{:<22} {:>9} {:>9} {:>7} {:>9} {:>10}", "stage", "in", "out", "errors", "busy s", "items/s");
         for s in &self.stages {
             let c = &s.counters;
             let _ = writeln!(
@@ -150,7 +143,13 @@ impl RunReport {
         let _ = write!(
             out,
             "{}: {} shard(s) committed, {} skipped (of {}); {} item(s) written, {} error record(s); {:.1}s",
-            self.status, self.shards_committed, self.shards_skipped, self.shards_total, self.items_written, self.errors, self.wall_s
+            self.status,
+            self.shards_committed,
+            self.shards_skipped,
+            self.shards_total,
+            self.items_written,
+            self.errors,
+            self.wall_s
         );
         out
     }

@@ -64,10 +64,7 @@ pub struct StageContext {
 
 impl StageContext {
     /// Run CPU-heavy work on the rayon pool and await it; a panic becomes an item error.
-    pub async fn cpu<R: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> Result<R, StageError> {
+    pub async fn cpu<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, StageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         rayon::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -81,10 +78,7 @@ impl StageContext {
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned());
-                Err(StageError::msg(format!(
-                    "internal error (panic): {}",
-                    msg.unwrap_or_default()
-                )))
+                Err(StageError::msg(format!("internal error (panic): {}", msg.unwrap_or_default())))
             }
             Err(_) => Err(StageError::msg("the worker thread stopped")),
         }
@@ -191,9 +185,7 @@ impl<C: StageConfig> StageKind for Kind<C> {
         C::EXAMPLE
     }
     fn configure(&self, params: serde_json::Value) -> Result<Box<dyn ConfiguredStage>, String> {
-        serde_json::from_value::<C>(params)
-            .map(|c| Box::new(c) as Box<dyn ConfiguredStage>)
-            .map_err(|e| e.to_string())
+        serde_json::from_value::<C>(params).map(|c| Box::new(c) as Box<dyn ConfiguredStage>).map_err(|e| e.to_string())
     }
 }
 
@@ -211,8 +203,7 @@ impl Registry {
 
     /// Add a stage kind.
     pub fn register<C: StageConfig>(&mut self) -> &mut Self {
-        self.kinds
-            .push(Box::new(Kind::<C>(std::marker::PhantomData)));
+        self.kinds.push(Box::new(Kind::<C>(std::marker::PhantomData)));
         self
     }
 

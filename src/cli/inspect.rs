@@ -31,10 +31,7 @@ pub fn inspect(path: &str) -> anyhow::Result<()> {
 
 async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
     let Some(bytes) = loc.read_opt("index.json").await? else {
-        anyhow::bail!(
-            "{} has no index.json: not a mugflow dataset (or no shard is committed yet)",
-            loc.url
-        );
+        anyhow::bail!("{} has no index.json: not a mugflow dataset (or no shard is committed yet)", loc.url);
     };
     let index: DatasetIndex = serde_json::from_slice(&bytes)?;
     println!("dataset   {}", loc.url);
@@ -46,26 +43,13 @@ async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
     for (name, ty) in &index.fields {
         println!("  {name:<20} {ty}");
     }
-    if let Some(first) = index
-        .shards
-        .iter()
-        .find(|s| s.files.iter().any(|f| f.ends_with(".safetensors")))
-    {
-        let file = first
-            .files
-            .iter()
-            .find(|f| f.ends_with(".safetensors"))
-            .expect("found above");
+    if let Some(first) = index.shards.iter().find(|s| s.files.iter().any(|f| f.ends_with(".safetensors"))) {
+        let file = first.files.iter().find(|f| f.ends_with(".safetensors")).expect("found above");
         println!("\ntensors (first item of shard {})", first.shard);
         let tensors = read_tensor_header(loc, file).await?;
-        let first_id = tensors
-            .first()
-            .map(|t| t.name.rsplit_once('/').map_or("", |(id, _)| id).to_string())
-            .unwrap_or_default();
-        for t in tensors
-            .iter()
-            .filter(|t| t.name.starts_with(&format!("{first_id}/")))
-        {
+        let first_id =
+            tensors.first().map(|t| t.name.rsplit_once('/').map_or("", |(id, _)| id).to_string()).unwrap_or_default();
+        for t in tensors.iter().filter(|t| t.name.starts_with(&format!("{first_id}/"))) {
             println!(
                 "  {:<20} {:<5} {:?}",
                 t.name.rsplit_once('/').map_or(t.name.as_str(), |(_, n)| n),
@@ -80,9 +64,7 @@ async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
         for f in s.files.iter().filter(|f| f.ends_with(".errors.parquet")) {
             let t = read_table_summary(loc, f).await?;
             for row in &t.rows {
-                *by_stage
-                    .entry(row.get("stage").cloned().unwrap_or_default())
-                    .or_default() += 1;
+                *by_stage.entry(row.get("stage").cloned().unwrap_or_default()).or_default() += 1;
                 if examples.len() < 5 {
                     examples.push(format!(
                         "  {} [{}] {}",
@@ -115,11 +97,8 @@ fn print_table(t: &TableSummary) {
     }
     println!("\nfirst rows");
     for row in t.rows.iter().take(5) {
-        let cells: Vec<String> = t
-            .columns
-            .iter()
-            .map(|(c, _)| format!("{c}={}", row.get(c).cloned().unwrap_or_default()))
-            .collect();
+        let cells: Vec<String> =
+            t.columns.iter().map(|(c, _)| format!("{c}={}", row.get(c).cloned().unwrap_or_default())).collect();
         println!("  {}", cells.join("  "));
     }
 }

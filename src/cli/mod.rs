@@ -111,8 +111,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// uv-style: `error:` line, `Caused by:` chain, then a `hint:`. Manifest diagnostics render themselves.
 fn render_error(e: &anyhow::Error) {
-    if let Some(pipeline::PipelineError::Manifest(d)) = e.downcast_ref::<pipeline::PipelineError>()
-    {
+    if let Some(pipeline::PipelineError::Manifest(d)) = e.downcast_ref::<pipeline::PipelineError>() {
         eprintln!("{d}");
         return;
     }
@@ -124,26 +123,18 @@ fn render_error(e: &anyhow::Error) {
             eprintln!("  {c}");
         }
     }
-    if let Some(hint) = e
-        .downcast_ref::<pipeline::PipelineError>()
-        .and_then(pipeline::PipelineError::hint)
-    {
+    if let Some(hint) = e.downcast_ref::<pipeline::PipelineError>().and_then(pipeline::PipelineError::hint) {
         eprintln!("\nhint: {hint}");
     }
 }
 
 /// A multi-threaded tokio runtime for commands that do I/O.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// Load and validate a manifest into a plan.
-fn load_plan(
-    args: &ManifestArgs,
-    registry: &pipeline::Registry,
-) -> Result<pipeline::Plan, pipeline::PipelineError> {
+fn load_plan(args: &ManifestArgs, registry: &pipeline::Registry) -> Result<pipeline::Plan, pipeline::PipelineError> {
     let m = pipeline::manifest::Manifest::load(&args.manifest, &args.set)?;
     Ok(pipeline::Plan::from_manifest(&m, registry)?)
 }

@@ -21,9 +21,7 @@ pub fn reporter(mode: ProgressMode) -> Arc<dyn Reporter> {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             bars: Mutex::default(),
         }),
-        ProgressMode::Plain => Arc::new(Plain {
-            last: Mutex::new(None),
-        }),
+        ProgressMode::Plain => Arc::new(Plain { last: Mutex::new(None) }),
         _ => Arc::new(Quiet),
     }
 }
@@ -48,16 +46,13 @@ struct Bars {
 impl Reporter for Bars {
     fn start(&self, s: &RunStart) {
         let _ = self.multi.println(describe_start(s));
-        let style = ProgressStyle::with_template(
-            "{prefix:>14} {bar:30} {pos:>7}/{len:7} {msg} [{elapsed_precise}, eta {eta}]",
-        )
-        .expect("the template is valid");
+        let style =
+            ProgressStyle::with_template("{prefix:>14} {bar:30} {pos:>7}/{len:7} {msg} [{elapsed_precise}, eta {eta}]")
+                .expect("the template is valid");
         let mut bars = self.bars.lock().expect("bars lock");
         for (i, label) in s.stages.iter().enumerate() {
             // Only the first stage's total is known; later totals grow with fan-out.
-            let bar = self
-                .multi
-                .add(ProgressBar::new(if i == 0 { s.pending_items } else { 0 }));
+            let bar = self.multi.add(ProgressBar::new(if i == 0 { s.pending_items } else { 0 }));
             bar.set_style(style.clone());
             bar.set_prefix(label.clone());
             bars.push(bar);
@@ -72,20 +67,13 @@ impl Reporter for Bars {
                 bar.set_length(total);
             }
             bar.set_position(s.items_in);
-            bar.set_message(format!(
-                "out {} err {} {:.1}/s",
-                s.items_out,
-                s.errors,
-                rate(s, elapsed)
-            ));
+            bar.set_message(format!("out {} err {} {:.1}/s", s.items_out, s.errors, rate(s, elapsed)));
             upstream_out = Some(s.items_out.max(s.items_in));
         }
     }
 
     fn shard_committed(&self, shard: usize, items: usize, errors: usize) {
-        let _ = self.multi.println(format!(
-            "committed shard {shard}: {items} item(s), {errors} error(s)"
-        ));
+        let _ = self.multi.println(format!("committed shard {shard}: {items} item(s), {errors} error(s)"));
     }
 
     fn finish(&self, report: &RunReport) {

@@ -10,14 +10,7 @@ pub fn run(args: &ManifestArgs, mode: ProgressMode) -> anyhow::Result<()> {
     let plan = load_plan(args, &registry)?;
     let reporter: Arc<dyn pipeline::report::Reporter> = progress::reporter(mode);
     let rt = runtime()?;
-    rt.block_on(pipeline::run(
-        &plan,
-        &registry,
-        pipeline::RunOptions {
-            reporter,
-            stop: stop_signal(),
-        },
-    ))?;
+    rt.block_on(pipeline::run(&plan, &registry, pipeline::RunOptions { reporter, stop: stop_signal() }))?;
     Ok(())
 }
 

@@ -28,20 +28,10 @@ struct Param {
 
 fn params(schema: &Json) -> Vec<Param> {
     let check = SchemaCheck::new(schema);
-    let required: Vec<&str> = schema
-        .get("required")
-        .and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Json::as_str)
-        .collect();
+    let required: Vec<&str> =
+        schema.get("required").and_then(Json::as_array).into_iter().flatten().filter_map(Json::as_str).collect();
     let mut out = Vec::new();
-    for (name, prop) in schema
-        .get("properties")
-        .and_then(Json::as_object)
-        .into_iter()
-        .flatten()
-    {
+    for (name, prop) in schema.get("properties").and_then(Json::as_object).into_iter().flatten() {
         let resolved = check.resolve(prop);
         let consts: Vec<String> = resolved
             .get("oneOf")
@@ -63,10 +53,7 @@ fn params(schema: &Json) -> Vec<Param> {
         {
             format.to_string()
         } else {
-            let t: Vec<&str> = type_names(resolved)
-                .into_iter()
-                .filter(|t| *t != "null")
-                .collect();
+            let t: Vec<&str> = type_names(resolved).into_iter().filter(|t| *t != "null").collect();
             if t.is_empty() {
                 "table".to_string()
             } else {
@@ -91,27 +78,18 @@ fn params(schema: &Json) -> Vec<Param> {
 /// Print the stage reference.
 pub fn stages(only: Option<&str>, format: Format) -> anyhow::Result<()> {
     let registry = stages::registry();
-    let kinds: Vec<_> = registry
-        .kinds()
-        .filter(|k| only.is_none_or(|o| o == k.name()))
-        .collect();
+    let kinds: Vec<_> = registry.kinds().filter(|k| only.is_none_or(|o| o == k.name())).collect();
     if kinds.is_empty() {
         let names: Vec<&str> = registry.kinds().map(|k| k.name()).collect();
         let wanted = only.unwrap_or_default();
         let help = pipeline::manifest::nearest(wanted, names.iter().copied())
             .map(|n| format!(" (did you mean `{n}`?)"))
             .unwrap_or_default();
-        anyhow::bail!(
-            "no stage named `{wanted}`{help}; stages: {}",
-            names.join(", ")
-        );
+        anyhow::bail!("no stage named `{wanted}`{help}; stages: {}", names.join(", "));
     }
     let mut out = String::new();
     if format == Format::Json {
-        let all: serde_json::Map<String, Json> = kinds
-            .iter()
-            .map(|k| (k.name().to_string(), k.schema()))
-            .collect();
+        let all: serde_json::Map<String, Json> = kinds.iter().map(|k| (k.name().to_string(), k.schema())).collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
@@ -121,64 +99,30 @@ pub fn stages(only: Option<&str>, format: Format) -> anyhow::Result<()> {
     }
     for k in kinds {
         let schema = k.schema();
-        let doc = schema
-            .get("description")
-            .and_then(Json::as_str)
-            .unwrap_or("")
-            .replace('\n', " ");
-        let fields = k
-            .configure(serde_json::json!({}))
-            .ok()
-            .map(|c| (c.reads(), c.adds()));
-        let list = |f: &[pipeline::Field]| {
-            f.iter()
-                .map(|f| format!("{}: {}", f.name, f.ty))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let doc = schema.get("description").and_then(Json::as_str).unwrap_or("").replace('\n', " ");
+        let fields = k.configure(serde_json::json!({})).ok().map(|c| (c.reads(), c.adds()));
+        let list =
+            |f: &[pipeline::Field]| f.iter().map(|f| format!("{}: {}", f.name, f.ty)).collect::<Vec<_>>().join(", ");
         match format {
             Format::Markdown => {
                 let _ = writeln!(out, "\n## `{}`\n\n{doc}\n", k.name());
-                let _ = writeln!(
-                    out,
-                    "| parameter | type | default | description |\n|---|---|---|---|"
-                );
+                let _ = writeln!(out, "| parameter | type | default | description |\n|---|---|---|---|");
                 for p in params(&schema) {
-                    let _ = writeln!(
-                        out,
-                        "| `{}` | {} | `{}` | {} |",
-                        p.name,
-                        p.ty.replace('|', "\\|"),
-                        p.default,
-                        p.doc
-                    );
+                    let _ =
+                        writeln!(out, "| `{}` | {} | `{}` | {} |", p.name, p.ty.replace('|', "\\|"), p.default, p.doc);
                 }
                 if let Some((reads, adds)) = &fields {
-                    let _ = writeln!(
-                        out,
-                        "\nReads: {}. Adds: {}.",
-                        or_none(&list(reads)),
-                        or_none(&list(adds))
-                    );
+                    let _ = writeln!(out, "\nReads: {}. Adds: {}.", or_none(&list(reads)), or_none(&list(adds)));
                 }
                 let _ = writeln!(out, "\n```toml\n{}```", k.example());
             }
             _ => {
                 let _ = writeln!(out, "{}\n  {doc}", k.name());
                 for p in params(&schema) {
-                    let _ = writeln!(
-                        out,
-                        "    {:<18} {:<22} default {:<12} {}",
-                        p.name, p.ty, p.default, p.doc
-                    );
+                    let _ = writeln!(out, "    {:<18} {:<22} default {:<12} {}", p.name, p.ty, p.default, p.doc);
                 }
                 if let Some((reads, adds)) = &fields {
-                    let _ = writeln!(
-                        out,
-                        "    reads: {}\n    adds:  {}",
-                        or_none(&list(reads)),
-                        or_none(&list(adds))
-                    );
+                    let _ = writeln!(out, "    reads: {}\n    adds:  {}", or_none(&list(reads)), or_none(&list(adds)));
                 }
                 out.push('\n');
             }

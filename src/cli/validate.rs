@@ -10,8 +10,7 @@ pub fn validate(args: &ManifestArgs, offline: bool) -> anyhow::Result<()> {
         None
     } else {
         let inputs = runtime()?.block_on(pipeline::input::list_inputs(&plan.job.input))?;
-        plan.check_fields(&inputs.fields, &registry)
-            .map_err(pipeline::PipelineError::from)?;
+        plan.check_fields(&inputs.fields, &registry).map_err(pipeline::PipelineError::from)?;
         Some(inputs)
     };
     print!("{}", plan.render(inputs.as_ref()));

@@ -10,8 +10,7 @@ use pipeline::Registry;
 /// All stage kinds, in the order `mugflow stages` lists them.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register::<probe::ProbeConfig>()
-        .register::<write::WriteConfig>();
+    r.register::<probe::ProbeConfig>().register::<write::WriteConfig>();
     r
 }
 
@@ -38,19 +37,10 @@ mod tests {
             let text = format!(
                 "[job]\nname = \"t\"\ninput = \"x/*.mp4\"\noutput = \"out\"\n\n{}{}",
                 kind.example(),
-                if kind.name() == "write" {
-                    ""
-                } else {
-                    "\n[[stage]]\nkind = \"write\"\n"
-                }
+                if kind.name() == "write" { "" } else { "\n[[stage]]\nkind = \"write\"\n" }
             );
-            let m = pipeline::manifest::Manifest::from_text(
-                std::path::Path::new("example.toml"),
-                text,
-                &[],
-                &|_| None,
-            )
-            .unwrap();
+            let m = pipeline::manifest::Manifest::from_text(std::path::Path::new("example.toml"), text, &[], &|_| None)
+                .unwrap();
             if let Err(e) = pipeline::Plan::from_manifest(&m, &reg) {
                 panic!("example of `{}` does not validate:\n{e}", kind.name());
             }

@@ -4,9 +4,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use ffmpeg_next as ffmpeg;
-use pipeline::{
-    io::fetch_local, Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError,
-};
+use pipeline::{io::fetch_local, Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -58,17 +56,12 @@ pub struct MediaInfo {
 /// Probe a local media file. Errors name what FFmpeg could not read.
 pub fn probe_file(path: &Path) -> Result<MediaInfo, ProbeError> {
     crate::ffmpeg_init();
-    let ictx = ffmpeg::format::input(&path)
-        .map_err(|e| ProbeError::Open(path.display().to_string(), e))?;
-    let stream = ictx
-        .streams()
-        .best(ffmpeg::media::Type::Video)
-        .ok_or(ProbeError::NoVideo)?;
+    let ictx = ffmpeg::format::input(&path).map_err(|e| ProbeError::Open(path.display().to_string(), e))?;
+    let stream = ictx.streams().best(ffmpeg::media::Type::Video).ok_or(ProbeError::NoVideo)?;
     let params = stream.parameters();
     let codec = params.id().name().to_string();
-    let decoder = ffmpeg::codec::Context::from_parameters(params)
-        .and_then(|c| c.decoder().video())
-        .map_err(ProbeError::Codec)?;
+    let decoder =
+        ffmpeg::codec::Context::from_parameters(params).and_then(|c| c.decoder().video()).map_err(ProbeError::Codec)?;
     let (coded_w, coded_h) = (decoder.width(), decoder.height());
     if coded_w == 0 || coded_h == 0 {
         return Err(ProbeError::NoSize);
@@ -94,11 +87,7 @@ pub fn probe_file(path: &Path) -> Result<MediaInfo, ProbeError> {
         _ => ((duration_s * fps).round() as i64, false),
     };
     let rotation = display_rotation(&stream);
-    let (width, height) = if rotation % 180 == 90 {
-        (coded_h, coded_w)
-    } else {
-        (coded_w, coded_h)
-    };
+    let (width, height) = if rotation % 180 == 90 { (coded_h, coded_w) } else { (coded_w, coded_h) };
     Ok(MediaInfo {
         container: ictx.format().name().to_string(),
         duration_s,
@@ -119,16 +108,10 @@ pub fn probe_file(path: &Path) -> Result<MediaInfo, ProbeError> {
 /// Clockwise display rotation in degrees from the stream's display matrix (or legacy `rotate` tag).
 fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i64 {
     for sd in stream.side_data() {
-        if sd.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix
-            && sd.data().len() >= 36
-        {
+        if sd.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix && sd.data().len() >= 36 {
             // The display matrix is nine native-endian i32 values (16.16 fixed point).
-            let m: Vec<i32> = sd
-                .data()
-                .chunks_exact(4)
-                .take(9)
-                .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let m: Vec<i32> =
+                sd.data().chunks_exact(4).take(9).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
             // SAFETY: `m` holds the nine values av_display_rotation_get reads.
             let ccw = unsafe { ffmpeg::ffi::av_display_rotation_get(m.as_ptr()) };
             if ccw.is_nan() {
@@ -138,11 +121,7 @@ fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i64 {
             return (-ccw).round().rem_euclid(360.0) as i64;
         }
     }
-    stream
-        .metadata()
-        .get("rotate")
-        .and_then(|r| r.parse::<i64>().ok())
-        .map_or(0, |r| r.rem_euclid(360))
+    stream.metadata().get("rotate").and_then(|r| r.parse::<i64>().ok()).map_or(0, |r| r.rem_euclid(360))
 }
 
 fn pixel_format_name(f: ffmpeg::format::Pixel) -> String {
@@ -206,60 +185,24 @@ impl StageConfig for ProbeConfig {
     const EXAMPLE: &'static str = "[[stage]]\nkind = \"probe\"\n";
 
     fn reads(&self) -> Vec<Field> {
-        vec![Field::new(
-            "uri",
-            FieldType::Str,
-            "path or URL of the media file",
-        )]
+        vec![Field::new("uri", FieldType::Str, "path or URL of the media file")]
     }
 
     fn adds(&self) -> Vec<Field> {
         vec![
             Field::new("container", FieldType::Str, "container format name"),
             Field::new("duration_s", FieldType::Float, "duration, seconds"),
-            Field::new(
-                "fps",
-                FieldType::Float,
-                "average frame rate, frames per second",
-            ),
-            Field::new(
-                "fps_real",
-                FieldType::Float,
-                "real base frame rate (r_frame_rate)",
-            ),
+            Field::new("fps", FieldType::Float, "average frame rate, frames per second"),
+            Field::new("fps_real", FieldType::Float, "real base frame rate (r_frame_rate)"),
             Field::new("frame_count", FieldType::Int, "frames in the video stream"),
-            Field::new(
-                "frame_count_exact",
-                FieldType::Bool,
-                "frame_count read from the container, not estimated",
-            ),
-            Field::new(
-                "width",
-                FieldType::Int,
-                "displayed width after rotation, pixels",
-            ),
-            Field::new(
-                "height",
-                FieldType::Int,
-                "displayed height after rotation, pixels",
-            ),
-            Field::new(
-                "rotation",
-                FieldType::Int,
-                "clockwise display rotation, degrees",
-            ),
+            Field::new("frame_count_exact", FieldType::Bool, "frame_count read from the container, not estimated"),
+            Field::new("width", FieldType::Int, "displayed width after rotation, pixels"),
+            Field::new("height", FieldType::Int, "displayed height after rotation, pixels"),
+            Field::new("rotation", FieldType::Int, "clockwise display rotation, degrees"),
             Field::new("codec", FieldType::Str, "video codec name"),
             Field::new("pix_fmt", FieldType::Str, "pixel format"),
-            Field::new(
-                "bit_rate",
-                FieldType::Int,
-                "overall bit rate, bits per second",
-            ),
-            Field::new(
-                "has_audio",
-                FieldType::Bool,
-                "whether an audio stream exists",
-            ),
+            Field::new("bit_rate", FieldType::Int, "overall bit rate, bits per second"),
+            Field::new("has_audio", FieldType::Bool, "whether an audio stream exists"),
         ]
     }
 
@@ -268,8 +211,6 @@ impl StageConfig for ProbeConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        Ok(Runnable::Transform(std::sync::Arc::new(Probe {
-            require_video: self.require_video,
-        })))
+        Ok(Runnable::Transform(std::sync::Arc::new(Probe { require_video: self.require_video })))
     }
 }

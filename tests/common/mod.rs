@@ -46,14 +46,8 @@ pub fn written_ids(out: &Path) -> Vec<String> {
         let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
         let mut ids = Vec::new();
         for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry
-                .files
-                .iter()
-                .filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet"))
-            {
-                let t = pipeline::inspect::read_table_summary(&loc, f)
-                    .await
-                    .unwrap();
+            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet")) {
+                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
                 ids.extend(t.rows.iter().map(|r| r["id"].clone()));
             }
         }
@@ -68,21 +62,9 @@ pub fn error_rows(out: &Path) -> Vec<(String, String, String)> {
         let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
         let mut rows = Vec::new();
         for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry
-                .files
-                .iter()
-                .filter(|f| f.ends_with(".errors.parquet"))
-            {
-                let t = pipeline::inspect::read_table_summary(&loc, f)
-                    .await
-                    .unwrap();
-                rows.extend(t.rows.iter().map(|r| {
-                    (
-                        r["item_id"].clone(),
-                        r["stage"].clone(),
-                        r["message"].clone(),
-                    )
-                }));
+            for f in entry.files.iter().filter(|f| f.ends_with(".errors.parquet")) {
+                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
+                rows.extend(t.rows.iter().map(|r| (r["item_id"].clone(), r["stage"].clone(), r["message"].clone())));
             }
         }
         rows.sort();
@@ -98,10 +80,7 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 walk(base, &p, out);
             } else {
-                out.push((
-                    p.strip_prefix(base).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                ));
+                out.push((p.strip_prefix(base).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
             }
         }
     }

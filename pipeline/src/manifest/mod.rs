@@ -125,9 +125,7 @@ impl Manifest {
                 format!("cannot read manifest {}: {e}", path.display()),
                 &Origin::Override(String::new()),
             )
-            .with_help(
-                "check the path; `mugflow validate manifests/demo.toml` shows a working example",
-            )])
+            .with_help("check the path; `mugflow validate manifests/demo.toml` shows a working example")])
         })?;
         Self::from_text(path, text, overrides, &|k| std::env::var(k).ok())
     }
@@ -139,10 +137,7 @@ impl Manifest {
         overrides: &[String],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Manifest, Diagnostics> {
-        let source = Arc::new(SourceFile {
-            path: path.to_path_buf(),
-            text,
-        });
+        let source = Arc::new(SourceFile { path: path.to_path_buf(), text });
         let mut root = node::parse(&source).map_err(|d| Diagnostics(vec![d]))?;
         let mut errors = Vec::new();
         node::interpolate_env(&mut root, env, &mut errors);
@@ -161,14 +156,9 @@ impl Manifest {
     /// The `[[stage]]` tables in order.
     pub fn stages(&self) -> Vec<StageDecl> {
         match self.root.get("stage").map(|n| &n.kind) {
-            Some(NodeKind::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, n)| StageDecl {
-                    position: i + 1,
-                    node: n.clone(),
-                })
-                .collect(),
+            Some(NodeKind::Array(a)) => {
+                a.iter().enumerate().map(|(i, n)| StageDecl { position: i + 1, node: n.clone() }).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -188,10 +178,8 @@ fn apply_override(root: &mut Node, arg: &str, source: &Arc<SourceFile>) -> Resul
         ["job", rest @ ..] if !rest.is_empty() => (table_entry(root, "job", source), rest),
         ["stage", sel, rest @ ..] if !rest.is_empty() => (select_stage(root, sel, &origin)?, rest),
         _ => {
-            return Err(
-                Diagnostic::new(format!("cannot apply `--set {arg}`"), &origin)
-                    .with_help("address a key as job.<key> or stage.<position|name|kind>.<key>"),
-            )
+            return Err(Diagnostic::new(format!("cannot apply `--set {arg}`"), &origin)
+                .with_help("address a key as job.<key> or stage.<position|name|kind>.<key>"))
         }
     };
     let mut node = target;
@@ -213,32 +201,16 @@ fn parse_override_value(raw: &str, origin: &Origin) -> Node {
         Ok(toml_edit::Value::String(s)) => NodeKind::Str(s.value().clone()),
         _ => NodeKind::Str(raw.to_string()),
     };
-    Node {
-        kind,
-        origin: origin.clone(),
-    }
+    Node { kind, origin: origin.clone() }
 }
 
-fn select_stage<'a>(
-    root: &'a mut Node,
-    sel: &str,
-    origin: &Origin,
-) -> Result<&'a mut Node, Diagnostic> {
+fn select_stage<'a>(root: &'a mut Node, sel: &str, origin: &Origin) -> Result<&'a mut Node, Diagnostic> {
     let NodeKind::Table(entries) = &mut root.kind else {
         return Err(Diagnostic::new("the manifest is not a table", origin));
     };
-    let stages = match entries
-        .iter_mut()
-        .find(|e| e.key == "stage")
-        .map(|e| &mut e.value.kind)
-    {
+    let stages = match entries.iter_mut().find(|e| e.key == "stage").map(|e| &mut e.value.kind) {
         Some(NodeKind::Array(a)) => a,
-        _ => {
-            return Err(Diagnostic::new(
-                "the manifest has no [[stage]] tables to override",
-                origin,
-            ))
-        }
+        _ => return Err(Diagnostic::new("the manifest has no [[stage]] tables to override", origin)),
     };
     let label = |n: &Node, key: &str| match n.get(key).map(|v| &v.kind) {
         Some(NodeKind::Str(s)) => Some(s.clone()),
@@ -248,13 +220,10 @@ fn select_stage<'a>(
         Ok(pos) if pos >= 1 && pos <= stages.len() => vec![pos - 1],
         Ok(_) => Vec::new(),
         Err(_) => {
-            let by_name: Vec<usize> = (0..stages.len())
-                .filter(|&i| label(&stages[i], "name").as_deref() == Some(sel))
-                .collect();
+            let by_name: Vec<usize> =
+                (0..stages.len()).filter(|&i| label(&stages[i], "name").as_deref() == Some(sel)).collect();
             if by_name.is_empty() {
-                (0..stages.len())
-                    .filter(|&i| label(&stages[i], "kind").as_deref() == Some(sel))
-                    .collect()
+                (0..stages.len()).filter(|&i| label(&stages[i], "kind").as_deref() == Some(sel)).collect()
             } else {
                 by_name
             }
@@ -266,20 +235,11 @@ fn select_stage<'a>(
             let labels: Vec<String> = stages.iter().filter_map(|s| label(s, "kind")).collect();
             let help = nearest(sel, labels.iter().map(String::as_str))
                 .map(|n| format!("did you mean `stage.{n}`?"))
-                .unwrap_or_else(|| {
-                    format!(
-                        "stages are numbered 1 to {}; kinds: {}",
-                        stages.len(),
-                        labels.join(", ")
-                    )
-                });
+                .unwrap_or_else(|| format!("stages are numbered 1 to {}; kinds: {}", stages.len(), labels.join(", ")));
             Err(Diagnostic::new(format!("no stage matches `{sel}`"), origin).with_help(help))
         }
-        many => Err(
-            Diagnostic::new(format!("`{sel}` matches {} stages", many.len()), origin).with_help(
-                format!("use a position instead, e.g. stage.{}.<key>", many[0] + 1),
-            ),
-        ),
+        many => Err(Diagnostic::new(format!("`{sel}` matches {} stages", many.len()), origin)
+            .with_help(format!("use a position instead, e.g. stage.{}.<key>", many[0] + 1))),
     }
 }
 
@@ -287,25 +247,11 @@ fn select_stage<'a>(
 fn table_entry<'a>(node: &'a mut Node, key: &str, source: &Arc<SourceFile>) -> &'a mut Node {
     let origin = Origin::Manifest(source.clone());
     if node.get(key).is_none() {
-        set_entry(
-            node,
-            key,
-            Node {
-                kind: NodeKind::Table(Vec::new()),
-                origin: origin.clone(),
-            },
-            &origin,
-        );
+        set_entry(node, key, Node { kind: NodeKind::Table(Vec::new()), origin: origin.clone() }, &origin);
     }
-    let NodeKind::Table(entries) = &mut node.kind else {
-        unreachable!("set_entry turned the node into a table")
-    };
+    let NodeKind::Table(entries) = &mut node.kind else { unreachable!("set_entry turned the node into a table") };
     // The entry exists: it was found or just inserted above.
-    &mut entries
-        .iter_mut()
-        .find(|e| e.key == key)
-        .expect("entry inserted above")
-        .value
+    &mut entries.iter_mut().find(|e| e.key == key).expect("entry inserted above").value
 }
 
 fn set_entry(node: &mut Node, key: &str, value: Node, origin: &Origin) {
@@ -317,11 +263,7 @@ fn set_entry(node: &mut Node, key: &str, value: Node, origin: &Origin) {
     };
     match entries.iter_mut().find(|e| e.key == key) {
         Some(e) => e.value = value,
-        None => entries.push(Entry {
-            key: key.to_string(),
-            key_origin: origin.clone(),
-            value,
-        }),
+        None => entries.push(Entry { key: key.to_string(), key_origin: origin.clone(), value }),
     }
 }
 
@@ -331,9 +273,7 @@ mod tests {
 
     fn load(text: &str, sets: &[&str]) -> Result<Manifest, Diagnostics> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        Manifest::from_text(Path::new("m.toml"), text.to_string(), &sets, &|k| {
-            (k == "OUT").then(|| "/data".into())
-        })
+        Manifest::from_text(Path::new("m.toml"), text.to_string(), &sets, &|k| (k == "OUT").then(|| "/data".into()))
     }
 
     const TEXT: &str = "[job]\nname = \"x\"\noutput = \"${OUT}/v1\"\n\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\nname = \"sink\"\n";
@@ -341,33 +281,17 @@ mod tests {
     #[test]
     fn env_is_interpolated() {
         let m = load(TEXT, &[]).unwrap();
-        assert_eq!(
-            m.root.get("job").unwrap().get("output").unwrap().to_json(),
-            "/data/v1"
-        );
+        assert_eq!(m.root.get("job").unwrap().get("output").unwrap().to_json(), "/data/v1");
     }
 
     #[test]
     fn overrides_address_job_position_name_and_kind() {
         let m = load(
             TEXT,
-            &[
-                "job.shard_size=4",
-                "stage.1.parallelism=3",
-                "stage.sink.format=mugflow",
-                "stage.probe.x=true",
-            ],
+            &["job.shard_size=4", "stage.1.parallelism=3", "stage.sink.format=mugflow", "stage.probe.x=true"],
         )
         .unwrap();
-        assert_eq!(
-            m.root
-                .get("job")
-                .unwrap()
-                .get("shard_size")
-                .unwrap()
-                .to_json(),
-            4
-        );
+        assert_eq!(m.root.get("job").unwrap().get("shard_size").unwrap().to_json(), 4);
         let stages = m.stages();
         assert_eq!(stages[0].node.get("parallelism").unwrap().to_json(), 3);
         assert_eq!(stages[0].node.get("x").unwrap().to_json(), true);

@@ -72,10 +72,7 @@ impl Node {
 
     /// The value of `key` in a table node.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.entries()?
-            .iter()
-            .find(|e| e.key == key)
-            .map(|e| &e.value)
+        self.entries()?.iter().find(|e| e.key == key).map(|e| &e.value)
     }
 
     /// Convert to JSON for serde (origins dropped; validation has already run).
@@ -83,16 +80,12 @@ impl Node {
         match &self.kind {
             NodeKind::Bool(b) => (*b).into(),
             NodeKind::Int(i) => (*i).into(),
-            NodeKind::Float(x) => {
-                serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
-            }
+            NodeKind::Float(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
             NodeKind::Str(s) => s.clone().into(),
             NodeKind::Array(a) => a.iter().map(Node::to_json).collect(),
-            NodeKind::Table(e) => e
-                .iter()
-                .map(|e| (e.key.clone(), e.value.to_json()))
-                .collect::<serde_json::Map<_, _>>()
-                .into(),
+            NodeKind::Table(e) => {
+                e.iter().map(|e| (e.key.clone(), e.value.to_json())).collect::<serde_json::Map<_, _>>().into()
+            }
         }
     }
 }
@@ -101,10 +94,7 @@ impl Node {
 pub fn parse(src: &Arc<SourceFile>) -> Result<Node, Diagnostic> {
     let doc = toml_edit::Document::parse(src.text.clone()).map_err(|e| {
         let range = e.span().unwrap_or(0..0);
-        Diagnostic::new(
-            format!("invalid TOML: {}", e.message().trim_end()),
-            &Origin::File(src.clone(), range),
-        )
+        Diagnostic::new(format!("invalid TOML: {}", e.message().trim_end()), &Origin::File(src.clone(), range))
     })?;
     let conv = Converter { src };
     Ok(conv.table(doc.as_table(), 0..0))
@@ -128,17 +118,10 @@ impl Converter<'_> {
             .map(|(k, item)| {
                 let key_span = t.key(k).and_then(|k| k.span());
                 let value = self.item(item, key_span.clone());
-                Entry {
-                    key: k.to_string(),
-                    key_origin: self.origin(key_span),
-                    value,
-                }
+                Entry { key: k.to_string(), key_origin: self.origin(key_span), value }
             })
             .collect();
-        Node {
-            kind: NodeKind::Table(entries),
-            origin: self.origin(t.span().or(Some(fallback))),
-        }
+        Node { kind: NodeKind::Table(entries), origin: self.origin(t.span().or(Some(fallback))) }
     }
 
     fn item(&self, item: &Item, key_span: Option<std::ops::Range<usize>>) -> Node {
@@ -146,17 +129,10 @@ impl Converter<'_> {
             Item::Value(v) => self.value(v),
             Item::Table(t) => self.table(t, key_span.unwrap_or(0..0)),
             Item::ArrayOfTables(a) => Node {
-                kind: NodeKind::Array(
-                    a.iter()
-                        .map(|t| self.table(t, key_span.clone().unwrap_or(0..0)))
-                        .collect(),
-                ),
+                kind: NodeKind::Array(a.iter().map(|t| self.table(t, key_span.clone().unwrap_or(0..0))).collect()),
                 origin: self.origin(a.span().or(key_span)),
             },
-            Item::None => Node {
-                kind: NodeKind::Table(Vec::new()),
-                origin: self.origin(key_span),
-            },
+            Item::None => Node { kind: NodeKind::Table(Vec::new()), origin: self.origin(key_span) },
         }
     }
 
@@ -179,21 +155,14 @@ impl Converter<'_> {
                     .collect(),
             ),
         };
-        Node {
-            kind,
-            origin: self.origin(v.span()),
-        }
+        Node { kind, origin: self.origin(v.span()) }
     }
 }
 
 /// Replace `${NAME}` and `${NAME:-default}` in every string with the environment's value.
 ///
 /// `$${` writes a literal `${`. An unset variable without a default is an error at its position.
-pub fn interpolate_env(
-    node: &mut Node,
-    env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut Vec<Diagnostic>,
-) {
+pub fn interpolate_env(node: &mut Node, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<Diagnostic>) {
     match &mut node.kind {
         NodeKind::Str(s) if s.contains("${") => match expand(s, env) {
             Ok(v) => *s = v,
@@ -203,9 +172,7 @@ pub fn interpolate_env(
             ),
         },
         NodeKind::Array(a) => a.iter_mut().for_each(|n| interpolate_env(n, env, errors)),
-        NodeKind::Table(t) => t
-            .iter_mut()
-            .for_each(|e| interpolate_env(&mut e.value, env, errors)),
+        NodeKind::Table(t) => t.iter_mut().for_each(|e| interpolate_env(&mut e.value, env, errors)),
         _ => {}
     }
 }
@@ -223,18 +190,14 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
         }
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated `${{` in \"{s}\""))?;
+        let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in \"{s}\""))?;
         let spec = &after[..end];
         let (name, default) = match spec.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (spec, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "`${{{spec}}}` is not a valid environment variable reference"
-            ));
+            return Err(format!("`${{{spec}}}` is not a valid environment variable reference"));
         }
         match env(name).or_else(|| default.map(str::to_string)) {
             Some(v) => out.push_str(&v),
@@ -259,11 +222,7 @@ mod tests {
         assert_eq!(expand("s3://${BUCKET}/x", &env).unwrap(), "s3://raw/x");
         assert_eq!(expand("${NOPE:-local}/x", &env).unwrap(), "local/x");
         assert_eq!(expand("$${BUCKET}", &env).unwrap(), "${BUCKET}");
-        assert!(expand("${NOPE}", &env)
-            .unwrap_err()
-            .contains("`NOPE` is not set"));
-        assert!(expand("${BUCKET", &env)
-            .unwrap_err()
-            .contains("unterminated"));
+        assert!(expand("${NOPE}", &env).unwrap_err().contains("`NOPE` is not set"));
+        assert!(expand("${BUCKET", &env).unwrap_err().contains("unterminated"));
     }
 }

@@ -30,11 +30,7 @@ impl<'a> SchemaCheck<'a> {
                     Some(s) => schema = s,
                     None => return schema,
                 }
-            } else if let Some([one]) = schema
-                .get("allOf")
-                .and_then(Json::as_array)
-                .map(Vec::as_slice)
-            {
+            } else if let Some([one]) = schema.get("allOf").and_then(Json::as_array).map(Vec::as_slice) {
                 schema = one;
             } else {
                 return schema;
@@ -43,14 +39,7 @@ impl<'a> SchemaCheck<'a> {
     }
 
     /// Check a table node against an object schema; `context` names it in messages ("stage 2 (probe)").
-    pub fn check_table(
-        &self,
-        schema: &Json,
-        node: &Node,
-        context: &str,
-        skip: &[&str],
-        errors: &mut Vec<Diagnostic>,
-    ) {
+    pub fn check_table(&self, schema: &Json, node: &Node, context: &str, skip: &[&str], errors: &mut Vec<Diagnostic>) {
         let schema = self.resolve(schema);
         let Some(entries) = node.entries() else {
             errors.push(Diagnostic::new(
@@ -60,58 +49,32 @@ impl<'a> SchemaCheck<'a> {
             return;
         };
         let props = schema.get("properties").and_then(Json::as_object);
-        let known = || {
-            props
-                .into_iter()
-                .flat_map(|p| p.keys().map(String::as_str))
-                .chain(skip.iter().copied())
-        };
+        let known = || props.into_iter().flat_map(|p| p.keys().map(String::as_str)).chain(skip.iter().copied());
         for e in entries {
             if skip.contains(&e.key.as_str()) {
                 continue;
             }
             match props.and_then(|p| p.get(&e.key)) {
-                Some(prop) => {
-                    self.check_value(prop, &e.value, &format!("`{}` in {context}", e.key), errors)
-                }
+                Some(prop) => self.check_value(prop, &e.value, &format!("`{}` in {context}", e.key), errors),
                 None => {
                     let help = match nearest(&e.key, known()) {
                         Some(n) => format!("did you mean `{n}`?"),
-                        None => format!(
-                            "valid keys: {}",
-                            known()
-                                .map(|k| format!("`{k}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
+                        None => {
+                            format!("valid keys: {}", known().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+                        }
                     };
                     errors.push(
-                        Diagnostic::new(
-                            format!("unknown key `{}` in {context}", e.key),
-                            &e.key_origin,
-                        )
-                        .with_help(help),
+                        Diagnostic::new(format!("unknown key `{}` in {context}", e.key), &e.key_origin).with_help(help),
                     );
                 }
             }
         }
-        for req in schema
-            .get("required")
-            .and_then(Json::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Json::as_str)
-        {
+        for req in schema.get("required").and_then(Json::as_array).into_iter().flatten().filter_map(Json::as_str) {
             if node.get(req).is_none() {
-                let doc = props
-                    .and_then(|p| p.get(req))
-                    .and_then(|p| self.description(p));
+                let doc = props.and_then(|p| p.get(req)).and_then(|p| self.description(p));
                 errors.push(
-                    Diagnostic::new(
-                        format!("missing required key `{req}` in {context}"),
-                        &node.origin,
-                    )
-                    .with_help_opt(doc.map(|d| format!("add `{req} = ...`: {d}"))),
+                    Diagnostic::new(format!("missing required key `{req}` in {context}"), &node.origin)
+                        .with_help_opt(doc.map(|d| format!("add `{req} = ...`: {d}"))),
                 );
             }
         }
@@ -119,19 +82,12 @@ impl<'a> SchemaCheck<'a> {
 
     /// The doc comment of a property, following `$ref`s.
     pub fn description(&self, schema: &'a Json) -> Option<&'a str> {
-        schema
-            .get("description")
-            .or_else(|| self.resolve(schema).get("description"))
-            .and_then(Json::as_str)
+        schema.get("description").or_else(|| self.resolve(schema).get("description")).and_then(Json::as_str)
     }
 
     fn check_value(&self, schema: &Json, node: &Node, what: &str, errors: &mut Vec<Diagnostic>) {
         let schema = self.resolve(schema);
-        if let Some(branches) = schema
-            .get("anyOf")
-            .or_else(|| schema.get("oneOf"))
-            .and_then(Json::as_array)
-        {
+        if let Some(branches) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(Json::as_array) {
             return self.check_branches(branches, node, what, errors);
         }
         if let Some(values) = schema.get("enum").and_then(Json::as_array) {
@@ -151,14 +107,10 @@ impl<'a> SchemaCheck<'a> {
         };
         if !ok && !types.is_empty() {
             let expected = describe_types(&types);
-            let mut d = Diagnostic::new(
-                format!("{what} must be {expected}, found {}", node.kind.type_name()),
-                &node.origin,
-            );
+            let mut d =
+                Diagnostic::new(format!("{what} must be {expected}, found {}", node.kind.type_name()), &node.origin);
             if let NodeKind::Str(s) = &node.kind {
-                if s.trim().parse::<f64>().is_ok()
-                    && (types.contains(&"number") || types.contains(&"integer"))
-                {
+                if s.trim().parse::<f64>().is_ok() && (types.contains(&"number") || types.contains(&"integer")) {
                     d = d.with_help(format!("write the number without quotes: {}", s.trim()));
                 }
             }
@@ -190,14 +142,7 @@ impl<'a> SchemaCheck<'a> {
         }
     }
 
-    fn check_range(
-        &self,
-        schema: &Json,
-        x: f64,
-        node: &Node,
-        what: &str,
-        errors: &mut Vec<Diagnostic>,
-    ) {
+    fn check_range(&self, schema: &Json, x: f64, node: &Node, what: &str, errors: &mut Vec<Diagnostic>) {
         let min = schema.get("minimum").and_then(Json::as_f64);
         let max = schema.get("maximum").and_then(Json::as_f64);
         let fmt_range = || match (min, max) {
@@ -207,10 +152,7 @@ impl<'a> SchemaCheck<'a> {
             (None, None) => String::new(),
         };
         if min.is_some_and(|m| x < m) || max.is_some_and(|m| x > m) {
-            errors.push(Diagnostic::new(
-                format!("{what} must be {}, found {x}", fmt_range()),
-                &node.origin,
-            ));
+            errors.push(Diagnostic::new(format!("{what} must be {}, found {x}", fmt_range()), &node.origin));
         }
     }
 
@@ -225,40 +167,19 @@ impl<'a> SchemaCheck<'a> {
             other => other.type_name().to_string(),
         };
         let help = match &node.kind {
-            NodeKind::Str(s) => {
-                nearest(s, names.iter().copied()).map(|n| format!("did you mean \"{n}\"?"))
-            }
+            NodeKind::Str(s) => nearest(s, names.iter().copied()).map(|n| format!("did you mean \"{n}\"?")),
             _ => None,
         }
         .unwrap_or_else(|| {
-            format!(
-                "one of: {}",
-                names
-                    .iter()
-                    .map(|n| format!("\"{n}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("one of: {}", names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "))
         });
-        errors.push(
-            Diagnostic::new(format!("{what} has an invalid value {found}"), &node.origin)
-                .with_help(help),
-        );
+        errors.push(Diagnostic::new(format!("{what} has an invalid value {found}"), &node.origin).with_help(help));
     }
 
-    fn check_branches(
-        &self,
-        branches: &[Json],
-        node: &Node,
-        what: &str,
-        errors: &mut Vec<Diagnostic>,
-    ) {
+    fn check_branches(&self, branches: &[Json], node: &Node, what: &str, errors: &mut Vec<Diagnostic>) {
         let resolved: Vec<&Json> = branches.iter().map(|b| self.resolve(b)).collect();
         // An enum whose variants carry docs is a oneOf of string consts.
-        let consts: Vec<Json> = resolved
-            .iter()
-            .filter_map(|b| b.get("const").cloned())
-            .collect();
+        let consts: Vec<Json> = resolved.iter().filter_map(|b| b.get("const").cloned()).collect();
         if consts.len() == resolved.len() {
             return self.check_enum(&consts, node, what, errors);
         }
@@ -277,18 +198,10 @@ impl<'a> SchemaCheck<'a> {
         match resolved.iter().find(|b| fits(b)) {
             Some(b) => self.check_value(b, node, what, errors),
             None => {
-                let mut all: Vec<&str> = resolved
-                    .iter()
-                    .flat_map(|b| type_names(b))
-                    .filter(|t| *t != "null")
-                    .collect();
+                let mut all: Vec<&str> = resolved.iter().flat_map(|b| type_names(b)).filter(|t| *t != "null").collect();
                 all.dedup();
                 errors.push(Diagnostic::new(
-                    format!(
-                        "{what} must be {}, found {}",
-                        describe_types(&all),
-                        node.kind.type_name()
-                    ),
+                    format!("{what} must be {}, found {}", describe_types(&all), node.kind.type_name()),
                     &node.origin,
                 ));
             }

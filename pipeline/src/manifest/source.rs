@@ -61,11 +61,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A diagnostic without help text.
     pub fn new(message: impl Into<String>, origin: &Origin) -> Self {
-        Diagnostic {
-            message: message.into(),
-            origin: origin.clone(),
-            help: None,
-        }
+        Diagnostic { message: message.into(), origin: origin.clone(), help: None }
     }
 
     /// Attach a help line.
@@ -89,26 +85,12 @@ impl fmt::Display for Diagnostic {
             Origin::File(src, range) => {
                 let (line, col) = src.line_col(range.start);
                 let text = src.line_text(line);
-                let width = range
-                    .len()
-                    .max(1)
-                    .min(text.chars().count().saturating_sub(col - 1).max(1));
+                let width = range.len().max(1).min(text.chars().count().saturating_sub(col - 1).max(1));
                 let gutter = line.to_string().len();
-                writeln!(
-                    f,
-                    "{:>gutter$}--> {}:{line}:{col}",
-                    "",
-                    src.display_path().display()
-                )?;
+                writeln!(f, "{:>gutter$}--> {}:{line}:{col}", "", src.display_path().display())?;
                 writeln!(f, "{:>gutter$} |", "")?;
                 writeln!(f, "{line} | {text}")?;
-                write!(
-                    f,
-                    "{:>gutter$} | {}{}",
-                    "",
-                    " ".repeat(col - 1),
-                    "^".repeat(width)
-                )?;
+                write!(f, "{:>gutter$} | {}{}", "", " ".repeat(col - 1), "^".repeat(width))?;
             }
             Origin::Override(arg) => write!(f, "  --> command line: --set {arg}")?,
             Origin::Manifest(src) => write!(f, "  --> {}", src.display_path().display())?,
@@ -158,10 +140,7 @@ mod tests {
 
     #[test]
     fn line_and_column_are_one_based() {
-        let src = SourceFile {
-            path: "m.toml".into(),
-            text: "a = 1\nbé = 2\n".into(),
-        };
+        let src = SourceFile { path: "m.toml".into(), text: "a = 1\nbé = 2\n".into() };
         assert_eq!(src.line_col(0), (1, 1));
         assert_eq!(src.line_col(6), (2, 1));
         assert_eq!(src.line_col(11), (2, 5));

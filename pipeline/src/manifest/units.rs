@@ -53,24 +53,16 @@ impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (num, unit) = split_number(s.trim());
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration; write a number with a unit, e.g. \"0.6s\", \"500ms\", \"2m\""))?;
+        let value: f64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a duration; write a number with a unit, e.g. \"0.6s\", \"500ms\", \"2m\"")
+        })?;
         let scale = match unit {
             "ms" => 1e-3,
             "s" | "sec" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
-            "" => {
-                return Err(format!(
-                    "`{s}` has no unit; write e.g. \"{s}s\" for seconds or \"{s}ms\""
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "unknown duration unit `{other}` in `{s}`; use ms, s, m or h"
-                ))
-            }
+            "" => return Err(format!("`{s}` has no unit; write e.g. \"{s}s\" for seconds or \"{s}ms\"")),
+            other => return Err(format!("unknown duration unit `{other}` in `{s}`; use ms, s, m or h")),
         };
         if !value.is_finite() || value < 0.0 {
             return Err(format!("`{s}` must be a non-negative duration"));
@@ -100,9 +92,7 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (num, unit) = split_number(s.trim());
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size; write e.g. \"512MiB\" or \"4GiB\""))?;
+        let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a size; write e.g. \"512MiB\" or \"4GiB\""))?;
         let scale: f64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
             "kb" => 1e3,
@@ -113,11 +103,7 @@ impl FromStr for ByteSize {
             "mib" | "m" => 1024f64.powi(2),
             "gib" | "g" => 1024f64.powi(3),
             "tib" | "t" => 1024f64.powi(4),
-            _ => {
-                return Err(format!(
-                    "unknown size unit in `{s}`; use B, KiB, MiB, GiB, TiB (or kB, MB, GB, TB)"
-                ))
-            }
+            _ => return Err(format!("unknown size unit in `{s}`; use B, KiB, MiB, GiB, TiB (or kB, MB, GB, TB)")),
         };
         if !value.is_finite() || value < 0.0 {
             return Err(format!("`{s}` must be a non-negative size"));
@@ -180,9 +166,8 @@ unit_type!(Resolution, "resolution", ["720p", "1280x720"]);
 
 /// Split "12.5ms" into ("12.5", "ms").
 fn split_number(s: &str) -> (&str, &str) {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e'))
-        .unwrap_or(s.len());
+    let end =
+        s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e')).unwrap_or(s.len());
     // An 'e' right before the unit is more likely part of the unit than an exponent.
     let (n, u) = s.split_at(end);
     (n.trim(), u.trim())
@@ -209,10 +194,7 @@ mod tests {
         assert_eq!("12s".parse::<Duration>().unwrap().as_secs_f64(), 12.0);
         assert_eq!("2m".parse::<Duration>().unwrap().as_secs_f64(), 120.0);
         assert!("12".parse::<Duration>().unwrap_err().contains("no unit"));
-        assert!("12parsecs"
-            .parse::<Duration>()
-            .unwrap_err()
-            .contains("unknown duration unit"));
+        assert!("12parsecs".parse::<Duration>().unwrap_err().contains("unknown duration unit"));
         assert!("fast".parse::<Duration>().is_err());
         assert_eq!("500ms".parse::<Duration>().unwrap().to_string(), "500ms");
         assert_eq!("0.6s".parse::<Duration>().unwrap().to_string(), "600ms");
@@ -229,24 +211,9 @@ mod tests {
 
     #[test]
     fn resolutions() {
-        assert_eq!(
-            "720p".parse::<Resolution>().unwrap(),
-            Resolution {
-                width: 1280,
-                height: 720
-            }
-        );
-        assert_eq!(
-            "480p".parse::<Resolution>().unwrap(),
-            Resolution {
-                width: 854,
-                height: 480
-            }
-        );
-        assert_eq!(
-            "1280x720".parse::<Resolution>().unwrap().to_string(),
-            "1280x720"
-        );
+        assert_eq!("720p".parse::<Resolution>().unwrap(), Resolution { width: 1280, height: 720 });
+        assert_eq!("480p".parse::<Resolution>().unwrap(), Resolution { width: 854, height: 480 });
+        assert_eq!("1280x720".parse::<Resolution>().unwrap().to_string(), "1280x720");
         assert!("720i".parse::<Resolution>().is_err());
     }
 }
