@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what mugflow needs on a fresh Debian/Ubuntu machine: FFmpeg's development files and
-# clang (for ffmpeg-sys bindings), plus a Python venv with the readers the tests check against.
+# clang (for ffmpeg-sys bindings), plus a Python venv with the readers the tests check against and an S3-compatible server (moto).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import polars, pyarrow, safetensors, numpy" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import polars, pyarrow, safetensors, numpy, moto" 2>/dev/null; then
   echo "setup: installing Python readers into $venv"
-  "$venv/bin/pip" install -q polars pyarrow safetensors numpy
+  "$venv/bin/pip" install -q polars pyarrow safetensors numpy "moto[server]"
 fi

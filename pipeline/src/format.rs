@@ -143,6 +143,9 @@ pub fn write_error_table(
     if errors.is_empty() {
         return Ok(None);
     }
+    // Failures arrive in completion order; sorting keeps the table the same on every run.
+    let mut errors = errors.to_vec();
+    errors.sort_by(|a, b| a.item_id.cmp(&b.item_id));
     let col =
         |name: &str, f: fn(&ErrorRecord) -> &str| Column::new(name.into(), errors.iter().map(f).collect::<Vec<_>>());
     let mut df = DataFrame::new(
