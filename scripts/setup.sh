@@ -25,5 +25,5 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if ! "$venv/bin/python" -c "import polars, pyarrow, safetensors, numpy, moto" 2>/dev/null; then
   echo "setup: installing Python readers into $venv"
-  "$venv/bin/pip" install -q polars pyarrow safetensors numpy "moto[server]"
+  "$venv/bin/pip" install -q -r scripts/requirements-test.txt
 fi

@@ -138,3 +138,11 @@ fn stages_lists_every_stage_from_the_schema() {
     assert_eq!(code, 0);
     assert!(out.contains("## `probe`") && out.contains("| `require_video` | boolean | `true` |"), "{out}");
 }
+
+#[test]
+fn the_stage_reference_in_docs_is_current() {
+    let (code, out, _) = run(&["stages", "--format", "markdown"]);
+    assert_eq!(code, 0);
+    let docs = std::fs::read_to_string(common::root().join("docs/STAGES.md")).unwrap();
+    assert!(docs == out, "docs/STAGES.md is stale: run `mugflow stages --format markdown > docs/STAGES.md`");
+}
