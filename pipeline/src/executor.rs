@@ -458,3 +458,124 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use async_trait::async_trait;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::format::NativeShardWriter;
+    use crate::stage::StageConfig;
+    use crate::{DType, Field, FieldType, Tensor};
+
+    /// Splits each item into `n` children carrying a 16 KiB tensor; ids ending in `drop` are
+    /// filtered out and ids ending in `bad` fail.
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct SplitConfig {
+        /// Children per item.
+        n: usize,
+    }
+
+    struct Split(usize);
+
+    #[async_trait]
+    impl Stage for Split {
+        async fn process(&self, item: Item, _: &StageContext) -> Result<Vec<Item>, StageError> {
+            if item.id.ends_with("bad") {
+                return Err(StageError::msg("bad input").context("split failed"));
+            }
+            if item.id.ends_with("drop") {
+                return Ok(Vec::new());
+            }
+            Ok((0..self.0)
+                .map(|i| {
+                    let mut c = item.child(format!("{}#{i}", item.id));
+                    c.set("part", i as i64);
+                    c.tensors.insert(
+                        "x".into(),
+                        Tensor::new(DType::U8, vec![16 << 10], vec![i as u8; 16 << 10].into()).unwrap(),
+                    );
+                    c
+                })
+                .collect())
+        }
+    }
+
+    impl StageConfig for SplitConfig {
+        const KIND: &'static str = "split";
+        const EXAMPLE: &'static str = "";
+        fn reads(&self) -> Vec<Field> {
+            vec![Field::new("uri", FieldType::Str, "")]
+        }
+        fn adds(&self) -> Vec<Field> {
+            vec![Field::new("part", FieldType::Int, "")]
+        }
+        fn build(&self, _: &BuildContext) -> Result<Runnable, String> {
+            Ok(Runnable::Transform(Arc::new(Split(self.n))))
+        }
+    }
+
+    /// The native writer as a sink.
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct SinkConfig {}
+
+    struct Native;
+
+    impl Sink for Native {
+        fn open_shard(&self, shard: usize, dir: &Path) -> Result<Box<dyn ShardSink>, PipelineError> {
+            Ok(Box::new(NativeShardWriter::new(shard, dir)?))
+        }
+    }
+
+    impl StageConfig for SinkConfig {
+        const KIND: &'static str = "sink";
+        const EXAMPLE: &'static str = "";
+        const SINK: bool = true;
+        fn reads(&self) -> Vec<Field> {
+            Vec::new()
+        }
+        fn adds(&self) -> Vec<Field> {
+            Vec::new()
+        }
+        fn build(&self, _: &BuildContext) -> Result<Runnable, String> {
+            Ok(Runnable::Sink(Arc::new(Native)))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fan_out_filters_and_failures_under_a_tight_budget_commit_every_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a", "b", "c_drop", "d_bad", "e", "f", "g"];
+        std::fs::write(dir.path().join("in.txt"), names.map(|n| format!("{n}.mp4\n")).concat()).unwrap();
+        let text = format!(
+            "[job]\nname = \"t\"\ninput = {{ list = \"{}/in.txt\" }}\noutput = \"memory://executor-test/out\"\nshard_size = 3\n\
+             memory_budget = \"64KiB\"\nqueue_depth = 1\n\n[[stage]]\nkind = \"split\"\nn = 3\nparallelism = 2\n\n[[stage]]\nkind = \"sink\"\n",
+            dir.path().display()
+        );
+        let mut reg = Registry::new();
+        reg.register::<SplitConfig>().register::<SinkConfig>();
+        let m = crate::manifest::Manifest::from_text(Path::new("t.toml"), text, &[], &|_| None).unwrap();
+        let plan = Plan::from_manifest(&m, &reg).unwrap();
+        let opts = RunOptions { reporter: Arc::new(crate::report::Silent), stop: std::future::pending() };
+        let report = run(&plan, &reg, opts).await.unwrap();
+        assert_eq!((report.shards_committed, report.items_written, report.errors), (3, 15, 1));
+        assert_eq!(report.stages[0].counters.items_out, 15);
+
+        let out = Location::parse("memory://executor-test/out").unwrap();
+        let entries = journal::load(&out).await.unwrap();
+        let per_shard: Vec<(usize, usize)> = entries.values().map(|e| (e.items, e.errors)).collect();
+        // Shards hold [a b c_drop], [d_bad e f], [g].
+        assert_eq!(per_shard, [(6, 0), (6, 1), (3, 0)]);
+        assert_eq!(entries[&1].tensors, ["x"]);
+        let errors = crate::inspect::read_table_summary(&out, "shard-00001.errors.parquet").await.unwrap();
+        assert_eq!(errors.rows[0]["item_id"], "d_bad");
+        assert_eq!(errors.rows[0]["stage"], "1:split");
+        assert_eq!(errors.rows[0]["causes"], "bad input");
+    }
+}
