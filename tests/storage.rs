@@ -16,7 +16,11 @@ async fn run_demo(output: &str) -> pipeline::report::RunReport {
     let sets = [format!("job.output={output}"), format!("job.input={}/*", common::videos().display())];
     let m = Manifest::from_text(&path, text, &sets, &|_| None).unwrap();
     let plan = pipeline::Plan::from_manifest(&m, &registry).unwrap();
-    let opts = pipeline::RunOptions { reporter: Arc::new(pipeline::report::Silent), stop: std::future::pending() };
+    let opts = pipeline::RunOptions {
+        reporter: Arc::new(pipeline::report::Silent),
+        cluster: pipeline::cluster::Cluster::single(),
+        stop: std::future::pending(),
+    };
     pipeline::run(&plan, &registry, opts).await.unwrap()
 }
 

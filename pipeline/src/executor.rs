@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
 use crate::budget::MemoryBudget;
+use crate::cluster::Cluster;
 use crate::format::DatasetIndex;
 use crate::input::{list_inputs, InputItem};
 use crate::io::Location;
@@ -30,10 +31,12 @@ use crate::{ErrorRecord, Item, PipelineError, StageError};
 /// Error rates are only judged once this many items have finished.
 pub const ERROR_RATE_MIN_ITEMS: u64 = 20;
 
-/// How a run is observed and stopped.
+/// How a run is observed, stopped, and which part of the job it takes.
 pub struct RunOptions<S> {
     /// Receives progress events.
     pub reporter: Arc<dyn Reporter>,
+    /// This worker's rank and world; it takes the shards `k` with `k % world == rank`.
+    pub cluster: Cluster,
     /// Completes with the signal's name when the user asks to stop (Ctrl-C, SIGTERM).
     pub stop: S,
 }
@@ -134,8 +137,9 @@ where
         }
     }
     out.remove_local_staging_files()?;
-    let pending: Vec<usize> = (0..shards.len()).filter(|k| !committed.contains_key(k)).collect();
-    let skipped = shards.len() - pending.len();
+    let mine: Vec<usize> = (0..shards.len()).filter(|k| opts.cluster.owns(*k)).collect();
+    let pending: Vec<usize> = mine.iter().copied().filter(|k| !committed.contains_key(k)).collect();
+    let skipped = mine.len() - pending.len();
     let labels: Vec<String> = plan.stages.iter().map(|s| s.label()).collect();
     let counters: Vec<Arc<StageCounters>> = plan.stages.iter().map(|_| Arc::default()).collect();
     let mut report = RunReport {
@@ -147,6 +151,8 @@ where
         shards_total: shards.len(),
         shards_committed: 0,
         shards_skipped: skipped,
+        shards_other_workers: shards.len() - mine.len(),
+        worker: opts.cluster.to_string(),
         items_written: 0,
         errors: 0,
         stages: Vec::new(),
@@ -342,11 +348,36 @@ where
     }
     .into();
     // The report is one atomic object; an interrupted run still says what it did.
-    let written = out.write("report.json", serde_json::to_vec_pretty(&report).expect("report serializes")).await;
+    let report_name = if opts.cluster.world == 1 {
+        "report.json".to_string()
+    } else {
+        format!("report-rank-{:05}.json", opts.cluster.rank)
+    };
+    let mut written = out.write(&report_name, serde_json::to_vec_pretty(&report).expect("report serializes")).await;
+    if outcome.is_ok() && opts.cluster.world > 1 && written.is_ok() {
+        written = publish_index(&out, &job.name, &pipeline).await;
+    }
     opts.reporter.finish(&report);
     outcome?;
     written?;
     Ok(report)
+}
+
+/// Rewrite index.json from the journal until a re-read of the journal matches what was written.
+///
+/// Workers of a distributed job all rewrite the index; each one checks after its own write that
+/// no commit was missed, so the last write always lists every committed shard.
+async fn publish_index(out: &Location, job: &str, pipeline: &[serde_json::Value]) -> Result<(), PipelineError> {
+    let mut entries = journal::load(out).await?;
+    loop {
+        let index = DatasetIndex::new(job, entries.values().cloned().collect(), pipeline.to_vec());
+        out.write("index.json", serde_json::to_vec_pretty(&index).expect("index serializes")).await?;
+        let again = journal::load(out).await?;
+        if again.keys().eq(entries.keys()) {
+            return Ok(());
+        }
+        entries = again;
+    }
 }
 
 /// Scratch directories are named `mugflow-<pid>-<random>` in the system temp directory.
@@ -562,7 +593,11 @@ mod tests {
         reg.register::<SplitConfig>().register::<SinkConfig>();
         let m = crate::manifest::Manifest::from_text(Path::new("t.toml"), text, &[], &|_| None).unwrap();
         let plan = Plan::from_manifest(&m, &reg).unwrap();
-        let opts = RunOptions { reporter: Arc::new(crate::report::Silent), stop: std::future::pending() };
+        let opts = RunOptions {
+            reporter: Arc::new(crate::report::Silent),
+            cluster: crate::cluster::Cluster::single(),
+            stop: std::future::pending(),
+        };
         let report = run(&plan, &reg, opts).await.unwrap();
         assert_eq!((report.shards_committed, report.items_written, report.errors), (3, 15, 1));
         assert_eq!(report.stages[0].counters.items_out, 15);

@@ -4,6 +4,7 @@
 //! in the `stages` crate and register their config types in a [`Registry`].
 
 pub mod budget;
+pub mod cluster;
 mod error;
 pub mod executor;
 pub mod format;

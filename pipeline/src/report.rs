@@ -112,8 +112,12 @@ pub struct RunReport {
     pub shards_total: usize,
     /// Shards committed by this run.
     pub shards_committed: usize,
-    /// Shards skipped because an earlier run committed them.
+    /// Shards of this worker skipped because an earlier run committed them.
     pub shards_skipped: usize,
+    /// Shards left to the other workers of a distributed job.
+    pub shards_other_workers: usize,
+    /// This worker's rank and world ("rank 0 of 1 (single)").
+    pub worker: String,
     /// Items written by this run.
     pub items_written: u64,
     /// Error records written by this run.
@@ -127,7 +131,9 @@ impl RunReport {
     pub fn table(&self) -> String {
         let mut out = String::new();
         if self.stages.is_empty() {
-            let _ = write!(out, "nothing to do: all {} shard(s) of {} are committed", self.shards_total, self.output);
+            let mine = self.shards_total - self.shards_other_workers;
+            let _ =
+                write!(out, "nothing to do: all {mine} shard(s) of {} for {} are committed", self.output, self.worker);
             return out;
         }
         let _ =

@@ -28,6 +28,8 @@ enum Command {
     Run {
         #[command(flatten)]
         manifest: ManifestArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
         /// How to show progress: bars on a terminal, plain lines for logs, or nothing.
         #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
         progress: ProgressMode,
@@ -39,6 +41,9 @@ enum Command {
         /// Do not list the inputs (skip reading the input location).
         #[arg(long)]
         offline: bool,
+        /// Show which shards each of N workers takes (static sharding: shard k -> rank k mod N).
+        #[arg(long, value_name = "N")]
+        world: Option<usize>,
     },
     /// List every stage with its parameters, types, defaults and docs.
     Stages {
@@ -65,6 +70,18 @@ struct ManifestArgs {
     set: Vec<String>,
 }
 
+/// Which part of a distributed job this process takes; by default read from the launcher's
+/// environment (Slurm, Kubernetes indexed Jobs, torchrun variables).
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// This worker's 0-based rank (with --world).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Number of workers (with --rank; or the completions of a Kubernetes indexed Job).
+    #[arg(long)]
+    world: Option<usize>,
+}
+
 /// Progress display modes.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
@@ -82,13 +99,15 @@ pub enum ProgressMode {
 const EXIT_USAGE: u8 = 2;
 /// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
 const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code after SIGTERM or SIGUSR1 (128 + SIGTERM): preemption; a requeued task resumes.
+const EXIT_TERMINATED: u8 = 143;
 
 /// Parse arguments, run the command, render errors.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { manifest, progress } => run::run(&manifest, progress),
-        Command::Validate { manifest, offline } => validate::validate(&manifest, offline),
+        Command::Run { manifest, worker, progress } => run::run(&manifest, &worker, progress),
+        Command::Validate { manifest, offline, world } => validate::validate(&manifest, offline, world),
         Command::Stages { kind, format } => stages::stages(kind.as_deref(), format),
         Command::Inspect { path } => inspect::inspect(&path),
     };
@@ -104,7 +123,8 @@ pub fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<pipeline::PipelineError>() {
         Some(pipeline::PipelineError::Manifest(_)) => EXIT_USAGE,
-        Some(pipeline::PipelineError::Interrupted(..)) => EXIT_INTERRUPTED,
+        Some(pipeline::PipelineError::Interrupted("Ctrl-C", _)) => EXIT_INTERRUPTED,
+        Some(pipeline::PipelineError::Interrupted(..)) => EXIT_TERMINATED,
         _ => 1,
     }
 }

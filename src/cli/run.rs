@@ -1,31 +1,34 @@
-//! `mugflow run`: execute a manifest with progress, Ctrl-C/SIGTERM handling and a final summary.
+//! `mugflow run`: execute a manifest with progress, signal handling and a final summary.
 
 use std::sync::Arc;
 
-use super::{load_plan, progress, runtime, ManifestArgs, ProgressMode};
+use pipeline::cluster::Cluster;
 
-/// Run the manifest to completion, resuming from the output's journal.
-pub fn run(args: &ManifestArgs, mode: ProgressMode) -> anyhow::Result<()> {
+use super::{load_plan, progress, runtime, ManifestArgs, ProgressMode, WorkerArgs};
+
+/// Run this worker's shards of the manifest to completion, resuming from the output's journal.
+pub fn run(args: &ManifestArgs, worker: &WorkerArgs, mode: ProgressMode) -> anyhow::Result<()> {
     let registry = stages::registry();
     let plan = load_plan(args, &registry)?;
+    let cluster = Cluster::detect(worker.rank, worker.world, &|k| std::env::var(k).ok())?;
     let reporter: Arc<dyn pipeline::report::Reporter> = progress::reporter(mode);
     let rt = runtime()?;
-    rt.block_on(pipeline::run(&plan, &registry, pipeline::RunOptions { reporter, stop: stop_signal() }))?;
+    rt.block_on(pipeline::run(&plan, &registry, pipeline::RunOptions { reporter, cluster, stop: stop_signal() }))?;
     Ok(())
 }
 
-/// Completes with the name of the first Ctrl-C (SIGINT) or SIGTERM received.
+/// Completes with the name of the first stop request: Ctrl-C (SIGINT), SIGTERM (Slurm
+/// preemption, `scancel`, Kubernetes) or SIGUSR1 (Slurm's `--signal=B:USR1@<seconds>` warning).
 async fn stop_signal() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            // Without a SIGTERM handler, Ctrl-C still works.
-            let _ = tokio::signal::ctrl_c().await;
-            return "Ctrl-C";
-        }
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut usr1)) = (signal(SignalKind::terminate()), signal(SignalKind::user_defined1())) else {
+        // Without these handlers, Ctrl-C still works.
+        let _ = tokio::signal::ctrl_c().await;
+        return "Ctrl-C";
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "Ctrl-C",
         _ = term.recv() => "SIGTERM",
+        _ = usr1.recv() => "SIGUSR1",
     }
 }
