@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 packages=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
           libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
+# The distributed tests run a real one-node Slurm (scripts/slurm-cluster.sh).
+[ "${MUGFLOW_SETUP_SLURM:-1}" = 1 ] && packages+=(slurm-wlm munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -157,6 +157,9 @@ impl RunReport {
             self.errors,
             self.wall_s
         );
+        if self.shards_other_workers > 0 {
+            let _ = write!(out, "\n{}: {} shard(s) belong to other workers", self.worker, self.shards_other_workers);
+        }
         out
     }
 }
