@@ -237,3 +237,41 @@ fn an_item_that_takes_too_long_becomes_an_error_record() {
     assert!(errors[0].2.contains("timed out after 1s"), "{errors:?}");
     assert_eq!(written_ids(&dir.path().join("out")), ["hug_lego_movie"]);
 }
+
+#[test]
+fn workers_balancing_with_leases_share_the_job_and_take_over_a_killed_workers_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 600;
+    let m = job(dir.path(), &big_listing(dir.path(), n), 3, "balance = \"leases\"\nlease_ttl = \"2s\"\n");
+    let spawn = |rank: &str| {
+        mugflow(&["run", m.to_str().unwrap(), "--progress", "none", "--rank", rank, "--world", "3"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut victim = spawn("2");
+    let journal = dir.path().join("out/_journal");
+    let start = Instant::now();
+    while std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The victim dies holding a lease; the others take its shard over once the lease expires.
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let held = std::fs::read_dir(dir.path().join("out/_leases")).map(|d| d.count()).unwrap_or(0);
+    assert!(held >= 1, "the killed worker held no lease; the takeover was not tested");
+    let (a, b) = (spawn("0"), spawn("1"));
+    for w in [a, b] {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut ids = written_ids(&dir.path().join("out"));
+    assert_eq!(ids.len(), n, "every item exactly once ({held} lease(s) were left by the killed worker)");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/index.json")).unwrap()).unwrap();
+    assert_eq!(index["items"], n);
+}

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ use crate::format::DatasetIndex;
 use crate::input::{list_inputs, InputItem};
 use crate::io::Location;
 use crate::journal::{self, ShardEntry};
+use crate::lease::{Lease, Leases};
+use crate::manifest::Balance;
 use crate::plan::Plan;
 use crate::report::{Reporter, RunReport, RunStart, StageCounters, StageReport};
 use crate::stage::{BuildContext, Registry, Runnable, ShardSink, Sink, Stage, StageContext};
@@ -44,12 +46,20 @@ pub struct RunOptions<S> {
 /// Per-shard bookkeeping: how many items are still alive, and the errors recorded so far.
 struct Tracker {
     shards: Mutex<HashMap<usize, ShardState>>,
-    done: mpsc::UnboundedSender<usize>,
+    done: mpsc::UnboundedSender<Event>,
     finished: AtomicU64,
     failed: AtomicU64,
     max_error_rate: f64,
     aborted: AtomicBool,
     abort: Notify,
+}
+
+/// What the sink waits for besides items.
+enum Event {
+    /// Every item of this shard is written, filtered or failed.
+    ShardDone(usize),
+    /// The source has fed all the shards it will feed (this many).
+    SourceFinished(usize),
 }
 
 #[derive(Default)]
@@ -93,7 +103,7 @@ impl Tracker {
         let s = shards.entry(shard).or_default();
         s.source_done = true;
         if s.live == 0 {
-            let _ = self.done.send(shard);
+            let _ = self.done.send(Event::ShardDone(shard));
         }
     }
 
@@ -104,7 +114,7 @@ impl Tracker {
         s.live = s.live.saturating_sub(n);
         if s.live == 0 && s.source_done {
             // The receiver lives as long as the run; after it is gone nothing is committed anyway.
-            let _ = self.done.send(shard);
+            let _ = self.done.send(Event::ShardDone(shard));
         }
     }
 
@@ -137,7 +147,16 @@ where
         }
     }
     out.remove_local_staging_files()?;
-    let mine: Vec<usize> = (0..shards.len()).filter(|k| opts.cluster.owns(*k)).collect();
+    let leases = (job.balance == Balance::Leases).then(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        Leases::new(out.clone(), format!("{host}:{}:{}", std::process::id(), opts.cluster.rank), job.lease_ttl.0)
+    });
+    // With leases every shard is a candidate; each worker starts with the ones static sharding
+    // would give it, so that workers rarely contend for the same shard.
+    let mut mine: Vec<usize> = (0..shards.len()).filter(|k| opts.cluster.owns(*k)).collect();
+    if leases.is_some() {
+        mine.extend((0..shards.len()).filter(|k| !opts.cluster.owns(*k)));
+    }
     let pending: Vec<usize> = mine.iter().copied().filter(|k| !committed.contains_key(k)).collect();
     let skipped = mine.len() - pending.len();
     let labels: Vec<String> = plan.stages.iter().map(|s| s.label()).collect();
@@ -203,24 +222,37 @@ where
         abort: Notify::new(),
     });
 
+    let held: Arc<Mutex<HashMap<usize, Lease>>> = Arc::default();
+    let held_elsewhere = Arc::new(AtomicUsize::new(0));
+    let mut expected: Option<usize> = None;
     let depth = job.queue_depth as usize;
     let (first_tx, mut rx) = async_channel::bounded::<Item>(depth);
     let mut tasks = tokio::task::JoinSet::new();
     {
         let tracker = tracker.clone();
         let items: Vec<(usize, Vec<InputItem>)> = pending.iter().map(|k| (*k, shards[*k].to_vec())).collect();
+        let source = Source { tracker, tx: first_tx, leases: leases.clone(), held: held.clone(), out: out.clone() };
+        let (elsewhere, poll) =
+            (held_elsewhere.clone(), (job.lease_ttl.0 / 10).clamp(Duration::from_millis(200), Duration::from_secs(10)));
+        tasks.spawn(source.run(items, elsewhere, poll));
+    }
+    if let Some(leases) = leases.clone() {
+        let held = held.clone();
+        let every = job.lease_ttl.0 / 3;
         tasks.spawn(async move {
-            for (k, shard_items) in items {
-                tracker.open(k, shard_items.len());
-                for input in shard_items {
-                    let mut item = Item::new(input.id);
-                    item.fields = input.fields;
-                    item.shard = k;
-                    if first_tx.send(item).await.is_err() {
-                        return;
+            loop {
+                tokio::time::sleep(every).await;
+                let current: Vec<Lease> = held.lock().expect("lease lock").values().cloned().collect();
+                for lease in current {
+                    // A lost lease only costs duplicate work: the journal still commits the shard once.
+                    if let Ok(renewed) = leases.renew(&lease).await {
+                        let mut held = held.lock().expect("lease lock");
+                        match renewed {
+                            Some(r) if held.contains_key(&r.shard) => held.insert(r.shard, r),
+                            _ => held.remove(&lease.shard),
+                        };
                     }
                 }
-                tracker.source_done(k);
             }
         });
     }
@@ -277,7 +309,17 @@ where
                 finished: tracker.finished.load(Ordering::SeqCst),
                 max_rate: job.max_error_rate,
             }),
-            Some(k) = done_rx.recv() => {
+            Some(event) = done_rx.recv() => {
+                let k = match event {
+                    Event::SourceFinished(fed) => {
+                        expected = Some(fed);
+                        if report.shards_committed == fed {
+                            break Ok(());
+                        }
+                        continue;
+                    }
+                    Event::ShardDone(k) => k,
+                };
                 let writer = match open.remove(&k) {
                     Some(w) => w,
                     None => match sink.open_shard(k, &shard_dir(k)?) { Ok(w) => w, Err(e) => break Err(e) },
@@ -287,6 +329,11 @@ where
                     Err(e) => break Err(e),
                 };
                 let _ = std::fs::remove_dir_all(scratch.path().join(format!("shard-{k:05}")));
+                if let Some(leases) = &leases {
+                    held.lock().expect("lease lock").remove(&k);
+                    // Leftover lease files are harmless: a committed shard is never claimed again.
+                    let _ = leases.release(k).await;
+                }
                 report.shards_committed += 1;
                 report.items_written += entry.items as u64;
                 opts.reporter.shard_committed(k, entry.items, entry.errors);
@@ -296,7 +343,7 @@ where
                 if let Err(e) = out.write("index.json", serde_json::to_vec_pretty(&index).expect("index serializes")).await {
                     break Err(e);
                 }
-                if report.shards_committed == pending.len() {
+                if expected == Some(report.shards_committed) {
                     break Ok(());
                 }
             }
@@ -340,6 +387,9 @@ where
         })
         .collect();
     report.errors = report.stages.iter().map(|s| s.counters.errors).sum();
+    if leases.is_some() {
+        report.shards_other_workers = held_elsewhere.load(Ordering::Relaxed);
+    }
     report.wall_s = started.elapsed().as_secs_f64();
     report.status = match &outcome {
         Ok(()) => "completed",
@@ -354,13 +404,106 @@ where
         format!("report-rank-{:05}.json", opts.cluster.rank)
     };
     let mut written = out.write(&report_name, serde_json::to_vec_pretty(&report).expect("report serializes")).await;
-    if outcome.is_ok() && opts.cluster.world > 1 && written.is_ok() {
+    if outcome.is_ok() && (opts.cluster.world > 1 || leases.is_some()) && written.is_ok() {
         written = publish_index(&out, &job.name, &pipeline).await;
     }
     opts.reporter.finish(&report);
     outcome?;
     written?;
     Ok(report)
+}
+
+/// Feeds the items of this worker's shards into the first stage.
+struct Source {
+    tracker: Arc<Tracker>,
+    tx: async_channel::Sender<Item>,
+    leases: Option<Leases>,
+    held: Arc<Mutex<HashMap<usize, Lease>>>,
+    out: Location,
+}
+
+/// Outcome of trying to take a shard under leases.
+enum Claim {
+    /// We hold it now.
+    Claimed,
+    /// Another worker committed it.
+    Committed,
+    /// Another worker holds a live lease (or the store could not be asked).
+    Held,
+}
+
+impl Source {
+    /// Feed every shard; with leases, keep retrying shards other workers hold until each is
+    /// committed or taken over from a worker whose lease expired.
+    async fn run(self, shards: Vec<(usize, Vec<InputItem>)>, elsewhere: Arc<AtomicUsize>, poll: Duration) {
+        let mut fed = 0;
+        let mut waiting = Vec::new();
+        for (k, items) in shards {
+            match self.claim(k).await {
+                Claim::Claimed => {}
+                Claim::Committed => continue,
+                Claim::Held => {
+                    waiting.push((k, items));
+                    continue;
+                }
+            }
+            if !self.feed(k, items).await {
+                return;
+            }
+            fed += 1;
+        }
+        while !waiting.is_empty() {
+            tokio::time::sleep(poll).await;
+            let mut still = Vec::new();
+            for (k, items) in waiting {
+                match self.claim(k).await {
+                    Claim::Claimed => {
+                        if !self.feed(k, items).await {
+                            return;
+                        }
+                        fed += 1;
+                    }
+                    Claim::Committed => {
+                        elsewhere.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Claim::Held => still.push((k, items)),
+                }
+            }
+            waiting = still;
+        }
+        let _ = self.tracker.done.send(Event::SourceFinished(fed));
+    }
+
+    async fn claim(&self, k: usize) -> Claim {
+        let Some(leases) = &self.leases else { return Claim::Claimed };
+        match self.out.read_opt(&journal::entry_name(k)).await {
+            Ok(Some(_)) => return Claim::Committed,
+            Ok(None) => {}
+            Err(_) => return Claim::Held,
+        }
+        match leases.try_claim(k).await {
+            Ok(Some(lease)) => {
+                self.held.lock().expect("lease lock").insert(k, lease);
+                Claim::Claimed
+            }
+            Ok(None) | Err(_) => Claim::Held,
+        }
+    }
+
+    /// Send a shard's items; false when the pipeline is shutting down.
+    async fn feed(&self, k: usize, items: Vec<InputItem>) -> bool {
+        self.tracker.open(k, items.len());
+        for input in items {
+            let mut item = Item::new(input.id);
+            item.fields = input.fields;
+            item.shard = k;
+            if self.tx.send(item).await.is_err() {
+                return false;
+            }
+        }
+        self.tracker.source_done(k);
+        true
+    }
 }
 
 /// Rewrite index.json from the journal until a re-read of the journal matches what was written.

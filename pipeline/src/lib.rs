@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod io;
 mod item;
 pub mod journal;
+pub mod lease;
 pub mod manifest;
 pub mod plan;
 pub mod report;

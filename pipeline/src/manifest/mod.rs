@@ -47,6 +47,28 @@ pub struct JobConfig {
     #[serde(default = "default_queue_depth")]
     #[schemars(range(min = 1))]
     pub queue_depth: u32,
+    /// How workers of a distributed job share shards: "static" (shard k to rank k mod world) or
+    /// "leases" (claimed dynamically; a lost worker's shards are taken over after `lease_ttl`).
+    #[serde(default)]
+    pub balance: Balance,
+    /// How long a shard lease lasts without renewal (leases are renewed every third of it).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: Duration,
+}
+
+/// Shard distribution across the workers of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Shard k goes to rank k mod world; no coordination needed.
+    #[default]
+    Static,
+    /// Workers claim shards through lease objects created with conditional puts.
+    Leases,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(600))
 }
 
 fn default_shard_size() -> u32 {

@@ -1,0 +1,136 @@
+//! Dynamic shard balancing through leases stored next to the output (`job.balance = "leases"`).
+//!
+//! A worker claims a shard by creating `_leases/shard-XXXXX/gen-NNNNNN.json` with a conditional
+//! put (create only if absent), so exactly one worker wins each generation. A lease expires after
+//! `job.lease_ttl`; the holder renews it by creating the next generation itself, and a worker that
+//! finds the newest generation expired takes the shard over by creating the next one. Clocks of
+//! the workers are assumed to agree to well within the TTL. Whatever the leases say, a shard is
+//! committed once: the journal entry is a conditional create too.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use object_store::{PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::io::Location;
+use crate::PipelineError;
+
+/// Folder of the leases under the output location.
+pub const LEASE_DIR: &str = "_leases";
+
+/// The content of one lease generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Shard index.
+    pub shard: usize,
+    /// Generation; each claim or renewal creates the next one.
+    pub generation: u64,
+    /// Who holds it ("host:pid:rank").
+    pub owner: String,
+    /// Expiry, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// Claims, renews and releases shard leases for one worker.
+#[derive(Clone, Debug)]
+pub struct Leases {
+    out: Location,
+    owner: String,
+    ttl: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn gen_name(shard: usize, generation: u64) -> String {
+    format!("{LEASE_DIR}/shard-{shard:05}/gen-{generation:06}.json")
+}
+
+impl Leases {
+    /// A lease client for `owner` with leases lasting `ttl`.
+    pub fn new(out: Location, owner: String, ttl: Duration) -> Self {
+        Leases { out, owner, ttl }
+    }
+
+    /// The newest lease generation of a shard, if any.
+    pub async fn newest(&self, shard: usize) -> Result<Option<Lease>, PipelineError> {
+        let names = self.out.list(&format!("{LEASE_DIR}/shard-{shard:05}")).await?;
+        let Some(last) = names.iter().filter(|n| n.ends_with(".json")).max() else { return Ok(None) };
+        match self.out.read_opt(last).await? {
+            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// Try to take a shard: succeeds if nobody holds a live lease and we win the conditional create.
+    pub async fn try_claim(&self, shard: usize) -> Result<Option<Lease>, PipelineError> {
+        let generation = match self.newest(shard).await? {
+            None => 0,
+            Some(l) if l.expires_at_ms <= now_ms() => l.generation + 1,
+            Some(_) => return Ok(None),
+        };
+        self.create(shard, generation).await
+    }
+
+    /// Extend a held lease by creating its next generation; `None` if another worker took it over.
+    pub async fn renew(&self, lease: &Lease) -> Result<Option<Lease>, PipelineError> {
+        self.create(lease.shard, lease.generation + 1).await
+    }
+
+    /// Remove a shard's leases once it is committed.
+    pub async fn release(&self, shard: usize) -> Result<(), PipelineError> {
+        for name in self.out.list(&format!("{LEASE_DIR}/shard-{shard:05}")).await? {
+            self.out.delete(&name).await?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, shard: usize, generation: u64) -> Result<Option<Lease>, PipelineError> {
+        let lease = Lease {
+            shard,
+            generation,
+            owner: self.owner.clone(),
+            expires_at_ms: now_ms() + self.ttl.as_millis() as u64,
+        };
+        let name = gen_name(shard, generation);
+        // Plain data always serializes.
+        let body = serde_json::to_vec(&lease).expect("leases serialize");
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.out.store.put_opts(&self.out.key(&name), body.into(), opts).await {
+            Ok(_) => Ok(Some(lease)),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+            Err(e) => Err(PipelineError::storage(self.out.url_of(&name), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_claims_have_one_winner_and_expired_leases_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        for out in
+            [Location::parse("memory://lease-test/ds").unwrap(), Location::parse(dir.path().to_str().unwrap()).unwrap()]
+        {
+            let workers: Vec<Leases> =
+                (0..8).map(|i| Leases::new(out.clone(), format!("w{i}"), Duration::from_millis(300))).collect();
+            let claims = futures::future::join_all(workers.iter().map(|w| w.try_claim(0))).await;
+            let winners: Vec<Lease> = claims.into_iter().map(Result::unwrap).flatten().collect();
+            assert_eq!(winners.len(), 1, "exactly one of 8 racing workers holds shard 0");
+            let holder = &workers.iter().find(|w| w.owner == winners[0].owner).unwrap();
+            let other = workers.iter().find(|w| w.owner != winners[0].owner).unwrap();
+            assert!(other.try_claim(0).await.unwrap().is_none(), "a live lease is respected");
+            let renewed = holder.renew(&winners[0]).await.unwrap().unwrap();
+            assert_eq!(renewed.generation, 1);
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            let taken = other.try_claim(0).await.unwrap().expect("an expired lease is taken over");
+            assert_eq!((taken.generation, taken.owner.as_str()), (2, other.owner.as_str()));
+            assert!(holder.renew(&renewed).await.unwrap().is_none(), "the old holder learns it lost the shard");
+            other.release(0).await.unwrap();
+            assert!(other.newest(0).await.unwrap().is_none());
+        }
+    }
+}
