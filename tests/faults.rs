@@ -1,0 +1,234 @@
+//! Fault injection: an S3 endpoint that answers 503, stalls or drops connections (a proxy in
+//! front of a real moto server), and a local output on a full disk.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Moto(Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn moto() -> Moto {
+    let python =
+        PathBuf::from(std::env::var("MUGFLOW_TEST_PYTHON").expect("set MUGFLOW_TEST_PYTHON (scripts/test.sh does)"));
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(python.with_file_name("moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server starts");
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "PUT /mugflow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    Moto(child, port)
+}
+
+/// Counts of what the proxy did.
+#[derive(Default)]
+struct Faults {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    stalls: AtomicU64,
+    drops: AtomicU64,
+}
+
+/// A proxy on a free port: each request is answered 503 (20%), dropped before it reaches the
+/// server (10%), stalled for 1 s before being forwarded (10%), or forwarded. Decisions come from
+/// a fixed-seed generator, so a failing run can be replayed.
+fn start_proxy(upstream: u16, faults: Arc<Faults>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seed = Arc::new(AtomicU64::new(0x0ddf_a175));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (faults, seed) = (faults.clone(), seed.clone());
+            std::thread::spawn(move || {
+                let _ = serve(conn, upstream, &faults, &seed);
+            });
+        }
+    });
+    port
+}
+
+fn serve(client: TcpStream, upstream: u16, faults: &Faults, seed: &AtomicU64) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    loop {
+        // Read one request: head lines, then Content-Length bytes of body.
+        let mut head = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if line.to_ascii_lowercase().starts_with("connection:") {
+                continue;
+            }
+            if line == "\r\n" {
+                head.extend_from_slice(b"Connection: close\r\n\r\n");
+                break;
+            }
+            head.extend_from_slice(line.as_bytes());
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        faults.requests.fetch_add(1, Ordering::Relaxed);
+        let mut x = seed.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        seed.store(x, Ordering::Relaxed);
+        match x % 100 {
+            0..20 => {
+                faults.errors.fetch_add(1, Ordering::Relaxed);
+                client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
+                continue;
+            }
+            20..30 => {
+                faults.drops.fetch_add(1, Ordering::Relaxed);
+                return Ok(()); // the connection closes with no answer
+            }
+            30..40 => {
+                faults.stalls.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+            _ => {}
+        }
+        let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+        up.write_all(&head)?;
+        up.write_all(&body)?;
+        let mut response = Vec::new();
+        up.read_to_end(&mut response)?;
+        client.write_all(&response)?;
+        // The upstream answer said `Connection: close`; close ours too.
+        return Ok(());
+    }
+}
+
+#[test]
+fn flaky_object_store_requests_are_retried_and_nothing_is_lost() {
+    let server = moto();
+    let faults = Arc::new(Faults::default());
+    let proxy = start_proxy(server.1, faults.clone());
+    let env = [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{proxy}")),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ];
+    let run = |set: &str| {
+        common::mugflow(&[
+            "run",
+            "manifests/demo.toml",
+            "--set",
+            set,
+            "--set",
+            "job.shard_size=1",
+            "--progress",
+            "none",
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap()
+    };
+    let out = run("job.output=s3://mugflow/flaky");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = run("job.output=s3://mugflow/flaky");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("nothing to do"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let (requests, errors, drops, stalls) = (
+        faults.requests.load(Ordering::Relaxed),
+        faults.errors.load(Ordering::Relaxed),
+        faults.drops.load(Ordering::Relaxed),
+        faults.stalls.load(Ordering::Relaxed),
+    );
+    assert!(
+        errors > 0 && drops > 0 && stalls > 0,
+        "faults injected: {errors} errors, {drops} drops, {stalls} stalls of {requests}"
+    );
+
+    // Read back through the server directly: every video exactly once.
+    for (k, v) in &env[1..] {
+        std::env::set_var(k, v);
+    }
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", server.1));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut ids = rt.block_on(async {
+        let loc = pipeline::io::Location::parse("s3://mugflow/flaky").unwrap();
+        let mut ids = Vec::new();
+        for e in pipeline::journal::load(&loc).await.unwrap().values() {
+            let t = pipeline::inspect::read_table_summary(&loc, &e.files[0]).await.unwrap();
+            ids.extend(t.rows.into_iter().map(|r| r["id"].clone()));
+        }
+        ids
+    });
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!((n, ids.len()), (10, 10));
+}
+
+#[test]
+fn a_full_disk_fails_the_shard_cleanly_and_a_later_run_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(status.success(), "cannot mount a 1 MiB tmpfs (the test needs root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    // Leave ~24 KiB free: the first shard fits, a later one does not.
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0u8; 1024 * 1024 - 24 * 1024]).unwrap_or(());
+    let out = mnt.join("out");
+    let set = format!("job.output={}", out.display());
+    let args = ["run", "manifests/demo.toml", "--set", &set, "--set", "job.shard_size=1", "--progress", "none"];
+    let (code, _, err) = common::run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No space left on device") || err.contains("storage error"), "{err}");
+    let committed = common::written_ids(&out);
+    assert!(committed.len() < 10, "the disk was never full");
+    // Whatever was committed is whole; free the space and finish the job.
+    std::fs::remove_file(&filler).unwrap();
+    let (code, _, err) = common::run(&args);
+    assert_eq!(code, 0, "{err}");
+    let mut ids = common::written_ids(&out);
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!((n, ids.len()), (10, 10));
+}
