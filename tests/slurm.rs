@@ -126,11 +126,13 @@ fn srun_tasks_and_a_requeued_array_job_write_every_item_exactly_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     slurm.output("scontrol", &["requeue", &task1]);
-    // Slurm holds requeued jobs back (a begin time ~2 minutes ahead); let it start now.
-    slurm.output("scontrol", &["update", &format!("jobid={task1}"), "StartTime=now"]);
     let start = Instant::now();
     while !slurm.output("squeue", &["-h", "-j", &job_id]).is_empty() {
         assert!(start.elapsed() < Duration::from_secs(300), "the array job did not finish");
+        // Slurm holds a requeued job back (a begin time ~2 minutes ahead); let it start now.
+        if slurm.output("squeue", &["-h", "-j", &task1, "-o", "%T %r"]) == "PENDING BeginTime" {
+            let _ = slurm.cmd("scontrol").args(["update", &format!("jobid={task1}"), "StartTime=now"]).output();
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     let reports: Vec<serde_json::Value> = (0..4)

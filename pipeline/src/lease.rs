@@ -118,7 +118,7 @@ mod tests {
             let workers: Vec<Leases> =
                 (0..8).map(|i| Leases::new(out.clone(), format!("w{i}"), Duration::from_millis(300))).collect();
             let claims = futures::future::join_all(workers.iter().map(|w| w.try_claim(0))).await;
-            let winners: Vec<Lease> = claims.into_iter().map(Result::unwrap).flatten().collect();
+            let winners: Vec<Lease> = claims.into_iter().filter_map(Result::unwrap).collect();
             assert_eq!(winners.len(), 1, "exactly one of 8 racing workers holds shard 0");
             let holder = &workers.iter().find(|w| w.owner == winners[0].owner).unwrap();
             let other = workers.iter().find(|w| w.owner != winners[0].owner).unwrap();
