@@ -114,6 +114,17 @@ async fn list_file(list: &str) -> Result<Vec<String>, PipelineError> {
 async fn table(path: &str, listing: &InputListing) -> Result<(Vec<InputItem>, Vec<Field>), PipelineError> {
     let (dir, name) = split_parent(path);
     let bytes = Location::parse(dir)?.read(name).await?;
+    parse_table(path, bytes, listing)
+}
+
+/// Parse the bytes of a CSV or Parquet listing (the kind is taken from `path`'s extension);
+/// relative paths in it are resolved against `path`'s directory. Any malformed input is an error.
+pub fn parse_table(
+    path: &str,
+    bytes: bytes::Bytes,
+    listing: &InputListing,
+) -> Result<(Vec<InputItem>, Vec<Field>), PipelineError> {
+    let (dir, name) = split_parent(path);
     let bad = |e: PolarsError| PipelineError::Input(format!("cannot read table {path}: {e}"));
     let df = if name.ends_with(".parquet") {
         ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(bad)?

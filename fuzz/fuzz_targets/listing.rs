@@ -1,0 +1,19 @@
+//! Any bytes given as a CSV or Parquet table listing are either items or an error; never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pipeline::input::parse_table;
+use pipeline::manifest::InputListing;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, body)) = data.split_first() else { return };
+    let listing = InputListing {
+        glob: None,
+        list: None,
+        table: None,
+        path_column: "path".into(),
+        id_column: (mode & 1 == 1).then(|| "id".to_string()),
+    };
+    let name = if mode & 2 == 2 { "/fuzz/listing.parquet" } else { "/fuzz/listing.csv" };
+    let _ = parse_table(name, bytes::Bytes::copy_from_slice(body), &listing);
+});
