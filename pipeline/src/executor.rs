@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -293,10 +292,11 @@ where
     let pipeline: Vec<serde_json::Value> =
         plan.stages.iter().map(|s| serde_json::json!({ "kind": s.kind, "params": s.config.params() })).collect();
     let mut open: BTreeMap<usize, Box<dyn ShardSink>> = BTreeMap::new();
-    let shard_dir = |k: usize| -> Result<PathBuf, PipelineError> {
+    // A shard's writer stages its files in its own scratch folder.
+    let open_shard = |k: usize| -> Result<Box<dyn ShardSink>, PipelineError> {
         let d = scratch.path().join(format!("shard-{k:05}"));
         std::fs::create_dir_all(&d).map_err(|e| PipelineError::io(format!("cannot create {}", d.display()), e))?;
-        Ok(d)
+        sink.open_shard(k, &d)
     };
     let stop = opts.stop;
     tokio::pin!(stop);
@@ -322,7 +322,7 @@ where
                 };
                 let writer = match open.remove(&k) {
                     Some(w) => w,
-                    None => match sink.open_shard(k, &shard_dir(k)?) { Ok(w) => w, Err(e) => break Err(e) },
+                    None => match open_shard(k) { Ok(w) => w, Err(e) => break Err(e) },
                 };
                 let entry = match commit_shard(&out, writer, k, &fingerprints[k], shards[k].len(), tracker.take_errors(k)).await {
                     Ok(e) => e,
@@ -352,7 +352,7 @@ where
                 let k = item.shard;
                 let writer = match open.entry(k) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => match sink.open_shard(k, &shard_dir(k)?) {
+                    std::collections::btree_map::Entry::Vacant(v) => match open_shard(k) {
                         Ok(w) => v.insert(w),
                         Err(e) => break Err(e),
                     },

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -241,13 +241,17 @@ pub async fn fetch_local(uri: &str, scratch: &Path) -> Result<LocalFile, Pipelin
     }
     let (dir, name) = uri.rsplit_once('/').unwrap_or(("", uri));
     let loc = Location::parse(dir)?;
-    let data = loc.read(name).await?;
     let ext = Path::new(name).extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
         .suffix(&ext)
         .tempfile_in(scratch)
         .map_err(|e| PipelineError::io(format!("cannot create a scratch file in {}", scratch.display()), e))?;
-    std::io::Write::write_all(&mut tmp, &data).map_err(|e| PipelineError::io("cannot write a scratch file", e))?;
+    // Stream the object to disk: source videos can be far larger than memory allows.
+    let mut stream = loc.store.get(&loc.key(name)).await.map_err(|e| PipelineError::storage(uri, e))?.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| PipelineError::storage(uri, e))?;
+        std::io::Write::write_all(&mut tmp, &chunk).map_err(|e| PipelineError::io("cannot write a scratch file", e))?;
+    }
     let temp = tmp.into_temp_path();
     Ok(LocalFile { path: temp.to_path_buf(), _temp: Some(temp) })
 }
@@ -268,6 +272,20 @@ mod tests {
         b.delete("2.json").await.unwrap();
         b.delete("2.json").await.unwrap();
         assert_eq!(b.list("").await.unwrap(), vec!["x/1.json"]);
+    }
+
+    #[tokio::test]
+    async fn remote_objects_are_fetched_to_scratch_and_removed_after_use() {
+        let loc = Location::parse("memory://io-fetch/in").unwrap();
+        loc.write("v.mp4", vec![7u8; 3 << 20]).await.unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let local = fetch_local("memory://io-fetch/in/v.mp4", scratch.path()).await.unwrap();
+        assert_eq!(std::fs::read(local.path()).unwrap(), vec![7u8; 3 << 20]);
+        assert_eq!(local.path().extension().unwrap(), "mp4");
+        let path = local.path().to_path_buf();
+        drop(local);
+        assert!(!path.exists());
+        assert!(fetch_local("memory://io-fetch/in/missing.mp4", scratch.path()).await.is_err());
     }
 
     #[tokio::test]

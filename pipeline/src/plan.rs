@@ -190,10 +190,9 @@ impl Plan {
     pub fn render(&self, inputs: Option<&Inputs>) -> String {
         let mut out = String::new();
         let job = serde_json::to_value(&self.job).unwrap_or_default();
-        let explicit_job: Vec<String> = Vec::new();
         let _ = writeln!(out, "manifest  {}", self.source.path.display());
         let _ = writeln!(out, "job       {}", self.job.name);
-        render_params(&mut out, &job, &explicit_job, "  ", false);
+        render_params(&mut out, &job, &[], "  ", false);
         if let Some(inputs) = inputs {
             let shards = inputs.items.len().div_ceil(self.job.shard_size as usize);
             let _ = writeln!(
