@@ -145,6 +145,16 @@ fn a_run_killed_mid_way_resumes_with_every_item_exactly_once() {
 
 #[test]
 fn ctrl_c_stops_without_partial_output_and_the_next_run_finishes() {
+    stop_and_resume(2, 130, "Ctrl-C");
+}
+
+/// SIGTERM is how Slurm preempts and Kubernetes evicts: exit 143, then a requeued run resumes.
+#[test]
+fn sigterm_stops_with_the_preemption_exit_code_and_the_next_run_finishes() {
+    stop_and_resume(15, 143, "SIGTERM");
+}
+
+fn stop_and_resume(signal: i32, exit_code: i32, name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let n = 600;
     let m = job(dir.path(), &big_listing(dir.path(), n), 3, "");
@@ -159,12 +169,12 @@ fn ctrl_c_stops_without_partial_output_and_the_next_run_finishes() {
         std::thread::sleep(Duration::from_millis(5));
     }
     // SAFETY: plain libc call on a child we own.
-    assert_eq!(unsafe { libc_kill(child.id() as i32, 2) }, 0);
+    assert_eq!(unsafe { libc_kill(child.id() as i32, signal) }, 0);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(out.status.code(), Some(exit_code), "{err}");
     assert!(
-        err.contains("interrupted by Ctrl-C") && err.contains("hint: run the same command again to resume"),
+        err.contains(&format!("interrupted by {name}")) && err.contains("hint: run the same command again to resume"),
         "{err}"
     );
     let report: serde_json::Value =
@@ -311,4 +321,24 @@ fn twenty_runs_killed_at_random_moments_lose_and_duplicate_nothing() {
         ids.dedup();
         assert_eq!(ids.len(), n, "round {round} (killed after {delay:?}): duplicates");
     }
+}
+
+#[test]
+fn a_later_run_with_another_world_size_continues_the_same_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 120;
+    let m = job(dir.path(), &big_listing(dir.path(), n), 4, "");
+    let m = m.to_str().unwrap();
+    let (code, _, err) = run(&["run", m, "--progress", "none", "--rank", "0", "--world", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rank 0 of 3 (flags): 20 shard(s) belong to other workers"), "{err}");
+    assert_eq!(written_ids(&dir.path().join("out")).len(), 40);
+    for rank in ["0", "1"] {
+        let (code, _, err) = run(&["run", m, "--progress", "none", "--rank", rank, "--world", "2"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let mut ids = written_ids(&dir.path().join("out"));
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
 }
