@@ -3,6 +3,7 @@
 //! One stage = one module = one config struct (serde + schemars) with a `build()`.
 
 pub mod probe;
+pub mod video;
 pub mod write;
 
 use pipeline::Registry;

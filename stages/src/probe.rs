@@ -106,7 +106,7 @@ pub fn probe_file(path: &Path) -> Result<MediaInfo, ProbeError> {
 }
 
 /// Clockwise display rotation in degrees from the stream's display matrix (or legacy `rotate` tag).
-fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i64 {
+pub(crate) fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i64 {
     for sd in stream.side_data() {
         if sd.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix && sd.data().len() >= 36 {
             // The display matrix is nine native-endian i32 values (16.16 fixed point).

@@ -1,0 +1,160 @@
+//! Bit-exact re-implementations of the two OpenCV operations PySceneDetect's detectors rest on:
+//! 8-bit `resize(INTER_LINEAR)` and 8-bit `cvtColor(BGR2HSV)`. Matching them byte for byte is what
+//! makes our cut lists equal PySceneDetect's; the rules were checked against OpenCV 4.14 and 5.0
+//! (every colour for HSV, many frame sizes for the resize).
+
+use super::decode::Image;
+
+/// Fixed-point scale of the interpolation weights.
+const COEF_SCALE: f32 = 2048.0;
+
+/// Round half to even, as `cvRound` does.
+fn round_even(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
+
+/// Source index and weights (w0, w1) of each output position along one axis.
+fn axis_coefficients(src: usize, dst: usize) -> Vec<(usize, i32, i32)> {
+    let scale = 1.0 / (dst as f64 / src as f64);
+    (0..dst)
+        .map(|d| {
+            let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let mut s = f.floor() as i64;
+            f -= s as f32;
+            if s < 0 {
+                s = 0;
+                f = 0.0;
+            }
+            if s >= src as i64 - 1 {
+                s = src as i64 - 1;
+                f = 0.0;
+            }
+            (s as usize, round_even((1.0 - f) * COEF_SCALE), round_even(f * COEF_SCALE))
+        })
+        .collect()
+}
+
+/// `cv2.resize(img, (width, height), interpolation=INTER_LINEAR)` on a 3-channel 8-bit image.
+pub fn resize_linear(img: &Image, width: usize, height: usize) -> Image {
+    let (sw, sh) = (img.width, img.height);
+    let src = &img.data;
+    let mut out = vec![0u8; width * height * 3];
+    // Exactly half size in both directions: OpenCV takes its INTER_AREA fast path.
+    if sw == 2 * width && sh == 2 * height {
+        for y in 0..height {
+            for x in 0..width {
+                for c in 0..3 {
+                    let p = |xx: usize, yy: usize| src[3 * (yy * sw + xx) + c] as u32;
+                    let sum = p(2 * x, 2 * y) + p(2 * x + 1, 2 * y) + p(2 * x, 2 * y + 1) + p(2 * x + 1, 2 * y + 1);
+                    out[3 * (y * width + x) + c] = ((sum + 2) >> 2) as u8;
+                }
+            }
+        }
+        return Image { width, height, data: out };
+    }
+    let xs = axis_coefficients(sw, width);
+    let ys = axis_coefficients(sh, height);
+    // Horizontal pass of one source row: exact integers.
+    let row = |y: usize| -> Vec<i32> {
+        let line = &src[3 * y * sw..3 * (y + 1) * sw];
+        let mut t = vec![0i32; 3 * width];
+        for (x, &(s, a0, a1)) in xs.iter().enumerate() {
+            for c in 0..3 {
+                let p0 = line[3 * s + c] as i32;
+                t[3 * x + c] =
+                    if s + 1 < sw { p0 * a0 + line[3 * (s + 1) + c] as i32 * a1 } else { p0 * COEF_SCALE as i32 };
+            }
+        }
+        t
+    };
+    let mut cache: Option<(usize, Vec<i32>, Vec<i32>)> = None;
+    for (y, &(sy, b0, b1)) in ys.iter().enumerate() {
+        let r1 = (sy + 1).min(sh - 1);
+        if cache.as_ref().is_none_or(|c| c.0 != sy) {
+            cache = Some((sy, row(sy), row(r1)));
+        }
+        let (_, t0, t1) = cache.as_ref().expect("filled above");
+        for i in 0..3 * width {
+            // OpenCV's SIMD vertical pass (used for every element): 16-bit intermediates.
+            let a = ((t0[i] >> 4).clamp(i16::MIN as i32, i16::MAX as i32) * b0) >> 16;
+            let b = ((t1[i] >> 4).clamp(i16::MIN as i32, i16::MAX as i32) * b1) >> 16;
+            out[3 * (y * width + i / 3) + i % 3] = ((a + b + 2) >> 2).clamp(0, 255) as u8;
+        }
+    }
+    Image { width, height, data: out }
+}
+
+/// Division tables of OpenCV's 8-bit HSV conversion (12-bit fixed point).
+struct HsvTables {
+    sdiv: [i32; 256],
+    hdiv: [i32; 256],
+}
+
+fn hsv_tables() -> &'static HsvTables {
+    static TABLES: std::sync::OnceLock<HsvTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut t = HsvTables { sdiv: [0; 256], hdiv: [0; 256] };
+        for i in 1..256 {
+            t.sdiv[i] = (1044480.0f64 / i as f64).round_ties_even() as i32;
+            t.hdiv[i] = (737280.0f64 / (6.0 * i as f64)).round_ties_even() as i32;
+        }
+        t
+    })
+}
+
+/// `cv2.cvtColor(img, COLOR_BGR2HSV)` as three planes H (0..179), S, V.
+pub fn bgr_to_hsv_planes(img: &Image) -> [Vec<u8>; 3] {
+    let t = hsv_tables();
+    let n = img.width * img.height;
+    let (mut hp, mut sp, mut vp) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for px in img.data.chunks_exact(3) {
+        let (b, g, r) = (px[0] as i32, px[1] as i32, px[2] as i32);
+        let v = b.max(g).max(r);
+        let d = v - b.min(g).min(r);
+        let s = (d * t.sdiv[v as usize] + 2048) >> 12;
+        let h = if v == r {
+            g - b
+        } else if v == g {
+            b - r + 2 * d
+        } else {
+            r - g + 4 * d
+        };
+        let mut h = (h * t.hdiv[d as usize] + 2048) >> 12;
+        if h < 0 {
+            h += 180;
+        }
+        hp.push(h as u8);
+        sp.push(s as u8);
+        vp.push(v as u8);
+    }
+    [hp, sp, vp]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hsv(b: u8, g: u8, r: u8) -> (u8, u8, u8) {
+        let p = bgr_to_hsv_planes(&Image { width: 1, height: 1, data: vec![b, g, r] });
+        (p[0][0], p[1][0], p[2][0])
+    }
+
+    #[test]
+    fn hsv_matches_opencv_on_reference_colours() {
+        // Values printed by cv2.cvtColor(np.uint8([[[b, g, r]]]), cv2.COLOR_BGR2HSV).
+        assert_eq!(hsv(0, 0, 255), (0, 255, 255));
+        assert_eq!(hsv(0, 255, 0), (60, 255, 255));
+        assert_eq!(hsv(255, 0, 0), (120, 255, 255));
+        assert_eq!(hsv(0, 0, 0), (0, 0, 0));
+        assert_eq!(hsv(128, 128, 128), (0, 0, 128));
+        assert_eq!(hsv(255, 0, 255), (150, 255, 255));
+    }
+
+    #[test]
+    fn resize_keeps_flat_images_flat_and_halves_by_averaging() {
+        let flat = Image { width: 7, height: 5, data: vec![77; 7 * 5 * 3] };
+        assert!(resize_linear(&flat, 3, 2).data.iter().all(|&v| v == 77));
+        let img = Image { width: 2, height: 2, data: vec![0, 0, 0, 10, 10, 10, 20, 20, 20, 31, 31, 31] };
+        assert_eq!(resize_linear(&img, 1, 1).data, vec![16, 16, 16]);
+    }
+}

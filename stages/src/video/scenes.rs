@@ -1,0 +1,283 @@
+//! Shot-boundary detection with PySceneDetect's ContentDetector and AdaptiveDetector semantics.
+//!
+//! Each frame is downscaled so its long side is 256 pixels (OpenCV linear resize), converted to
+//! HSV, and scored by the mean absolute change of H, S and V against the previous frame. The
+//! content detector cuts where the score reaches a threshold (with PySceneDetect's flash filter);
+//! the adaptive detector cuts where a frame's score stands out against its neighbours.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::decode::{DecodeError, Image, Layout, VideoReader};
+use super::opencv::{bgr_to_hsv_planes, resize_linear};
+
+/// PySceneDetect's working width: frames are shrunk until their long side is this.
+pub const DETECT_SIZE: usize = 256;
+
+/// Which detector to run, with its parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Detector {
+    /// Cut where the HSV change score reaches `threshold`.
+    Content {
+        /// Score (0..255) at which a cut is made.
+        threshold: f64,
+    },
+    /// Cut where a frame's score is `threshold` times the mean of its `window` neighbours on each side.
+    Adaptive {
+        /// Ratio of the frame's score to its neighbours' mean.
+        threshold: f64,
+        /// Neighbours on each side.
+        window: usize,
+        /// A frame's own score must reach this as well.
+        min_content: f64,
+    },
+}
+
+/// Detection result of one video.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SceneList {
+    /// Frames decoded.
+    pub frames: usize,
+    /// Frame rate used for times, frames per second.
+    pub fps: f64,
+    /// First frame of each new shot (0-based), ascending.
+    pub cuts: Vec<usize>,
+}
+
+/// One shot: frames `start..end` (end exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Scene {
+    /// First frame (0-based).
+    pub start: usize,
+    /// One past the last frame.
+    pub end: usize,
+}
+
+impl SceneList {
+    /// The shots between the cuts; a video without cuts is one shot.
+    pub fn scenes(&self) -> Vec<Scene> {
+        let mut bounds = vec![0];
+        bounds.extend(self.cuts.iter().copied().filter(|&c| c > 0 && c < self.frames));
+        bounds.push(self.frames);
+        bounds.windows(2).filter(|w| w[1] > w[0]).map(|w| Scene { start: w[0], end: w[1] }).collect()
+    }
+}
+
+/// The size PySceneDetect shrinks a `w x h` frame to (long side 256; round half to even).
+pub fn detect_size(w: usize, h: usize) -> (usize, usize) {
+    let long = w.max(h);
+    if long <= DETECT_SIZE {
+        return (w, h);
+    }
+    let f = long as f64 / DETECT_SIZE as f64;
+    (((w as f64 / f).round_ties_even() as usize).max(1), ((h as f64 / f).round_ties_even() as usize).max(1))
+}
+
+/// PySceneDetect's frame score between two HSV frames: mean |Δ| of H, S and V, averaged.
+pub fn content_score(a: &[Vec<u8>; 3], b: &[Vec<u8>; 3]) -> f64 {
+    let n = a[0].len() as f64;
+    let delta =
+        |x: &[u8], y: &[u8]| x.iter().zip(y).map(|(p, q)| (*p as i64 - *q as i64).abs()).sum::<i64>() as f64 / n;
+    (delta(&a[0], &b[0]) + delta(&a[1], &b[1]) + delta(&a[2], &b[2])) / 3.0
+}
+
+/// Scores of every frame (the first is 0) of a decoded stream, at the detection size.
+pub struct Scorer {
+    prev: Option<[Vec<u8>; 3]>,
+}
+
+impl Scorer {
+    /// A scorer with no frame seen yet.
+    pub fn new() -> Self {
+        Scorer { prev: None }
+    }
+
+    /// Score the next frame against the previous one.
+    pub fn push(&mut self, frame: &Image) -> f64 {
+        let (w, h) = detect_size(frame.width, frame.height);
+        let small = if (w, h) == (frame.width, frame.height) { None } else { Some(resize_linear(frame, w, h)) };
+        let hsv = bgr_to_hsv_planes(small.as_ref().unwrap_or(frame));
+        let score = self.prev.as_ref().map_or(0.0, |p| content_score(p, &hsv));
+        self.prev = Some(hsv);
+        score
+    }
+}
+
+impl Default for Scorer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Cuts from per-frame scores. `min_len` is the minimum shot length in frames (0 disables it).
+pub fn cuts_from_scores(scores: &[f64], detector: Detector, min_len: usize) -> Vec<usize> {
+    match detector {
+        Detector::Content { threshold } => {
+            let mut filter = FlashFilter::new(min_len);
+            scores.iter().enumerate().filter_map(|(t, s)| filter.push(t, *s >= threshold)).collect()
+        }
+        Detector::Adaptive { threshold, window, min_content } => {
+            adaptive_cuts(scores, threshold, window, min_content, min_len)
+        }
+    }
+}
+
+/// PySceneDetect's flash filter in its default MERGE mode: a cut closer than `min_len` frames
+/// to the previous one is merged into a single cut at the last frame above the threshold.
+struct FlashFilter {
+    min_len: usize,
+    last_above: usize,
+    merge_enabled: bool,
+    merge_triggered: bool,
+    merge_start: usize,
+}
+
+impl FlashFilter {
+    fn new(min_len: usize) -> Self {
+        FlashFilter { min_len, last_above: 0, merge_enabled: false, merge_triggered: false, merge_start: 0 }
+    }
+
+    fn push(&mut self, t: usize, above: bool) -> Option<usize> {
+        if self.min_len == 0 {
+            return above.then_some(t);
+        }
+        let met = t - self.last_above >= self.min_len;
+        if above {
+            self.last_above = t;
+        }
+        if self.merge_triggered {
+            if met && !above && self.last_above - self.merge_start >= self.min_len {
+                self.merge_triggered = false;
+                return Some(self.last_above);
+            }
+            return None;
+        }
+        if !above {
+            return None;
+        }
+        if met {
+            self.merge_enabled = true;
+            Some(t)
+        } else {
+            if self.merge_enabled {
+                self.merge_triggered = true;
+                self.merge_start = t;
+            }
+            None
+        }
+    }
+}
+
+fn adaptive_cuts(scores: &[f64], threshold: f64, window: usize, min_content: f64, min_len: usize) -> Vec<usize> {
+    let span = 2 * window + 1;
+    let mut last_cut = 0usize;
+    let mut cuts = Vec::new();
+    for end in span..=scores.len() {
+        let buf = &scores[end - span..end];
+        let target_idx = end - 1 - window;
+        let target = buf[window];
+        // Python sums the neighbours left to right.
+        let avg =
+            buf.iter().enumerate().filter(|(i, _)| *i != window).fold(0.0, |acc, (_, s)| acc + s) / (2 * window) as f64;
+        let ratio = if avg.abs() >= 1e-5 {
+            (target / avg).min(255.0)
+        } else if target >= min_content {
+            255.0
+        } else {
+            0.0
+        };
+        if ratio >= threshold && target >= min_content && target_idx - last_cut >= min_len {
+            last_cut = target_idx;
+            cuts.push(target_idx);
+        }
+    }
+    cuts
+}
+
+/// Minimum shot length as PySceneDetect's CLI resolves its "0.6s" default: round(0.6 x fps) frames.
+pub fn frames_for(seconds: f64, fps: f64) -> usize {
+    (seconds * fps).round_ties_even().max(0.0) as usize
+}
+
+/// Per-frame change scores of a whole video, with its frame rate.
+#[derive(Debug, Clone)]
+pub struct Scores {
+    /// One score per decoded frame (the first is 0).
+    pub scores: Vec<f64>,
+    /// Average frame rate, frames per second.
+    pub fps: f64,
+}
+
+impl Scores {
+    /// Decode a video and score every frame.
+    pub fn of_file(path: &Path, threads: usize) -> Result<Scores, DecodeError> {
+        let mut reader = VideoReader::open(path, threads)?;
+        let mut scorer = Scorer::new();
+        let mut scores = Vec::new();
+        reader.for_each_frame(Layout::Bgr, |_, img| {
+            scores.push(scorer.push(&img));
+            true
+        })?;
+        Ok(Scores { scores, fps: reader.fps })
+    }
+
+    /// The shots `detector` finds; `min_len_s` is the minimum shot length in seconds.
+    pub fn detect(&self, detector: Detector, min_len_s: f64) -> SceneList {
+        let cuts = cuts_from_scores(&self.scores, detector, frames_for(min_len_s, self.fps));
+        SceneList { frames: self.scores.len(), fps: self.fps, cuts }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTENT: Detector = Detector::Content { threshold: 27.0 };
+
+    #[test]
+    fn detection_size_follows_the_long_side() {
+        assert_eq!(detect_size(1280, 720), (256, 144));
+        assert_eq!(detect_size(720, 1280), (144, 256));
+        assert_eq!(detect_size(560, 320), (256, 146));
+        assert_eq!(detect_size(200, 100), (200, 100));
+    }
+
+    #[test]
+    fn content_cuts_respect_the_minimum_length_and_merge_flashes() {
+        let mut s = vec![0.0; 60];
+        s[20] = 40.0;
+        s[25] = 40.0; // too close to 20: merged, not a second cut
+        s[45] = 50.0;
+        assert_eq!(cuts_from_scores(&s, CONTENT, 10), vec![20, 45]);
+        // Without the filter every frame above the threshold is a cut.
+        assert_eq!(cuts_from_scores(&s, CONTENT, 0), vec![20, 25, 45]);
+        // A cut sooner than min_len after the first frame is dropped.
+        let mut early = vec![0.0; 30];
+        early[3] = 90.0;
+        assert!(cuts_from_scores(&early, CONTENT, 10).is_empty());
+    }
+
+    #[test]
+    fn adaptive_cuts_are_reported_at_the_standout_frame() {
+        let mut s = vec![2.0; 40];
+        s[0] = 0.0;
+        s[20] = 30.0;
+        let d = Detector::Adaptive { threshold: 3.0, window: 2, min_content: 15.0 };
+        assert_eq!(cuts_from_scores(&s, d, 10), vec![20]);
+        s[20] = 10.0; // stands out, but below min_content
+        assert!(cuts_from_scores(&s, d, 10).is_empty());
+    }
+
+    #[test]
+    fn scenes_span_the_video_between_cuts() {
+        let l = SceneList { frames: 100, fps: 25.0, cuts: vec![30, 70] };
+        assert_eq!(
+            l.scenes(),
+            [Scene { start: 0, end: 30 }, Scene { start: 30, end: 70 }, Scene { start: 70, end: 100 }]
+        );
+        assert_eq!(SceneList { frames: 10, fps: 25.0, cuts: vec![] }.scenes(), [Scene { start: 0, end: 10 }]);
+        assert_eq!(frames_for(0.6, 24.0), 14);
+        assert_eq!(frames_for(0.6, 25.0), 15);
+    }
+}
