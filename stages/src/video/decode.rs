@@ -176,7 +176,7 @@ fn set_colorspace(ctx: &mut scaling::Context, frame: &ffmpeg::frame::Video) {
         Space::SMPTE240M => ffi::SWS_CS_SMPTE240M,
         Space::BT2020NCL | Space::BT2020CL => ffi::SWS_CS_BT2020,
         _ => ffi::SWS_CS_DEFAULT,
-    } as i32;
+    };
     let full = i32::from(
         frame.color_range() == Range::JPEG
             || matches!(frame.format(), Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P),
@@ -184,7 +184,7 @@ fn set_colorspace(ctx: &mut scaling::Context, frame: &ffmpeg::frame::Video) {
     // SAFETY: the context is valid and the coefficient tables are static FFmpeg data.
     unsafe {
         let coefs = ffi::sws_getCoefficients(cs);
-        let dst = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT as i32);
+        let dst = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT);
         ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), coefs, full, dst, 1, 0, 1 << 16, 1 << 16);
     }
 }
