@@ -3,6 +3,7 @@
 mod inspect;
 mod progress;
 mod run;
+mod scenes;
 mod stages;
 mod validate;
 
@@ -52,6 +53,24 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = stages::Format::Text)]
         format: stages::Format,
+    },
+    /// Detect the shots of one video and print one row per scene (0-based start frame,
+    /// exclusive end frame, times in seconds): the `scene_split` stage's code on a single file.
+    Scenes {
+        /// A local video file.
+        video: PathBuf,
+        /// Shot detector.
+        #[arg(long, value_enum, default_value_t = scenes::DetectorArg::Content)]
+        detector: scenes::DetectorArg,
+        /// Cut threshold (content: HSV change 0-255, default 27; adaptive: ratio, default 3).
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// Shortest shot, e.g. "0.6s" or "500ms".
+        #[arg(long, default_value = "0.6s")]
+        min_scene_len: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = scenes::Format::Csv)]
+        format: scenes::Format,
     },
     /// Summarise a dataset, a shard table or a tensor file: rows, fields, tensors, errors.
     Inspect {
@@ -110,6 +129,9 @@ pub fn main() -> ExitCode {
         Command::Validate { manifest, offline, world } => validate::validate(&manifest, offline, world),
         Command::Stages { kind, format } => stages::stages(kind.as_deref(), format),
         Command::Inspect { path } => inspect::inspect(&path),
+        Command::Scenes { video, detector, threshold, min_scene_len, format } => {
+            scenes::scenes(&video, detector, threshold, &min_scene_len, format)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
