@@ -29,18 +29,24 @@ fn scenes_prints_the_shots_of_one_video() {
 }
 
 #[test]
-fn the_curate_manifest_writes_one_row_per_shot() {
+fn the_curate_manifest_writes_one_row_per_kept_clip() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("curate");
-    let (code, _, err) =
-        run(&["run", "manifests/curate.toml", "--set", &format!("job.output={}", out.display()), "--progress", "none"]);
+    let set = format!("job.output={}", out.display());
+    let (code, _, err) = run(&["run", "manifests/curate.toml", "--set", &set, "--progress", "none"]);
     assert_eq!(code, 0, "{err}");
-    let mut ids = common::written_ids(&out);
-    ids.sort();
-    // One shot per video plus one per content-detector cut in PySceneDetect's reference lists
-    // (trailer 9, hevc 11, vp9 11, av1 7, kivy 1, renpy 1, cockatoo 1; the rest have none).
-    assert_eq!(ids.len(), 10 + 9 + 11 + 11 + 7 + 1 + 1 + 1);
-    assert!(ids.contains(&"bbb_trailer_moviepy#0-240".to_string()), "{ids:?}");
+    let ids = common::written_ids(&out);
+    assert!(ids.contains(&"bbb_trailer_moviepy#0-240".to_string()), "a 10 s shot is kept whole: {ids:?}");
     assert!(ids.contains(&"hug_lego_movie#0-166".to_string()), "{ids:?}");
-    assert!(ids.contains(&"cockatoo_rot90#157-280".to_string()), "{ids:?}");
+    // Every kept clip lasts 1-10 s and comes from a source at least 240 pixels high.
+    let rows = common::rows(&out);
+    assert_eq!(rows.len(), ids.len());
+    for r in &rows {
+        let (frames, fps): (f64, f64) = (r["clip_frames"].parse().unwrap(), r["clip_fps"].parse().unwrap());
+        assert!(frames >= fps.round() && frames <= (10.0 * fps).round(), "{r:?}");
+        assert!(r["height"].parse::<i64>().unwrap() >= 240, "{r:?}");
+    }
+    // 51 shots (one per video plus the 41 content cuts of the reference lists): shots under 1 s
+    // are dropped and shots over 10 s split into windows, which leaves 47 clips.
+    assert_eq!(rows.len(), 47);
 }

@@ -2,6 +2,7 @@
 //!
 //! One stage = one module = one config struct (serde + schemars) with a `build()`.
 
+pub mod clip_filter;
 pub mod probe;
 pub mod scene_split;
 pub mod video;
@@ -12,7 +13,10 @@ use pipeline::Registry;
 /// All stage kinds, in the order `mugflow stages` lists them.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register::<probe::ProbeConfig>().register::<scene_split::SceneSplitConfig>().register::<write::WriteConfig>();
+    r.register::<probe::ProbeConfig>()
+        .register::<scene_split::SceneSplitConfig>()
+        .register::<clip_filter::ClipFilterConfig>()
+        .register::<write::WriteConfig>();
     r
 }
 

@@ -55,6 +55,21 @@ pub fn written_ids(out: &Path) -> Vec<String> {
     })
 }
 
+/// Every written row (column -> text) of a local dataset's committed shards.
+pub fn rows(out: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
+        let mut rows = Vec::new();
+        for entry in pipeline::journal::load(&loc).await.unwrap().values() {
+            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet")) {
+                rows.extend(pipeline::inspect::read_table_summary(&loc, f).await.unwrap().rows);
+            }
+        }
+        rows
+    })
+}
+
 /// Error rows (item_id, stage, message) of every committed shard.
 pub fn error_rows(out: &Path) -> Vec<(String, String, String)> {
     let rt = tokio::runtime::Runtime::new().unwrap();

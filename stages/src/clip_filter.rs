@@ -1,0 +1,238 @@
+//! `clip_filter`: keep the clips a training set wants. Shot edges are trimmed, long shots are
+//! cut into windows, and clips outside the duration, size, aspect-ratio and frame-rate bounds
+//! are dropped.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pipeline::manifest::Duration;
+use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Trim shot edges, split long shots into windows, and drop clips outside the bounds.
+/// Unset bounds are not checked. Dropped clips are counted in the run report, not written.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClipFilterConfig {
+    /// Cut this much from both ends of every shot (transitions and fades live there).
+    #[serde(default = "zero")]
+    pub trim: Duration,
+    /// Shortest clip kept (after trimming and splitting).
+    pub min_duration: Option<Duration>,
+    /// Longest clip: longer shots are split into windows of this length.
+    pub max_duration: Option<Duration>,
+    /// Overlap of consecutive windows of a long shot.
+    #[serde(default = "zero")]
+    pub overlap: Duration,
+    /// Smallest displayed width kept, pixels.
+    pub min_width: Option<u32>,
+    /// Smallest displayed height kept, pixels.
+    pub min_height: Option<u32>,
+    /// Smallest width/height ratio kept (e.g. 0.5 for 9:16 and wider).
+    pub min_aspect: Option<f64>,
+    /// Largest width/height ratio kept (e.g. 2.0 for up to 2:1).
+    pub max_aspect: Option<f64>,
+    /// Lowest frame rate kept, frames per second.
+    pub min_fps: Option<f64>,
+    /// Highest frame rate kept, frames per second.
+    pub max_fps: Option<f64>,
+}
+
+fn zero() -> Duration {
+    Duration(std::time::Duration::ZERO)
+}
+
+/// Clip ranges (start, end exclusive) that survive trimming, splitting and the duration bounds.
+///
+/// Frames counts come from durations by rounding to whole frames. Windows of a long shot start
+/// every `max - overlap`; the last one ends at the shot's (trimmed) end and is kept only if it is
+/// long enough.
+pub fn clip_ranges(start: usize, end: usize, fps: f64, c: &ClipFilterConfig) -> Vec<(usize, usize)> {
+    let frames = |d: &Duration| (d.as_secs_f64() * fps).round() as usize;
+    let trim = frames(&c.trim);
+    let (s, e) = (start + trim, end.saturating_sub(trim));
+    if e <= s {
+        return Vec::new();
+    }
+    let min = c.min_duration.as_ref().map_or(1, frames).max(1);
+    let mut out = Vec::new();
+    match c.max_duration.as_ref().map(frames).map(|m| m.max(1)) {
+        Some(max) if e - s > max => {
+            let step = max.saturating_sub(frames(&c.overlap)).max(1);
+            let mut p = s;
+            loop {
+                let q = (p + max).min(e);
+                out.push((p, q));
+                if q == e {
+                    break;
+                }
+                p += step;
+            }
+        }
+        _ => out.push((s, e)),
+    }
+    out.retain(|(a, b)| b - a >= min);
+    out
+}
+
+impl ClipFilterConfig {
+    /// Why a clip's source fails the size, aspect and frame-rate bounds, if it does.
+    fn rejects(&self, width: f64, height: f64, fps: f64) -> Option<String> {
+        let aspect = width / height.max(1.0);
+        let below = |v: f64, b: Option<f64>| b.is_some_and(|b| v < b);
+        let above = |v: f64, b: Option<f64>| b.is_some_and(|b| v > b);
+        if below(width, self.min_width.map(f64::from)) || below(height, self.min_height.map(f64::from)) {
+            return Some(format!("size {width}x{height}"));
+        }
+        if below(aspect, self.min_aspect) || above(aspect, self.max_aspect) {
+            return Some(format!("aspect {aspect:.3}"));
+        }
+        if below(fps, self.min_fps) || above(fps, self.max_fps) {
+            return Some(format!("fps {fps}"));
+        }
+        None
+    }
+}
+
+struct ClipFilter(ClipFilterConfig);
+
+#[async_trait]
+impl Stage for ClipFilter {
+    async fn process(&self, item: Item, _: &StageContext) -> Result<Vec<Item>, StageError> {
+        let num = |name: &str| {
+            item.get(name)
+                .and_then(pipeline::Value::as_f64)
+                .ok_or_else(|| StageError::msg(format!("item has no number `{name}`")))
+        };
+        let (width, height, fps) = (num("width")?, num("height")?, num("clip_fps")?);
+        if self.0.rejects(width, height, fps).is_some() {
+            return Ok(Vec::new());
+        }
+        let (start, end) = (num("clip_start_frame")? as usize, num("clip_end_frame")? as usize);
+        let source = item.get("source_id").and_then(pipeline::Value::as_str).unwrap_or(&item.id).to_string();
+        Ok(clip_ranges(start, end, fps, &self.0)
+            .into_iter()
+            .map(|(a, b)| {
+                let mut clip = item.child(format!("{source}#{a}-{b}"));
+                clip.set("clip_start_frame", a as i64);
+                clip.set("clip_end_frame", b as i64);
+                clip.set("clip_frames", (b - a) as i64);
+                clip.set("clip_start_s", a as f64 / fps);
+                clip.set("clip_end_s", b as f64 / fps);
+                clip
+            })
+            .collect())
+    }
+}
+
+impl StageConfig for ClipFilterConfig {
+    const KIND: &'static str = "clip_filter";
+    const EXAMPLE: &'static str =
+        "[[stage]]\nkind = \"clip_filter\"\ntrim = \"0.2s\"\nmin_duration = \"2s\"\nmax_duration = \"12s\"\nmin_height = 360\n";
+
+    fn reads(&self) -> Vec<Field> {
+        vec![
+            Field::new("width", FieldType::Int, "displayed width, pixels"),
+            Field::new("height", FieldType::Int, "displayed height, pixels"),
+            Field::new("clip_start_frame", FieldType::Int, "first frame of the shot"),
+            Field::new("clip_end_frame", FieldType::Int, "one past the last frame of the shot"),
+            Field::new("clip_fps", FieldType::Float, "frame rate, frames per second"),
+        ]
+    }
+
+    fn adds(&self) -> Vec<Field> {
+        vec![
+            Field::new("clip_start_frame", FieldType::Int, "first frame of the clip"),
+            Field::new("clip_end_frame", FieldType::Int, "one past the last frame of the clip"),
+            Field::new("clip_frames", FieldType::Int, "frames in the clip"),
+            Field::new("clip_start_s", FieldType::Float, "start time, seconds"),
+            Field::new("clip_end_s", FieldType::Float, "end time, seconds"),
+        ]
+    }
+
+    fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let (Some(min), Some(max)) = (&self.min_duration, &self.max_duration) {
+            if min > max {
+                problems.push(format!("min_duration ({min}) is longer than max_duration ({max})"));
+            }
+        }
+        if let Some(max) = &self.max_duration {
+            if self.overlap >= *max {
+                problems.push(format!("overlap ({}) must be shorter than max_duration ({max})", self.overlap));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.min_aspect, self.max_aspect) {
+            if a > b {
+                problems.push(format!("min_aspect ({a}) is larger than max_aspect ({b})"));
+            }
+        }
+        problems
+    }
+
+    fn default_parallelism(&self) -> usize {
+        2
+    }
+
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+        Ok(Runnable::Transform(Arc::new(ClipFilter(self.clone()))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(trim: f64, min: Option<f64>, max: Option<f64>, overlap: f64) -> ClipFilterConfig {
+        let d = |s: f64| Duration(std::time::Duration::from_secs_f64(s));
+        ClipFilterConfig {
+            trim: d(trim),
+            min_duration: min.map(d),
+            max_duration: max.map(d),
+            overlap: d(overlap),
+            min_width: None,
+            min_height: None,
+            min_aspect: None,
+            max_aspect: None,
+            min_fps: None,
+            max_fps: None,
+        }
+    }
+
+    #[test]
+    fn windows_trim_and_bounds() {
+        let c = config(0.5, Some(2.0), Some(4.0), 0.0);
+        // A 10 s shot at 10 fps: trimmed to 5..95, windows of 40 frames, the 10-frame tail is too short.
+        assert_eq!(clip_ranges(0, 100, 10.0, &c), [(5, 45), (45, 85)]);
+        let c = config(0.0, None, Some(4.0), 1.0);
+        assert_eq!(clip_ranges(0, 100, 10.0, &c), [(0, 40), (30, 70), (60, 100)]);
+        assert!(clip_ranges(0, 8, 10.0, &config(0.5, None, None, 0.0)).is_empty());
+    }
+
+    /// Over a grid of shots and settings: clips stay inside the (trimmed) shot, respect the
+    /// bounds, and without overlap never overlap each other.
+    #[test]
+    fn clip_ranges_properties() {
+        for fps in [12.0, 23.976, 25.0, 30.0, 60.0] {
+            for (start, len) in [(0, 1), (3, 17), (10, 100), (7, 999), (0, 3000)] {
+                for trim in [0.0, 0.1, 0.5] {
+                    for (min, max) in [(None, None), (Some(1.0), None), (Some(2.0), Some(5.0)), (None, Some(0.5))] {
+                        let c = config(trim, min, max, 0.0);
+                        let end = start + len;
+                        let f = |s: f64| (s * fps).round() as usize;
+                        let clips = clip_ranges(start, end, fps, &c);
+                        for w in clips.windows(2) {
+                            assert!(w[0].1 <= w[1].0, "overlap: {clips:?}");
+                        }
+                        for &(a, b) in &clips {
+                            assert!(start + f(trim) <= a && a < b && b + f(trim) <= end, "outside: {clips:?}");
+                            assert!(min.is_none_or(|m| b - a >= f(m).max(1)), "too short: {clips:?}");
+                            assert!(max.is_none_or(|m| b - a <= f(m).max(1)), "too long: {clips:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
