@@ -45,3 +45,30 @@ fn content_and_adaptive_detectors_match_pyscenedetect() {
     assert_eq!(checked, 20);
     assert!(failures.is_empty(), "differs from PySceneDetect:\n{}", failures.join("\n"));
 }
+
+#[test]
+fn broken_videos_are_errors_or_partial_results_never_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mkv = std::fs::read(data().join("videos/bbb_160s_hevc_480p.mkv")).unwrap();
+    let mp4 = std::fs::read(data().join("videos/hug_lego_movie.mp4")).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    for p in [write("empty.mp4", &[]), write("truncated.mp4", &mp4[..mp4.len() / 2]), write("noise.mkv", &[0x1a; 5000])]
+    {
+        assert!(Scores::of_file(&p, 0).is_err(), "{}", p.display());
+    }
+    // A Matroska file cut in the middle still decodes up to the cut.
+    let cut = write("cut.mkv", &mkv[..mkv.len() / 3]);
+    let scores = Scores::of_file(&cut, 0).unwrap();
+    assert!(scores.scores.len() > 50 && scores.scores.len() < 720, "{}", scores.scores.len());
+    // Corrupted bytes in the middle of the stream: the decoder skips what it cannot read.
+    let mut damaged = mkv.clone();
+    for b in &mut damaged[mkv.len() / 2..mkv.len() / 2 + 20_000] {
+        *b = 0x55;
+    }
+    let scores = Scores::of_file(&write("damaged.mkv", &damaged), 0).unwrap();
+    assert!(scores.scores.len() > 300, "{}", scores.scores.len());
+}
