@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing, error rendering and exit codes.
 
+mod bench;
 mod inspect;
 mod progress;
 mod run;
@@ -72,10 +73,28 @@ enum Command {
         #[arg(long, value_enum, default_value_t = scenes::Format::Csv)]
         format: scenes::Format,
     },
+    /// Measure throughput; results belong in docs/PERFORMANCE.md.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Summarise a dataset, a shard table or a tensor file: rows, fields, tensors, errors.
     Inspect {
         /// Dataset directory or URL, or a `.parquet` / `.safetensors` file.
         path: String,
+    },
+}
+
+/// The benchmarks.
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Frames/s and frames per CPU-second of decoding alone and of decoding + shot detection,
+    /// per video and for all videos in parallel, next to PySceneDetect's ContentDetector.
+    Scenes {
+        /// Local video files.
+        #[arg(required = true)]
+        videos: Vec<PathBuf>,
+        /// A Python with `scenedetect` and `opencv-python-headless` installed, to run PySceneDetect on the same files.
+        #[arg(long)]
+        pyscenedetect: Option<PathBuf>,
     },
 }
 
@@ -129,6 +148,9 @@ pub fn main() -> ExitCode {
         Command::Validate { manifest, offline, world } => validate::validate(&manifest, offline, world),
         Command::Stages { kind, format } => stages::stages(kind.as_deref(), format),
         Command::Inspect { path } => inspect::inspect(&path),
+        Command::Bench(BenchCommand::Scenes { videos, pyscenedetect }) => {
+            bench::scenes(&videos, pyscenedetect.as_deref())
+        }
         Command::Scenes { video, detector, threshold, min_scene_len, format } => {
             scenes::scenes(&video, detector, threshold, &min_scene_len, format)
         }

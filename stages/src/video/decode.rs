@@ -114,14 +114,12 @@ impl VideoReader {
         mut f: impl FnMut(usize, Image) -> bool,
     ) -> Result<usize, DecodeError> {
         let mut converter: Option<(scaling::Context, Pixel, u32, u32)> = None;
-        let mut decoded = ffmpeg::frame::Video::empty();
-        let mut count = 0usize;
         let target = match layout {
             Layout::Bgr => Pixel::BGR24,
             Layout::Rgb => Pixel::RGB24,
         };
         let rotation = self.rotation;
-        let mut emit = |decoded: &ffmpeg::frame::Video, count: &mut usize| -> Result<bool, DecodeError> {
+        self.decode(|index, decoded| {
             let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
             if converter.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
                 let mut ctx = scaling::Context::get(fmt, w, h, target, w, h, scaling::Flags::BICUBIC)
@@ -133,29 +131,50 @@ impl VideoReader {
             let mut out = ffmpeg::frame::Video::empty();
             conv.run(decoded, &mut out).map_err(|e| DecodeError::Convert(fmt, e))?;
             let image = Image { width: w as usize, height: h as usize, data: packed(&out) }.rotated(rotation);
-            let go_on = f(*count, image);
-            *count += 1;
-            Ok(go_on)
-        };
+            Ok(f(index, image))
+        })
+    }
+
+    /// Decode every frame without converting it (what "decoding alone" costs); returns the count.
+    pub fn count_frames(&mut self) -> Result<usize, DecodeError> {
+        self.decode(|_, _| Ok(true))
+    }
+
+    /// The decoding loop: every frame of the stream in presentation order, then the decoder's
+    /// buffered frames at the end. `on_frame` returns false to stop early.
+    fn decode(
+        &mut self,
+        mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video) -> Result<bool, DecodeError>,
+    ) -> Result<usize, DecodeError> {
+        let mut decoded = ffmpeg::frame::Video::empty();
+        let mut count = 0usize;
         let mut packets = self.input.packets();
+        let mut ended = false;
         loop {
-            let Some((stream, packet)) = packets.next() else { break };
-            if stream.index() != self.stream {
-                continue;
+            if !ended {
+                match packets.next() {
+                    Some((stream, packet)) => {
+                        if stream.index() != self.stream || self.decoder.send_packet(&packet).is_err() {
+                            continue;
+                        }
+                    }
+                    None => {
+                        ended = true;
+                        let _ = self.decoder.send_eof();
+                    }
+                }
             }
-            if self.decoder.send_packet(&packet).is_err() {
-                continue;
-            }
+            let mut received = false;
             while self.decoder.receive_frame(&mut decoded).is_ok() {
-                if !emit(&decoded, &mut count)? {
+                received = true;
+                let go_on = on_frame(count, &decoded)?;
+                count += 1;
+                if !go_on {
                     return Ok(count);
                 }
             }
-        }
-        let _ = self.decoder.send_eof();
-        while self.decoder.receive_frame(&mut decoded).is_ok() {
-            if !emit(&decoded, &mut count)? {
-                return Ok(count);
+            if ended && !received {
+                break;
             }
         }
         if count == 0 {
