@@ -8,3 +8,4 @@ rm -rf out/demo
 target/release/mugflow validate manifests/demo.toml
 target/release/mugflow run manifests/demo.toml
 target/release/mugflow inspect out/demo
+target/release/mugflow scenes tests/data/videos/bbb_trailer_moviepy.mp4
