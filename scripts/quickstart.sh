@@ -2,7 +2,7 @@
 # Install what is missing, build mugflow and run the demo job on the bundled sample videos.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+MUGFLOW_SETUP_TESTS=0 scripts/setup.sh
 cargo build --release
 rm -rf out/demo
 target/release/mugflow validate manifests/demo.toml

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 packages=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
           libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
-# The distributed tests run a real one-node Slurm (scripts/slurm-cluster.sh).
-[ "${MUGFLOW_SETUP_SLURM:-1}" = 1 ] && packages+=(slurm-wlm munge)
+# MUGFLOW_SETUP_TESTS=0 installs only what building and running need (the quickstart); the
+# tests also need Slurm and munge (a real one-node cluster) and a Python venv.
+tests=${MUGFLOW_SETUP_TESTS:-1}
+if [ "$tests" = 1 ]; then packages+=(slurm-wlm munge); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+[ "$tests" = 1 ] || exit 0
 venv=.cache/venv
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
