@@ -6,43 +6,12 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Moto(Child, u16);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn moto() -> Moto {
-    let python =
-        PathBuf::from(std::env::var("MUGFLOW_TEST_PYTHON").expect("set MUGFLOW_TEST_PYTHON (scripts/test.sh does)"));
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(python.with_file_name("moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server starts");
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60), "moto did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "PUT /mugflow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    Moto(child, port)
-}
+use common::Moto;
 
 /// Counts of what the proxy did.
 #[derive(Default)]
@@ -132,16 +101,10 @@ fn serve(client: TcpStream, upstream: u16, faults: &Faults, seed: &AtomicU64) ->
 
 #[test]
 fn flaky_object_store_requests_are_retried_and_nothing_is_lost() {
-    let server = moto();
+    let server = Moto::start();
     let faults = Arc::new(Faults::default());
-    let proxy = start_proxy(server.1, faults.clone());
-    let env = [
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{proxy}")),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-    ];
+    let proxy = start_proxy(server.port, faults.clone());
+    let env = server.env(proxy);
     let run = |set: &str| {
         common::mugflow(&[
             "run",
@@ -180,7 +143,7 @@ fn flaky_object_store_requests_are_retried_and_nothing_is_lost() {
     for (k, v) in &env[1..] {
         std::env::set_var(k, v);
     }
-    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", server.1));
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", server.port));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut ids = rt.block_on(async {
         let loc = pipeline::io::Location::parse("s3://mugflow/flaky").unwrap();

@@ -3,63 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-/// A moto S3 server on a free loopback port, stopped on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> S3Server {
-    let python = PathBuf::from(
-        std::env::var("MUGFLOW_TEST_PYTHON")
-            .expect("set MUGFLOW_TEST_PYTHON to the venv scripts/setup.sh makes (it has moto)"),
-    );
-    let moto = python.with_file_name("moto_server");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", moto.display()));
-    let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60), "moto did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Create the bucket with a bare S3 CreateBucket request (moto accepts it unsigned).
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "PUT /mugflow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    server
-}
-
-fn s3_env(server: &S3Server) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", server.endpoint.clone()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-    ]
-}
+use common::Moto;
 
 fn run_with(env: &[(&'static str, String)], args: &[&str]) -> (i32, String, String) {
     let out = common::mugflow(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
@@ -72,8 +19,8 @@ fn run_with(env: &[(&'static str, String)], args: &[&str]) -> (i32, String, Stri
 
 #[test]
 fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
-    let server = start_server();
-    let env = s3_env(&server);
+    let server = Moto::start();
+    let env = server.env(server.port);
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
     let (code, _, err) =
@@ -113,8 +60,8 @@ fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
 
 #[test]
 fn leases_races_and_multipart_uploads_work_on_s3() {
-    let server = start_server();
-    let env = s3_env(&server);
+    let server = Moto::start();
+    let env = server.env(server.port);
     // Two workers balancing with leases over one S3 output: every item exactly once.
     let set = ["--set", "job.output=s3://mugflow/leased", "--set", "job.balance=leases", "--set", "job.shard_size=1"];
     let spawn = |rank: &str| {

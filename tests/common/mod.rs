@@ -2,8 +2,11 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The repository root (tests run with it as the working directory).
 pub fn root() -> PathBuf {
@@ -103,4 +106,71 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+/// A moto S3 server on a free loopback port with a bucket `mugflow`, stopped on drop.
+pub struct Moto {
+    child: Child,
+    /// The server's port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    /// Start moto from the test venv (MUGFLOW_TEST_PYTHON's folder) and create the bucket.
+    pub fn start() -> Moto {
+        let python = PathBuf::from(
+            std::env::var("MUGFLOW_TEST_PYTHON")
+                .expect("set MUGFLOW_TEST_PYTHON to the venv scripts/setup.sh makes (it has moto)"),
+        );
+        let moto = python.with_file_name("moto_server");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", moto.display()));
+        let server = Moto { child, port };
+        // The port may accept connections before the app answers: retry CreateBucket until it does.
+        let start = Instant::now();
+        loop {
+            match server.create_bucket() {
+                Ok(resp) if resp.starts_with("HTTP/1.1 200") => return server,
+                Ok(resp) => panic!("moto refused to create the bucket: {resp}"),
+                Err(e) => assert!(start.elapsed() < Duration::from_secs(60), "moto did not start: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A bare S3 CreateBucket request (moto accepts it unsigned).
+    fn create_bucket(&self) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            s,
+            "PUT /mugflow HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        Ok(resp)
+    }
+
+    /// Environment for object_store to reach this server (optionally through another port).
+    pub fn env(&self, port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
 }
