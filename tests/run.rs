@@ -6,26 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{error_rows, manifest, mugflow, run, written_ids};
-
-fn job(dir: &Path, input: &str, shard_size: usize, extra: &str) -> std::path::PathBuf {
-    let text = format!(
-        "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}/out\"\nshard_size = {shard_size}\n{extra}\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
-        dir.display()
-    );
-    manifest(dir, "job.toml", &text)
-}
-
-/// A table listing of `n` rows cycling over the test videos, with unique ids.
-fn big_listing(dir: &Path, n: usize) -> String {
-    let videos: Vec<_> = std::fs::read_dir(common::videos()).unwrap().map(|e| e.unwrap().path()).collect();
-    let mut csv = String::from("id,path\n");
-    for i in 0..n {
-        csv.push_str(&format!("item{i:05},{}\n", videos[i % videos.len()].display()));
-    }
-    std::fs::write(dir.join("listing.csv"), csv).unwrap();
-    format!("{{ table = \"{}/listing.csv\", id_column = \"id\" }}", dir.display())
-}
+use common::{big_listing, error_rows, manifest, mugflow, probe_job as job, run, written_ids};
 
 #[test]
 fn demo_runs_end_to_end_and_a_rerun_changes_nothing() {

@@ -53,17 +53,9 @@ impl Drop for Slurm {
     }
 }
 
-/// A manifest over `n` listing rows (cycling over the test videos) into `dir/out`.
+/// A probe -> write manifest over `n` listing rows (cycling over the test videos) into `dir/out`.
 fn job(dir: &Path, n: usize, shard_size: usize) -> PathBuf {
-    let videos: Vec<_> = std::fs::read_dir(common::videos()).unwrap().map(|e| e.unwrap().path()).collect();
-    let csv: String = (0..n).map(|i| format!("item{i:05},{}\n", videos[i % videos.len()].display())).collect();
-    std::fs::write(dir.join("listing.csv"), format!("id,path\n{csv}")).unwrap();
-    let text = format!(
-        "[job]\nname = \"slurm\"\ninput = {{ table = \"{d}/listing.csv\", id_column = \"id\" }}\noutput = \"{d}/out\"\n\
-         shard_size = {shard_size}\n\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
-        d = dir.display()
-    );
-    common::manifest(dir, "job.toml", &text)
+    common::probe_job(dir, &common::big_listing(dir, n), shard_size, "")
 }
 
 fn assert_exactly_once(out: &Path, n: usize) {

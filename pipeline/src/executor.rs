@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,11 +46,17 @@ pub struct RunOptions<S> {
 struct Tracker {
     shards: Mutex<HashMap<usize, ShardState>>,
     done: mpsc::UnboundedSender<Event>,
-    finished: AtomicU64,
-    failed: AtomicU64,
+    outcomes: Mutex<Outcomes>,
     max_error_rate: f64,
-    aborted: AtomicBool,
     abort: Notify,
+}
+
+/// Items finished and failed so far, and the counts when the error rate was first exceeded.
+#[derive(Default)]
+struct Outcomes {
+    finished: u64,
+    failed: u64,
+    aborted_at: Option<(u64, u64)>,
 }
 
 /// What the sink waits for besides items.
@@ -80,21 +86,34 @@ impl Tracker {
 
     /// `n` items of `shard` finished (written or filtered out).
     fn finish(&self, shard: usize, n: usize) {
-        self.finished.fetch_add(n as u64, Ordering::Relaxed);
+        self.outcomes.lock().expect("tracker lock").finished += n as u64;
         self.settle(shard, n, None);
     }
 
     /// One item of `shard` failed.
     fn fail(&self, shard: usize, record: ErrorRecord) {
-        let finished = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
-        let failed = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+        let crossed = {
+            let mut o = self.outcomes.lock().expect("tracker lock");
+            o.finished += 1;
+            o.failed += 1;
+            let over = o.finished >= ERROR_RATE_MIN_ITEMS && o.failed as f64 > self.max_error_rate * o.finished as f64;
+            if over && o.aborted_at.is_none() {
+                o.aborted_at = Some((o.failed, o.finished));
+                true
+            } else {
+                false
+            }
+        };
         self.settle(shard, 1, Some(record));
-        if finished >= ERROR_RATE_MIN_ITEMS
-            && failed as f64 > self.max_error_rate * finished as f64
-            && !self.aborted.swap(true, Ordering::SeqCst)
-        {
+        if crossed {
             self.abort.notify_one();
         }
+    }
+
+    /// (failed, finished) when the error rate was first exceeded.
+    fn aborted_at(&self) -> (u64, u64) {
+        let o = self.outcomes.lock().expect("tracker lock");
+        o.aborted_at.unwrap_or((o.failed, o.finished))
     }
 
     fn source_done(&self, shard: usize) {
@@ -214,10 +233,8 @@ where
     let tracker = Arc::new(Tracker {
         shards: Mutex::default(),
         done: done_tx,
-        finished: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
+        outcomes: Mutex::default(),
         max_error_rate: job.max_error_rate,
-        aborted: AtomicBool::new(false),
         abort: Notify::new(),
     });
 
@@ -304,11 +321,10 @@ where
         tokio::select! {
             biased;
             signal = &mut stop => break Err(PipelineError::Interrupted(signal, report.shards_committed)),
-            _ = tracker.abort.notified() => break Err(PipelineError::ErrorRate {
-                failed: tracker.failed.load(Ordering::SeqCst),
-                finished: tracker.finished.load(Ordering::SeqCst),
-                max_rate: job.max_error_rate,
-            }),
+            _ = tracker.abort.notified() => {
+                let (failed, finished) = tracker.aborted_at();
+                break Err(PipelineError::ErrorRate { failed, finished, max_rate: job.max_error_rate });
+            }
             Some(event) = done_rx.recv() => {
                 let k = match event {
                     Event::SourceFinished(fed) => {

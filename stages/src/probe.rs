@@ -8,6 +8,8 @@ use pipeline::{io::fetch_local, Field, FieldType, Item, Runnable, Stage, StageCo
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::video::decode::DecodeError;
+
 /// Read container and stream metadata with FFmpeg: duration, frame rates, frame count, size,
 /// rotation, codec, pixel format, bit rate and audio presence. No frame is decoded.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -54,17 +56,18 @@ pub struct MediaInfo {
 }
 
 /// Probe a local media file. Errors name what FFmpeg could not read.
-pub fn probe_file(path: &Path) -> Result<MediaInfo, ProbeError> {
+pub fn probe_file(path: &Path) -> Result<MediaInfo, DecodeError> {
     crate::ffmpeg_init();
-    let ictx = ffmpeg::format::input(&path).map_err(|e| ProbeError::Open(path.display().to_string(), e))?;
-    let stream = ictx.streams().best(ffmpeg::media::Type::Video).ok_or(ProbeError::NoVideo)?;
+    let ictx = ffmpeg::format::input(&path).map_err(|e| DecodeError::Open(path.display().to_string(), e))?;
+    let stream = ictx.streams().best(ffmpeg::media::Type::Video).ok_or(DecodeError::NoVideo)?;
     let params = stream.parameters();
     let codec = params.id().name().to_string();
-    let decoder =
-        ffmpeg::codec::Context::from_parameters(params).and_then(|c| c.decoder().video()).map_err(ProbeError::Codec)?;
+    let decoder = ffmpeg::codec::Context::from_parameters(params)
+        .and_then(|c| c.decoder().video())
+        .map_err(DecodeError::Decoder)?;
     let (coded_w, coded_h) = (decoder.width(), decoder.height());
     if coded_w == 0 || coded_h == 0 {
-        return Err(ProbeError::NoSize);
+        return Err(DecodeError::NoSize);
     }
     let pix_fmt = pixel_format_name(decoder.format());
     let rational = |r: ffmpeg::Rational| {
@@ -129,23 +132,6 @@ fn pixel_format_name(f: ffmpeg::format::Pixel) -> String {
     desc.map_or_else(|| "unknown".to_string(), |d| d.name().to_string())
 }
 
-/// Why a file could not be probed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    /// FFmpeg could not open or parse the container.
-    #[error("cannot open {0} as a media file")]
-    Open(String, #[source] ffmpeg::Error),
-    /// The file has no video stream.
-    #[error("no video stream")]
-    NoVideo,
-    /// The video stream's codec parameters are unusable.
-    #[error("unreadable video codec parameters")]
-    Codec(#[source] ffmpeg::Error),
-    /// The video stream declares no frame size.
-    #[error("the video stream has no frame size")]
-    NoSize,
-}
-
 struct Probe {
     require_video: bool,
 }
@@ -174,7 +160,7 @@ impl Stage for Probe {
                 item.set("has_audio", info.has_audio);
                 Ok(vec![item])
             }
-            Err(ProbeError::NoVideo) if !self.require_video => Ok(vec![item]),
+            Err(DecodeError::NoVideo) if !self.require_video => Ok(vec![item]),
             Err(e) => Err(e.into()),
         }
     }

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use stages::probe::{probe_file, ProbeError};
+use stages::probe::probe_file;
+use stages::video::decode::DecodeError;
 
 fn data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data")
@@ -67,7 +68,7 @@ fn broken_files_are_errors_not_crashes() {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
         let err = probe_file(&p).expect_err(name);
-        assert!(matches!(err, ProbeError::Open(..) | ProbeError::NoVideo | ProbeError::NoSize), "{name}: {err}");
+        assert!(matches!(err, DecodeError::Open(..) | DecodeError::NoVideo | DecodeError::NoSize), "{name}: {err}");
     }
-    assert!(matches!(probe_file(&dir.path().join("missing.mp4")), Err(ProbeError::Open(..))));
+    assert!(matches!(probe_file(&dir.path().join("missing.mp4")), Err(DecodeError::Open(..))));
 }

@@ -42,30 +42,16 @@ pub fn manifest(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// Every item id written in a local dataset, read back from its committed shards (via the journal).
-pub fn written_ids(out: &Path) -> Vec<String> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
-        let mut ids = Vec::new();
-        for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet")) {
-                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
-                ids.extend(t.rows.iter().map(|r| r["id"].clone()));
-            }
-        }
-        ids
-    })
-}
-
-/// Every written row (column -> text) of a local dataset's committed shards.
-pub fn rows(out: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+/// Rows (column -> text) of the committed shards' tables of a local dataset: the metadata
+/// tables, or with `errors` the error tables.
+fn committed_rows(out: &Path, errors: bool) -> Vec<std::collections::BTreeMap<String, String>> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
         let mut rows = Vec::new();
         for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && !f.ends_with(".errors.parquet")) {
+            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && f.ends_with(".errors.parquet") == errors)
+            {
                 rows.extend(pipeline::inspect::read_table_summary(&loc, f).await.unwrap().rows);
             }
         }
@@ -73,21 +59,45 @@ pub fn rows(out: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     })
 }
 
-/// Error rows (item_id, stage, message) of every committed shard.
+/// Every written row (column -> text) of a local dataset's committed shards.
+pub fn rows(out: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    committed_rows(out, false)
+}
+
+/// Every item id written in a local dataset, read back from its committed shards (via the journal).
+pub fn written_ids(out: &Path) -> Vec<String> {
+    rows(out).into_iter().map(|r| r["id"].clone()).collect()
+}
+
+/// Error rows (item_id, stage, message) of every committed shard, sorted.
 pub fn error_rows(out: &Path) -> Vec<(String, String, String)> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
-        let mut rows = Vec::new();
-        for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry.files.iter().filter(|f| f.ends_with(".errors.parquet")) {
-                let t = pipeline::inspect::read_table_summary(&loc, f).await.unwrap();
-                rows.extend(t.rows.iter().map(|r| (r["item_id"].clone(), r["stage"].clone(), r["message"].clone())));
-            }
-        }
-        rows.sort();
-        rows
-    })
+    let mut rows: Vec<_> = committed_rows(out, true)
+        .into_iter()
+        .map(|r| (r["item_id"].clone(), r["stage"].clone(), r["message"].clone()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A table listing of `n` rows (`id,path`) cycling over the test videos, with unique ids;
+/// returns the manifest's `input` value for it.
+pub fn big_listing(dir: &Path, n: usize) -> String {
+    let videos: Vec<_> = std::fs::read_dir(videos()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut csv = String::from("id,path\n");
+    for i in 0..n {
+        csv.push_str(&format!("item{i:05},{}\n", videos[i % videos.len()].display()));
+    }
+    std::fs::write(dir.join("listing.csv"), csv).unwrap();
+    format!("{{ table = \"{}/listing.csv\", id_column = \"id\" }}", dir.display())
+}
+
+/// A probe -> write manifest `dir/job.toml` over `input`, writing to `dir/out`.
+pub fn probe_job(dir: &Path, input: &str, shard_size: usize, extra: &str) -> PathBuf {
+    let text = format!(
+        "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}/out\"\nshard_size = {shard_size}\n{extra}\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
+        dir.display()
+    );
+    manifest(dir, "job.toml", &text)
 }
 
 /// All files under a directory (relative paths with sizes and contents hash), for "nothing changed" checks.

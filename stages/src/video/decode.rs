@@ -65,7 +65,7 @@ pub struct VideoReader {
     pub rotation: i64,
 }
 
-/// Why a video could not be decoded.
+/// Why a video could not be probed or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The container could not be opened.
@@ -83,6 +83,9 @@ pub enum DecodeError {
     /// Not a single frame could be decoded.
     #[error("no frame could be decoded")]
     NoFrames,
+    /// The video stream declares no frame size.
+    #[error("the video stream has no frame size")]
+    NoSize,
 }
 
 impl VideoReader {
