@@ -40,6 +40,8 @@ pub struct NativeShardWriter {
     spool_path: PathBuf,
     spooled: Vec<(String, DType, Vec<usize>, usize, usize)>,
     offset: usize,
+    /// Items' files to publish with the shard: (local path, output name).
+    files: Vec<(PathBuf, String)>,
 }
 
 impl NativeShardWriter {
@@ -56,6 +58,7 @@ impl NativeShardWriter {
             spool_path,
             spooled: Vec::new(),
             offset: 0,
+            files: Vec::new(),
         })
     }
 
@@ -102,6 +105,7 @@ impl ShardSink for NativeShardWriter {
             self.spooled.push((format!("{}/{name}", item.id), t.dtype, t.shape.clone(), self.offset, end));
             self.offset = end;
         }
+        self.files.extend(item.files.into_iter().map(|(name, local)| (local, name)));
         self.rows.push((item.id, item.fields));
         Ok(())
     }
@@ -129,6 +133,8 @@ impl ShardSink for NativeShardWriter {
         if let Some(f) = write_error_table(errors, &self.dir, self.shard)? {
             out.files.push(f);
         }
+        self.files.sort_by(|a, b| a.1.cmp(&b.1));
+        out.files.append(&mut self.files);
         let _ = std::fs::remove_file(&self.spool_path);
         Ok(out)
     }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -187,6 +188,9 @@ pub struct Item {
     pub fields: BTreeMap<String, Value>,
     /// Tensor payloads, written to safetensors as `<id>/<name>`.
     pub tensors: BTreeMap<String, Tensor>,
+    /// Files published with the item's shard (encoded clips, videos): name relative to the
+    /// output location -> the local file a stage wrote in its scratch directory.
+    pub files: BTreeMap<String, PathBuf>,
     pub(crate) shard: usize,
     pub(crate) reservation: Option<Reservation>,
 }
@@ -194,7 +198,14 @@ pub struct Item {
 impl Item {
     /// A new item with an id and no fields, belonging to shard 0 (the executor assigns shards).
     pub fn new(id: impl Into<String>) -> Self {
-        Item { id: id.into(), fields: BTreeMap::new(), tensors: BTreeMap::new(), shard: 0, reservation: None }
+        Item {
+            id: id.into(),
+            fields: BTreeMap::new(),
+            tensors: BTreeMap::new(),
+            files: BTreeMap::new(),
+            shard: 0,
+            reservation: None,
+        }
     }
 
     /// A field's value.
@@ -217,12 +228,13 @@ impl Item {
         self.str("uri")
     }
 
-    /// A new item derived from this one (fan-out): same fields and shard, no tensors.
+    /// A new item derived from this one (fan-out): same fields and shard, no tensors or files.
     pub fn child(&self, id: impl Into<String>) -> Item {
         Item {
             id: id.into(),
             fields: self.fields.clone(),
             tensors: BTreeMap::new(),
+            files: BTreeMap::new(),
             shard: self.shard,
             reservation: None,
         }

@@ -1,17 +1,23 @@
 //! `clip_filter`: keep the clips a training set wants. Shot edges are trimmed, long shots are
-//! cut into windows, and clips outside the duration, size, aspect-ratio and frame-rate bounds
-//! are dropped.
+//! cut into windows, and clips outside the duration, size, aspect-ratio, frame-rate and motion
+//! bounds are dropped, as are static and black clips.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pipeline::io::fetch_local;
 use pipeline::manifest::Duration;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Trim shot edges, split long shots into windows, and drop clips outside the bounds.
-/// Unset bounds are not checked. Dropped clips are counted in the run report, not written.
+use crate::video::decode::{DecodeError, VideoReader};
+use crate::video::motion::{clip_stats, ClipStats};
+
+/// Trim shot edges, split long shots into windows, and drop clips outside the bounds, static
+/// clips and black clips. Unset bounds are not checked. Motion and brightness are measured (by
+/// decoding the clip) only when a motion bound or a static/black rejection is on. Dropped clips
+/// are counted in the run report, not written.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClipFilterConfig {
@@ -37,7 +43,33 @@ pub struct ClipFilterConfig {
     pub min_fps: Option<f64>,
     /// Highest frame rate kept, frames per second.
     pub max_fps: Option<f64>,
+    /// Lowest motion score kept: mean grey-level change (0-255) between consecutive frames shrunk
+    /// to a 64-pixel long side; about 1-3 for a talking head, 10+ for fast action.
+    pub min_motion: Option<f64>,
+    /// Highest motion score kept (drops shaking, flashing and cut-heavy clips).
+    pub max_motion: Option<f64>,
+    /// Drop static clips: motion score below 0.15 (frozen frames, slides, title cards).
+    #[serde(default = "yes")]
+    pub reject_static: bool,
+    /// Drop black clips: even the brightest measured frame has a mean grey level below 16.
+    #[serde(default = "yes")]
+    pub reject_black: bool,
+    /// Frame pairs per second of clip that the motion score measures.
+    #[serde(default = "default_motion_fps")]
+    pub motion_fps: f64,
 }
+
+fn yes() -> bool {
+    true
+}
+fn default_motion_fps() -> f64 {
+    4.0
+}
+
+/// Motion score under which `reject_static` drops a clip.
+pub const STATIC_MOTION: f64 = 0.15;
+/// Brightness under which `reject_black` drops a clip.
+pub const BLACK_LEVEL: f64 = 16.0;
 
 fn zero() -> Duration {
     Duration(std::time::Duration::ZERO)
@@ -93,13 +125,27 @@ impl ClipFilterConfig {
         }
         None
     }
+
+    /// Whether any check needs the clip's pixels.
+    fn measures(&self) -> bool {
+        self.min_motion.is_some() || self.max_motion.is_some() || self.reject_static || self.reject_black
+    }
+
+    /// Whether a measured clip passes the motion, static and black checks.
+    fn keeps(&self, stats: &ClipStats) -> bool {
+        let m = stats.motion;
+        !(self.min_motion.is_some_and(|b| m < b)
+            || self.max_motion.is_some_and(|b| m > b)
+            || (self.reject_static && m < STATIC_MOTION)
+            || (self.reject_black && stats.brightness < BLACK_LEVEL))
+    }
 }
 
 struct ClipFilter(ClipFilterConfig);
 
 #[async_trait]
 impl Stage for ClipFilter {
-    async fn process(&self, item: Item, _: &StageContext) -> Result<Vec<Item>, StageError> {
+    async fn process(&self, item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
         let num = |name: &str| {
             item.get(name)
                 .and_then(pipeline::Value::as_f64)
@@ -111,18 +157,40 @@ impl Stage for ClipFilter {
         }
         let (start, end) = (num("clip_start_frame")? as usize, num("clip_end_frame")? as usize);
         let source = item.get("source_id").and_then(pipeline::Value::as_str).unwrap_or(&item.id).to_string();
-        Ok(clip_ranges(start, end, fps, &self.0)
-            .into_iter()
-            .map(|(a, b)| {
-                let mut clip = item.child(format!("{source}#{a}-{b}"));
-                clip.set("clip_start_frame", a as i64);
-                clip.set("clip_end_frame", b as i64);
-                clip.set("clip_frames", (b - a) as i64);
-                clip.set("clip_start_s", a as f64 / fps);
-                clip.set("clip_end_s", b as f64 / fps);
-                clip
-            })
-            .collect())
+        let ranges = clip_ranges(start, end, fps, &self.0);
+        let stats = if self.0.measures() && !ranges.is_empty() {
+            let local = fetch_local(item.uri()?, &ctx.scratch)
+                .await
+                .map_err(|e| StageError::from(e).context("cannot fetch the source video"))?;
+            let (path, ranges, sample_fps) = (local.path().to_path_buf(), ranges.clone(), self.0.motion_fps);
+            let stats = ctx
+                .cpu(move || -> Result<Vec<ClipStats>, DecodeError> {
+                    let mut reader = VideoReader::open(&path, 1)?;
+                    ranges.iter().map(|&(a, b)| clip_stats(&mut reader, a, b, sample_fps)).collect()
+                })
+                .await??;
+            Some(stats)
+        } else {
+            None
+        };
+        let mut clips = Vec::new();
+        for (k, (a, b)) in ranges.into_iter().enumerate() {
+            let mut clip = item.child(format!("{source}#{a}-{b}"));
+            if let Some(s) = stats.as_ref().map(|s| s[k]) {
+                if !self.0.keeps(&s) {
+                    continue;
+                }
+                clip.set("motion", s.motion);
+                clip.set("brightness", s.brightness);
+            }
+            clip.set("clip_start_frame", a as i64);
+            clip.set("clip_end_frame", b as i64);
+            clip.set("clip_frames", (b - a) as i64);
+            clip.set("clip_start_s", a as f64 / fps);
+            clip.set("clip_end_s", b as f64 / fps);
+            clips.push(clip);
+        }
+        Ok(clips)
     }
 }
 
@@ -132,23 +200,32 @@ impl StageConfig for ClipFilterConfig {
         "[[stage]]\nkind = \"clip_filter\"\ntrim = \"0.2s\"\nmin_duration = \"2s\"\nmax_duration = \"12s\"\nmin_height = 360\n";
 
     fn reads(&self) -> Vec<Field> {
-        vec![
+        let mut fields = vec![
             Field::new("width", FieldType::Int, "displayed width, pixels"),
             Field::new("height", FieldType::Int, "displayed height, pixels"),
             Field::new("clip_start_frame", FieldType::Int, "first frame of the shot"),
             Field::new("clip_end_frame", FieldType::Int, "one past the last frame of the shot"),
             Field::new("clip_fps", FieldType::Float, "frame rate, frames per second"),
-        ]
+        ];
+        if self.measures() {
+            fields.push(Field::new("uri", FieldType::Str, "path or URL of the source video"));
+        }
+        fields
     }
 
     fn adds(&self) -> Vec<Field> {
-        vec![
+        let mut fields = vec![
             Field::new("clip_start_frame", FieldType::Int, "first frame of the clip"),
             Field::new("clip_end_frame", FieldType::Int, "one past the last frame of the clip"),
             Field::new("clip_frames", FieldType::Int, "frames in the clip"),
             Field::new("clip_start_s", FieldType::Float, "start time, seconds"),
             Field::new("clip_end_s", FieldType::Float, "end time, seconds"),
-        ]
+        ];
+        if self.measures() {
+            fields.push(Field::new("motion", FieldType::Float, "mean grey-level change between consecutive frames"));
+            fields.push(Field::new("brightness", FieldType::Float, "mean grey level of the brightest measured frame"));
+        }
+        fields
     }
 
     fn check(&self) -> Vec<String> {
@@ -162,6 +239,9 @@ impl StageConfig for ClipFilterConfig {
             if self.overlap >= *max {
                 problems.push(format!("overlap ({}) must be shorter than max_duration ({max})", self.overlap));
             }
+        }
+        if self.motion_fps <= 0.0 {
+            problems.push(format!("motion_fps must be positive, found {}", self.motion_fps));
         }
         if let (Some(a), Some(b)) = (self.min_aspect, self.max_aspect) {
             if a > b {
@@ -197,6 +277,11 @@ mod tests {
             max_aspect: None,
             min_fps: None,
             max_fps: None,
+            min_motion: None,
+            max_motion: None,
+            reject_static: true,
+            reject_black: true,
+            motion_fps: 4.0,
         }
     }
 

@@ -3,6 +3,7 @@
 //! One stage = one module = one config struct (serde + schemars) with a `build()`.
 
 pub mod clip_filter;
+pub mod export_clips;
 pub mod probe;
 pub mod scene_split;
 pub mod video;
@@ -16,6 +17,7 @@ pub fn registry() -> Registry {
     r.register::<probe::ProbeConfig>()
         .register::<scene_split::SceneSplitConfig>()
         .register::<clip_filter::ClipFilterConfig>()
+        .register::<export_clips::ExportClipsConfig>()
         .register::<write::WriteConfig>();
     r
 }

@@ -1,7 +1,9 @@
-//! Decoding with FFmpeg (ffmpeg-next): frames in presentation order, converted to packed BGR or
-//! RGB, with the display rotation applied, for stages that need pixels.
+//! The decoding core every pixel stage shares (FFmpeg through ffmpeg-next): frames in
+//! presentation order or at chosen indices (frame-accurate seek), converted to packed BGR or RGB,
+//! display rotation applied, optionally resized to fill a target size and centre-cropped
+//! (bicubic); plus uniform frame selection for a target fps and aspect-ratio buckets.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
@@ -43,6 +45,19 @@ impl Image {
         }
         Image { width: nw, height: nh, data: out }
     }
+
+    /// The `width x height` window whose top-left corner is `(x, y)`; it must lie inside.
+    pub fn cropped(self, x: usize, y: usize, width: usize, height: usize) -> Image {
+        if (x, y, width, height) == (0, 0, self.width, self.height) {
+            return self;
+        }
+        let mut data = Vec::with_capacity(width * height * 3);
+        for row in y..y + height {
+            let start = 3 * (row * self.width + x);
+            data.extend_from_slice(&self.data[start..start + 3 * width]);
+        }
+        Image { width, height, data }
+    }
 }
 
 /// Packed pixel layouts the reader can produce.
@@ -54,11 +69,36 @@ pub enum Layout {
     Rgb,
 }
 
+/// How decoded frames are handed out: pixel layout and, optionally, a size to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameFormat {
+    /// Channel order.
+    pub layout: Layout,
+    /// `(width, height)` as displayed: the rotated frame is resized (bicubic) until it covers this
+    /// size, keeping its aspect ratio, then centre-cropped to it. `None` keeps the full frame.
+    pub fill: Option<(u32, u32)>,
+}
+
+impl FrameFormat {
+    /// Full-size frames in `layout`.
+    pub fn full(layout: Layout) -> FrameFormat {
+        FrameFormat { layout, fill: None }
+    }
+}
+
 /// An open video stream.
 pub struct VideoReader {
+    path: PathBuf,
+    threads: usize,
     input: ffmpeg::format::context::Input,
     stream: usize,
     decoder: ffmpeg::decoder::Video,
+    /// Seconds per tick of the stream's timestamps.
+    time_base: f64,
+    /// Timestamp of the stream's first frame, in stream ticks.
+    start_pts: i64,
+    /// Nothing decoded or sought yet: sequential decoding starts at frame 0.
+    fresh: bool,
     /// Average frame rate, frames per second.
     pub fps: f64,
     /// Clockwise display rotation, degrees.
@@ -104,42 +144,131 @@ impl VideoReader {
             safe: true,
         });
         let decoder = ctx.decoder().video().map_err(DecodeError::Decoder)?;
-        Ok(VideoReader { stream: stream.index(), input, decoder, fps, rotation })
+        let time_base = f64::from(stream.time_base());
+        let start_pts = Some(stream.start_time()).filter(|&t| t != ffmpeg::ffi::AV_NOPTS_VALUE).unwrap_or(0);
+        Ok(VideoReader {
+            path: path.to_path_buf(),
+            threads,
+            stream: stream.index(),
+            input,
+            decoder,
+            time_base,
+            start_pts,
+            fresh: true,
+            fps,
+            rotation,
+        })
     }
 
-    /// Decode every frame in presentation order, converted to `layout` at full size with the
-    /// display rotation applied, and hand each to `f` with its 0-based index. Stops early when
-    /// `f` returns false. Packets the decoder rejects are skipped, as players do. Returns the
-    /// number of frames decoded.
+    /// Frame size as displayed (after rotation), pixels.
+    pub fn size(&self) -> (u32, u32) {
+        let (w, h) = (self.decoder.width(), self.decoder.height());
+        if self.rotation.rem_euclid(180) == 90 {
+            (h, w)
+        } else {
+            (w, h)
+        }
+    }
+
+    /// Decode every frame in presentation order, converted to `format` with the display rotation
+    /// applied, and hand each to `f` with its 0-based index. Stops early when `f` returns false.
+    /// Packets the decoder rejects are skipped, as players do. Returns the number of frames decoded.
     pub fn for_each_frame(
         &mut self,
-        layout: Layout,
+        format: FrameFormat,
         mut f: impl FnMut(usize, Image) -> bool,
     ) -> Result<usize, DecodeError> {
-        let mut converter: Option<(scaling::Context, Pixel, u32, u32)> = None;
-        let target = match layout {
-            Layout::Bgr => Pixel::BGR24,
-            Layout::Rgb => Pixel::RGB24,
-        };
-        let rotation = self.rotation;
-        self.decode(|index, decoded| {
-            let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
-            if converter.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
-                let mut ctx = scaling::Context::get(fmt, w, h, target, w, h, scaling::Flags::BICUBIC)
-                    .map_err(|e| DecodeError::Convert(fmt, e))?;
-                set_colorspace(&mut ctx, decoded);
-                converter = Some((ctx, fmt, w, h));
+        self.rewind()?;
+        let mut converter = Converter::new(format, self.rotation);
+        self.decode(|index, decoded| Ok(f(index, converter.convert(decoded)?)))
+    }
+
+    /// Decode the frames at `indices` (ascending; repeats allowed) and hand each to `f` with its
+    /// position in `indices`; stops early when `f` returns false. Seeks to the keyframe before
+    /// the first index and counts frames by timestamp from there, so a clip in the middle of a
+    /// long video costs only its own GOPs; when timestamps cannot be trusted it decodes from the
+    /// start instead. Returns how many frames were handed out (fewer than asked when the video
+    /// ends first).
+    pub fn frames_at(
+        &mut self,
+        indices: &[usize],
+        format: FrameFormat,
+        mut f: impl FnMut(usize, Image) -> bool,
+    ) -> Result<usize, DecodeError> {
+        let Some(&first) = indices.first() else { return Ok(0) };
+        debug_assert!(indices.windows(2).all(|w| w[0] <= w[1]), "indices must be ascending");
+        let mut converter = Converter::new(format, self.rotation);
+        let mut handed = 0usize;
+        let mut emit = |index: usize, decoded: &ffmpeg::frame::Video, handed: &mut usize| {
+            let mut image: Option<Image> = None;
+            while *handed < indices.len() && indices[*handed] <= index {
+                let img = match &image {
+                    Some(i) => i.clone(),
+                    None => image.insert(converter.convert(decoded)?).clone(),
+                };
+                *handed += 1;
+                if !f(*handed - 1, img) {
+                    return Ok(false);
+                }
             }
-            let conv = &mut converter.as_mut().expect("set above").0;
-            let mut out = ffmpeg::frame::Video::empty();
-            conv.run(decoded, &mut out).map_err(|e| DecodeError::Convert(fmt, e))?;
-            let image = Image { width: w as usize, height: h as usize, data: packed(&out) }.rotated(rotation);
-            Ok(f(index, image))
-        })
+            Ok(*handed < indices.len())
+        };
+        if first > 0 && self.seek_before(first) {
+            let (tb, start, fps) = (self.time_base, self.start_pts, self.fps);
+            let mut trusted = true;
+            let result = self.decode(|count, decoded| {
+                // Frame index from the timestamp: ticks since the first frame, in frames.
+                let index = decoded.timestamp().map(|t| ((t - start) as f64 * tb * fps).round() as i64);
+                match index {
+                    Some(i) if count > 0 || i <= first as i64 => {
+                        if i < first as i64 {
+                            return Ok(true);
+                        }
+                        emit(i as usize, decoded, &mut handed)
+                    }
+                    // No timestamp, or the seek landed after the first wanted frame.
+                    _ => {
+                        trusted = false;
+                        Ok(false)
+                    }
+                }
+            });
+            match result {
+                Ok(_) if trusted => return Ok(handed),
+                Err(DecodeError::NoFrames) | Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.rewind()?;
+        self.decode(|index, decoded| emit(index, decoded, &mut handed))?;
+        Ok(handed)
+    }
+
+    /// Make sequential decoding start at frame 0 again (by reopening: not every container seeks
+    /// back reliably, and reopening is cheap next to decoding).
+    fn rewind(&mut self) -> Result<(), DecodeError> {
+        if !self.fresh {
+            *self = VideoReader::open(&self.path.clone(), self.threads)?;
+        }
+        Ok(())
+    }
+
+    /// Seek to the last keyframe at or before frame `index`; false when the container cannot seek.
+    fn seek_before(&mut self, index: usize) -> bool {
+        // Aim half a frame late so rounding never skips a keyframe sitting exactly on `index`.
+        let seconds = self.start_pts as f64 * self.time_base + (index as f64 + 0.5) / self.fps;
+        let ts = (seconds * f64::from(ffmpeg::ffi::AV_TIME_BASE)) as i64;
+        self.fresh = false;
+        if self.input.seek(ts, ..ts).is_err() {
+            return false;
+        }
+        self.decoder.flush();
+        true
     }
 
     /// Decode every frame without converting it (what "decoding alone" costs); returns the count.
     pub fn count_frames(&mut self) -> Result<usize, DecodeError> {
+        self.rewind()?;
         self.decode(|_, _| Ok(true))
     }
 
@@ -149,6 +278,7 @@ impl VideoReader {
         &mut self,
         mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video) -> Result<bool, DecodeError>,
     ) -> Result<usize, DecodeError> {
+        self.fresh = false;
         let mut decoded = ffmpeg::frame::Video::empty();
         let mut count = 0usize;
         let mut packets = self.input.packets();
@@ -185,6 +315,80 @@ impl VideoReader {
         }
         Ok(count)
     }
+}
+
+/// Converts decoded frames to packed images of one [`FrameFormat`], rebuilding the swscale
+/// context when the stream changes size or pixel format mid-way.
+struct Converter {
+    format: FrameFormat,
+    rotation: i64,
+    /// The scaler and the (format, width, height) of the frames it was built for.
+    ctx: Option<(scaling::Context, Pixel, u32, u32)>,
+    /// Scaled size before rotation, and the crop window after it.
+    scaled: (u32, u32),
+    crop: (usize, usize, usize, usize),
+}
+
+impl Converter {
+    fn new(format: FrameFormat, rotation: i64) -> Converter {
+        Converter { format, rotation, ctx: None, scaled: (0, 0), crop: (0, 0, 0, 0) }
+    }
+
+    fn convert(&mut self, decoded: &ffmpeg::frame::Video) -> Result<Image, DecodeError> {
+        let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
+        if self.ctx.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
+            let quarter = self.rotation.rem_euclid(180) == 90;
+            let (dw, dh) = if quarter { (h, w) } else { (w, h) };
+            let (rw, rh, crop) = fill_plan(dw, dh, self.format.fill);
+            self.scaled = if quarter { (rh, rw) } else { (rw, rh) };
+            self.crop = crop;
+            let target = match self.format.layout {
+                Layout::Bgr => Pixel::BGR24,
+                Layout::Rgb => Pixel::RGB24,
+            };
+            let mut ctx =
+                scaling::Context::get(fmt, w, h, target, self.scaled.0, self.scaled.1, scaling::Flags::BICUBIC)
+                    .map_err(|e| DecodeError::Convert(fmt, e))?;
+            set_colorspace(&mut ctx, decoded);
+            self.ctx = Some((ctx, fmt, w, h));
+        }
+        let ctx = &mut self.ctx.as_mut().expect("set above").0;
+        let mut out = ffmpeg::frame::Video::empty();
+        ctx.run(decoded, &mut out).map_err(|e| DecodeError::Convert(fmt, e))?;
+        let (x, y, cw, ch) = self.crop;
+        let image = Image { width: self.scaled.0 as usize, height: self.scaled.1 as usize, data: packed(&out) };
+        Ok(image.rotated(self.rotation).cropped(x, y, cw, ch))
+    }
+}
+
+/// For a displayed `w x h` frame and an optional size to fill: the resized displayed size (the
+/// smallest that covers the target at the frame's aspect ratio) and the centred crop window.
+fn fill_plan(w: u32, h: u32, fill: Option<(u32, u32)>) -> (u32, u32, (usize, usize, usize, usize)) {
+    let Some((tw, th)) = fill else { return (w, h, (0, 0, w as usize, h as usize)) };
+    let scale = (f64::from(tw) / f64::from(w)).max(f64::from(th) / f64::from(h));
+    let rw = ((f64::from(w) * scale).round() as u32).max(tw);
+    let rh = ((f64::from(h) * scale).round() as u32).max(th);
+    (rw, rh, (((rw - tw) / 2) as usize, ((rh - th) / 2) as usize, tw as usize, th as usize))
+}
+
+/// Indices of the frames to take from `start..end` of a `source_fps` video to play it at
+/// `target_fps`: uniform selection, dropping frames when slowing the rate and repeating them when
+/// raising it. `None` (or the source rate) keeps every frame.
+pub fn uniform_indices(start: usize, end: usize, source_fps: f64, target_fps: Option<f64>) -> Vec<usize> {
+    let Some(target) = target_fps.filter(|t| *t > 0.0 && (t - source_fps).abs() > 1e-6 * source_fps) else {
+        return (start..end).collect();
+    };
+    let step = source_fps / target;
+    let n = ((end.saturating_sub(start)) as f64 / step + 1e-6).floor() as usize;
+    (0..n).map(|k| start + ((k as f64) * step + 1e-6).floor() as usize).collect()
+}
+
+/// The bucket (width, height) whose aspect ratio is nearest to `width / height` (by ratio, so
+/// 2:1 is as far from 1:1 as 1:2 is); the first one wins a tie. `None` for no buckets.
+pub fn nearest_bucket(width: u32, height: u32, buckets: &[(u32, u32)]) -> Option<(u32, u32)> {
+    let aspect = (f64::from(width) / f64::from(height.max(1))).ln();
+    let distance = |&(w, h): &(u32, u32)| (aspect - (f64::from(w) / f64::from(h.max(1))).ln()).abs();
+    buckets.iter().copied().reduce(|best, b| if distance(&b) < distance(&best) { b } else { best })
 }
 
 /// Convert with the frame's own colour matrix and range (BT.709 when tagged, BT.601 otherwise),
@@ -236,5 +440,34 @@ mod tests {
         let r = img.clone().rotated(270);
         assert_eq!(r.data, vec![2, 2, 2, 1, 1, 1]);
         assert_eq!(img.clone().rotated(180).data, vec![2, 2, 2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn fill_covers_then_crops_the_centre() {
+        // 16:9 into a square: height fills, the sides are cut.
+        assert_eq!(fill_plan(1280, 720, Some((256, 256))), (455, 256, (99, 0, 256, 256)));
+        // Portrait into landscape: width fills, top and bottom are cut.
+        assert_eq!(fill_plan(720, 1280, Some((640, 360))), (640, 1138, (0, 389, 640, 360)));
+        assert_eq!(fill_plan(64, 48, None), (64, 48, (0, 0, 64, 48)));
+    }
+
+    #[test]
+    fn uniform_selection_drops_or_repeats_evenly() {
+        assert_eq!(uniform_indices(10, 22, 30.0, Some(10.0)), [10, 13, 16, 19]);
+        assert_eq!(uniform_indices(0, 4, 24.0, None), [0, 1, 2, 3]);
+        assert_eq!(uniform_indices(0, 3, 12.0, Some(24.0)), [0, 0, 1, 1, 2, 2]);
+        // 25 -> 24 fps drops one frame in 25.
+        let picked = uniform_indices(0, 50, 25.0, Some(24.0));
+        assert_eq!(picked.len(), 48);
+        assert!(picked.windows(2).all(|w| w[1] > w[0]));
+    }
+
+    #[test]
+    fn buckets_by_aspect() {
+        let buckets = [(1280, 720), (720, 1280), (960, 960)];
+        assert_eq!(nearest_bucket(1920, 1080, &buckets), Some((1280, 720)));
+        assert_eq!(nearest_bucket(360, 640, &buckets), Some((720, 1280)));
+        assert_eq!(nearest_bucket(640, 600, &buckets), Some((960, 960)));
+        assert_eq!(nearest_bucket(640, 600, &[]), None);
     }
 }

@@ -1,6 +1,8 @@
-//! The video core shared by every stage that looks at pixels: decoding with FFmpeg, OpenCV-exact
-//! image operations, and shot-boundary detection.
+//! The video core shared by every stage that looks at pixels: decoding and encoding with FFmpeg,
+//! OpenCV-exact image operations, shot-boundary detection and clip statistics.
 
 pub mod decode;
+pub mod encode;
+pub mod motion;
 pub mod opencv;
 pub mod scenes;

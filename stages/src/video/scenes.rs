@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::decode::{DecodeError, Image, Layout, VideoReader};
+use super::decode::{DecodeError, FrameFormat, Image, Layout, VideoReader};
 use super::opencv::{bgr_to_hsv_planes, resize_linear};
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.
@@ -215,7 +215,7 @@ impl Scores {
         let mut reader = VideoReader::open(path, threads)?;
         let mut scorer = Scorer::new();
         let mut scores = Vec::new();
-        reader.for_each_frame(Layout::Bgr, |_, img| {
+        reader.for_each_frame(FrameFormat::full(Layout::Bgr), |_, img| {
             scores.push(scorer.push(&img));
             true
         })?;

@@ -1,0 +1,175 @@
+//! The decoding core on every real test video: seeking to a clip gives exactly the frames a
+//! sequential decode gives, uniform fps selection, fill-and-crop sizes, rotation, and the codecs
+//! (h264, hevc, vp9, av1, vp8, mpeg2 from the test data; mpeg4 and h264 written by our encoder).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use stages::probe::probe_file;
+use stages::video::decode::{uniform_indices, FrameFormat, Image, Layout, VideoReader};
+use stages::video::encode::{EncodeOptions, Mp4Writer};
+use stages::video::motion::clip_stats;
+
+fn videos() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/videos");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+fn hash(image: &Image) -> u64 {
+    let mut h = DefaultHasher::new();
+    (image.width, image.height, &image.data).hash(&mut h);
+    h.finish()
+}
+
+const SMALL: FrameFormat = FrameFormat { layout: Layout::Rgb, fill: Some((96, 64)) };
+
+/// Hashes of frames `indices` read with `frames_at` on a fresh reader.
+fn read_at(path: &Path, indices: &[usize]) -> Vec<u64> {
+    let mut reader = VideoReader::open(path, 0).unwrap();
+    let mut out = Vec::new();
+    let n = reader
+        .frames_at(indices, SMALL, |k, img| {
+            assert_eq!(k, out.len());
+            out.push(hash(&img));
+            true
+        })
+        .unwrap();
+    assert_eq!(n, out.len());
+    out
+}
+
+#[test]
+fn seeking_to_a_clip_gives_the_frames_of_a_sequential_decode() {
+    let codecs: Vec<String> = videos().iter().map(|p| probe_file(p).unwrap().codec).collect();
+    for c in ["h264", "hevc", "vp9", "av1", "vp8", "mpeg2video"] {
+        assert!(codecs.iter().any(|x| x == c), "the test data lacks {c}: {codecs:?}");
+    }
+    for path in videos() {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let mut reader = VideoReader::open(&path, 0).unwrap();
+        let mut all = Vec::new();
+        reader
+            .for_each_frame(SMALL, |_, img| {
+                assert_eq!((img.width, img.height), (96, 64), "{name}");
+                all.push(hash(&img));
+                true
+            })
+            .unwrap();
+        let n = all.len();
+        // Clips in the middle, at the very end, at the start, and a single frame.
+        for (a, b) in [(n / 3, n / 3 + 30), (n - 12, n), (0, 10), (n / 2, n / 2 + 1), (n * 4 / 5, n * 4 / 5 + 7)] {
+            let (a, b) = (a.min(n - 1), b.min(n));
+            let indices: Vec<usize> = (a..b).collect();
+            assert_eq!(read_at(&path, &indices), all[a..b], "{name}: frames {a}..{b}");
+        }
+        // Every third frame from the middle on, as a 24 -> 8 fps selection makes.
+        let picked = uniform_indices(n / 2, n, 24.0, Some(8.0));
+        let expected: Vec<u64> = picked.iter().map(|&i| all[i]).collect();
+        assert_eq!(read_at(&path, &picked), expected, "{name}: uniform selection");
+        // Asking past the end hands out what exists.
+        assert_eq!(read_at(&path, &[n - 1, n, n + 5]), vec![all[n - 1]], "{name}: past the end");
+    }
+}
+
+#[test]
+fn frames_are_displayed_upright_and_filled_to_size() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/videos");
+    let rotated = dir.join("cockatoo_rot90.mov");
+    let info = probe_file(&rotated).unwrap();
+    let mut reader = VideoReader::open(&rotated, 0).unwrap();
+    assert_eq!(reader.size(), (info.width, info.height));
+    let mut sizes = Vec::new();
+    reader
+        .frames_at(&[0], FrameFormat::full(Layout::Rgb), |_, img| {
+            sizes.push((img.width as u32, img.height as u32));
+            true
+        })
+        .unwrap();
+    assert_eq!(sizes, [(info.width, info.height)], "full frames come rotated as displayed");
+    for fill in [(256, 256), (320, 180), (180, 320), (100, 50)] {
+        let mut reader = VideoReader::open(&rotated, 0).unwrap();
+        let format = FrameFormat { layout: Layout::Bgr, fill: Some(fill) };
+        reader
+            .frames_at(&[3, 4], format, |_, img| {
+                assert_eq!((img.width as u32, img.height as u32), fill);
+                assert_eq!(img.data.len(), img.width * img.height * 3);
+                true
+            })
+            .unwrap();
+    }
+}
+
+fn frames_of(path: &Path, range: std::ops::Range<usize>) -> Vec<Image> {
+    let mut reader = VideoReader::open(path, 0).unwrap();
+    let mut out = Vec::new();
+    let indices: Vec<usize> = range.collect();
+    reader
+        .frames_at(&indices, FrameFormat::full(Layout::Rgb), |_, img| {
+            out.push(img);
+            true
+        })
+        .unwrap();
+    out
+}
+
+fn encode(path: &Path, frames: &[Image], codec: &str, fps: f64) {
+    let options = EncodeOptions { codec: codec.into(), fps, crf: 18, preset: "veryfast".into() };
+    let mut w = Mp4Writer::create(path, frames[0].width, frames[0].height, &options).unwrap();
+    for f in frames {
+        w.write(f).unwrap();
+    }
+    assert_eq!(w.finish().unwrap(), frames.len() as i64);
+}
+
+fn mean_abs_diff(a: &Image, b: &Image) -> f64 {
+    a.data.iter().zip(&b.data).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / a.data.len() as f64
+}
+
+#[test]
+fn encoded_clips_decode_back_close_to_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = videos().into_iter().find(|p| p.ends_with("hug_lego_movie.mp4")).unwrap();
+    let frames = frames_of(&source, 40..64);
+    for (codec, tolerance) in [("libx264", 3.0), ("mpeg4", 6.0)] {
+        let out = dir.path().join(format!("{codec}.mp4"));
+        encode(&out, &frames, codec, 30.0);
+        let info = probe_file(&out).unwrap();
+        assert_eq!(info.codec, if codec == "libx264" { "h264" } else { "mpeg4" });
+        assert_eq!((info.width, info.height, info.fps), (560, 320, 30.0));
+        assert_eq!(info.frame_count, 24);
+        let back = frames_of(&out, 0..24);
+        assert_eq!(back.len(), 24);
+        for (a, b) in frames.iter().zip(&back) {
+            let d = mean_abs_diff(a, b);
+            assert!(d < tolerance, "{codec}: mean abs difference {d}");
+        }
+    }
+}
+
+#[test]
+fn motion_tells_moving_static_and_black_clips_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = videos().into_iter().find(|p| p.ends_with("bbb_trailer_moviepy.mp4")).unwrap();
+    let mut reader = VideoReader::open(&source, 0).unwrap();
+    // A shot with a moving subject (frames 240..400 of the trailer).
+    let moving = clip_stats(&mut reader, 240, 400, 4.0).unwrap();
+    assert!(moving.motion > 1.0 && moving.brightness > 40.0, "{moving:?}");
+    assert_eq!(moving.pairs, 27);
+
+    // One real frame held for two seconds: static.
+    let still = frames_of(&source, 300..301).remove(0);
+    let held = dir.path().join("held.mp4");
+    encode(&held, &vec![still.clone(); 48], "libx264", 24.0);
+    let s = clip_stats(&mut VideoReader::open(&held, 0).unwrap(), 0, 48, 4.0).unwrap();
+    assert!(s.motion < 0.15 && s.brightness > 40.0, "{s:?}");
+
+    // The same frame darkened to near black.
+    let dark = Image { data: still.data.iter().map(|v| v / 32).collect(), ..still };
+    let black = dir.path().join("black.mp4");
+    encode(&black, &vec![dark; 48], "libx264", 24.0);
+    let s = clip_stats(&mut VideoReader::open(&black, 0).unwrap(), 0, 48, 4.0).unwrap();
+    assert!(s.brightness < 16.0, "{s:?}");
+}
