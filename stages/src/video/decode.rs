@@ -20,7 +20,40 @@ pub struct Image {
     pub data: Vec<u8>,
 }
 
+/// A borrowed packed 3-channel image whose rows may be padded (`stride` bytes apart), as the
+/// converter hands out frames without copying them.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageRef<'a> {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Bytes from one row's start to the next's (at least `width * 3`).
+    pub stride: usize,
+    /// The rows.
+    pub data: &'a [u8],
+}
+
+impl ImageRef<'_> {
+    /// Row `y`'s `width * 3` bytes.
+    pub fn row(&self, y: usize) -> &[u8] {
+        &self.data[y * self.stride..y * self.stride + 3 * self.width]
+    }
+
+    /// An owned copy without row padding.
+    pub fn to_image(&self) -> Image {
+        let mut data = Vec::with_capacity(3 * self.width * self.height);
+        (0..self.height).for_each(|y| data.extend_from_slice(self.row(y)));
+        Image { width: self.width, height: self.height, data }
+    }
+}
+
 impl Image {
+    /// A borrowed view of the image.
+    pub fn view(&self) -> ImageRef<'_> {
+        ImageRef { width: self.width, height: self.height, stride: 3 * self.width, data: &self.data }
+    }
+
     /// Rotate clockwise by 90, 180 or 270 degrees (other angles leave the image as it is).
     pub fn rotated(self, clockwise: i64) -> Image {
         let (w, h) = (self.width, self.height);
@@ -171,12 +204,13 @@ impl VideoReader {
     }
 
     /// Decode every frame in presentation order, converted to `format` with the display rotation
-    /// applied, and hand each to `f` with its 0-based index. Stops early when `f` returns false.
-    /// Packets the decoder rejects are skipped, as players do. Returns the number of frames decoded.
+    /// applied, and lend each to `f` with its 0-based index (one buffer serves every frame). Stops
+    /// early when `f` returns false. Packets the decoder rejects are skipped, as players do.
+    /// Returns the number of frames decoded.
     pub fn for_each_frame(
         &mut self,
         format: FrameFormat,
-        mut f: impl FnMut(usize, Image) -> bool,
+        mut f: impl FnMut(usize, ImageRef<'_>) -> bool,
     ) -> Result<usize, DecodeError> {
         self.rewind()?;
         let mut converter = Converter::new(format, self.rotation);
@@ -204,7 +238,7 @@ impl VideoReader {
             while *handed < indices.len() && indices[*handed] <= index {
                 let img = match &image {
                     Some(i) => i.clone(),
-                    None => image.insert(converter.convert(decoded)?).clone(),
+                    None => image.insert(converter.convert(decoded)?.to_image()).clone(),
                 };
                 *handed += 1;
                 if !f(*handed - 1, img) {
@@ -327,14 +361,28 @@ struct Converter {
     /// Scaled size before rotation, and the crop window after it.
     scaled: (u32, u32),
     crop: (usize, usize, usize, usize),
+    /// The scaler's output frame and the rotated/cropped image, reused from frame to frame: fresh
+    /// megabyte buffers per frame cost more in page faults than the conversion itself.
+    out: ffmpeg::frame::Video,
+    image: Image,
 }
 
 impl Converter {
     fn new(format: FrameFormat, rotation: i64) -> Converter {
-        Converter { format, rotation, ctx: None, scaled: (0, 0), crop: (0, 0, 0, 0) }
+        Converter {
+            format,
+            rotation,
+            ctx: None,
+            scaled: (0, 0),
+            crop: (0, 0, 0, 0),
+            out: ffmpeg::frame::Video::empty(),
+            image: Image { width: 0, height: 0, data: Vec::new() },
+        }
     }
 
-    fn convert(&mut self, decoded: &ffmpeg::frame::Video) -> Result<Image, DecodeError> {
+    /// Convert one decoded frame; the image is valid until the next call. Upright full frames are
+    /// lent straight from the scaler's output, without a copy.
+    fn convert(&mut self, decoded: &ffmpeg::frame::Video) -> Result<ImageRef<'_>, DecodeError> {
         let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
         if self.ctx.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
             let quarter = self.rotation.rem_euclid(180) == 90;
@@ -351,13 +399,18 @@ impl Converter {
                     .map_err(|e| DecodeError::Convert(fmt, e))?;
             set_colorspace(&mut ctx, decoded);
             self.ctx = Some((ctx, fmt, w, h));
+            self.out = ffmpeg::frame::Video::empty();
         }
         let ctx = &mut self.ctx.as_mut().expect("set above").0;
-        let mut out = ffmpeg::frame::Video::empty();
-        ctx.run(decoded, &mut out).map_err(|e| DecodeError::Convert(fmt, e))?;
+        ctx.run(decoded, &mut self.out).map_err(|e| DecodeError::Convert(fmt, e))?;
+        let (width, height) = (self.scaled.0 as usize, self.scaled.1 as usize);
+        let whole = ImageRef { width, height, stride: self.out.stride(0), data: self.out.data(0) };
         let (x, y, cw, ch) = self.crop;
-        let image = Image { width: self.scaled.0 as usize, height: self.scaled.1 as usize, data: packed(&out) };
-        Ok(image.rotated(self.rotation).cropped(x, y, cw, ch))
+        if self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height) {
+            return Ok(whole);
+        }
+        self.image = whole.to_image().rotated(self.rotation).cropped(x, y, cw, ch);
+        Ok(self.image.view())
     }
 }
 
@@ -413,17 +466,6 @@ fn set_colorspace(ctx: &mut scaling::Context, frame: &ffmpeg::frame::Video) {
         let dst = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT);
         ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), coefs, full, dst, 1, 0, 1 << 16, 1 << 16);
     }
-}
-
-/// Copy a packed 3-byte-per-pixel frame without its row padding.
-fn packed(frame: &ffmpeg::frame::Video) -> Vec<u8> {
-    let (w, h, stride) = (frame.width() as usize, frame.height() as usize, frame.stride(0));
-    let data = frame.data(0);
-    let mut out = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        out.extend_from_slice(&data[y * stride..y * stride + w * 3]);
-    }
-    out
 }
 
 #[cfg(test)]

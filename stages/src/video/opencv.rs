@@ -3,7 +3,7 @@
 //! makes our cut lists equal PySceneDetect's; the rules were checked against OpenCV 4.14 and 5.0
 //! (every colour for HSV, many frame sizes for the resize).
 
-use super::decode::Image;
+use super::decode::{Image, ImageRef};
 
 /// Fixed-point scale of the interpolation weights.
 const COEF_SCALE: f32 = 2048.0;
@@ -35,16 +35,15 @@ fn axis_coefficients(src: usize, dst: usize) -> Vec<(usize, i32, i32)> {
 }
 
 /// `cv2.resize(img, (width, height), interpolation=INTER_LINEAR)` on a 3-channel 8-bit image.
-pub fn resize_linear(img: &Image, width: usize, height: usize) -> Image {
+pub fn resize_linear(img: ImageRef<'_>, width: usize, height: usize) -> Image {
     let (sw, sh) = (img.width, img.height);
-    let src = &img.data;
     let mut out = vec![0u8; width * height * 3];
     // Exactly half size in both directions: OpenCV takes its INTER_AREA fast path.
     if sw == 2 * width && sh == 2 * height {
         for y in 0..height {
             for x in 0..width {
                 for c in 0..3 {
-                    let p = |xx: usize, yy: usize| src[3 * (yy * sw + xx) + c] as u32;
+                    let p = |xx: usize, yy: usize| u32::from(img.row(yy)[3 * xx + c]);
                     let sum = p(2 * x, 2 * y) + p(2 * x + 1, 2 * y) + p(2 * x, 2 * y + 1) + p(2 * x + 1, 2 * y + 1);
                     out[3 * (y * width + x) + c] = ((sum + 2) >> 2) as u8;
                 }
@@ -54,31 +53,43 @@ pub fn resize_linear(img: &Image, width: usize, height: usize) -> Image {
     }
     let xs = axis_coefficients(sw, width);
     let ys = axis_coefficients(sh, height);
-    // Horizontal pass of one source row: exact integers.
-    let row = |y: usize| -> Vec<i32> {
-        let line = &src[3 * y * sw..3 * (y + 1) * sw];
-        let mut t = vec![0i32; 3 * width];
-        for (x, &(s, a0, a1)) in xs.iter().enumerate() {
-            for c in 0..3 {
-                let p0 = line[3 * s + c] as i32;
-                t[3 * x + c] =
-                    if s + 1 < sw { p0 * a0 + line[3 * (s + 1) + c] as i32 * a1 } else { p0 * COEF_SCALE as i32 };
+    // Horizontal pass of one source row into `t`: exact integers.
+    let row = |y: usize, t: &mut Vec<i32>| {
+        let line = img.row(y);
+        t.clear();
+        for &(s, a0, a1) in &xs {
+            let p0 = &line[3 * s..3 * s + 3];
+            if s + 1 < sw {
+                let p1 = &line[3 * s + 3..3 * s + 6];
+                t.extend((0..3).map(|c| i32::from(p0[c]) * a0 + i32::from(p1[c]) * a1));
+            } else {
+                t.extend(p0.iter().map(|&v| i32::from(v) * COEF_SCALE as i32));
             }
         }
-        t
     };
-    let mut cache: Option<(usize, Vec<i32>, Vec<i32>)> = None;
+    let (mut t0, mut t1) = (Vec::with_capacity(3 * width), Vec::with_capacity(3 * width));
+    let mut cached: Option<(usize, bool)> = None;
     for (y, &(sy, b0, b1)) in ys.iter().enumerate() {
-        let r1 = (sy + 1).min(sh - 1);
-        if cache.as_ref().is_none_or(|c| c.0 != sy) {
-            cache = Some((sy, row(sy), row(r1)));
+        // A zero weight contributes exactly nothing, so its row need not be computed.
+        let second = b1 != 0;
+        if cached != Some((sy, second)) {
+            row(sy, &mut t0);
+            if second {
+                row((sy + 1).min(sh - 1), &mut t1);
+            }
+            cached = Some((sy, second));
         }
-        let (_, t0, t1) = cache.as_ref().expect("filled above");
-        for i in 0..3 * width {
-            // OpenCV's SIMD vertical pass (used for every element): 16-bit intermediates.
-            let a = ((t0[i] >> 4).clamp(i16::MIN as i32, i16::MAX as i32) * b0) >> 16;
-            let b = ((t1[i] >> 4).clamp(i16::MIN as i32, i16::MAX as i32) * b1) >> 16;
-            out[3 * (y * width + i / 3) + i % 3] = ((a + b + 2) >> 2).clamp(0, 255) as u8;
+        let dst = &mut out[3 * y * width..3 * (y + 1) * width];
+        // OpenCV's SIMD vertical pass (used for every element): 16-bit intermediates.
+        let tap = |t: i32, b: i32| ((t >> 4).clamp(i16::MIN as i32, i16::MAX as i32) * b) >> 16;
+        if second {
+            for ((d, &p), &q) in dst.iter_mut().zip(&t0).zip(&t1) {
+                *d = ((tap(p, b0) + tap(q, b1) + 2) >> 2).clamp(0, 255) as u8;
+            }
+        } else {
+            for (d, &p) in dst.iter_mut().zip(&t0) {
+                *d = ((tap(p, b0) + 2) >> 2).clamp(0, 255) as u8;
+            }
         }
     }
     Image { width, height, data: out }
@@ -103,11 +114,11 @@ fn hsv_tables() -> &'static HsvTables {
 }
 
 /// `cv2.cvtColor(img, COLOR_BGR2HSV)` as three planes H (0..179), S, V.
-pub fn bgr_to_hsv_planes(img: &Image) -> [Vec<u8>; 3] {
+pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
     let t = hsv_tables();
     let n = img.width * img.height;
     let (mut hp, mut sp, mut vp) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for px in img.data.chunks_exact(3) {
+    for px in (0..img.height).flat_map(|y| img.row(y).chunks_exact(3)) {
         let (b, g, r) = (px[0] as i32, px[1] as i32, px[2] as i32);
         let v = b.max(g).max(r);
         let d = v - b.min(g).min(r);
@@ -135,7 +146,7 @@ mod tests {
     use super::*;
 
     fn hsv(b: u8, g: u8, r: u8) -> (u8, u8, u8) {
-        let p = bgr_to_hsv_planes(&Image { width: 1, height: 1, data: vec![b, g, r] });
+        let p = bgr_to_hsv_planes(Image { width: 1, height: 1, data: vec![b, g, r] }.view());
         (p[0][0], p[1][0], p[2][0])
     }
 
@@ -153,8 +164,8 @@ mod tests {
     #[test]
     fn resize_keeps_flat_images_flat_and_halves_by_averaging() {
         let flat = Image { width: 7, height: 5, data: vec![77; 7 * 5 * 3] };
-        assert!(resize_linear(&flat, 3, 2).data.iter().all(|&v| v == 77));
+        assert!(resize_linear(flat.view(), 3, 2).data.iter().all(|&v| v == 77));
         let img = Image { width: 2, height: 2, data: vec![0, 0, 0, 10, 10, 10, 20, 20, 20, 31, 31, 31] };
-        assert_eq!(resize_linear(&img, 1, 1).data, vec![15, 15, 15], "(0 + 10 + 20 + 31 + 2) >> 2");
+        assert_eq!(resize_linear(img.view(), 1, 1).data, vec![15, 15, 15], "(0 + 10 + 20 + 31 + 2) >> 2");
     }
 }

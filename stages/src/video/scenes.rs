@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::decode::{DecodeError, FrameFormat, Image, Layout, VideoReader};
+use super::decode::{DecodeError, FrameFormat, ImageRef, Layout, VideoReader};
 use super::opencv::{bgr_to_hsv_planes, resize_linear};
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.
@@ -94,10 +94,10 @@ impl Scorer {
     }
 
     /// Score the next frame against the previous one.
-    pub fn push(&mut self, frame: &Image) -> f64 {
+    pub fn push(&mut self, frame: ImageRef<'_>) -> f64 {
         let (w, h) = detect_size(frame.width, frame.height);
         let small = if (w, h) == (frame.width, frame.height) { None } else { Some(resize_linear(frame, w, h)) };
-        let hsv = bgr_to_hsv_planes(small.as_ref().unwrap_or(frame));
+        let hsv = bgr_to_hsv_planes(small.as_ref().map_or(frame, |s| s.view()));
         let score = self.prev.as_ref().map_or(0.0, |p| content_score(p, &hsv));
         self.prev = Some(hsv);
         score
@@ -216,7 +216,7 @@ impl Scores {
         let mut scorer = Scorer::new();
         let mut scores = Vec::new();
         reader.for_each_frame(FrameFormat::full(Layout::Bgr), |_, img| {
-            scores.push(scorer.push(&img));
+            scores.push(scorer.push(img));
             true
         })?;
         Ok(Scores { scores, fps: reader.fps })
