@@ -56,14 +56,18 @@ pub fn resize_linear(img: ImageRef<'_>, width: usize, height: usize) -> Image {
     // Horizontal pass of one source row into `t`: exact integers.
     let row = |y: usize, t: &mut Vec<i32>| {
         let line = img.row(y);
-        t.clear();
-        for &(s, a0, a1) in &xs {
-            let p0 = &line[3 * s..3 * s + 3];
+        t.resize(3 * width, 0);
+        for (tx, &(s, a0, a1)) in t.chunks_exact_mut(3).zip(&xs) {
             if s + 1 < sw {
-                let p1 = &line[3 * s + 3..3 * s + 6];
-                t.extend((0..3).map(|c| i32::from(p0[c]) * a0 + i32::from(p1[c]) * a1));
+                let p = &line[3 * s..3 * s + 6];
+                tx[0] = i32::from(p[0]) * a0 + i32::from(p[3]) * a1;
+                tx[1] = i32::from(p[1]) * a0 + i32::from(p[4]) * a1;
+                tx[2] = i32::from(p[2]) * a0 + i32::from(p[5]) * a1;
             } else {
-                t.extend(p0.iter().map(|&v| i32::from(v) * COEF_SCALE as i32));
+                let p = &line[3 * s..3 * s + 3];
+                for c in 0..3 {
+                    tx[c] = i32::from(p[c]) * COEF_SCALE as i32;
+                }
             }
         }
     };
@@ -117,9 +121,10 @@ fn hsv_tables() -> &'static HsvTables {
 pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
     let t = hsv_tables();
     let n = img.width * img.height;
-    let (mut hp, mut sp, mut vp) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for px in (0..img.height).flat_map(|y| img.row(y).chunks_exact(3)) {
-        let (b, g, r) = (px[0] as i32, px[1] as i32, px[2] as i32);
+    let (mut hp, mut sp, mut vp) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+    let pixels = (0..img.height).flat_map(|y| img.row(y).chunks_exact(3));
+    for (((px, ho), so), vo) in pixels.zip(&mut hp).zip(&mut sp).zip(&mut vp) {
+        let (b, g, r) = (i32::from(px[0]), i32::from(px[1]), i32::from(px[2]));
         let v = b.max(g).max(r);
         let d = v - b.min(g).min(r);
         let s = (d * t.sdiv[v as usize] + 2048) >> 12;
@@ -134,9 +139,7 @@ pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
         if h < 0 {
             h += 180;
         }
-        hp.push(h as u8);
-        sp.push(s as u8);
-        vp.push(v as u8);
+        (*ho, *so, *vo) = (h as u8, s as u8, v as u8);
     }
     [hp, sp, vp]
 }

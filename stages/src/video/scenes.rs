@@ -77,8 +77,7 @@ pub fn detect_size(w: usize, h: usize) -> (usize, usize) {
 /// PySceneDetect's frame score between two HSV frames: mean |Δ| of H, S and V, averaged.
 pub fn content_score(a: &[Vec<u8>; 3], b: &[Vec<u8>; 3]) -> f64 {
     let n = a[0].len() as f64;
-    let delta =
-        |x: &[u8], y: &[u8]| x.iter().zip(y).map(|(p, q)| (*p as i64 - *q as i64).abs()).sum::<i64>() as f64 / n;
+    let delta = |x: &[u8], y: &[u8]| x.iter().zip(y).map(|(p, q)| u64::from(p.abs_diff(*q))).sum::<u64>() as f64 / n;
     (delta(&a[0], &b[0]) + delta(&a[1], &b[1]) + delta(&a[2], &b[2])) / 3.0
 }
 
