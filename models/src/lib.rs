@@ -1,2 +1,6 @@
 //! Neural models used by mugflow stages, one file per model (candle), with weight loading from the
-//! real checkpoint formats and key names. Models arrive with the encoder and generation issues.
+//! real checkpoint formats and key names. Each model has a parity test against the goldens of the
+//! original PyTorch implementation (tests/data, with provenance).
+
+pub mod t5;
+pub mod weights;

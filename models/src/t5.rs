@@ -1,0 +1,273 @@
+//! T5-v1.1 encoder as MUG-V conditions its DiT on it (`DeepFloyd/t5-v1_1-xxl`, HF key names),
+//! with its SentencePiece tokenizer: pre-norm blocks with RMS norms, un-scaled attention with a
+//! bucketed relative position bias shared by all blocks, and a gated tanh-GELU feed-forward.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::Linear;
+
+use crate::weights::{Checkpoint, WeightsError};
+
+/// Sizes of a T5-v1.1 encoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct T5Config {
+    /// Rows of the token embedding.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Width of one attention head.
+    pub d_kv: usize,
+    /// Width of the feed-forward hidden layer.
+    pub d_ff: usize,
+    /// Encoder blocks.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Relative position buckets (half per direction).
+    pub num_buckets: usize,
+    /// Distance from which all positions share the last bucket.
+    pub max_distance: usize,
+    /// RMS norm epsilon.
+    pub eps: f64,
+    /// Tokens per text after padding or truncation (MUG-V: 300).
+    pub max_length: usize,
+}
+
+impl T5Config {
+    /// T5-v1.1-XXL as MUG-V runs it: 4096 wide, 24 blocks, 64 heads, texts of 300 tokens.
+    pub fn xxl() -> T5Config {
+        T5Config {
+            vocab_size: 32128,
+            d_model: 4096,
+            d_kv: 64,
+            d_ff: 10240,
+            num_layers: 24,
+            num_heads: 64,
+            num_buckets: 32,
+            max_distance: 128,
+            eps: 1e-6,
+            max_length: 300,
+        }
+    }
+
+    /// The tiny random model of the goldens (`goldens/t5/config.json`, "tiny").
+    pub fn golden() -> T5Config {
+        T5Config {
+            vocab_size: 512,
+            d_model: 64,
+            d_kv: 16,
+            d_ff: 128,
+            num_layers: 3,
+            num_heads: 4,
+            max_length: 120,
+            ..T5Config::xxl()
+        }
+    }
+
+    /// Every checkpoint key the encoder reads (the embedding is checked apart: either name works).
+    fn needed_keys(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, inner, f) = (self.d_model, self.num_heads * self.d_kv, self.d_ff);
+        let mut keys = vec![
+            (
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".to_string(),
+                vec![self.num_buckets, self.num_heads],
+            ),
+            ("encoder.final_layer_norm.weight".to_string(), vec![d]),
+        ];
+        for i in 0..self.num_layers {
+            let p = format!("encoder.block.{i}.layer");
+            keys.extend([
+                (format!("{p}.0.layer_norm.weight"), vec![d]),
+                (format!("{p}.0.SelfAttention.q.weight"), vec![inner, d]),
+                (format!("{p}.0.SelfAttention.k.weight"), vec![inner, d]),
+                (format!("{p}.0.SelfAttention.v.weight"), vec![inner, d]),
+                (format!("{p}.0.SelfAttention.o.weight"), vec![d, inner]),
+                (format!("{p}.1.layer_norm.weight"), vec![d]),
+                (format!("{p}.1.DenseReluDense.wi_0.weight"), vec![f, d]),
+                (format!("{p}.1.DenseReluDense.wi_1.weight"), vec![f, d]),
+                (format!("{p}.1.DenseReluDense.wo.weight"), vec![d, f]),
+            ]);
+        }
+        keys
+    }
+}
+
+/// The two names the token embedding goes by (a tied alias; checkpoints hold one or both).
+const EMBEDDING_KEYS: [&str; 2] = ["shared.weight", "encoder.embed_tokens.weight"];
+
+/// One encoder block's weights.
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ff_norm: Tensor,
+    wi_0: Linear,
+    wi_1: Linear,
+    wo: Linear,
+}
+
+/// The T5-v1.1 encoder.
+pub struct T5Encoder {
+    config: T5Config,
+    shared: Tensor,
+    relative_attention_bias: Tensor,
+    blocks: Vec<Block>,
+    final_layer_norm: Tensor,
+}
+
+/// `x * rsqrt(mean(x^2) + eps) * w`, the variance in f32 whatever the working dtype.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let x32 = x.to_dtype(DType::F32)?;
+    let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
+    x32.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?.to_dtype(dtype)?.broadcast_mul(w)
+}
+
+/// T5's bidirectional relative position bucket of key position `j` seen from query `i`.
+pub fn relative_position_bucket(i: usize, j: usize, num_buckets: usize, max_distance: usize) -> usize {
+    let half = num_buckets / 2;
+    let r = j as i64 - i as i64;
+    let mut bucket = if r > 0 { half } else { 0 };
+    let a = r.unsigned_abs() as usize;
+    let exact = half / 2;
+    if a < exact {
+        bucket += a;
+    } else {
+        // As the reference computes it: the log in f32, then truncation toward zero.
+        let log = (a as f32 / exact as f32).ln() / (max_distance as f32 / exact as f32).ln() * (half - exact) as f32;
+        bucket += (exact + log as usize).min(half - 1);
+    }
+    bucket
+}
+
+impl T5Encoder {
+    /// Load the encoder from a checkpoint with the HF T5 key names (decoder and LM head keys,
+    /// present in full T5 checkpoints, are ignored); every missing or unexpected key is named.
+    pub fn load(checkpoint: &Checkpoint, config: &T5Config) -> Result<T5Encoder, WeightsError> {
+        let needed = config.needed_keys();
+        let embedding = EMBEDDING_KEYS.iter().find(|k| checkpoint.keys().contains(**k)).copied();
+        let mut names: BTreeSet<String> = needed.iter().map(|(k, _)| k.clone()).collect();
+        names.insert(embedding.unwrap_or(EMBEDDING_KEYS[0]).to_string());
+        checkpoint.check(&names, &["decoder.", "lm_head.", EMBEDDING_KEYS[0], EMBEDDING_KEYS[1]])?;
+        let get = |k: &str, shape: &[usize]| checkpoint.get(k, shape);
+        let shape = |k: &str| needed.iter().find(|(n, _)| n == k).map(|(_, s)| s.clone()).unwrap_or_default();
+        let tensor = |k: String| get(&k, &shape(&k));
+        let linear = |k: String| tensor(k).map(|w| Linear::new(w, None));
+        let mut blocks = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let p = format!("encoder.block.{i}.layer");
+            blocks.push(Block {
+                attn_norm: tensor(format!("{p}.0.layer_norm.weight"))?,
+                q: linear(format!("{p}.0.SelfAttention.q.weight"))?,
+                k: linear(format!("{p}.0.SelfAttention.k.weight"))?,
+                v: linear(format!("{p}.0.SelfAttention.v.weight"))?,
+                o: linear(format!("{p}.0.SelfAttention.o.weight"))?,
+                ff_norm: tensor(format!("{p}.1.layer_norm.weight"))?,
+                wi_0: linear(format!("{p}.1.DenseReluDense.wi_0.weight"))?,
+                wi_1: linear(format!("{p}.1.DenseReluDense.wi_1.weight"))?,
+                wo: linear(format!("{p}.1.DenseReluDense.wo.weight"))?,
+            });
+        }
+        Ok(T5Encoder {
+            config: config.clone(),
+            shared: get(embedding.unwrap_or(EMBEDDING_KEYS[0]), &[config.vocab_size, config.d_model])?,
+            relative_attention_bias: tensor(
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".to_string(),
+            )?,
+            blocks,
+            final_layer_norm: tensor("encoder.final_layer_norm.weight".to_string())?,
+        })
+    }
+
+    /// The relative position bias `[1, H, L, L]` for `len` positions.
+    fn position_bias(&self, len: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let buckets: Vec<u32> = (0..len * len)
+            .map(|n| relative_position_bucket(n / len, n % len, c.num_buckets, c.max_distance) as u32)
+            .collect();
+        let buckets = Tensor::from_vec(buckets, len * len, device)?;
+        self.relative_attention_bias
+            .index_select(&buckets, 0)?
+            .reshape((len, len, c.num_heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
+    }
+
+    /// Encode token ids `[B, L]` with attention mask `[B, L]` (1 = token, 0 = padding) into the
+    /// last hidden state `[B, L, d_model]`; `hook` sees the residual stream after each block.
+    pub fn forward_with(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        hook: &mut dyn FnMut(usize, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, len) = ids.dims2()?;
+        let dtype = self.shared.dtype();
+        let mut x =
+            self.shared.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?.reshape((b, len, c.d_model))?;
+        // Masked keys get the most negative float: probability exactly 0 after the softmax.
+        let mask_bias =
+            mask.to_dtype(DType::F32)?.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
+        let bias =
+            self.position_bias(len, ids.device())?.to_dtype(DType::F32)?.broadcast_add(&mask_bias)?.to_dtype(dtype)?;
+        let heads = |t: Tensor| t.reshape((b, len, c.num_heads, c.d_kv))?.transpose(1, 2)?.contiguous();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let a = rms_norm(&x, &blk.attn_norm, c.eps)?;
+            let (q, k, v) = (heads(blk.q.forward(&a)?)?, heads(blk.k.forward(&a)?)?, heads(blk.v.forward(&a)?)?);
+            // T5 does not scale the scores by 1/sqrt(d_kv): its initialisation absorbs it.
+            let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(&bias)?;
+            let p = candle_nn::ops::softmax_last_dim(&scores)?;
+            let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, c.num_heads * c.d_kv))?;
+            x = (x + blk.o.forward(&o)?)?;
+            let f = rms_norm(&x, &blk.ff_norm, c.eps)?;
+            let h = (blk.wi_0.forward(&f)?.gelu()? * blk.wi_1.forward(&f)?)?;
+            x = (x + blk.wo.forward(&h)?)?;
+            hook(i, &x);
+        }
+        rms_norm(&x, &self.final_layer_norm, c.eps)
+    }
+
+    /// Encode token ids `[B, L]` with their mask into the last hidden state `[B, L, d_model]`.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(ids, mask, &mut |_, _| {})
+    }
+}
+
+/// T5's SentencePiece tokenizer (a HF `tokenizer.json`) with MUG-V's length rule: `</s>` ends
+/// every text, texts longer than `max_length` keep their first `max_length - 1` pieces, and
+/// shorter ones are right-padded with `<pad>` (id 0).
+pub struct T5Tokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    max_length: usize,
+}
+
+/// Id of `</s>`.
+pub const EOS_ID: u32 = 1;
+
+impl T5Tokenizer {
+    /// Load `tokenizer.json`.
+    pub fn from_file(path: &Path, max_length: usize) -> Result<T5Tokenizer, WeightsError> {
+        let tokenizer = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| WeightsError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(T5Tokenizer { tokenizer, max_length })
+    }
+
+    /// Token ids `[max_length]` and mask (1 for pieces and `</s>`, 0 for padding) of one text.
+    pub fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<u32>), tokenizers::Error> {
+        // The tokenizer's post-processor appends `</s>` itself.
+        let mut ids = self.tokenizer.encode(text, true)?.get_ids().to_vec();
+        if ids.len() > self.max_length {
+            ids.truncate(self.max_length - 1);
+            ids.push(EOS_ID);
+        }
+        let valid = ids.len();
+        ids.resize(self.max_length, 0);
+        let mask = (0..self.max_length).map(|i| u32::from(i < valid)).collect();
+        Ok((ids, mask))
+    }
+}

@@ -1,0 +1,168 @@
+//! Checkpoint loading: `.safetensors` files, sharded safetensors folders with an index JSON, and
+//! PyTorch `.pt/.pth` zip pickles, in f32, bf16 or f16. Keys are checked against what a model
+//! expects before anything is loaded, so one error names every missing and unexpected key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+/// Why a checkpoint could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The file or folder could not be read.
+    #[error("cannot read checkpoint {path}: {message}")]
+    Read {
+        /// The checkpoint path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The checkpoint's keys are not the model's.
+    #[error("checkpoint {path} does not fit the model: {}", describe_keys(.missing, .unexpected))]
+    Keys {
+        /// The checkpoint path.
+        path: PathBuf,
+        /// Keys the model needs that the checkpoint lacks.
+        missing: Vec<String>,
+        /// Keys in the checkpoint the model does not use.
+        unexpected: Vec<String>,
+    },
+    /// A tensor has another shape than the model expects.
+    #[error("checkpoint {path}: `{key}` has shape {found:?}, the model expects {expected:?}")]
+    Shape {
+        /// The checkpoint path.
+        path: PathBuf,
+        /// The tensor's key.
+        key: String,
+        /// Its shape in the checkpoint.
+        found: Vec<usize>,
+        /// The shape the model's config implies.
+        expected: Vec<usize>,
+    },
+    /// A tensor operation failed while loading.
+    #[error("checkpoint {path}: `{key}`: {source}")]
+    Tensor {
+        /// The checkpoint path.
+        path: PathBuf,
+        /// The tensor's key.
+        key: String,
+        /// The candle error (boxed: it is large and rare).
+        source: Box<candle_core::Error>,
+    },
+}
+
+fn describe_keys(missing: &[String], unexpected: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("{} missing key(s): {}", missing.len(), missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("{} unexpected key(s): {}", unexpected.len(), unexpected.join(", ")));
+    }
+    parts.join("; ")
+}
+
+/// Where a checkpoint's tensors live.
+enum Store {
+    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Pth(BTreeMap<String, Tensor>),
+}
+
+/// An opened checkpoint: its key list, and tensors loaded on demand in the model's dtype.
+pub struct Checkpoint {
+    path: PathBuf,
+    store: Store,
+    keys: BTreeSet<String>,
+    /// Data type tensors are converted to.
+    pub dtype: DType,
+    /// Device tensors are loaded onto.
+    pub device: Device,
+}
+
+impl Checkpoint {
+    /// Open a `.safetensors` file, a folder of shards with `*.safetensors.index.json`, or a
+    /// `.pt/.pth/.bin` PyTorch pickle.
+    pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoint, WeightsError> {
+        let read = |message: String| WeightsError::Read { path: path.to_path_buf(), message };
+        let store = if path.is_dir() {
+            let index = std::fs::read_dir(path)
+                .map_err(|e| read(e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.to_string_lossy().ends_with(".safetensors.index.json"))
+                .ok_or_else(|| read("the folder has no *.safetensors.index.json".into()))?;
+            let text = std::fs::read_to_string(&index).map_err(|e| read(e.to_string()))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| read(format!("{}: {e}", index.display())))?;
+            let files: BTreeSet<PathBuf> = doc["weight_map"]
+                .as_object()
+                .ok_or_else(|| read(format!("{} has no weight_map", index.display())))?
+                .values()
+                .filter_map(|v| v.as_str().map(|f| path.join(f)))
+                .collect();
+            let files: Vec<PathBuf> = files.into_iter().collect();
+            // SAFETY: the files are mapped read-only; mugflow never writes checkpoints it reads.
+            Store::Safetensors(
+                unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+                    .map_err(|e| read(e.to_string()))?,
+            )
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            // SAFETY: as above.
+            Store::Safetensors(
+                unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| read(e.to_string()))?,
+            )
+        } else {
+            let tensors = candle_core::pickle::read_all_with_key(path, None).map_err(|e| read(e.to_string()))?;
+            Store::Pth(tensors.into_iter().collect())
+        };
+        let keys = match &store {
+            Store::Safetensors(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
+            Store::Pth(map) => map.keys().cloned().collect(),
+        };
+        Ok(Checkpoint { path: path.to_path_buf(), store, keys, dtype, device: device.clone() })
+    }
+
+    /// Every key in the checkpoint.
+    pub fn keys(&self) -> &BTreeSet<String> {
+        &self.keys
+    }
+
+    /// Check the checkpoint against the keys a model needs: every missing key, and every key
+    /// not needed and not under one of the `ignored` prefixes, named in one error.
+    pub fn check(&self, needed: &BTreeSet<String>, ignored: &[&str]) -> Result<(), WeightsError> {
+        let missing: Vec<String> = needed.difference(&self.keys).cloned().collect();
+        let unexpected: Vec<String> =
+            self.keys.difference(needed).filter(|k| !ignored.iter().any(|p| k.starts_with(p))).cloned().collect();
+        if missing.is_empty() && unexpected.is_empty() {
+            return Ok(());
+        }
+        Err(WeightsError::Keys { path: self.path.clone(), missing, unexpected })
+    }
+
+    /// The tensor `key` with shape `shape`, in the checkpoint's dtype converted to `self.dtype`.
+    pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
+        let err =
+            |source| WeightsError::Tensor { path: self.path.clone(), key: key.to_string(), source: Box::new(source) };
+        let t = match &self.store {
+            Store::Safetensors(st) => st.load(key, &self.device).map_err(err)?,
+            Store::Pth(map) => map
+                .get(key)
+                .ok_or_else(|| WeightsError::Keys {
+                    path: self.path.clone(),
+                    missing: vec![key.to_string()],
+                    unexpected: Vec::new(),
+                })?
+                .to_device(&self.device)
+                .map_err(err)?,
+        };
+        if t.dims() != shape {
+            return Err(WeightsError::Shape {
+                path: self.path.clone(),
+                key: key.to_string(),
+                found: t.dims().to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        t.to_dtype(self.dtype).map_err(err)
+    }
+}
