@@ -108,12 +108,10 @@ impl ExportClipsConfig {
         let mut writer: Option<Mp4Writer> = None;
         let mut failure: Option<EncodeError> = None;
         let format = FrameFormat { layout: Layout::Rgb, fill };
-        let (mut width, mut height) = (0, 0);
         reader.frames_at(&indices, format, |_, image| {
             let step = match &mut writer {
                 Some(wr) => wr.write(&image),
                 None => Mp4Writer::create(target, image.width, image.height, &options).and_then(|mut wr| {
-                    (width, height) = (image.width & !1, image.height & !1);
                     let r = wr.write(&image);
                     writer = Some(wr);
                     r
@@ -126,7 +124,8 @@ impl ExportClipsConfig {
         }
         let writer =
             writer.ok_or_else(|| StageError::msg(format!("frames {start}..{end} are past the video's end")))?;
-        Ok(Exported { width, height, fps, frames: writer.finish()? })
+        let (width, height) = writer.size();
+        Ok(Exported { width: width as usize, height: height as usize, fps, frames: writer.finish()? })
     }
 }
 

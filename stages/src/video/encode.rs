@@ -98,6 +98,11 @@ impl Mp4Writer {
         Ok(Mp4Writer { output, encoder, scaler, width, height, time_base, next_pts: 0 })
     }
 
+    /// Size of the video's frames (the created size rounded down to even numbers).
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
     /// Append one packed RGB frame of the writer's size (or one pixel larger, see `create`).
     pub fn write(&mut self, image: &Image) -> Result<(), EncodeError> {
         let (w, h) = (self.width as usize, self.height as usize);
