@@ -2,5 +2,6 @@
 //! real checkpoint formats and key names. Each model has a parity test against the goldens of the
 //! original PyTorch implementation (tests/data, with provenance).
 
+pub mod mugvae;
 pub mod t5;
 pub mod weights;

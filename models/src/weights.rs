@@ -2,8 +2,11 @@
 //! PyTorch `.pt/.pth` zip pickles, in f32, bf16 or f16. Keys are checked against what a model
 //! expects before anything is loaded, so one error names every missing and unexpected key.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -164,5 +167,72 @@ impl Checkpoint {
             });
         }
         t.to_dtype(self.dtype).map_err(err)
+    }
+}
+
+impl Checkpoint {
+    /// A view of the whole checkpoint that records the keys a model reads while it is built.
+    pub fn weights(&self) -> Weights<'_> {
+        Weights { checkpoint: self, prefix: String::new(), read: Rc::default() }
+    }
+}
+
+/// A checkpoint seen under a key prefix (`w.pp("encoder").pp(0)` reads `encoder.0.*`) that records
+/// every key read, so that [`Weights::finish`] names every missing and unexpected key in one error
+/// for models whose key list is easiest to derive by building them. Missing keys load as zeros
+/// until then, so building goes on.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    checkpoint: &'a Checkpoint,
+    prefix: String,
+    read: Rc<RefCell<BTreeSet<String>>>,
+}
+
+impl Weights<'_> {
+    /// The view one level down, under `prefix.name`.
+    pub fn pp(&self, name: impl Display) -> Self {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Weights { checkpoint: self.checkpoint, prefix, read: self.read.clone() }
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Whether the checkpoint holds `name` under this prefix (for optional tensors).
+    pub fn contains(&self, name: &str) -> bool {
+        self.checkpoint.keys.contains(&self.key(name))
+    }
+
+    /// The tensor `name` under this prefix with shape `shape` (zeros, recorded as missing, when
+    /// the checkpoint lacks it).
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
+        let key = self.key(name);
+        self.read.borrow_mut().insert(key.clone());
+        if !self.checkpoint.keys.contains(&key) {
+            let c = self.checkpoint;
+            return Tensor::zeros(shape, c.dtype, &c.device).map_err(|source| WeightsError::Tensor {
+                path: c.path.clone(),
+                key,
+                source: Box::new(source),
+            });
+        }
+        self.checkpoint.get(&key, shape)
+    }
+
+    /// A tensor error while preparing `name` under this prefix (e.g. re-laying a weight out).
+    pub fn error(&self, name: &str, source: candle_core::Error) -> WeightsError {
+        WeightsError::Tensor { path: self.checkpoint.path.clone(), key: self.key(name), source: Box::new(source) }
+    }
+
+    /// Check that every key read exists and that every key of the checkpoint was read or lies
+    /// under one of the `ignored` prefixes.
+    pub fn finish(self, ignored: &[&str]) -> Result<(), WeightsError> {
+        let read = self.read.borrow();
+        self.checkpoint.check(&read, ignored)
     }
 }
