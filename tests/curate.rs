@@ -28,13 +28,28 @@ fn scenes_prints_the_shots_of_one_video() {
     assert!(err.contains("has no unit"), "{err}");
 }
 
+/// Write the tiny random-weight checkpoints into `dir` with `mugflow models init-tiny`.
+fn tiny_models(dir: &std::path::Path) -> String {
+    let models = dir.join("tiny");
+    let (code, out, err) = run(&["models", "init-tiny", models.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    models.display().to_string()
+}
+
+/// The whole curation chain (probe -> scene_split -> clip_filter -> aesthetic -> vae_encode ->
+/// t5_encode -> write) on the real test videos with tiny weights: the kept clips, their scores,
+/// and latents and text features of the documented shapes under each clip's id.
 #[test]
 fn the_curate_manifest_writes_one_row_per_kept_clip() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("curate");
+    let models = tiny_models(dir.path());
     let set = format!("job.output={}", out.display());
-    let (code, _, err) = run(&["run", "manifests/curate.toml", "--set", &set, "--progress", "none"]);
-    assert_eq!(code, 0, "{err}");
+    let output = common::mugflow(&["run", "manifests/curate.toml", "--set", &set, "--progress", "none"])
+        .env("MUGFLOW_MODELS", &models)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let ids = common::written_ids(&out);
     assert!(ids.contains(&"bbb_trailer_moviepy#0-240".to_string()), "a 10 s shot is kept whole: {ids:?}");
     assert!(ids.contains(&"hug_lego_movie#0-166".to_string()), "{ids:?}");
@@ -56,7 +71,40 @@ fn the_curate_manifest_writes_one_row_per_kept_clip() {
     for r in &rows {
         let motion: f64 = r["motion"].parse().unwrap();
         assert!(motion >= 0.15 && r["brightness"].parse::<f64>().unwrap() >= 16.0, "{r:?}");
+        assert!(r["aesthetic_score"].parse::<f64>().unwrap().is_finite(), "{r:?}");
+        // The caption is the source video's, with the score appended as MUG-V's prompts have it.
+        assert!(r["caption"].ends_with('.') && r["caption"].contains(" aesthetic score: "), "{r:?}");
+        assert_eq!((r["vae_width"].as_str(), r["vae_height"].as_str()), ("128", "72"), "{r:?}");
     }
+
+    // Tensors, keyed `<id>/<name>`, with the shapes the rows announce.
+    let mut seen = 0;
+    for shard in std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()) {
+        if !shard.to_string_lossy().ends_with(".safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&shard).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for r in rows.iter().filter(|r| st.names().iter().any(|n| **n == format!("{}/latent", r["id"]))) {
+            let id = &r["id"];
+            let frames: usize = r["vae_frames"].parse().unwrap();
+            // The VAE's latent length: 6 per 48 frames, then one per started 8.
+            let latent_frames = 6 * (frames / 48) + (frames % 48).div_ceil(8);
+            let latent = st.tensor(&format!("{id}/latent")).unwrap();
+            assert_eq!(latent.shape(), [24, latent_frames, 9, 16], "{id}");
+            assert_eq!(latent.dtype(), safetensors::Dtype::F32);
+            assert_eq!(r["latent_frames"], latent_frames.to_string());
+            let y = st.tensor(&format!("{id}/text_y")).unwrap();
+            assert_eq!(y.shape(), [300, 64], "{id}");
+            let mask = st.tensor(&format!("{id}/text_mask")).unwrap();
+            assert_eq!((mask.shape(), mask.dtype()), (&[300][..], safetensors::Dtype::BOOL), "{id}");
+            let tokens = mask.data().iter().filter(|&&m| m == 1).count();
+            assert_eq!(r["text_tokens"], tokens.to_string(), "{id}");
+            assert!(mask.data()[..tokens].iter().all(|&m| m == 1), "{id}: the mask is a prefix");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 44);
 }
 
 /// `export_clips` writes one playable MP4 per kept clip, at the asked frame rate and bucket size,

@@ -2,6 +2,9 @@
 //! real checkpoint formats and key names. Each model has a parity test against the goldens of the
 //! original PyTorch implementation (tests/data, with provenance).
 
+pub mod aesthetic;
+pub mod clip;
 pub mod mugvae;
+pub mod random;
 pub mod t5;
 pub mod weights;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -70,6 +71,8 @@ fn describe_keys(missing: &[String], unexpected: &[String]) -> String {
 enum Store {
     Safetensors(candle_core::safetensors::MmapedSafetensors),
     Pth(BTreeMap<String, Tensor>),
+    /// No tensors: every read is answered with zeros and recorded (see [`Checkpoint::dry`]).
+    Dry(Mutex<Vec<(String, Vec<usize>)>>),
 }
 
 /// An opened checkpoint: its key list, and tensors loaded on demand in the model's dtype.
@@ -121,8 +124,30 @@ impl Checkpoint {
         let keys = match &store {
             Store::Safetensors(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
             Store::Pth(map) => map.keys().cloned().collect(),
+            Store::Dry(_) => BTreeSet::new(),
         };
         Ok(Checkpoint { path: path.to_path_buf(), store, keys, dtype, device: device.clone() })
+    }
+
+    /// A checkpoint without tensors that accepts every key, answers each read with zeros and
+    /// records it: loading a model from it lists the model's keys and shapes (see
+    /// [`Checkpoint::read_keys`]), e.g. to make random-weight checkpoints with the real key names.
+    pub fn dry(dtype: DType, device: &Device) -> Checkpoint {
+        Checkpoint {
+            path: PathBuf::from("(dry run)"),
+            store: Store::Dry(Mutex::default()),
+            keys: BTreeSet::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// The keys and shapes read from a [`Checkpoint::dry`] checkpoint, in reading order.
+    pub fn read_keys(&self) -> Vec<(String, Vec<usize>)> {
+        match &self.store {
+            Store::Dry(read) => read.lock().map(|r| r.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        }
     }
 
     /// Every key in the checkpoint.
@@ -133,6 +158,9 @@ impl Checkpoint {
     /// Check the checkpoint against the keys a model needs: every missing key, and every key
     /// not needed and not under one of the `ignored` prefixes, named in one error.
     pub fn check(&self, needed: &BTreeSet<String>, ignored: &[&str]) -> Result<(), WeightsError> {
+        if matches!(self.store, Store::Dry(_)) {
+            return Ok(());
+        }
         let missing: Vec<String> = needed.difference(&self.keys).cloned().collect();
         let unexpected: Vec<String> =
             self.keys.difference(needed).filter(|k| !ignored.iter().any(|p| k.starts_with(p))).cloned().collect();
@@ -147,6 +175,12 @@ impl Checkpoint {
         let err =
             |source| WeightsError::Tensor { path: self.path.clone(), key: key.to_string(), source: Box::new(source) };
         let t = match &self.store {
+            Store::Dry(read) => {
+                // A poisoned lock only means another loader panicked; the list is still usable.
+                read.lock().unwrap_or_else(|p| p.into_inner()).push((key.to_string(), shape.to_vec()));
+                // A broadcast zero: no memory, even for the shapes of a 10B model.
+                return Tensor::zeros((), self.dtype, &self.device).and_then(|z| z.broadcast_as(shape)).map_err(err);
+            }
             Store::Safetensors(st) => st.load(key, &self.device).map_err(err)?,
             Store::Pth(map) => map
                 .get(key)
@@ -213,7 +247,7 @@ impl Weights<'_> {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
         let key = self.key(name);
         self.read.borrow_mut().insert(key.clone());
-        if !self.checkpoint.keys.contains(&key) {
+        if !self.checkpoint.keys.contains(&key) && !matches!(self.checkpoint.store, Store::Dry(_)) {
             let c = self.checkpoint;
             return Tensor::zeros(shape, c.dtype, &c.device).map_err(|source| WeightsError::Tensor {
                 path: c.path.clone(),

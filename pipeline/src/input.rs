@@ -183,6 +183,52 @@ pub fn parse_table(
     Ok((items, fields))
 }
 
+/// A text column of a CSV or Parquet table keyed by another column (captions by item id).
+/// A missing column, an empty key or a duplicate key is an error naming the file and line.
+pub async fn read_text_table(
+    path: &str,
+    key_column: &str,
+    text_column: &str,
+) -> Result<BTreeMap<String, String>, PipelineError> {
+    let (dir, name) = split_parent(path);
+    let bytes = Location::parse(dir)?.read(name).await?;
+    let bad = |e: PolarsError| PipelineError::Input(format!("cannot read table {path}: {e}"));
+    let df = if name.ends_with(".parquet") {
+        ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(bad)?
+    } else if name.ends_with(".csv") {
+        CsvReadOptions::default()
+            .with_has_header(true)
+            .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+            .finish()
+            .map_err(bad)?
+    } else {
+        return Err(PipelineError::Input(format!("{path}: a table must be a .csv or .parquet file")));
+    };
+    let column = |c: &str| -> Result<Vec<Value>, PipelineError> {
+        let col = df.column(c).map_err(|_| {
+            let cols: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+            PipelineError::Input(format!("{path} has no column `{c}`; its columns are: {}", cols.join(", ")))
+        })?;
+        Ok(column_values(col.as_materialized_series()).map_err(bad)?.1)
+    };
+    let (keys, texts) = (column(key_column)?, column(text_column)?);
+    let mut out = BTreeMap::new();
+    for (row, (k, t)) in keys.iter().zip(&texts).enumerate() {
+        let line = row + 2;
+        if matches!(k, Value::Null) {
+            return Err(PipelineError::Input(format!("{path}:{line}: empty `{key_column}`")));
+        }
+        let text = match t {
+            Value::Null => String::new(),
+            v => v.to_string(),
+        };
+        if out.insert(k.to_string(), text).is_some() {
+            return Err(PipelineError::Input(format!("{path}:{line}: `{key_column}` {k} appears twice")));
+        }
+    }
+    Ok(out)
+}
+
 fn column_values(s: &Series) -> PolarsResult<(FieldType, Vec<Value>)> {
     use polars::prelude::DataType as D;
     Ok(match s.dtype() {

@@ -81,6 +81,22 @@ enum Command {
         /// Dataset directory or URL, or a `.parquet` / `.safetensors` file.
         path: String,
     },
+    /// Model checkpoints.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// Checkpoint helpers.
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Write tiny random-weight checkpoints with the real key names (VideoVAE, T5 + tokenizer,
+    /// CLIP, aesthetic head) for the demo and plumbing tests. Their outputs mean nothing: point
+    /// manifests at the real checkpoints (preset = "real") for real data.
+    InitTiny {
+        /// Folder to write them into.
+        #[arg(default_value = "checkpoints/tiny")]
+        dir: PathBuf,
+    },
 }
 
 /// The benchmarks.
@@ -148,6 +164,7 @@ pub fn main() -> ExitCode {
         Command::Validate { manifest, offline, world } => validate::validate(&manifest, offline, world),
         Command::Stages { kind, format } => stages::stages(kind.as_deref(), format),
         Command::Inspect { path } => inspect::inspect(&path),
+        Command::Models(ModelsCommand::InitTiny { dir }) => init_tiny(&dir),
         Command::Bench(BenchCommand::Scenes { videos, pyscenedetect }) => {
             bench::scenes(&videos, pyscenedetect.as_deref())
         }
@@ -162,6 +179,15 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// `mugflow models init-tiny`.
+fn init_tiny(dir: &std::path::Path) -> anyhow::Result<()> {
+    for path in ::stages::checkpoints::init_tiny(dir).map_err(anyhow::Error::msg)? {
+        println!("wrote {}", path.display());
+    }
+    println!("tiny random weights, for plumbing only: manifests use them with preset = \"tiny\"");
+    Ok(())
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {

@@ -2,10 +2,14 @@
 //!
 //! One stage = one module = one config struct (serde + schemars) with a `build()`.
 
+pub mod aesthetic;
+pub mod checkpoints;
 pub mod clip_filter;
 pub mod export_clips;
 pub mod probe;
 pub mod scene_split;
+pub mod t5_encode;
+pub mod vae_encode;
 pub mod video;
 pub mod write;
 
@@ -18,6 +22,9 @@ pub fn registry() -> Registry {
         .register::<scene_split::SceneSplitConfig>()
         .register::<clip_filter::ClipFilterConfig>()
         .register::<export_clips::ExportClipsConfig>()
+        .register::<aesthetic::AestheticConfig>()
+        .register::<vae_encode::VaeEncodeConfig>()
+        .register::<t5_encode::T5EncodeConfig>()
         .register::<write::WriteConfig>();
     r
 }

@@ -1,0 +1,241 @@
+//! CLIP ViT image tower with its visual projection (`openai/clip-vit-large-patch14`, HF
+//! `CLIPVisionModelWithProjection` key names), as video curation runs it to embed frames for the
+//! aesthetic score: patch convolution, class token, learned positions, pre-norm blocks with
+//! quick-GELU MLPs, and the class token's post-norm projected to the joint embedding space.
+
+use std::collections::BTreeSet;
+
+use candle_core::{Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+
+use crate::weights::{Checkpoint, WeightsError};
+
+/// Sizes of a CLIP ViT image tower.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipVisionConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP hidden layer.
+    pub intermediate_size: usize,
+    /// Encoder layers.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Side of one square patch, pixels.
+    pub patch_size: usize,
+    /// Side of the square input image, pixels.
+    pub image_size: usize,
+    /// Width of the projected image embedding.
+    pub projection_dim: usize,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+}
+
+impl ClipVisionConfig {
+    /// OpenAI CLIP ViT-L/14 at 224 px, the tower of the LAION aesthetic predictor.
+    pub fn vit_l_14() -> ClipVisionConfig {
+        ClipVisionConfig {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_layers: 24,
+            num_heads: 16,
+            patch_size: 14,
+            image_size: 224,
+            projection_dim: 768,
+            eps: 1e-5,
+        }
+    }
+
+    /// The tiny random tower of the goldens (`goldens/aesthetic/config.json`, "tiny_clip_vision").
+    pub fn golden() -> ClipVisionConfig {
+        ClipVisionConfig {
+            hidden_size: 128,
+            intermediate_size: 512,
+            num_layers: 2,
+            num_heads: 2,
+            image_size: 56,
+            projection_dim: 64,
+            ..ClipVisionConfig::vit_l_14()
+        }
+    }
+
+    /// Tokens per image: the class token and one per patch.
+    fn num_positions(&self) -> usize {
+        1 + (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// Every checkpoint key the tower reads, with its shape.
+    fn needed_keys(&self) -> Vec<(String, Vec<usize>)> {
+        let (w, f, p) = (self.hidden_size, self.intermediate_size, self.patch_size);
+        let e = "vision_model.embeddings";
+        let mut keys = vec![
+            (format!("{e}.class_embedding"), vec![w]),
+            (format!("{e}.patch_embedding.weight"), vec![w, 3, p, p]),
+            (format!("{e}.position_embedding.weight"), vec![self.num_positions(), w]),
+            ("visual_projection.weight".to_string(), vec![self.projection_dim, w]),
+        ];
+        let norm = |keys: &mut Vec<(String, Vec<usize>)>, name: &str| {
+            keys.extend([(format!("{name}.weight"), vec![w]), (format!("{name}.bias"), vec![w])]);
+        };
+        norm(&mut keys, "vision_model.pre_layrnorm");
+        norm(&mut keys, "vision_model.post_layernorm");
+        for i in 0..self.num_layers {
+            let l = format!("vision_model.encoder.layers.{i}");
+            norm(&mut keys, &format!("{l}.layer_norm1"));
+            norm(&mut keys, &format!("{l}.layer_norm2"));
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                keys.extend([
+                    (format!("{l}.self_attn.{proj}.weight"), vec![w, w]),
+                    (format!("{l}.self_attn.{proj}.bias"), vec![w]),
+                ]);
+            }
+            keys.extend([
+                (format!("{l}.mlp.fc1.weight"), vec![f, w]),
+                (format!("{l}.mlp.fc1.bias"), vec![f]),
+                (format!("{l}.mlp.fc2.weight"), vec![w, f]),
+                (format!("{l}.mlp.fc2.bias"), vec![w]),
+            ]);
+        }
+        keys
+    }
+}
+
+/// Key prefixes of a full `CLIPModel` file that the image tower does not use.
+const IGNORED_PREFIXES: [&str; 4] =
+    ["text_model.", "text_projection", "logit_scale", "vision_model.embeddings.position_ids"];
+
+/// Points of the tower's forward pass that [`ClipVision::forward_with`] shows to its hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipPoint {
+    /// Patch embeddings with the class token prepended and positions added, `[B, T, W]`.
+    Embeddings,
+    /// After `pre_layrnorm`, `[B, T, W]`.
+    AfterPreLayrnorm,
+    /// After encoder layer `i`, `[B, T, W]` (the last one is the HF `last_hidden_state`).
+    AfterLayer(usize),
+    /// The class token after `post_layernorm`, `[B, W]` (the HF `pooler_output`).
+    Pooled,
+}
+
+/// One encoder layer's weights (`vision_model.encoder.layers.{i}`).
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// The CLIP ViT image tower and its visual projection.
+pub struct ClipVision {
+    config: ClipVisionConfig,
+    class_embedding: Tensor,
+    patch_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: LayerNorm,
+    visual_projection: Linear,
+}
+
+/// `z * sigmoid(1.702 z)`, the GELU approximation OpenAI trained CLIP with.
+fn quick_gelu(z: &Tensor) -> candle_core::Result<Tensor> {
+    z * candle_nn::ops::sigmoid(&(z * 1.702)?)?
+}
+
+impl ClipVision {
+    /// Load the tower from a checkpoint with the HF key names (a whole `CLIPModel` file works: its
+    /// text tower, `logit_scale` and `position_ids` are ignored); every missing or unexpected key
+    /// is named.
+    pub fn load(checkpoint: &Checkpoint, config: &ClipVisionConfig) -> Result<ClipVision, WeightsError> {
+        let needed = config.needed_keys();
+        let names: BTreeSet<String> = needed.iter().map(|(k, _)| k.clone()).collect();
+        checkpoint.check(&names, &IGNORED_PREFIXES)?;
+        let tensor = |k: &str| {
+            let shape = needed.iter().find(|(n, _)| n == k).map(|(_, s)| s.as_slice()).unwrap_or_default();
+            checkpoint.get(k, shape)
+        };
+        let linear = |k: &str| {
+            Ok::<_, WeightsError>(Linear::new(tensor(&format!("{k}.weight"))?, Some(tensor(&format!("{k}.bias"))?)))
+        };
+        let norm = |k: &str| {
+            Ok::<_, WeightsError>(LayerNorm::new(
+                tensor(&format!("{k}.weight"))?,
+                tensor(&format!("{k}.bias"))?,
+                config.eps,
+            ))
+        };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let l = format!("vision_model.encoder.layers.{i}");
+            layers.push(EncoderLayer {
+                layer_norm1: norm(&format!("{l}.layer_norm1"))?,
+                q_proj: linear(&format!("{l}.self_attn.q_proj"))?,
+                k_proj: linear(&format!("{l}.self_attn.k_proj"))?,
+                v_proj: linear(&format!("{l}.self_attn.v_proj"))?,
+                out_proj: linear(&format!("{l}.self_attn.out_proj"))?,
+                layer_norm2: norm(&format!("{l}.layer_norm2"))?,
+                fc1: linear(&format!("{l}.mlp.fc1"))?,
+                fc2: linear(&format!("{l}.mlp.fc2"))?,
+            });
+        }
+        let e = "vision_model.embeddings";
+        Ok(ClipVision {
+            config: config.clone(),
+            class_embedding: tensor(&format!("{e}.class_embedding"))?,
+            patch_embedding: tensor(&format!("{e}.patch_embedding.weight"))?,
+            position_embedding: tensor(&format!("{e}.position_embedding.weight"))?,
+            pre_layrnorm: norm("vision_model.pre_layrnorm")?,
+            layers,
+            post_layernorm: norm("vision_model.post_layernorm")?,
+            visual_projection: Linear::new(tensor("visual_projection.weight")?, None),
+        })
+    }
+
+    /// Embed normalised images `[B, 3, S, S]` (see the CLIP preprocessing in `stages`) into
+    /// `image_embeds` `[B, projection_dim]`; `hook` sees every [`ClipPoint`] on the way.
+    pub fn forward_with(
+        &self,
+        pixel_values: &Tensor,
+        hook: &mut dyn FnMut(ClipPoint, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, w) = (pixel_values.dim(0)?, c.hidden_size);
+        let (heads, d) = (c.num_heads, c.hidden_size / c.num_heads);
+        let pixel_values = pixel_values.to_dtype(self.patch_embedding.dtype())?;
+        // [B, W, g, g] -> [B, g*g, W], patches row-major.
+        let patches =
+            pixel_values.conv2d(&self.patch_embedding, 0, c.patch_size, 1, 1)?.flatten_from(2)?.transpose(1, 2)?;
+        let class = self.class_embedding.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
+        let mut x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
+        hook(ClipPoint::Embeddings, &x);
+        x = self.pre_layrnorm.forward(&x)?;
+        hook(ClipPoint::AfterPreLayrnorm, &x);
+        let t = x.dim(1)?;
+        let split = |y: Tensor| y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
+        let scale = (d as f64).powf(-0.5);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = layer.layer_norm1.forward(&x)?;
+            // As HF does: the query is scaled before the product, every key is attended (no mask).
+            let q = split((layer.q_proj.forward(&a)? * scale)?)?;
+            let (k, v) = (split(layer.k_proj.forward(&a)?)?, split(layer.v_proj.forward(&a)?)?);
+            let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?;
+            let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
+            x = (x + layer.out_proj.forward(&o)?)?;
+            let h = layer.fc1.forward(&layer.layer_norm2.forward(&x)?)?;
+            x = (x + layer.fc2.forward(&quick_gelu(&h)?)?)?;
+            hook(ClipPoint::AfterLayer(i), &x);
+        }
+        let pooled = self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
+        hook(ClipPoint::Pooled, &pooled);
+        self.visual_projection.forward(&pooled)
+    }
+
+    /// Embed normalised images `[B, 3, S, S]` into `image_embeds` `[B, projection_dim]`.
+    pub fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(pixel_values, &mut |_, _| {})
+    }
+}
