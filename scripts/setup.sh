@@ -28,7 +28,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import polars, pyarrow, safetensors, numpy, moto" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import polars, pyarrow, safetensors, numpy, moto, torch" 2>/dev/null; then
   echo "setup: installing Python readers into $venv"
   "$venv/bin/pip" install -q -r scripts/requirements-test.txt
 fi

@@ -44,13 +44,7 @@ fn manifest_inputs_never_panic() {
 fn listing_inputs_never_panic() {
     for (name, data) in inputs("listing") {
         let Some((&mode, body)) = data.split_first() else { continue };
-        let listing = InputListing {
-            glob: None,
-            list: None,
-            table: None,
-            path_column: "path".into(),
-            id_column: (mode & 1 == 1).then(|| "id".to_string()),
-        };
+        let listing = InputListing { id_column: (mode & 1 == 1).then(|| "id".to_string()), ..InputListing::default() };
         let file = if mode & 2 == 2 { "/fuzz/listing.parquet" } else { "/fuzz/listing.csv" };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pipeline::input::parse_table(file, bytes::Bytes::copy_from_slice(body), &listing).map(|r| r.0.len())

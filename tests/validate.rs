@@ -11,7 +11,13 @@ fn every_bundled_manifest_validates() {
     for e in std::fs::read_dir(common::root().join("manifests")).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
-            let (code, out, err) = run(&["validate", p.to_str().unwrap()]);
+            // A manifest reading an earlier job's dataset (reencode) cannot list it in a fresh clone.
+            let reads_dataset = std::fs::read_to_string(&p).unwrap().contains("input = { dataset");
+            let mut args = vec!["validate", p.to_str().unwrap()];
+            if reads_dataset {
+                args.push("--offline");
+            }
+            let (code, out, err) = run(&args);
             assert_eq!(code, 0, "{}:\n{out}\n{err}", p.display());
             assert!(out.contains("is valid"), "{out}");
             n += 1;

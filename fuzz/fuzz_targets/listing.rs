@@ -7,13 +7,7 @@ use pipeline::manifest::InputListing;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else { return };
-    let listing = InputListing {
-        glob: None,
-        list: None,
-        table: None,
-        path_column: "path".into(),
-        id_column: (mode & 1 == 1).then(|| "id".to_string()),
-    };
+    let listing = InputListing { id_column: (mode & 1 == 1).then(|| "id".to_string()), ..InputListing::default() };
     let name = if mode & 2 == 2 { "/fuzz/listing.parquet" } else { "/fuzz/listing.csv" };
     let _ = parse_table(name, bytes::Bytes::copy_from_slice(body), &listing);
 });

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::budget::MemoryBudget;
 use crate::cluster::Cluster;
-use crate::format::DatasetIndex;
+use crate::format::{checkpoint_identity, DatasetIndex, Lineage};
 use crate::input::{list_inputs, InputItem};
 use crate::io::Location;
 use crate::journal::{self, ShardEntry};
@@ -306,8 +306,7 @@ where
 
     let sink_counters = counters[plan.stages.len() - 1].clone();
     let sink_label = labels[labels.len() - 1].clone();
-    let pipeline: Vec<serde_json::Value> =
-        plan.stages.iter().map(|s| serde_json::json!({ "kind": s.kind, "params": s.config.params() })).collect();
+    let lineage = lineage(plan).await?;
     let mut open: BTreeMap<usize, Box<dyn ShardSink>> = BTreeMap::new();
     // A shard's writer stages its files in its own scratch folder.
     let open_shard = |k: usize| -> Result<Box<dyn ShardSink>, PipelineError> {
@@ -354,9 +353,7 @@ where
                 report.items_written += entry.items as u64;
                 opts.reporter.shard_committed(k, entry.items, entry.errors);
                 committed.insert(k, entry);
-                let index = DatasetIndex::new(&job.name, committed.values().cloned().collect(), pipeline.clone());
-                // Plain data always serializes.
-                if let Err(e) = out.write("index.json", serde_json::to_vec_pretty(&index).expect("index serializes")).await {
+                if let Err(e) = write_index(&out, &job.name, &lineage, sink.as_ref(), committed.values().cloned().collect()).await {
                     break Err(e);
                 }
                 if expected == Some(report.shards_committed) {
@@ -421,7 +418,7 @@ where
     };
     let mut written = out.write(&report_name, serde_json::to_vec_pretty(&report).expect("report serializes")).await;
     if outcome.is_ok() && (opts.cluster.world > 1 || leases.is_some()) && written.is_ok() {
-        written = publish_index(&out, &job.name, &pipeline).await;
+        written = publish_index(&out, &job.name, &lineage, sink.as_ref()).await;
     }
     opts.reporter.finish(&report);
     outcome?;
@@ -522,15 +519,57 @@ impl Source {
     }
 }
 
-/// Rewrite index.json from the journal until a re-read of the journal matches what was written.
+/// How the job's dataset is made: each stage's parameters with the identity (path, sha256) of
+/// every checkpoint it reads, and the input dataset's own pipeline when the job reads one.
+async fn lineage(plan: &Plan) -> Result<Lineage, PipelineError> {
+    let mut pipeline = Vec::new();
+    for s in &plan.stages {
+        let mut checkpoints = Vec::new();
+        for path in s.config.checkpoints() {
+            let id = tokio::task::spawn_blocking(move || checkpoint_identity(&path))
+                .await
+                .map_err(|e| PipelineError::Input(format!("checkpoint hashing stopped: {e}")))??;
+            checkpoints.push(id);
+        }
+        pipeline.push(serde_json::json!({ "kind": s.kind, "params": s.config.params(), "checkpoints": checkpoints }));
+    }
+    let derived_from = match &plan.job.input {
+        crate::manifest::InputSpec::Listing(crate::manifest::InputListing { dataset: Some(d), .. }) => {
+            let source: DatasetIndex = serde_json::from_slice(&Location::parse(d)?.read("index.json").await?)
+                .map_err(|e| PipelineError::Input(format!("dataset {d}: index.json: {e}")))?;
+            Some(serde_json::json!({ "dataset": d, "job": source.job, "pipeline": source.pipeline }))
+        }
+        _ => None,
+    };
+    Ok(Lineage { pipeline, derived_from })
+}
+
+/// Write index.json and the sink's dataset-level files for the given committed shards.
+async fn write_index(
+    out: &Location,
+    job: &str,
+    lineage: &Lineage,
+    sink: &dyn Sink,
+    entries: Vec<journal::ShardEntry>,
+) -> Result<(), PipelineError> {
+    for (name, bytes) in sink.dataset_files(&entries) {
+        out.write(&name, bytes).await?;
+    }
+    let mut index = DatasetIndex::new(job, entries, lineage.pipeline.clone());
+    index.derived_from = lineage.derived_from.clone();
+    // Plain data always serializes.
+    out.write("index.json", serde_json::to_vec_pretty(&index).expect("index serializes")).await
+}
+
+/// Rewrite index.json (and the sink's dataset files) from the journal until a re-read of the
+/// journal matches what was written.
 ///
 /// Workers of a distributed job all rewrite the index; each one checks after its own write that
 /// no commit was missed, so the last write always lists every committed shard.
-async fn publish_index(out: &Location, job: &str, pipeline: &[serde_json::Value]) -> Result<(), PipelineError> {
+async fn publish_index(out: &Location, job: &str, lineage: &Lineage, sink: &dyn Sink) -> Result<(), PipelineError> {
     let mut entries = journal::load(out).await?;
     loop {
-        let index = DatasetIndex::new(job, entries.values().cloned().collect(), pipeline.to_vec());
-        out.write("index.json", serde_json::to_vec_pretty(&index).expect("index serializes")).await?;
+        write_index(out, job, lineage, sink, entries.values().cloned().collect()).await?;
         let again = journal::load(out).await?;
         if again.keys().eq(entries.keys()) {
             return Ok(());

@@ -247,8 +247,50 @@ pub struct DatasetIndex {
     pub fields: Vec<(String, FieldType)>,
     /// Tensor names across shards.
     pub tensors: Vec<String>,
-    /// The stages that produced the data, with all parameters (checkpoints included).
+    /// The stages that produced the data, with all parameters and the sha256 of every
+    /// checkpoint they read.
     pub pipeline: Vec<serde_json::Value>,
+    /// When the input was another mugflow dataset: its location and its `pipeline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<serde_json::Value>,
+}
+
+/// How a dataset was made, as index.json records it.
+#[derive(Debug, Clone, Default)]
+pub struct Lineage {
+    /// Each stage's kind, parameters and checkpoint identities.
+    pub pipeline: Vec<serde_json::Value>,
+    /// The input dataset's location and pipeline, when the job read one.
+    pub derived_from: Option<serde_json::Value>,
+}
+
+/// A checkpoint's identity: its path and the sha256 of its bytes (of each file's name and
+/// digest, in name order, for a folder of shards).
+pub fn checkpoint_identity(path: &Path) -> Result<serde_json::Value, PipelineError> {
+    use sha2::{Digest, Sha256};
+    let io = |e| PipelineError::io(format!("cannot read checkpoint {}", path.display()), e);
+    let file_digest = |p: &Path| -> std::io::Result<String> {
+        let mut h = Sha256::new();
+        std::io::copy(&mut File::open(p)?, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    };
+    let sha256 = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        let mut h = Sha256::new();
+        for f in files {
+            h.update(f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default().as_bytes());
+            h.update(file_digest(&f).map_err(io)?.as_bytes());
+        }
+        hex::encode(h.finalize())
+    } else {
+        file_digest(path).map_err(io)?
+    };
+    Ok(serde_json::json!({ "path": path.display().to_string(), "sha256": sha256 }))
 }
 
 impl DatasetIndex {
@@ -276,6 +318,7 @@ impl DatasetIndex {
             fields,
             tensors,
             pipeline,
+            derived_from: None,
         }
     }
 }

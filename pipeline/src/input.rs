@@ -35,24 +35,31 @@ const GLOB_META: &[char] = &['*', '?', '[', '{'];
 /// Read the listing a manifest's `job.input` describes.
 pub async fn list_inputs(spec: &InputSpec) -> Result<Inputs, PipelineError> {
     let listing = match spec {
-        InputSpec::Glob(g) => {
-            InputListing { glob: Some(g.clone()), list: None, table: None, path_column: "path".into(), id_column: None }
-        }
+        InputSpec::Glob(g) => InputListing { glob: Some(g.clone()), ..InputListing::default() },
         InputSpec::Listing(l) => l.clone(),
     };
     let mut fields = vec![
         Field::new("id", FieldType::Str, "stable item id, derived from the input"),
         Field::new("uri", FieldType::Str, "path or URL of the source"),
     ];
-    let mut items = match (&listing.glob, &listing.list, &listing.table) {
-        (Some(g), None, None) => from_paths(glob(g).await?)?,
-        (None, Some(l), None) => from_paths(list_file(l).await?)?,
-        (None, None, Some(t)) => {
+    let mut items = match (&listing.glob, &listing.list, &listing.table, &listing.dataset) {
+        (Some(g), None, None, None) => from_paths(glob(g).await?)?,
+        (None, Some(l), None, None) => from_paths(list_file(l).await?)?,
+        (None, None, Some(t), None) => {
             let (items, extra) = table(t, &listing).await?;
             fields.extend(extra);
             items
         }
-        _ => return Err(PipelineError::Input("job.input must name exactly one of `glob`, `list` or `table`".into())),
+        (None, None, None, Some(d)) => {
+            let (items, extra) = dataset(d).await?;
+            fields.extend(extra);
+            items
+        }
+        _ => {
+            return Err(PipelineError::Input(
+                "job.input must name exactly one of `glob`, `list`, `table` or `dataset`".into(),
+            ))
+        }
     };
     items.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(w) = items.windows(2).find(|w| w[0].id == w[1].id) {
@@ -180,6 +187,52 @@ pub fn parse_table(
         f.remove("id");
         items.push(InputItem { id, fields: f });
     }
+    Ok((items, fields))
+}
+
+/// The field naming the tensors file of a dataset item's shard.
+pub const DATASET_TENSORS: &str = "dataset_tensors";
+
+/// The rows of a written mugflow dataset (its index.json, then each shard's table) as items:
+/// ids and fields as written, plus [`DATASET_TENSORS`].
+async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineError> {
+    let loc = Location::parse(root)?;
+    let bad = |what: String| PipelineError::Input(format!("dataset {root}: {what}"));
+    let index: crate::format::DatasetIndex = serde_json::from_slice(
+        &loc.read_opt("index.json").await?.ok_or_else(|| bad("no index.json: is it a mugflow dataset?".into()))?,
+    )
+    .map_err(|e| bad(format!("index.json: {e}")))?;
+    let mut items = Vec::new();
+    let mut fields: Vec<Field> = Vec::new();
+    for shard in &index.shards {
+        let table = crate::format::table_name(shard.shard);
+        let tensors = crate::format::tensors_name(shard.shard);
+        let df = ParquetReader::new(std::io::Cursor::new(loc.read(&table).await?))
+            .finish()
+            .map_err(|e| bad(format!("{table}: {e}")))?;
+        let mut cols = Vec::new();
+        for c in df.columns() {
+            let (ty, values) = column_values(c.as_materialized_series()).map_err(|e| bad(format!("{table}: {e}")))?;
+            let name = c.name().to_string();
+            if name != "id" && !fields.iter().any(|f| f.name == name) {
+                fields.push(Field::new(name.clone(), ty, "field of the input dataset"));
+            }
+            cols.push((name, values));
+        }
+        let has_tensors = shard.files.contains(&tensors);
+        for row in 0..df.height() {
+            let mut f: BTreeMap<String, Value> = cols.iter().map(|(n, v)| (n.clone(), v[row].clone())).collect();
+            let id = match f.remove("id") {
+                Some(Value::Str(id)) => id,
+                _ => return Err(bad(format!("{table}: row {row} has no id"))),
+            };
+            if has_tensors {
+                f.insert(DATASET_TENSORS.into(), Value::Str(loc.url_of(&tensors)));
+            }
+            items.push(InputItem { id, fields: f });
+        }
+    }
+    fields.push(Field::new(DATASET_TENSORS, FieldType::Str, "the input dataset's tensors file of this item"));
     Ok((items, fields))
 }
 
@@ -357,13 +410,7 @@ mod tests {
 
         std::fs::write(d.join("list.txt"), "# inputs\nb.mp4\n\nmissing.mp4\n").unwrap();
         let listing = |list: Option<String>, table: Option<String>, id: Option<&str>| {
-            InputSpec::Listing(InputListing {
-                glob: None,
-                list,
-                table,
-                path_column: "path".into(),
-                id_column: id.map(Into::into),
-            })
+            InputSpec::Listing(InputListing { list, table, id_column: id.map(Into::into), ..InputListing::default() })
         };
         let got = list_inputs(&listing(Some(format!("{}/list.txt", d.display())), None, None)).await.unwrap();
         assert_eq!(got.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["b", "missing"]);

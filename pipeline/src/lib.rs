@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod plan;
 pub mod report;
 pub mod stage;
+pub mod torch_pt;
 
 pub use error::{ErrorRecord, PipelineError, StageError};
 pub use executor::{run, RunOptions};

@@ -76,11 +76,11 @@ impl Plan {
                     match serde_json::from_value::<JobConfig>(node.to_json()) {
                         Ok(job) => {
                             if let (InputSpec::Listing(l), Some(input)) = (&job.input, node.get("input")) {
-                                let n = [&l.glob, &l.list, &l.table].iter().filter(|x| x.is_some()).count();
+                                let n = [&l.glob, &l.list, &l.table, &l.dataset].iter().filter(|x| x.is_some()).count();
                                 if n != 1 {
                                     errors.push(
                                         Diagnostic::new(
-                                            "`input` must name exactly one of `glob`, `list` or `table`",
+                                            "`input` must name exactly one of `glob`, `list`, `table` or `dataset`",
                                             &input.origin,
                                         )
                                         .with_help("e.g. input = { list = \"inputs.txt\" }"),

@@ -24,6 +24,13 @@ pub trait Stage: Send + Sync {
 pub trait Sink: Send + Sync {
     /// Start writing one shard; files go into `dir` (local scratch) until the shard commits.
     fn open_shard(&self, shard: usize, dir: &Path) -> Result<Box<dyn ShardSink>, PipelineError>;
+
+    /// Files that describe the whole dataset for its readers (e.g. a trainer's sample list),
+    /// rebuilt from the committed shards' journal entries and written next to index.json after
+    /// every commit: `(name relative to the output location, bytes)`.
+    fn dataset_files(&self, _shards: &[crate::journal::ShardEntry]) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// The writer of one shard.
@@ -113,6 +120,11 @@ pub trait StageConfig: DeserializeOwned + Serialize + JsonSchema + Send + Sync +
     fn check(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Model checkpoints the stage reads (files or folders); index.json records each one's path
+    /// and sha256 so a dataset says exactly which weights made it.
+    fn checkpoints(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     /// The runtime stage.
     fn build(&self, ctx: &BuildContext) -> Result<Runnable, String>;
 }
@@ -131,6 +143,8 @@ pub trait ConfiguredStage: Send + Sync {
     fn is_sink(&self) -> bool;
     /// Multi-parameter checks.
     fn check(&self) -> Vec<String>;
+    /// Model checkpoints read.
+    fn checkpoints(&self) -> Vec<PathBuf>;
     /// Build the runtime stage.
     fn build(&self, ctx: &BuildContext) -> Result<Runnable, String>;
 }
@@ -154,6 +168,9 @@ impl<C: StageConfig> ConfiguredStage for C {
     }
     fn check(&self) -> Vec<String> {
         StageConfig::check(self)
+    }
+    fn checkpoints(&self) -> Vec<PathBuf> {
+        StageConfig::checkpoints(self)
     }
     fn build(&self, ctx: &BuildContext) -> Result<Runnable, String> {
         StageConfig::build(self, ctx)

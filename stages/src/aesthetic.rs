@@ -144,6 +144,10 @@ impl StageConfig for AestheticConfig {
         }
     }
 
+    fn checkpoints(&self) -> Vec<PathBuf> {
+        vec![self.clip.clone(), self.mlp.clone()]
+    }
+
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
         crate::ffmpeg_init();
         let config = self.preset.aesthetic();

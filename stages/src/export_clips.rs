@@ -82,9 +82,13 @@ impl Preset {
 /// The output name of a clip's file: `clips/<id>.mp4` with characters that are awkward in URLs
 /// and object keys (`#`, `/`, `?`, ...) replaced by `_`.
 pub fn clip_file_name(id: &str) -> String {
-    let safe: String =
-        id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    format!("clips/{safe}.mp4")
+    format!("clips/{}.mp4", safe_name(id))
+}
+
+/// An item id as a file name: characters other than ASCII letters, digits, `-`, `_` and `.`
+/// become `_`.
+pub(crate) fn safe_name(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 
 /// What encoding one clip produced.

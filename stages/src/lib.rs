@@ -6,6 +6,8 @@ pub mod aesthetic;
 pub mod checkpoints;
 pub mod clip_filter;
 pub mod export_clips;
+pub mod load_tensors;
+pub mod megatron;
 pub mod probe;
 pub mod scene_split;
 pub mod t5_encode;
@@ -25,6 +27,7 @@ pub fn registry() -> Registry {
         .register::<aesthetic::AestheticConfig>()
         .register::<vae_encode::VaeEncodeConfig>()
         .register::<t5_encode::T5EncodeConfig>()
+        .register::<load_tensors::LoadTensorsConfig>()
         .register::<write::WriteConfig>();
     r
 }

@@ -156,6 +156,10 @@ impl StageConfig for T5EncodeConfig {
         ]
     }
 
+    fn checkpoints(&self) -> Vec<PathBuf> {
+        vec![self.checkpoint.clone(), self.tokenizer.clone()]
+    }
+
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
         let placement = Placement { device: self.device.clone(), dtype: self.dtype };
         let config = self.preset.t5();

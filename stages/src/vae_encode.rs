@@ -222,6 +222,10 @@ impl StageConfig for VaeEncodeConfig {
         problems
     }
 
+    fn checkpoints(&self) -> Vec<PathBuf> {
+        vec![self.checkpoint.clone()]
+    }
+
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
         crate::ffmpeg_init();
         let placement = Placement { device: self.device.clone(), dtype: self.dtype };

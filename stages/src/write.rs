@@ -4,18 +4,24 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pipeline::format::NativeShardWriter;
-use pipeline::{Field, PipelineError, Runnable, ShardSink, Sink, StageConfig};
+use pipeline::{Field, FieldType, PipelineError, Runnable, ShardSink, Sink, StageConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Write each shard: a Parquet table of all metadata fields (one row per item), a safetensors
-/// file of all tensors (keyed `<item_id>/<name>`), an error table, and the dataset's index.json.
+use crate::megatron::{MegatronSink, SampleSource};
+
+/// Write each shard: a Parquet table of all metadata fields (one row per item), an error table,
+/// the dataset's index.json, and the tensors in the chosen layout: one safetensors file per shard
+/// (keyed `<item_id>/<name>`), or the MUG-V Megatron trainer's `.pt` files and `train.csv`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteConfig {
     /// Dataset layout to write.
     #[serde(default)]
     pub format: WriteFormat,
+    /// mugv-megatron only: the `source` column of train.csv ("real" or "generated").
+    #[serde(default)]
+    pub source: SampleSource,
 }
 
 /// Dataset layouts `write` can produce.
@@ -25,6 +31,9 @@ pub enum WriteFormat {
     /// mugflow's native shards: Parquet + safetensors + index.json.
     #[default]
     Mugflow,
+    /// The MUG-V Megatron trainer's layout: `latents/<id>.pt`, `text_features/<id>_text.pt`,
+    /// `train.csv` (needs `vae_encode` and `t5_encode` upstream).
+    MugvMegatron,
 }
 
 struct NativeSink;
@@ -41,7 +50,14 @@ impl StageConfig for WriteConfig {
     const SINK: bool = true;
 
     fn reads(&self) -> Vec<Field> {
-        Vec::new()
+        match self.format {
+            WriteFormat::Mugflow => Vec::new(),
+            WriteFormat::MugvMegatron => vec![
+                Field::new("latent", FieldType::Tensor, "VAE latent [24, T, H, W]"),
+                Field::new("text_y", FieldType::Tensor, "T5 states [L, d]"),
+                Field::new("text_mask", FieldType::Tensor, "T5 mask [L]"),
+            ],
+        }
     }
 
     fn adds(&self) -> Vec<Field> {
@@ -51,6 +67,7 @@ impl StageConfig for WriteConfig {
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
         match self.format {
             WriteFormat::Mugflow => Ok(Runnable::Sink(Arc::new(NativeSink))),
+            WriteFormat::MugvMegatron => Ok(Runnable::Sink(Arc::new(MegatronSink { source: self.source }))),
         }
     }
 }

@@ -97,7 +97,7 @@ pub enum InputSpec {
     Listing(InputListing),
 }
 
-/// One of `glob`, `list` or `table`, with the columns a table listing uses.
+/// One of `glob`, `list`, `table` or `dataset`, with the columns a table listing uses.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputListing {
@@ -112,6 +112,22 @@ pub struct InputListing {
     pub path_column: String,
     /// Column of `table` holding stable item ids (default: derived from the path).
     pub id_column: Option<String>,
+    /// A mugflow dataset (its folder or URL): one item per written row, with the row's fields
+    /// and `dataset_tensors`, the URL of its shard's tensors (see the `load_tensors` stage).
+    pub dataset: Option<String>,
+}
+
+impl Default for InputListing {
+    fn default() -> Self {
+        InputListing {
+            glob: None,
+            list: None,
+            table: None,
+            path_column: default_path_column(),
+            id_column: None,
+            dataset: None,
+        }
+    }
 }
 
 fn default_path_column() -> String {

@@ -1,0 +1,197 @@
+//! Encoder stages end to end with tiny random weights: the MUG-V Megatron export loaded by
+//! PyTorch, and re-encoding a dataset with another VAE while reusing its text features.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::run;
+
+/// Tiny random-weight checkpoints written by `mugflow models init-tiny` into `dir/tiny`.
+fn tiny_models(dir: &Path) -> PathBuf {
+    let models = dir.join("tiny");
+    let (code, out, err) = run(&["models", "init-tiny", models.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    models
+}
+
+/// A job over two test videos: shots, clips, latents and text features, written as `format`.
+fn encode_job(dir: &Path, models: &Path, format: &str) -> PathBuf {
+    let m = models.display();
+    common::manifest(
+        dir,
+        &format!("encode-{format}.toml"),
+        &format!(
+            r#"[job]
+name = "encode"
+input = "tests/data/videos/{{hug_lego_movie,kivy_cityCC0}}.*"
+output = "{out}"
+shard_size = 1
+
+[[stage]]
+kind = "probe"
+
+[[stage]]
+kind = "scene_split"
+
+[[stage]]
+kind = "clip_filter"
+min_duration = "1s"
+max_duration = "4s"
+
+[[stage]]
+kind = "vae_encode"
+preset = "tiny"
+checkpoint = "{m}/vae.safetensors"
+size = "64x48"
+fps = 4
+
+[[stage]]
+kind = "t5_encode"
+preset = "tiny"
+checkpoint = "{m}/t5.safetensors"
+tokenizer = "{m}/t5_tokenizer.json"
+captions = "tests/data/captions.csv"
+
+[[stage]]
+kind = "write"
+format = "{format}"
+"#,
+            out = dir.join(format).display()
+        ),
+    )
+}
+
+fn python() -> String {
+    std::env::var("MUGFLOW_TEST_PYTHON")
+        .expect("set MUGFLOW_TEST_PYTHON to a Python with torch, polars and safetensors (scripts/test.sh does)")
+}
+
+/// `write` with `format = "mugv-megatron"`: every clip's `.pt` files load in PyTorch with the
+/// trainer's shapes and dtypes, and train.csv lists exactly the written samples.
+#[test]
+fn the_megatron_export_loads_in_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_models(dir.path());
+    let job = encode_job(dir.path(), &models, "mugv-megatron");
+    let (code, _, err) = run(&["run", job.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.path().join("mugv-megatron");
+    let rows = common::rows(&out);
+    assert!(rows.len() >= 4, "{rows:?}");
+    let csv = std::fs::read_to_string(out.join("train.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("sample_id,source,latent_path,text_feat_path"));
+    let listed: Vec<&str> = lines.collect();
+    let mut expected: Vec<String> =
+        rows.iter().map(|r| format!("{0},real,latents/{0}.pt,text_features/{0}_text.pt", r["sample_id"])).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    let script = r#"
+import csv, json, sys, torch
+root = sys.argv[1]
+out = {}
+for row in csv.DictReader(open(f"{root}/train.csv")):
+    lat = torch.load(f"{root}/{row['latent_path']}", weights_only=True)
+    txt = torch.load(f"{root}/{row['text_feat_path']}", weights_only=True)
+    out[row["sample_id"]] = {
+        "latent": [str(lat.dtype), list(lat.shape), bool(torch.isfinite(lat).all())],
+        "keys": list(txt.keys()),
+        "y": [str(txt["y"].dtype), list(txt["y"].shape)],
+        "mask": [str(txt["mask"].dtype), list(txt["mask"].shape), int(txt["mask"].sum())],
+    }
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new(python()).args(["-c", script, out.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let loaded: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(loaded.len(), rows.len());
+    for r in &rows {
+        let got = &loaded[&r["sample_id"]];
+        let lf: usize = r["latent_frames"].parse().unwrap();
+        assert_eq!(got["latent"], serde_json::json!(["torch.float32", [24, lf, 6, 8], true]), "{r:?}");
+        assert_eq!(got["keys"], serde_json::json!(["y", "mask"]));
+        assert_eq!(got["y"], serde_json::json!(["torch.float32", [1, 1, 300, 64]]));
+        let tokens: i64 = r["text_tokens"].parse().unwrap();
+        assert_eq!(got["mask"], serde_json::json!(["torch.bool", [1, 300], tokens]));
+    }
+}
+
+/// Every `<id>/<name>` tensor of a native dataset: (dtype, shape, bytes).
+fn tensors(out: &Path, name: &str) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let mut all = BTreeMap::new();
+    for file in std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()) {
+        if !file.to_string_lossy().ends_with(".safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&file).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (key, t) in st.tensors() {
+            if let Some(id) = key.strip_suffix(&format!("/{name}")) {
+                all.insert(id.to_string(), (format!("{:?}", t.dtype()), t.shape().to_vec(), t.data().to_vec()));
+            }
+        }
+    }
+    all
+}
+
+/// `manifests/reencode.toml`: a second version with latents from another VAE, the text features
+/// copied byte for byte, and both VAEs (path + sha256) recorded in index.json.
+#[test]
+fn reencoding_reuses_text_features_and_records_both_vaes() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_models(dir.path());
+    let job = encode_job(dir.path(), &models, "mugflow");
+    let (code, _, err) = run(&["run", job.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    let v1 = dir.path().join("mugflow");
+    let v2 = dir.path().join("v2");
+    // Another VAE with the same architecture: the goldens' tiny weights.
+    let new_vae = common::root().join("models/tests/data/mugvae/weights.safetensors");
+    let output = common::mugflow(&[
+        "run",
+        "manifests/reencode.toml",
+        "--progress",
+        "none",
+        "--set",
+        "stage.vae_encode.size=64x48",
+    ])
+    .env("MUGFLOW_SOURCE", &v1)
+    .env("MUGFLOW_OUT", &v2)
+    .env("MUGFLOW_VAE", &new_vae)
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    assert_eq!(common::written_ids(&v2), common::written_ids(&v1));
+    for name in ["text_y", "text_mask"] {
+        let (old, new) = (tensors(&v1, name), tensors(&v2, name));
+        assert_eq!(old.len(), common::written_ids(&v1).len());
+        assert_eq!(old, new, "{name} is copied byte for byte");
+    }
+    let (old, new) = (tensors(&v1, "latent"), tensors(&v2, "latent"));
+    assert_eq!(old.keys().collect::<Vec<_>>(), new.keys().collect::<Vec<_>>());
+    for (id, (dtype, shape, bytes)) in &new {
+        assert_eq!((dtype, shape), (&old[id].0, &old[id].1), "{id}: same clip, same latent shape");
+        assert_ne!(bytes, &old[id].2, "{id}: another VAE gives other latents");
+    }
+
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(v2.join("index.json")).unwrap()).unwrap();
+    let vae = |pipeline: &serde_json::Value| -> serde_json::Value {
+        pipeline.as_array().unwrap().iter().find(|s| s["kind"] == "vae_encode").unwrap()["checkpoints"][0].clone()
+    };
+    let sha = |p: &Path| {
+        let out = std::process::Command::new("sha256sum").arg(p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    };
+    let new_id = vae(&index["pipeline"]);
+    assert_eq!(new_id["path"], new_vae.display().to_string());
+    assert_eq!(new_id["sha256"], sha(&new_vae));
+    let old_id = vae(&index["derived_from"]["pipeline"]);
+    let old_vae = models.join("vae.safetensors");
+    assert_eq!(old_id["path"], old_vae.display().to_string());
+    assert_eq!(old_id["sha256"], sha(&old_vae));
+    assert_eq!(index["derived_from"]["dataset"], v1.display().to_string());
+}
