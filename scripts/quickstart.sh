@@ -9,3 +9,8 @@ target/release/mugflow validate manifests/demo.toml
 target/release/mugflow run manifests/demo.toml
 target/release/mugflow inspect out/demo
 target/release/mugflow scenes tests/data/videos/bbb_trailer_moviepy.mp4
+# The whole curation chain with tiny random weights (plumbing only: the numbers mean nothing).
+target/release/mugflow models init-tiny checkpoints/tiny
+rm -rf out/curate
+target/release/mugflow run manifests/curate.toml
+target/release/mugflow inspect out/curate

@@ -136,3 +136,42 @@ fn a_checkpoint_with_wrong_keys_is_refused_naming_them() {
     let err = MugVae::load(&ckpt, &MugVaeConfig::mugv()).err().unwrap().to_string();
     assert!(err.contains("`spatial_vae.module.encoder.") && err.contains("the model expects [128]"), "{err}");
 }
+
+/// The same weights saved by PyTorch (`torch.save` of the state dict, as the official `vae.pt`)
+/// and as a sharded safetensors folder with an index load to the same model; bf16 loading works.
+#[test]
+fn the_vae_loads_from_pytorch_pt_and_sharded_safetensors() {
+    let python = std::env::var("MUGFLOW_TEST_PYTHON")
+        .expect("set MUGFLOW_TEST_PYTHON to a Python with torch and safetensors (scripts/test.sh does)");
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import json, sys, torch
+from safetensors.torch import load_file, save_file
+src, out = sys.argv[1], sys.argv[2]
+sd = load_file(src)
+torch.save(sd, f"{out}/vae.pt")
+keys = sorted(sd)
+half = len(keys) // 2
+shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+import os
+os.makedirs(f"{out}/sharded")
+for name, ks in shards.items():
+    save_file({k: sd[k].contiguous() for k in ks}, f"{out}/sharded/{name}")
+index = {"metadata": {}, "weight_map": {k: n for n, ks in shards.items() for k in ks}}
+json.dump(index, open(f"{out}/sharded/model.safetensors.index.json", "w"))
+"#;
+    let status = std::process::Command::new(python)
+        .args(["-c", script, data("weights.safetensors").to_str().unwrap(), dir.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let c = case("case_spatial.safetensors");
+    for path in [dir.path().join("vae.pt"), dir.path().join("sharded")] {
+        let ckpt = Checkpoint::open(&path, DType::F32, &Device::Cpu).unwrap();
+        let vae = MugVae::load(&ckpt, &MugVaeConfig::golden()).unwrap();
+        assert_close(&path.display().to_string(), &vae.spatial_encode(&c["x"]).unwrap(), &c["feat"]);
+    }
+    // bf16 checkpoints load (candle's CPU backend cannot multiply bf16, so they run on GPUs).
+    let ckpt = Checkpoint::open(&dir.path().join("vae.pt"), DType::BF16, &Device::Cpu).unwrap();
+    assert!(MugVae::load(&ckpt, &MugVaeConfig::golden()).is_ok());
+}

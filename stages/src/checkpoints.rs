@@ -70,7 +70,20 @@ impl Placement {
 
     /// Open a checkpoint for this placement, the error naming what it is for.
     pub fn open(&self, what: &str, path: &Path) -> Result<Checkpoint, String> {
-        Checkpoint::open(path, self.dtype(), &self.device()?).map_err(|e| format!("{what}: {e}"))
+        if !path.exists() {
+            return Err(format!(
+                "{what}: {} does not exist (point it at the checkpoint, or write tiny random test weights \
+                 with `mugflow models init-tiny DIR`)",
+                path.display()
+            ));
+        }
+        let device = self.device()?;
+        if device.is_cpu() && self.dtype != Precision::F32 {
+            // candle's CPU backend has no bf16/f16 matrix products.
+            let name = if self.dtype == Precision::Bf16 { "bf16" } else { "f16" };
+            return Err(format!("{what}: dtype \"{name}\" runs on GPUs only; on device \"cpu\" use dtype = \"f32\""));
+        }
+        Checkpoint::open(path, self.dtype(), &device).map_err(|e| format!("{what}: {e}"))
     }
 }
 
