@@ -4,7 +4,9 @@
 
 pub mod aesthetic;
 pub mod clip;
+pub mod mugdit;
 pub mod mugvae;
 pub mod random;
+pub mod rflow;
 pub mod t5;
 pub mod weights;
