@@ -399,7 +399,8 @@ where
             StageReport { counters, items_per_busy_s }
         })
         .collect();
-    report.errors = report.stages.iter().map(|s| s.counters.errors).sum();
+    // Every failed item, including input rows rejected before the first stage.
+    report.errors = tracker.outcomes.lock().expect("tracker lock").failed;
     if leases.is_some() {
         report.shards_other_workers = held_elsewhere.load(Ordering::Relaxed);
     }
@@ -507,6 +508,11 @@ impl Source {
     async fn feed(&self, k: usize, items: Vec<InputItem>) -> bool {
         self.tracker.open(k, items.len());
         for input in items {
+            if let Some(message) = input.error {
+                let uri = input.fields.get("uri").map(|v| v.to_string()).unwrap_or_default();
+                self.tracker.fail(k, record(&input.id, &uri, "0:input", StageError::msg(message)));
+                continue;
+            }
             let mut item = Item::new(input.id);
             item.fields = input.fields;
             item.shard = k;

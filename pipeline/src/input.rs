@@ -18,6 +18,9 @@ pub struct InputItem {
     pub id: String,
     /// Fields: always `uri`, plus the columns of a table listing.
     pub fields: BTreeMap<String, Value>,
+    /// Why this input cannot be processed (an empty path, a repeated id): it becomes an error
+    /// record of the job instead of stopping it.
+    pub error: Option<String>,
 }
 
 /// All input items of a job and the fields they carry.
@@ -61,12 +64,17 @@ pub async fn list_inputs(spec: &InputSpec) -> Result<Inputs, PipelineError> {
             ))
         }
     };
+    // A stable sort keeps listing order among equal ids: the first one is processed, the
+    // repeats become error records.
     items.sort_by(|a, b| a.id.cmp(&b.id));
-    if let Some(w) = items.windows(2).find(|w| w[0].id == w[1].id) {
-        return Err(PipelineError::Input(format!(
-            "two inputs have the id `{}`: {} and {}; give the table an id column or rename one",
-            w[0].id, w[0].fields["uri"], w[1].fields["uri"]
-        )));
+    for i in 1..items.len() {
+        if items[i].id == items[i - 1].id && items[i].error.is_none() {
+            let first = items[i - 1].fields.get("uri").map(Value::to_string).unwrap_or_default();
+            items[i].error = Some(format!(
+                "the id `{}` is used twice (also by {first}); ids must be unique, this one is skipped",
+                items[i].id
+            ));
+        }
     }
     Ok(Inputs { items, fields })
 }
@@ -124,8 +132,30 @@ async fn table(path: &str, listing: &InputListing) -> Result<(Vec<InputItem>, Ve
     parse_table(path, bytes, listing)
 }
 
+/// Data rows of a CSV file (0-based, header excluded) whose field count differs from the
+/// header's, with a message naming the line: they become error records, not a failed job.
+fn ragged_rows(path: &str, bytes: &[u8]) -> BTreeMap<usize, String> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(bytes);
+    let width = reader.headers().map(|h| h.len()).unwrap_or(0);
+    let mut bad = BTreeMap::new();
+    for (row, record) in reader.records().enumerate() {
+        match record {
+            Ok(r) if r.len() == width => {}
+            Ok(r) => {
+                let line = r.position().map_or(row + 2, |p| p.line() as usize);
+                bad.insert(row, format!("{path}:{line}: {} fields, the header has {width}", r.len()));
+            }
+            Err(e) => {
+                bad.insert(row, format!("{path}: row {}: {e}", row + 1));
+            }
+        }
+    }
+    bad
+}
+
 /// Parse the bytes of a CSV or Parquet listing (the kind is taken from `path`'s extension);
-/// relative paths in it are resolved against `path`'s directory. Any malformed input is an error.
+/// relative paths in it are resolved against `path`'s directory. A file that cannot be read as a
+/// table is an error; a bad row (wrong field count, empty path or id) becomes an item error.
 pub fn parse_table(
     path: &str,
     bytes: bytes::Bytes,
@@ -133,11 +163,14 @@ pub fn parse_table(
 ) -> Result<(Vec<InputItem>, Vec<Field>), PipelineError> {
     let (dir, name) = split_parent(path);
     let bad = |e: PolarsError| PipelineError::Input(format!("cannot read table {path}: {e}"));
+    let mut ragged = BTreeMap::new();
     let df = if name.ends_with(".parquet") {
         ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(bad)?
     } else if name.ends_with(".csv") {
+        ragged = ragged_rows(path, &bytes);
         CsvReadOptions::default()
             .with_has_header(true)
+            .with_parse_options(CsvParseOptions::default().with_truncate_ragged_lines(true))
             .into_reader_with_file_handle(std::io::Cursor::new(bytes))
             .finish()
             .map_err(bad)?
@@ -169,23 +202,27 @@ pub fn parse_table(
         let get = |c: &str| cols.iter().find(|(n, _)| n == c).map(|(_, v)| &v[row]);
         let line = row + 2; // 1-based, after the header line
         let raw_path = match get(&listing.path_column) {
-            Some(Value::Str(p)) if !p.trim().is_empty() => p.trim().to_string(),
-            _ => return Err(PipelineError::Input(format!("{path}:{line}: empty `{}`", listing.path_column))),
+            Some(Value::Str(p)) if !p.trim().is_empty() => Some(p.trim().to_string()),
+            _ => None,
         };
-        let uri = resolve(dir, &raw_path);
+        let mut error = raw_path.is_none().then(|| format!("{path}:{line}: empty `{}`", listing.path_column));
+        if let Some(e) = ragged.get(&row) {
+            error = Some(e.clone());
+        }
         let id = match &listing.id_column {
             Some(c) => match get(c) {
                 Some(Value::Null) | None => {
-                    return Err(PipelineError::Input(format!("{path}:{line}: empty id in column `{c}`")))
+                    error = Some(format!("{path}:{line}: empty id in column `{c}`"));
+                    format!("{name}:{line}")
                 }
                 Some(v) => v.to_string(),
             },
-            None => derive_id(&raw_path),
+            None => raw_path.as_deref().map_or_else(|| format!("{name}:{line}"), derive_id),
         };
         let mut f: BTreeMap<String, Value> = cols.iter().map(|(n, v)| (n.clone(), v[row].clone())).collect();
-        f.insert("uri".into(), Value::Str(uri));
+        f.insert("uri".into(), Value::Str(raw_path.map(|p| resolve(dir, &p)).unwrap_or_default()));
         f.remove("id");
-        items.push(InputItem { id, fields: f });
+        items.push(InputItem { id, fields: f, error });
     }
     Ok((items, fields))
 }
@@ -229,7 +266,7 @@ async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineErr
             if has_tensors {
                 f.insert(DATASET_TENSORS.into(), Value::Str(loc.url_of(&tensors)));
             }
-            items.push(InputItem { id, fields: f });
+            items.push(InputItem { id, fields: f, error: None });
         }
     }
     fields.push(Field::new(DATASET_TENSORS, FieldType::Str, "the input dataset's tensors file of this item"));
@@ -325,7 +362,7 @@ fn from_paths(uris: Vec<String>) -> Result<Vec<InputItem>, PipelineError> {
             let id = if unique { stem(&uri) } else { derive_id(uri[common.len()..].trim_start_matches('/')) };
             let mut fields = BTreeMap::new();
             fields.insert("uri".to_string(), Value::Str(uri));
-            InputItem { id, fields }
+            InputItem { id, fields, error: None }
         })
         .collect())
 }
