@@ -729,24 +729,58 @@ impl MugVae {
     /// count is not a multiple of 8 loses its first frames. `n` must be the latent length of
     /// `num_frames` frames.
     pub fn decode(&self, z: &Tensor, num_frames: usize) -> candle_core::Result<Tensor> {
-        let features = self.decode_features(z, num_frames)?;
-        self.spatial_decode(&features)
+        let mut parts = Vec::new();
+        self.decode_chunks(z, num_frames, &mut |frames| {
+            parts.push(frames);
+            Ok(())
+        })?;
+        Tensor::cat(&parts, 2)
     }
 
-    /// The temporal half of [`MugVae::decode`]: normalised latents -> 2D features of `num_frames`.
-    pub fn decode_features(&self, z: &Tensor, num_frames: usize) -> candle_core::Result<Tensor> {
+    /// [`MugVae::decode`] one temporal chunk at a time: `sink` receives the frames
+    /// `(B, 3, t, 8h, 8w)` of each chunk in order, so memory holds one chunk, not the video.
+    pub fn decode_chunks(
+        &self,
+        z: &Tensor,
+        num_frames: usize,
+        sink: &mut dyn FnMut(Tensor) -> candle_core::Result<()>,
+    ) -> candle_core::Result<()> {
+        self.temporal_chunks(z, num_frames, &mut |features| sink(self.spatial_decode(&features)?))
+    }
+
+    /// The temporal decoding of each chunk of normalised latents, in order.
+    fn temporal_chunks(
+        &self,
+        z: &Tensor,
+        num_frames: usize,
+        f: &mut dyn FnMut(Tensor) -> candle_core::Result<()>,
+    ) -> candle_core::Result<()> {
+        let z = self.denormalise(z, num_frames)?;
+        let (n, chunk) = (z.dim(2)?, self.config.micro_z_frames());
+        for (k, start) in (0..n).step_by(chunk).enumerate() {
+            let frames = self.config.micro_frame_size.min(num_frames - k * self.config.micro_frame_size);
+            f(self.temporal_decode(&z.narrow(2, start, chunk.min(n - start))?, frames)?)?;
+        }
+        Ok(())
+    }
+
+    /// `z * scale + shift` after checking that `z` holds the latent length of `num_frames`.
+    fn denormalise(&self, z: &Tensor, num_frames: usize) -> candle_core::Result<Tensor> {
         let n = z.dim(2)?;
         let expected = self.config.latent_size(num_frames, 0, 0).0;
         if num_frames == 0 || n != expected {
             candle_core::bail!("{num_frames} frames have {expected} latent frames, the latents hold {n}");
         }
-        let z = z.broadcast_mul(&self.scale.to_dtype(z.dtype())?)?.broadcast_add(&self.shift.to_dtype(z.dtype())?)?;
-        let chunk = self.config.micro_z_frames();
+        z.broadcast_mul(&self.scale.to_dtype(z.dtype())?)?.broadcast_add(&self.shift.to_dtype(z.dtype())?)
+    }
+
+    /// The temporal half of [`MugVae::decode`]: normalised latents -> 2D features of `num_frames`.
+    pub fn decode_features(&self, z: &Tensor, num_frames: usize) -> candle_core::Result<Tensor> {
         let mut parts = Vec::new();
-        for (k, start) in (0..n).step_by(chunk).enumerate() {
-            let frames = self.config.micro_frame_size.min(num_frames - k * self.config.micro_frame_size);
-            parts.push(self.temporal_decode(&z.narrow(2, start, chunk.min(n - start))?, frames)?);
-        }
+        self.temporal_chunks(z, num_frames, &mut |features| {
+            parts.push(features);
+            Ok(())
+        })?;
         Tensor::cat(&parts, 2)
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use models::aesthetic::{AestheticConfig, AestheticMlp};
 use models::clip::ClipVision;
+use models::mugdit::{MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
 use models::random::{model_keys, random_weights};
 use models::t5::{T5Config, T5Encoder};
@@ -115,6 +116,18 @@ impl Preset {
         }
     }
 
+    /// The MUG-DiT sizes (the tiny one takes the VideoVAE's 24 channels and the tiny T5's width).
+    pub fn dit(self) -> MugDitConfig {
+        match self {
+            Preset::Real => MugDitConfig::mugv_10b(),
+            Preset::Tiny => MugDitConfig {
+                in_channels: self.vae().temporal.latent_channels,
+                text_dim: self.t5().d_model,
+                ..MugDitConfig::golden()
+            },
+        }
+    }
+
     /// The CLIP tower and aesthetic head sizes.
     pub fn aesthetic(self) -> AestheticConfig {
         match self {
@@ -133,14 +146,20 @@ pub fn to_payload(t: &Tensor) -> Result<pipeline::Tensor, candle_core::Error> {
 }
 
 /// File names `init_tiny` writes, relative to its folder.
-pub const TINY_FILES: [&str; 5] =
-    ["vae.safetensors", "t5.safetensors", "t5_tokenizer.json", "clip.safetensors", "aesthetic_mlp.safetensors"];
+pub const TINY_FILES: [&str; 6] = [
+    "vae.safetensors",
+    "t5.safetensors",
+    "t5_tokenizer.json",
+    "clip.safetensors",
+    "aesthetic_mlp.safetensors",
+    "dit.safetensors",
+];
 
 /// The T5 vocabulary (Google's Apache-2.0 SentencePiece model as a HF tokenizer.json).
 const T5_TOKENIZER: &[u8] = include_bytes!("../../models/tests/data/t5/t5_tokenizer.json");
 
 /// Write tiny random-weight checkpoints with the real key names (VideoVAE, T5 encoder with its
-/// tokenizer, CLIP tower, aesthetic head) into `dir`, for the demo and plumbing tests.
+/// tokenizer, CLIP tower, aesthetic head, MUG-DiT) into `dir`, for the demo and plumbing tests.
 pub fn init_tiny(dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let keys = |r: Result<Vec<(String, Vec<usize>)>, WeightsError>| r.map_err(|e| e.to_string());
@@ -150,11 +169,11 @@ pub fn init_tiny(dir: &Path) -> Result<Vec<PathBuf>, String> {
         keys(model_keys(|c| T5Encoder::load(c, &Preset::Tiny.t5())))?,
         keys(model_keys(|c| ClipVision::load(c, &aesthetic.clip)))?,
         keys(model_keys(|c| AestheticMlp::load(c, &aesthetic)))?,
+        keys(model_keys(|c| MugDit::load(c, &Preset::Tiny.dit())))?,
     ];
     let mut written = Vec::new();
-    for (seed, (name, keys)) in
-        [TINY_FILES[0], TINY_FILES[1], TINY_FILES[3], TINY_FILES[4]].iter().zip(sets).enumerate()
-    {
+    let names = [TINY_FILES[0], TINY_FILES[1], TINY_FILES[3], TINY_FILES[4], TINY_FILES[5]];
+    for (seed, (name, keys)) in names.iter().zip(sets).enumerate() {
         let path = dir.join(name);
         let tensors = random_weights(&keys, seed as u64).map_err(|e| e.to_string())?;
         let tensors: std::collections::HashMap<_, _> = tensors.into_iter().collect();

@@ -74,7 +74,7 @@ pub enum Preset {
 
 impl Preset {
     /// The name libx264 knows it by.
-    fn name(self) -> String {
+    pub(crate) fn name(self) -> String {
         serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
     }
 }

@@ -5,12 +5,16 @@
 pub mod aesthetic;
 pub mod checkpoints;
 pub mod clip_filter;
+pub mod encode_mp4;
 pub mod export_clips;
+pub mod i2v_generate;
+pub mod load_image;
 pub mod load_tensors;
 pub mod megatron;
 pub mod probe;
 pub mod scene_split;
 pub mod t5_encode;
+pub mod vae_decode;
 pub mod vae_encode;
 pub mod video;
 pub mod write;
@@ -28,6 +32,10 @@ pub fn registry() -> Registry {
         .register::<vae_encode::VaeEncodeConfig>()
         .register::<t5_encode::T5EncodeConfig>()
         .register::<load_tensors::LoadTensorsConfig>()
+        .register::<load_image::LoadImageConfig>()
+        .register::<i2v_generate::I2vGenerateConfig>()
+        .register::<vae_decode::VaeDecodeConfig>()
+        .register::<encode_mp4::EncodeMp4Config>()
         .register::<write::WriteConfig>();
     r
 }

@@ -1,0 +1,290 @@
+//! `i2v_generate`: MUG-V image-to-video sampling for each catalog row: the prompt (with the
+//! aesthetic suffix) and the fixed negative prompt through T5, the reference image through the
+//! VAE into latent frame 0, then the rectified-flow sampler with the MUG-DiT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use candle_core::{DType, Device, Tensor};
+use models::mugdit::MugDit;
+use models::mugvae::MugVae;
+use models::random::standard_normal;
+use models::rflow::{Conditioning, RFlow, ShiftPrecision, NEGATIVE_PROMPT};
+use models::t5::{T5Encoder, T5Tokenizer};
+use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoints::{default_device, to_payload, Placement, Precision, Preset};
+
+/// Generate each row's video latents as MUG-V's `infer_pipeline.py` does: prompt + `" aesthetic
+/// score: X.X."`, classifier-free guidance against MUG-V's negative prompt, the reference image
+/// (repeated over 8 frames) encoded into latent frame 0 and kept clean, `steps` Euler steps of
+/// the shifted rectified-flow schedule. The `latent` tensor `[24, T', H/8, W/8]` goes to
+/// `vae_decode`. Noise is seeded by the row's `seed` (or `seed` here), so a re-run repeats it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct I2vGenerateConfig {
+    /// MUG-DiT checkpoint (`dit.pt` of MUG-V-inference, or a safetensors copy).
+    pub dit: PathBuf,
+    /// MUG-V VideoVAE checkpoint (`vae.pt`), for the reference image.
+    pub vae: PathBuf,
+    /// T5-v1.1-XXL encoder checkpoint.
+    pub t5: PathBuf,
+    /// The T5 tokenizer (`tokenizer.json`).
+    pub tokenizer: PathBuf,
+    /// Model sizes: "real" (MUG-DiT-10B, ...) or "tiny" (`mugflow models init-tiny`).
+    #[serde(default)]
+    pub preset: Preset,
+    /// Sampling steps.
+    #[serde(default = "default_steps")]
+    #[schemars(range(min = 1))]
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    #[serde(default = "default_cfg")]
+    pub cfg_scale: f64,
+    /// Aesthetic score appended to every prompt; unset appends nothing.
+    #[serde(default = "default_aes")]
+    pub aes_score: Option<f64>,
+    /// Frame rate the DiT is conditioned on (MUG-V: 30; the MP4's rate is `encode_mp4`'s).
+    #[serde(default = "default_fps")]
+    pub fps: f64,
+    /// Seed of rows whose `seed` is empty.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Timestep shift arithmetic: "pipeline-bf16" (as the shipped MUG-V pipeline, to reproduce
+    /// its outputs) or "f32".
+    #[serde(default)]
+    pub shift: Shift,
+    /// Device of the DiT and the VAE: "cpu", "cuda" or "cuda:N".
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Precision of the DiT and the VAE: "f32", "bf16" (GPUs) or "f16".
+    #[serde(default)]
+    pub dtype: Precision,
+    /// Device of T5 (f32, as the reference runs it): the CPU keeps its ~19 GB off the GPU.
+    #[serde(default = "default_device")]
+    pub t5_device: String,
+}
+
+fn default_steps() -> usize {
+    25
+}
+fn default_cfg() -> f64 {
+    4.0
+}
+fn default_aes() -> Option<f64> {
+    Some(6.0)
+}
+fn default_fps() -> f64 {
+    30.0
+}
+fn default_seed() -> u64 {
+    42
+}
+
+/// Timestep shift arithmetic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shift {
+    /// bf16-rounded like the shipped pipeline.
+    #[default]
+    PipelineBf16,
+    /// f32 throughout.
+    F32,
+}
+
+/// The models of one worker, loaded once.
+struct Models {
+    dit: MugDit,
+    vae: MugVae,
+    t5: T5Encoder,
+    tokenizer: T5Tokenizer,
+}
+
+/// The runnable stage; cheap to clone into a worker thread.
+#[derive(Clone)]
+struct I2vGenerate {
+    config: Arc<I2vGenerateConfig>,
+    models: Arc<Models>,
+    device: Device,
+    dtype: DType,
+    t5_device: Device,
+}
+
+/// Independent noise streams of one row: 0 the reference latent's posterior, 1 the initial
+/// noise, 2.. the sampler's steps.
+fn stream(seed: u64, k: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k)
+}
+
+/// What generating one row produced.
+struct Generated {
+    latent: Tensor,
+    seed: u64,
+}
+
+impl I2vGenerate {
+    /// T5 states `[2, 1, L, d]` and valid lengths of the prompt and the negative prompt.
+    fn encode_text(&self, prompt: &str) -> Result<(Tensor, Vec<usize>), StageError> {
+        let m = &self.models;
+        let (mut ids, mut masks, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+        for text in [prompt, NEGATIVE_PROMPT] {
+            let (i, mask) = m.tokenizer.encode(text).map_err(|e| StageError::msg(format!("tokenizer: {e}")))?;
+            lens.push(mask.iter().filter(|&&v| v == 1).count());
+            ids.extend(i);
+            masks.extend(mask);
+        }
+        let l = ids.len() / 2;
+        let run = || -> candle_core::Result<Tensor> {
+            let ids = Tensor::from_vec(ids, (2, l), &self.t5_device)?;
+            let mask = Tensor::from_vec(masks, (2, l), &self.t5_device)?;
+            let y = m.t5.forward(&ids, &mask)?;
+            y.unsqueeze(1)?.to_device(&self.device)?.to_dtype(self.dtype)
+        };
+        Ok((run().map_err(|e| StageError::from(e).context("T5 encoding failed"))?, lens))
+    }
+
+    fn generate(
+        &self,
+        prompt: &str,
+        image: &[u8],
+        size: (usize, usize, usize),
+        seed: u64,
+    ) -> Result<Generated, StageError> {
+        let (frames, height, width) = size;
+        let c = &self.config;
+        let prompt = match c.aes_score {
+            Some(score) => format!("{prompt} aesthetic score: {score:.1}."),
+            None => prompt.to_string(),
+        };
+        let (y, lens) = self.encode_text(&prompt)?;
+        let m = &self.models;
+        let vae = m.vae.config();
+        let (lt, lh, lw) = vae.latent_size(frames, height, width);
+        let channels = vae.temporal.latent_channels;
+        let shape = [1, channels, lt, lh, lw];
+        let run = || -> candle_core::Result<Tensor> {
+            // The reference image, [-1, 1], repeated over 8 frames: one latent frame.
+            let values: Vec<f32> = (0..3)
+                .flat_map(|ch| image.iter().skip(ch).step_by(3).map(|&u| (f32::from(u) / 255.0 - 0.5) / 0.5))
+                .collect();
+            let img = Tensor::from_vec(values, (1, 3, 1, height, width), &self.device)?.to_dtype(self.dtype)?;
+            let video = img.repeat((1, 1, 8, 1, 1))?;
+            let eps = standard_normal(&[1, channels, 1, lh, lw], stream(seed, 0))?.to_device(&self.device)?;
+            let reference = m.vae.encode(&video, Some(&eps.to_dtype(self.dtype)?))?.to_dtype(DType::F32)?;
+            let z =
+                Tensor::cat(&[reference, Tensor::zeros((1, channels, lt - 1, lh, lw), DType::F32, &self.device)?], 2)?;
+            let sampler = RFlow { steps: c.steps, guidance: c.cfg_scale as f32 };
+            let precision = match c.shift {
+                Shift::PipelineBf16 => ShiftPrecision::PipelineBf16,
+                Shift::F32 => ShiftPrecision::F32,
+            };
+            let timesteps = sampler.timesteps(height, width, lt, precision);
+            let mut mask = vec![1.0f32; lt];
+            mask[0] = 0.0;
+            let frame_indices: Vec<usize> = (0..lt + 2).collect();
+            let cond = Conditioning {
+                y: &y,
+                text_lens: &lens,
+                mask: &[mask],
+                fps: c.fps as f32,
+                frame_indices: &frame_indices,
+            };
+            let mut noise = |k: usize| standard_normal(&shape, stream(seed, 1 + k as u64))?.to_device(&self.device);
+            let z = sampler.sample(&m.dit, &z, &cond, &timesteps, &mut noise, &mut |_| {})?;
+            z.squeeze(0)
+        };
+        let latent = run().map_err(|e| StageError::from(e).context("sampling failed"))?;
+        Ok(Generated { latent, seed })
+    }
+}
+
+#[async_trait]
+impl Stage for I2vGenerate {
+    async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
+        let started = Instant::now();
+        let prompt = item
+            .get("prompt")
+            .and_then(pipeline::Value::as_str)
+            .ok_or_else(|| StageError::msg("the row has no `prompt`"))?
+            .to_string();
+        let image =
+            item.tensors.get("ref_image").ok_or_else(|| StageError::msg("no `ref_image`: put load_image first"))?;
+        let (height, width) = (image.shape[0], image.shape[1]);
+        let frames = item.get("num_frames").and_then(pipeline::Value::as_i64).unwrap_or(0).max(2) as usize;
+        let seed = match item.get("seed") {
+            Some(v) if v.as_i64().is_some() => v.as_i64().unwrap_or_default() as u64,
+            Some(pipeline::Value::Str(s)) if !s.trim().is_empty() => {
+                s.trim().parse().map_err(|_| StageError::msg(format!("the row's seed `{s}` is not a whole number")))?
+            }
+            _ => self.config.seed,
+        };
+        let (me, pixels) = (self.clone(), image.data.clone());
+        let done = ctx.cpu(move || me.generate(&prompt, &pixels, (frames, height, width), seed)).await??;
+        item.tensors.insert("latent".into(), to_payload(&done.latent)?);
+        item.set("seed", done.seed as i64);
+        item.set("steps", self.config.steps as i64);
+        item.set("cfg_scale", self.config.cfg_scale);
+        item.set("generate_s", started.elapsed().as_secs_f64());
+        Ok(vec![item])
+    }
+}
+
+impl StageConfig for I2vGenerateConfig {
+    const KIND: &'static str = "i2v_generate";
+    const EXAMPLE: &'static str = "[[stage]]\nkind = \"i2v_generate\"\ndit = \"models/MUG-V-inference/dit.pt\"\nvae = \"models/MUG-V-inference/vae.pt\"\nt5 = \"models/t5-v1_1-xxl\"\ntokenizer = \"models/t5-v1_1-xxl/tokenizer.json\"\nsteps = 25\ncfg_scale = 4.0\ndevice = \"cuda\"\ndtype = \"bf16\"\n";
+
+    fn reads(&self) -> Vec<Field> {
+        vec![
+            Field::new("prompt", FieldType::Str, "what the video should show"),
+            Field::new("ref_image", FieldType::Tensor, "reference image from load_image"),
+            Field::new("num_frames", FieldType::Int, "video frames from load_image"),
+        ]
+    }
+
+    fn adds(&self) -> Vec<Field> {
+        vec![
+            Field::new("latent", FieldType::Tensor, "generated latents [24, T', H/8, W/8], f32"),
+            Field::new("seed", FieldType::Int, "seed the row's noise came from"),
+            Field::new("steps", FieldType::Int, "sampling steps"),
+            Field::new("cfg_scale", FieldType::Float, "guidance scale"),
+            Field::new("generate_s", FieldType::Float, "seconds spent generating the row"),
+        ]
+    }
+
+    fn check(&self) -> Vec<String> {
+        if self.steps == 0 {
+            vec!["steps must be at least 1".into()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn checkpoints(&self) -> Vec<PathBuf> {
+        vec![self.dit.clone(), self.vae.clone(), self.t5.clone(), self.tokenizer.clone()]
+    }
+
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+        let placement = Placement { device: self.device.clone(), dtype: self.dtype };
+        let t5_placement = Placement { device: self.t5_device.clone(), dtype: Precision::F32 };
+        let err = |e: models::weights::WeightsError| e.to_string();
+        let t5_config = self.preset.t5();
+        let models = Models {
+            dit: MugDit::load(&placement.open("i2v_generate `dit`", &self.dit)?, &self.preset.dit()).map_err(err)?,
+            vae: MugVae::load(&placement.open("i2v_generate `vae`", &self.vae)?, &self.preset.vae()).map_err(err)?,
+            t5: T5Encoder::load(&t5_placement.open("i2v_generate `t5`", &self.t5)?, &t5_config).map_err(err)?,
+            tokenizer: T5Tokenizer::from_file(&self.tokenizer, t5_config.max_length)
+                .map_err(|e| format!("i2v_generate `tokenizer`: {e}"))?,
+        };
+        Ok(Runnable::Transform(Arc::new(I2vGenerate {
+            config: Arc::new(self.clone()),
+            models: Arc::new(models),
+            device: placement.device()?,
+            dtype: placement.dtype(),
+            t5_device: t5_placement.device()?,
+        })))
+    }
+}

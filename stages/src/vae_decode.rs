@@ -1,0 +1,161 @@
+//! `vae_decode`: generated latents back to frames with the MUG-V VideoVAE, one temporal chunk at
+//! a time, with the reference image as frame 0 as MUG-V's pipeline does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use candle_core::{DType, Device, Tensor};
+use models::mugvae::MugVae;
+use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoints::{default_device, Placement, Precision, Preset};
+
+/// Decode each row's `latent` except latent frame 0 (the reference image's) into `num_frames - 1`
+/// frames, chunk by chunk, and put the reference image in front: the `video` tensor
+/// `[T, H, W, 3]` (u8, values as MUG-V saves them). Where the VAE's 8-pixel grid cuts the frame
+/// (MUG-V's 4:3 and 3:4 sizes, 1108 and 1110 pixels), the reference image is cropped to the
+/// decoded size; the reference pipeline fails on those two ratios instead.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaeDecodeConfig {
+    /// MUG-V VideoVAE checkpoint (`vae.pt`).
+    pub checkpoint: PathBuf,
+    /// Model sizes: "real" or "tiny".
+    #[serde(default)]
+    pub preset: Preset,
+    /// "cpu", "cuda" or "cuda:N".
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Precision: "f32", "bf16" (GPUs) or "f16".
+    #[serde(default)]
+    pub dtype: Precision,
+}
+
+/// The runnable stage; cheap to clone into a worker thread.
+#[derive(Clone)]
+struct VaeDecode {
+    vae: Arc<MugVae>,
+    device: Device,
+    dtype: DType,
+}
+
+/// `[-1, 1]` values to bytes as MUG-V saves videos: clamp, map to [0, 1], `* 255 + 0.5`, truncate.
+fn to_u8(v: f32) -> u8 {
+    ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0 + 0.5).clamp(0.0, 255.0) as u8
+}
+
+impl VaeDecode {
+    /// The video bytes `[T, H', W', 3]` and its size.
+    fn decode(
+        &self,
+        latent: &Tensor,
+        reference: &[u8],
+        width: usize,
+        frames: usize,
+    ) -> Result<(Vec<u8>, usize, usize), StageError> {
+        let mut video: Vec<u8> = Vec::new();
+        let mut size = (0, 0);
+        let mut run = || -> candle_core::Result<()> {
+            let z = latent.to_device(&self.device)?.to_dtype(self.dtype)?.unsqueeze(0)?;
+            let n = z.dim(2)?;
+            let rest = z.narrow(2, 1, n - 1)?;
+            self.vae.decode_chunks(&rest, frames - 1, &mut |chunk| {
+                let chunk = chunk.squeeze(0)?.to_dtype(DType::F32)?.permute((1, 2, 3, 0))?.to_device(&Device::Cpu)?;
+                let (_, h, w, _) = chunk.dims4()?;
+                if video.is_empty() {
+                    size = (h, w);
+                    // Frame 0: the reference image, cropped to the decoded size if needed.
+                    for row in reference.chunks_exact(3 * width).take(h) {
+                        video.extend_from_slice(&row[..3 * w]);
+                    }
+                }
+                video.extend(chunk.flatten_all()?.to_vec1::<f32>()?.into_iter().map(to_u8));
+                Ok(())
+            })
+        };
+        run().map_err(|e| StageError::from(e).context("VAE decoding failed"))?;
+        Ok((video, size.0, size.1))
+    }
+}
+
+#[async_trait]
+impl Stage for VaeDecode {
+    async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
+        let started = Instant::now();
+        let latent =
+            item.tensors.remove("latent").ok_or_else(|| StageError::msg("no `latent`: put i2v_generate first"))?;
+        let reference =
+            item.tensors.remove("ref_image").ok_or_else(|| StageError::msg("no `ref_image`: put load_image first"))?;
+        let frames = item.get("num_frames").and_then(pipeline::Value::as_i64).unwrap_or(0).max(2) as usize;
+        let (shape, floats): (Vec<usize>, Vec<f32>) = (
+            latent.shape.clone(),
+            latent.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        );
+        let me = self.clone();
+        let width = reference.shape[1];
+        let (video, h, w) = ctx
+            .cpu(move || -> Result<_, StageError> {
+                let z = Tensor::from_vec(floats, shape, &Device::Cpu)?;
+                me.decode(&z, &reference.data, width, frames)
+            })
+            .await??;
+        let t = video.len() / (3 * h * w);
+        let tensor = pipeline::Tensor::new(pipeline::DType::U8, vec![t, h, w, 3], video.into())
+            .ok_or_else(|| StageError::msg("video size mismatch"))?;
+        item.tensors.insert("video".into(), tensor);
+        item.set("decode_s", started.elapsed().as_secs_f64());
+        Ok(vec![item])
+    }
+}
+
+impl StageConfig for VaeDecodeConfig {
+    const KIND: &'static str = "vae_decode";
+    const EXAMPLE: &'static str =
+        "[[stage]]\nkind = \"vae_decode\"\ncheckpoint = \"models/MUG-V-inference/vae.pt\"\ndevice = \"cuda\"\ndtype = \"bf16\"\n";
+
+    fn reads(&self) -> Vec<Field> {
+        vec![
+            Field::new("latent", FieldType::Tensor, "latents from i2v_generate"),
+            Field::new("ref_image", FieldType::Tensor, "reference image from load_image"),
+            Field::new("num_frames", FieldType::Int, "video frames from load_image"),
+        ]
+    }
+
+    fn adds(&self) -> Vec<Field> {
+        vec![
+            Field::new("video", FieldType::Tensor, "decoded video [T, H, W, 3], u8, frame 0 = the reference image"),
+            Field::new("decode_s", FieldType::Float, "seconds spent decoding the row"),
+        ]
+    }
+
+    fn checkpoints(&self) -> Vec<PathBuf> {
+        vec![self.checkpoint.clone()]
+    }
+
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+        let placement = Placement { device: self.device.clone(), dtype: self.dtype };
+        let checkpoint = placement.open("vae_decode `checkpoint`", &self.checkpoint)?;
+        let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(|e| e.to_string())?;
+        Ok(Runnable::Transform(Arc::new(VaeDecode {
+            vae: Arc::new(vae),
+            device: placement.device()?,
+            dtype: placement.dtype(),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_like_the_reference() {
+        assert_eq!([to_u8(-2.0), to_u8(-1.0), to_u8(0.0), to_u8(1.0), to_u8(3.0)], [0, 0, 128, 255, 255]);
+        // 0.5 -> (1.5 / 2) * 255 + 0.5 = 191.75 -> 191.
+        assert_eq!(to_u8(0.5), 191);
+    }
+}
