@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing, error rendering and exit codes.
 
 mod bench;
+mod generate;
+mod gpus;
 mod inspect;
 mod progress;
 mod run;
@@ -81,6 +83,17 @@ enum Command {
         /// Dataset directory or URL, or a `.parquet` / `.safetensors` file.
         path: String,
     },
+    /// Generate one MP4 per row of a product catalog (id, image, prompt; optional seed, aspect,
+    /// length) with MUG-V image-to-video, using the bundled manifests/catalog-generate.toml.
+    Generate {
+        #[command(flatten)]
+        args: generate::GenerateArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+        /// How to show progress: bars on a terminal, plain lines for logs, or nothing.
+        #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+        progress: ProgressMode,
+    },
     /// Model checkpoints.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -134,6 +147,10 @@ struct WorkerArgs {
     /// Number of workers (with --rank; or the completions of a Kubernetes indexed Job).
     #[arg(long)]
     world: Option<usize>,
+    /// One worker process per GPU of this machine over disjoint shards: `all`, or GPU numbers
+    /// like `0,1` (a number twice puts two workers on that GPU).
+    #[arg(long, value_name = "all|0,1,...", conflicts_with_all = ["rank", "world"])]
+    gpus: Option<String>,
 }
 
 /// Progress display modes.
@@ -164,6 +181,7 @@ pub fn main() -> ExitCode {
         Command::Validate { manifest, offline, world } => validate::validate(&manifest, offline, world),
         Command::Stages { kind, format } => stages::stages(kind.as_deref(), format),
         Command::Inspect { path } => inspect::inspect(&path),
+        Command::Generate { args, worker, progress } => generate::generate(&args, &worker, progress),
         Command::Models(ModelsCommand::InitTiny { dir }) => init_tiny(&dir),
         Command::Bench(BenchCommand::Scenes { videos, pyscenedetect }) => {
             bench::scenes(&videos, pyscenedetect.as_deref())

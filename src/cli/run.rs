@@ -4,16 +4,30 @@ use std::sync::Arc;
 
 use pipeline::cluster::Cluster;
 
-use super::{load_plan, progress, runtime, ManifestArgs, ProgressMode, WorkerArgs};
+use super::{gpus, load_plan, progress, runtime, ManifestArgs, ProgressMode, WorkerArgs};
 
-/// Run this worker's shards of the manifest to completion, resuming from the output's journal.
+/// Run this worker's shards of the manifest to completion, resuming from the output's journal;
+/// with `--gpus`, one worker process per GPU.
 pub fn run(args: &ManifestArgs, worker: &WorkerArgs, mode: ProgressMode) -> anyhow::Result<()> {
+    if let Some(spec) = &worker.gpus {
+        return gpus::per_gpu(&gpus::parse(spec)?, &gpus::child_args());
+    }
     let registry = stages::registry();
     let plan = load_plan(args, &registry)?;
+    execute(&plan, &registry, worker, mode)
+}
+
+/// Run this worker's part of a validated plan with progress and signal handling.
+pub fn execute(
+    plan: &pipeline::Plan,
+    registry: &pipeline::Registry,
+    worker: &WorkerArgs,
+    mode: ProgressMode,
+) -> anyhow::Result<()> {
     let cluster = Cluster::detect(worker.rank, worker.world, &|k| std::env::var(k).ok())?;
     let reporter: Arc<dyn pipeline::report::Reporter> = progress::reporter(mode);
     let rt = runtime()?;
-    rt.block_on(pipeline::run(&plan, &registry, pipeline::RunOptions { reporter, cluster, stop: stop_signal() }))?;
+    rt.block_on(pipeline::run(plan, registry, pipeline::RunOptions { reporter, cluster, stop: stop_signal() }))?;
     Ok(())
 }
 

@@ -140,6 +140,9 @@ impl Stage for LoadImage {
         }
         let local =
             fetch_local(&uri, &ctx.scratch).await.map_err(|e| StageError::from(e).context("cannot read the image"))?;
+        if !local.path().exists() {
+            return Err(StageError::msg(format!("cannot read the image: {uri} does not exist")));
+        }
         let (path, exif) = (local.path().to_path_buf(), self.0.exif_orientation);
         let image = ctx
             .cpu(move || -> Result<Image, StageError> {

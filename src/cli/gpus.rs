@@ -1,0 +1,95 @@
+//! `--gpus`: one worker process per GPU on this machine, each a copy of the same command with its
+//! own `--rank`/`--world` (static sharding: disjoint shards) and only its GPU visible.
+
+use std::process::Command;
+
+/// The GPUs named by `--gpus`: "all" (every GPU of `CUDA_VISIBLE_DEVICES`, else of
+/// `nvidia-smi`), or a comma-separated list of GPU numbers (a number twice runs two workers on
+/// that GPU).
+pub fn parse(spec: &str) -> anyhow::Result<Vec<String>> {
+    if spec != "all" {
+        let gpus: Vec<String> = spec.split(',').map(|s| s.trim().to_string()).collect();
+        if let Some(bad) = gpus.iter().find(|g| g.parse::<u32>().is_err()) {
+            anyhow::bail!("--gpus: `{bad}` is not a GPU number; write `all` or a list like `0,1,2`");
+        }
+        return Ok(gpus);
+    }
+    if let Ok(visible) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        let gpus: Vec<String> = visible.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        if !gpus.is_empty() {
+            return Ok(gpus);
+        }
+    }
+    let listed = Command::new("nvidia-smi").args(["--query-gpu=index", "--format=csv,noheader"]).output();
+    let gpus: Vec<String> = match listed {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if gpus.is_empty() {
+        anyhow::bail!("--gpus all: no GPU found (nvidia-smi lists none); run without --gpus to use the CPU");
+    }
+    Ok(gpus)
+}
+
+/// Run `args` (this binary's command line without `--gpus`) once per GPU, in parallel, with
+/// `--rank i --world n` appended, `CUDA_VISIBLE_DEVICES` set to that GPU and `MUGFLOW_DEVICE=cuda`
+/// (which the bundled manifests read); fails with the first failing worker's exit code.
+pub fn per_gpu(gpus: &[String], args: &[String]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let world = gpus.len();
+    eprintln!("starting {world} worker(s), one per GPU: {}", gpus.join(", "));
+    let mut children = Vec::new();
+    for (rank, gpu) in gpus.iter().enumerate() {
+        let child = Command::new(&exe)
+            .args(args)
+            .args(["--rank", &rank.to_string(), "--world", &world.to_string()])
+            .env("CUDA_VISIBLE_DEVICES", gpu)
+            .env("MUGFLOW_DEVICE", "cuda")
+            .spawn()?;
+        children.push((rank, gpu, child));
+    }
+    let mut failed = None;
+    for (rank, gpu, mut child) in children {
+        let status = child.wait()?;
+        if !status.success() && failed.is_none() {
+            failed = Some(format!("worker {rank} (GPU {gpu}) exited with {status}"));
+        }
+    }
+    match failed {
+        Some(f) => anyhow::bail!("{f}; run the same command again to resume"),
+        None => Ok(()),
+    }
+}
+
+/// This process's command line without `--gpus X` / `--gpus=X`, and the progress mode forced to
+/// plain lines (several workers cannot share one terminal's bars).
+pub fn child_args() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--gpus" || a == "--progress" {
+            args.next();
+        } else if !a.starts_with("--gpus=") && !a.starts_with("--progress=") {
+            out.push(a);
+        }
+    }
+    out.extend(["--progress".to_string(), "plain".to_string()]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_gpu_numbers() {
+        assert_eq!(parse("0,1, 3").unwrap(), ["0", "1", "3"]);
+        assert_eq!(parse("0,0").unwrap(), ["0", "0"]);
+        assert!(parse("0,x").unwrap_err().to_string().contains("`x` is not a GPU number"));
+    }
+}
