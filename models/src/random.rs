@@ -50,6 +50,36 @@ pub fn random_weights(keys: &[(String, Vec<usize>)], seed: u64) -> candle_core::
     Ok(out)
 }
 
+/// A checkpoint of random tensors for `keys`, made directly on `device` in `dtype` with the same
+/// scheme as [`random_weights`] (but the device's generator): how benchmarks get a 10B model
+/// without a 20 GB file.
+pub fn random_checkpoint(
+    keys: &[(String, Vec<usize>)],
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Checkpoint> {
+    let mut tensors = BTreeMap::new();
+    for (key, shape) in keys {
+        let t = if key.ends_with("scale") {
+            Tensor::ones(shape.as_slice(), DType::F32, device)?
+        } else if key.ends_with("shift") {
+            Tensor::zeros(shape.as_slice(), DType::F32, device)?
+        } else if shape.len() <= 1 {
+            let is_norm = key.ends_with(".weight") && (key.contains("norm") || key.contains("layrnorm"));
+            if is_norm {
+                Tensor::randn(1f32, 0.05, shape.as_slice(), device)?
+            } else {
+                Tensor::randn(0f32, 0.02, shape.as_slice(), device)?
+            }
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            Tensor::randn(0f32, 1.0 / (fan_in.max(1) as f32).sqrt(), shape.as_slice(), device)?
+        };
+        tensors.insert(key.clone(), t.to_dtype(dtype)?);
+    }
+    Ok(Checkpoint::from_tensors("(random weights)", tensors, dtype, device))
+}
+
 /// Seeded standard-normal noise of `shape` (f32, CPU), e.g. to sample a VAE posterior
 /// reproducibly.
 pub fn standard_normal(shape: &[usize], seed: u64) -> candle_core::Result<Tensor> {

@@ -142,6 +142,12 @@ impl Checkpoint {
         }
     }
 
+    /// A checkpoint made of tensors already in memory (random weights for benchmarks).
+    pub fn from_tensors(name: &str, tensors: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Checkpoint {
+        let keys = tensors.keys().cloned().collect();
+        Checkpoint { path: PathBuf::from(name), store: Store::Pth(tensors), keys, dtype, device: device.clone() }
+    }
+
     /// The keys and shapes read from a [`Checkpoint::dry`] checkpoint, in reading order.
     pub fn read_keys(&self) -> Vec<(String, Vec<usize>)> {
         match &self.store {

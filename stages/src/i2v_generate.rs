@@ -97,16 +97,20 @@ pub enum Shift {
 }
 
 /// The models of one worker, loaded once.
-struct Models {
-    dit: MugDit,
-    vae: MugVae,
-    t5: T5Encoder,
-    tokenizer: T5Tokenizer,
+pub struct Models {
+    /// The denoiser.
+    pub dit: MugDit,
+    /// The VideoVAE (reference image in; `vae_decode` uses its own copy).
+    pub vae: MugVae,
+    /// The text encoder.
+    pub t5: T5Encoder,
+    /// Its tokenizer.
+    pub tokenizer: T5Tokenizer,
 }
 
-/// The runnable stage; cheap to clone into a worker thread.
+/// One worker's generator: the models and where they run. Cheap to clone into a worker thread.
 #[derive(Clone)]
-struct I2vGenerate {
+pub struct Generator {
     config: Arc<I2vGenerateConfig>,
     models: Arc<Models>,
     device: Device,
@@ -120,13 +124,25 @@ fn stream(seed: u64, k: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k)
 }
 
-/// What generating one row produced.
-struct Generated {
-    latent: Tensor,
-    seed: u64,
-}
+impl Generator {
+    /// A generator over already loaded models (e.g. random weights for a benchmark).
+    pub fn new(config: &I2vGenerateConfig, models: Models) -> Result<Generator, String> {
+        let placement = Placement { device: config.device.clone(), dtype: config.dtype };
+        let t5_placement = Placement { device: config.t5_device.clone(), dtype: Precision::F32 };
+        Ok(Generator {
+            config: Arc::new(config.clone()),
+            models: Arc::new(models),
+            device: placement.device()?,
+            dtype: placement.dtype(),
+            t5_device: t5_placement.device()?,
+        })
+    }
 
-impl I2vGenerate {
+    /// The models.
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
     /// T5 states `[2, 1, L, d]` and valid lengths of the prompt and the negative prompt.
     fn encode_text(&self, prompt: &str) -> Result<(Tensor, Vec<usize>), StageError> {
         let m = &self.models;
@@ -147,13 +163,15 @@ impl I2vGenerate {
         Ok((run().map_err(|e| StageError::from(e).context("T5 encoding failed"))?, lens))
     }
 
-    fn generate(
+    /// Latents `[24, T', H/8, W/8]` of one video: `prompt`, the reference `image` (`[H, W, 3]`
+    /// u8 bytes), `size` = (frames, height, width), noise from `seed`.
+    pub fn generate(
         &self,
         prompt: &str,
         image: &[u8],
         size: (usize, usize, usize),
         seed: u64,
-    ) -> Result<Generated, StageError> {
+    ) -> Result<Tensor, StageError> {
         let (frames, height, width) = size;
         let c = &self.config;
         let prompt = match c.aes_score {
@@ -197,13 +215,12 @@ impl I2vGenerate {
             let z = sampler.sample(&m.dit, &z, &cond, &timesteps, &mut noise, &mut |_| {})?;
             z.squeeze(0)
         };
-        let latent = run().map_err(|e| StageError::from(e).context("sampling failed"))?;
-        Ok(Generated { latent, seed })
+        run().map_err(|e| StageError::from(e).context("sampling failed"))
     }
 }
 
 #[async_trait]
-impl Stage for I2vGenerate {
+impl Stage for Generator {
     async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
         let started = Instant::now();
         let prompt = item
@@ -223,9 +240,9 @@ impl Stage for I2vGenerate {
             _ => self.config.seed,
         };
         let (me, pixels) = (self.clone(), image.data.clone());
-        let done = ctx.cpu(move || me.generate(&prompt, &pixels, (frames, height, width), seed)).await??;
-        item.tensors.insert("latent".into(), to_payload(&done.latent)?);
-        item.set("seed", done.seed as i64);
+        let latent = ctx.cpu(move || me.generate(&prompt, &pixels, (frames, height, width), seed)).await??;
+        item.tensors.insert("latent".into(), to_payload(&latent)?);
+        item.set("seed", seed as i64);
         item.set("steps", self.config.steps as i64);
         item.set("cfg_scale", self.config.cfg_scale);
         item.set("generate_s", started.elapsed().as_secs_f64());
@@ -279,12 +296,6 @@ impl StageConfig for I2vGenerateConfig {
             tokenizer: T5Tokenizer::from_file(&self.tokenizer, t5_config.max_length)
                 .map_err(|e| format!("i2v_generate `tokenizer`: {e}"))?,
         };
-        Ok(Runnable::Transform(Arc::new(I2vGenerate {
-            config: Arc::new(self.clone()),
-            models: Arc::new(models),
-            device: placement.device()?,
-            dtype: placement.dtype(),
-            t5_device: t5_placement.device()?,
-        })))
+        Ok(Runnable::Transform(Arc::new(Generator::new(self, models)?)))
     }
 }

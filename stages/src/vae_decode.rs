@@ -48,38 +48,50 @@ fn to_u8(v: f32) -> u8 {
     ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0 + 0.5).clamp(0.0, 255.0) as u8
 }
 
-impl VaeDecode {
-    /// The video bytes `[T, H', W', 3]` and its size.
-    fn decode(
-        &self,
-        latent: &Tensor,
-        reference: &[u8],
-        width: usize,
-        frames: usize,
-    ) -> Result<(Vec<u8>, usize, usize), StageError> {
-        let mut video: Vec<u8> = Vec::new();
-        let mut size = (0, 0);
-        let mut run = || -> candle_core::Result<()> {
-            let z = latent.to_device(&self.device)?.to_dtype(self.dtype)?.unsqueeze(0)?;
-            let n = z.dim(2)?;
-            let rest = z.narrow(2, 1, n - 1)?;
-            self.vae.decode_chunks(&rest, frames - 1, &mut |chunk| {
-                let chunk = chunk.squeeze(0)?.to_dtype(DType::F32)?.permute((1, 2, 3, 0))?.to_device(&Device::Cpu)?;
-                let (_, h, w, _) = chunk.dims4()?;
-                if video.is_empty() {
-                    size = (h, w);
-                    // Frame 0: the reference image, cropped to the decoded size if needed.
-                    for row in reference.chunks_exact(3 * width).take(h) {
-                        video.extend_from_slice(&row[..3 * w]);
-                    }
+/// A decoded video: `[T, H, W, 3]` RGB bytes.
+pub struct Video {
+    /// The frames, row-major.
+    pub bytes: Vec<u8>,
+    /// Frame height, pixels.
+    pub height: usize,
+    /// Frame width, pixels.
+    pub width: usize,
+}
+
+/// Decode generated latents `[24, T', h, w]` except latent frame 0 into `frames - 1` frames,
+/// chunk by chunk on `device` in `dtype`, behind the `reference` image (`[H, W, 3]` bytes of
+/// width `width`, cropped to the decoded size).
+pub fn decode_video(
+    vae: &MugVae,
+    latent: &Tensor,
+    reference: &[u8],
+    width: usize,
+    frames: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Video, StageError> {
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut size = (0, 0);
+    let mut run = || -> candle_core::Result<()> {
+        let z = latent.to_device(device)?.to_dtype(dtype)?.unsqueeze(0)?;
+        let n = z.dim(2)?;
+        let rest = z.narrow(2, 1, n - 1)?;
+        vae.decode_chunks(&rest, frames - 1, &mut |chunk| {
+            let chunk = chunk.squeeze(0)?.to_dtype(DType::F32)?.permute((1, 2, 3, 0))?.to_device(&Device::Cpu)?;
+            let (_, h, w, _) = chunk.dims4()?;
+            if bytes.is_empty() {
+                size = (h, w);
+                // Frame 0: the reference image, cropped to the decoded size if needed.
+                for row in reference.chunks_exact(3 * width).take(h) {
+                    bytes.extend_from_slice(&row[..3 * w]);
                 }
-                video.extend(chunk.flatten_all()?.to_vec1::<f32>()?.into_iter().map(to_u8));
-                Ok(())
-            })
-        };
-        run().map_err(|e| StageError::from(e).context("VAE decoding failed"))?;
-        Ok((video, size.0, size.1))
-    }
+            }
+            bytes.extend(chunk.flatten_all()?.to_vec1::<f32>()?.into_iter().map(to_u8));
+            Ok(())
+        })
+    };
+    run().map_err(|e| StageError::from(e).context("VAE decoding failed"))?;
+    Ok(Video { bytes, height: size.0, width: size.1 })
 }
 
 #[async_trait]
@@ -97,14 +109,15 @@ impl Stage for VaeDecode {
         );
         let me = self.clone();
         let width = reference.shape[1];
-        let (video, h, w) = ctx
+        let video = ctx
             .cpu(move || -> Result<_, StageError> {
                 let z = Tensor::from_vec(floats, shape, &Device::Cpu)?;
-                me.decode(&z, &reference.data, width, frames)
+                decode_video(&me.vae, &z, &reference.data, width, frames, &me.device, me.dtype)
             })
             .await??;
-        let t = video.len() / (3 * h * w);
-        let tensor = pipeline::Tensor::new(pipeline::DType::U8, vec![t, h, w, 3], video.into())
+        let (h, w) = (video.height, video.width);
+        let t = video.bytes.len() / (3 * h * w);
+        let tensor = pipeline::Tensor::new(pipeline::DType::U8, vec![t, h, w, 3], video.bytes.into())
             .ok_or_else(|| StageError::msg("video size mismatch"))?;
         item.tensors.insert("video".into(), tensor);
         item.set("decode_s", started.elapsed().as_secs_f64());
