@@ -177,10 +177,8 @@ pub fn generate(b: &GenerateBench) -> anyhow::Result<()> {
     let (video, peak_dec) = peak_gpu_memory(|| {
         let device = b.placement.device().map_err(anyhow::Error::msg)?;
         let vae = &generator.models().vae;
-        Ok::<_, anyhow::Error>(
-            stages::vae_decode::decode_video(vae, &latent, &image, width, frames, &device, b.placement.dtype())
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
+        stages::vae_decode::decode_video(vae, &latent, &image, width, frames, &device, b.placement.dtype())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     });
     let video = video?;
     let decoded = t2.elapsed().as_secs_f64();
