@@ -4,6 +4,7 @@
 
 pub mod aesthetic;
 pub mod clip;
+pub mod i2v;
 pub mod mugdit;
 pub mod mugvae;
 pub mod random;

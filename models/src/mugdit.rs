@@ -131,17 +131,22 @@ struct Block {
     fc2: Linear,
 }
 
+/// Score elements materialised at once by [`attention`] (2 GiB in bf16).
+const SCORE_BUDGET: usize = 1 << 30;
+
 /// `softmax(q k^T * scale) v` for `[B, H, Lq, d]` x `[B, H, Lk, d]`, queries in chunks so the
-/// score matrix stays bounded.
+/// score matrix stays within [`SCORE_BUDGET`] elements (50k-token videos would need 40+ GB).
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    const CHUNK: usize = 4096;
+    let (b, h, lq, _) = q.dims4()?;
+    let lk = k.dim(2)?;
+    let chunk = (SCORE_BUDGET / (b * h * lk).max(1)).clamp(1, lq.max(1));
     let kt = k.t()?.contiguous()?;
-    let lq = q.dim(2)?;
     let mut parts = Vec::new();
-    for start in (0..lq).step_by(CHUNK) {
-        let qc = q.narrow(2, start, CHUNK.min(lq - start))?.contiguous()?;
+    for start in (0..lq).step_by(chunk) {
+        let qc = q.narrow(2, start, chunk.min(lq - start))?.contiguous()?;
         let scores = (qc.matmul(&kt)? * scale)?;
-        let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        // candle's softmax accumulates in f32 whatever the input dtype.
+        let p = candle_nn::ops::softmax_last_dim(&scores)?;
         parts.push(p.matmul(v)?);
     }
     Tensor::cat(&parts, 2)

@@ -115,37 +115,6 @@ enum ModelsCommand {
 /// The benchmarks.
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// One image-to-video generation end to end with random weights made on the device (no
-    /// checkpoint files): model creation, sampling, chunked decoding, MP4; times and peak GPU memory.
-    Generate {
-        /// Model sizes: real (MUG-DiT-10B, VideoVAE, T5-XXL) or tiny.
-        #[arg(long, value_enum, default_value_t = PresetArg::Real)]
-        preset: PresetArg,
-        /// MUG-V aspect ratio (height:width).
-        #[arg(long, default_value = "16:9")]
-        aspect: String,
-        /// Frames (MUG-V: 73 for 3 s, 105 for 5 s).
-        #[arg(long, default_value_t = 105)]
-        frames: usize,
-        /// Frame size WxH instead of the aspect's 720p size.
-        #[arg(long)]
-        size: Option<String>,
-        /// Sampling steps (MUG-V: 25).
-        #[arg(long, default_value_t = 2)]
-        steps: usize,
-        /// Device of the DiT and the VAE.
-        #[arg(long, default_value = "cuda")]
-        device: String,
-        /// Their precision: f32, bf16 or f16.
-        #[arg(long, default_value = "bf16")]
-        dtype: String,
-        /// Device of T5 (f32).
-        #[arg(long, default_value = "cpu")]
-        t5_device: String,
-        /// Folder for the MP4.
-        #[arg(long, default_value = "out/bench")]
-        out: PathBuf,
-    },
     /// Frames/s and frames per CPU-second of decoding alone and of decoding + shot detection,
     /// per video and for all videos in parallel, next to PySceneDetect's ContentDetector.
     Scenes {
@@ -214,17 +183,6 @@ pub fn main() -> ExitCode {
         Command::Inspect { path } => inspect::inspect(&path),
         Command::Generate { args, worker, progress } => generate::generate(&args, &worker, progress),
         Command::Models(ModelsCommand::InitTiny { dir }) => init_tiny(&dir),
-        Command::Bench(BenchCommand::Generate {
-            preset,
-            aspect,
-            frames,
-            size,
-            steps,
-            device,
-            dtype,
-            t5_device,
-            out,
-        }) => bench_generate(preset, &aspect, frames, size.as_deref(), steps, device, &dtype, t5_device, out),
         Command::Bench(BenchCommand::Scenes { videos, pyscenedetect }) => {
             bench::scenes(&videos, pyscenedetect.as_deref())
         }
@@ -239,56 +197,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
-}
-
-/// Model size presets on the command line.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum PresetArg {
-    /// The released sizes.
-    Real,
-    /// The tiny test sizes.
-    Tiny,
-}
-
-/// `mugflow bench generate`: arguments to [`bench::GenerateBench`].
-#[allow(clippy::too_many_arguments)]
-fn bench_generate(
-    preset: PresetArg,
-    aspect: &str,
-    frames: usize,
-    size: Option<&str>,
-    steps: usize,
-    device: String,
-    dtype: &str,
-    t5_device: String,
-    out: PathBuf,
-) -> anyhow::Result<()> {
-    use ::stages::checkpoints::{Placement, Precision, Preset};
-    let (height, width) = match size {
-        Some(s) => {
-            let (w, h) = s.split_once('x').ok_or_else(|| anyhow::anyhow!("--size: write WxH, e.g. 64x48"))?;
-            (h.parse()?, w.parse()?)
-        }
-        None => ::stages::load_image::ASPECT_RATIOS
-            .iter()
-            .find(|(a, _)| *a == aspect)
-            .map(|(_, s)| *s)
-            .ok_or_else(|| anyhow::anyhow!("--aspect: use 9:16, 3:4, 1:1, 4:3 or 16:9"))?,
-    };
-    let dtype = match dtype {
-        "f32" => Precision::F32,
-        "bf16" => Precision::Bf16,
-        "f16" => Precision::F16,
-        d => anyhow::bail!("--dtype: `{d}` is not f32, bf16 or f16"),
-    };
-    bench::generate(&bench::GenerateBench {
-        preset: if preset == PresetArg::Real { Preset::Real } else { Preset::Tiny },
-        size: (frames, height, width),
-        steps,
-        placement: Placement { device, dtype },
-        t5_device,
-        out,
-    })
 }
 
 /// `mugflow models init-tiny`.

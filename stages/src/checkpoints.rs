@@ -9,8 +9,8 @@ use models::aesthetic::{AestheticConfig, AestheticMlp};
 use models::clip::ClipVision;
 use models::mugdit::{MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
-use models::random::{model_keys, random_checkpoint, random_weights};
-use models::t5::{T5Config, T5Encoder, T5Tokenizer};
+use models::random::{model_keys, random_weights};
+use models::t5::{T5Config, T5Encoder};
 use models::weights::{Checkpoint, WeightsError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -184,30 +184,4 @@ pub fn init_tiny(dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::write(&tokenizer, T5_TOKENIZER).map_err(|e| format!("cannot write {}: {e}", tokenizer.display()))?;
     written.push(tokenizer);
     Ok(written)
-}
-
-/// Models with random weights made on their devices (the DiT and VAE on `placement`, T5 in f32
-/// on `t5_device`) and the bundled T5 tokenizer: a real-size pipeline for benchmarks without
-/// checkpoint files.
-pub fn random_models(
-    preset: Preset,
-    placement: &Placement,
-    t5_device: &str,
-) -> Result<crate::i2v_generate::Models, String> {
-    let (device, dtype) = (placement.device()?, placement.dtype());
-    let t5_device = Placement { device: t5_device.into(), dtype: Precision::F32 }.device()?;
-    let e = |e: WeightsError| e.to_string();
-    let c = |e: candle_core::Error| e.to_string();
-    let dit_keys = model_keys(|c| MugDit::load(c, &preset.dit())).map_err(e)?;
-    let vae_keys = model_keys(|c| MugVae::load(c, &preset.vae())).map_err(e)?;
-    let t5_keys = model_keys(|c| T5Encoder::load(c, &preset.t5())).map_err(e)?;
-    let tokenizer = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
-    std::fs::write(tokenizer.path(), T5_TOKENIZER).map_err(|e| e.to_string())?;
-    Ok(crate::i2v_generate::Models {
-        dit: MugDit::load(&random_checkpoint(&dit_keys, dtype, &device).map_err(c)?, &preset.dit()).map_err(e)?,
-        vae: MugVae::load(&random_checkpoint(&vae_keys, dtype, &device).map_err(c)?, &preset.vae()).map_err(e)?,
-        t5: T5Encoder::load(&random_checkpoint(&t5_keys, DType::F32, &t5_device).map_err(c)?, &preset.t5())
-            .map_err(e)?,
-        tokenizer: T5Tokenizer::from_file(tokenizer.path(), preset.t5().max_length).map_err(|e| e.to_string())?,
-    })
 }

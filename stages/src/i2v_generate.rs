@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
+use models::i2v::{I2vModels, I2vPlacement, I2vSettings};
 use models::mugdit::MugDit;
 use models::mugvae::MugVae;
-use models::random::standard_normal;
-use models::rflow::{Conditioning, RFlow, ShiftPrecision, NEGATIVE_PROMPT};
+use models::rflow::ShiftPrecision;
 use models::t5::{T5Encoder, T5Tokenizer};
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
@@ -96,75 +96,48 @@ pub enum Shift {
     F32,
 }
 
-/// The models of one worker, loaded once.
-pub struct Models {
-    /// The denoiser.
-    pub dit: MugDit,
-    /// The VideoVAE (reference image in; `vae_decode` uses its own copy).
-    pub vae: MugVae,
-    /// The text encoder.
-    pub t5: T5Encoder,
-    /// Its tokenizer.
-    pub tokenizer: T5Tokenizer,
-}
-
-/// One worker's generator: the models and where they run. Cheap to clone into a worker thread.
+/// One worker's generator: the models, the settings and where they run. Cheap to clone into a
+/// worker thread.
 #[derive(Clone)]
 pub struct Generator {
-    config: Arc<I2vGenerateConfig>,
-    models: Arc<Models>,
-    device: Device,
-    dtype: DType,
-    t5_device: Device,
-}
-
-/// Independent noise streams of one row: 0 the reference latent's posterior, 1 the initial
-/// noise, 2.. the sampler's steps.
-fn stream(seed: u64, k: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k)
+    models: Arc<I2vModels>,
+    settings: I2vSettings,
+    placement: I2vPlacement,
+    default_seed: u64,
+    steps: usize,
+    cfg_scale: f64,
 }
 
 impl Generator {
     /// A generator over already loaded models (e.g. random weights for a benchmark).
-    pub fn new(config: &I2vGenerateConfig, models: Models) -> Result<Generator, String> {
+    pub fn new(config: &I2vGenerateConfig, models: I2vModels) -> Result<Generator, String> {
         let placement = Placement { device: config.device.clone(), dtype: config.dtype };
         let t5_placement = Placement { device: config.t5_device.clone(), dtype: Precision::F32 };
+        let shift = match config.shift {
+            Shift::PipelineBf16 => ShiftPrecision::PipelineBf16,
+            Shift::F32 => ShiftPrecision::F32,
+        };
         Ok(Generator {
-            config: Arc::new(config.clone()),
             models: Arc::new(models),
-            device: placement.device()?,
-            dtype: placement.dtype(),
-            t5_device: t5_placement.device()?,
+            settings: I2vSettings {
+                steps: config.steps,
+                cfg_scale: config.cfg_scale as f32,
+                aes_score: config.aes_score,
+                fps: config.fps as f32,
+                shift,
+            },
+            placement: I2vPlacement {
+                device: placement.device()?,
+                dtype: placement.dtype(),
+                t5_device: t5_placement.device()?,
+            },
+            default_seed: config.seed,
+            steps: config.steps,
+            cfg_scale: config.cfg_scale,
         })
     }
 
-    /// The models.
-    pub fn models(&self) -> &Models {
-        &self.models
-    }
-
-    /// T5 states `[2, 1, L, d]` and valid lengths of the prompt and the negative prompt.
-    fn encode_text(&self, prompt: &str) -> Result<(Tensor, Vec<usize>), StageError> {
-        let m = &self.models;
-        let (mut ids, mut masks, mut lens) = (Vec::new(), Vec::new(), Vec::new());
-        for text in [prompt, NEGATIVE_PROMPT] {
-            let (i, mask) = m.tokenizer.encode(text).map_err(|e| StageError::msg(format!("tokenizer: {e}")))?;
-            lens.push(mask.iter().filter(|&&v| v == 1).count());
-            ids.extend(i);
-            masks.extend(mask);
-        }
-        let l = ids.len() / 2;
-        let run = || -> candle_core::Result<Tensor> {
-            let ids = Tensor::from_vec(ids, (2, l), &self.t5_device)?;
-            let mask = Tensor::from_vec(masks, (2, l), &self.t5_device)?;
-            let y = m.t5.forward(&ids, &mask)?;
-            y.unsqueeze(1)?.to_device(&self.device)?.to_dtype(self.dtype)
-        };
-        Ok((run().map_err(|e| StageError::from(e).context("T5 encoding failed"))?, lens))
-    }
-
-    /// Latents `[24, T', H/8, W/8]` of one video: `prompt`, the reference `image` (`[H, W, 3]`
-    /// u8 bytes), `size` = (frames, height, width), noise from `seed`.
+    /// Latents `[24, T', H/8, W/8]` of one video (see [`models::i2v::generate`]).
     pub fn generate(
         &self,
         prompt: &str,
@@ -172,50 +145,8 @@ impl Generator {
         size: (usize, usize, usize),
         seed: u64,
     ) -> Result<Tensor, StageError> {
-        let (frames, height, width) = size;
-        let c = &self.config;
-        let prompt = match c.aes_score {
-            Some(score) => format!("{prompt} aesthetic score: {score:.1}."),
-            None => prompt.to_string(),
-        };
-        let (y, lens) = self.encode_text(&prompt)?;
-        let m = &self.models;
-        let vae = m.vae.config();
-        let (lt, lh, lw) = vae.latent_size(frames, height, width);
-        let channels = vae.temporal.latent_channels;
-        let shape = [1, channels, lt, lh, lw];
-        let run = || -> candle_core::Result<Tensor> {
-            // The reference image, [-1, 1], repeated over 8 frames: one latent frame.
-            let values: Vec<f32> = (0..3)
-                .flat_map(|ch| image.iter().skip(ch).step_by(3).map(|&u| (f32::from(u) / 255.0 - 0.5) / 0.5))
-                .collect();
-            let img = Tensor::from_vec(values, (1, 3, 1, height, width), &self.device)?.to_dtype(self.dtype)?;
-            let video = img.repeat((1, 1, 8, 1, 1))?;
-            let eps = standard_normal(&[1, channels, 1, lh, lw], stream(seed, 0))?.to_device(&self.device)?;
-            let reference = m.vae.encode(&video, Some(&eps.to_dtype(self.dtype)?))?.to_dtype(DType::F32)?;
-            let z =
-                Tensor::cat(&[reference, Tensor::zeros((1, channels, lt - 1, lh, lw), DType::F32, &self.device)?], 2)?;
-            let sampler = RFlow { steps: c.steps, guidance: c.cfg_scale as f32 };
-            let precision = match c.shift {
-                Shift::PipelineBf16 => ShiftPrecision::PipelineBf16,
-                Shift::F32 => ShiftPrecision::F32,
-            };
-            let timesteps = sampler.timesteps(height, width, lt, precision);
-            let mut mask = vec![1.0f32; lt];
-            mask[0] = 0.0;
-            let frame_indices: Vec<usize> = (0..lt + 2).collect();
-            let cond = Conditioning {
-                y: &y,
-                text_lens: &lens,
-                mask: &[mask],
-                fps: c.fps as f32,
-                frame_indices: &frame_indices,
-            };
-            let mut noise = |k: usize| standard_normal(&shape, stream(seed, 1 + k as u64))?.to_device(&self.device);
-            let z = sampler.sample(&m.dit, &z, &cond, &timesteps, &mut noise, &mut |_| {})?;
-            z.squeeze(0)
-        };
-        run().map_err(|e| StageError::from(e).context("sampling failed"))
+        models::i2v::generate(&self.models, &self.settings, &self.placement, prompt, image, size, seed, &mut |_| {})
+            .map_err(|e| StageError::from(e).context("sampling failed"))
     }
 }
 
@@ -237,14 +168,14 @@ impl Stage for Generator {
             Some(pipeline::Value::Str(s)) if !s.trim().is_empty() => {
                 s.trim().parse().map_err(|_| StageError::msg(format!("the row's seed `{s}` is not a whole number")))?
             }
-            _ => self.config.seed,
+            _ => self.default_seed,
         };
         let (me, pixels) = (self.clone(), image.data.clone());
         let latent = ctx.cpu(move || me.generate(&prompt, &pixels, (frames, height, width), seed)).await??;
         item.tensors.insert("latent".into(), to_payload(&latent)?);
         item.set("seed", seed as i64);
-        item.set("steps", self.config.steps as i64);
-        item.set("cfg_scale", self.config.cfg_scale);
+        item.set("steps", self.steps as i64);
+        item.set("cfg_scale", self.cfg_scale);
         item.set("generate_s", started.elapsed().as_secs_f64());
         Ok(vec![item])
     }
@@ -289,7 +220,7 @@ impl StageConfig for I2vGenerateConfig {
         let t5_placement = Placement { device: self.t5_device.clone(), dtype: Precision::F32 };
         let err = |e: models::weights::WeightsError| e.to_string();
         let t5_config = self.preset.t5();
-        let models = Models {
+        let models = I2vModels {
             dit: MugDit::load(&placement.open("i2v_generate `dit`", &self.dit)?, &self.preset.dit()).map_err(err)?,
             vae: MugVae::load(&placement.open("i2v_generate `vae`", &self.vae)?, &self.preset.vae()).map_err(err)?,
             t5: T5Encoder::load(&t5_placement.open("i2v_generate `t5`", &self.t5)?, &t5_config).map_err(err)?,

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
+use models::i2v::decode_video;
 use models::mugvae::MugVae;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
@@ -43,57 +44,6 @@ struct VaeDecode {
     dtype: DType,
 }
 
-/// `[-1, 1]` values to bytes as MUG-V saves videos: clamp, map to [0, 1], `* 255 + 0.5`, truncate.
-fn to_u8(v: f32) -> u8 {
-    ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0 + 0.5).clamp(0.0, 255.0) as u8
-}
-
-/// A decoded video: `[T, H, W, 3]` RGB bytes.
-pub struct Video {
-    /// The frames, row-major.
-    pub bytes: Vec<u8>,
-    /// Frame height, pixels.
-    pub height: usize,
-    /// Frame width, pixels.
-    pub width: usize,
-}
-
-/// Decode generated latents `[24, T', h, w]` except latent frame 0 into `frames - 1` frames,
-/// chunk by chunk on `device` in `dtype`, behind the `reference` image (`[H, W, 3]` bytes of
-/// width `width`, cropped to the decoded size).
-pub fn decode_video(
-    vae: &MugVae,
-    latent: &Tensor,
-    reference: &[u8],
-    width: usize,
-    frames: usize,
-    device: &Device,
-    dtype: DType,
-) -> Result<Video, StageError> {
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut size = (0, 0);
-    let mut run = || -> candle_core::Result<()> {
-        let z = latent.to_device(device)?.to_dtype(dtype)?.unsqueeze(0)?;
-        let n = z.dim(2)?;
-        let rest = z.narrow(2, 1, n - 1)?;
-        vae.decode_chunks(&rest, frames - 1, &mut |chunk| {
-            let chunk = chunk.squeeze(0)?.to_dtype(DType::F32)?.permute((1, 2, 3, 0))?.to_device(&Device::Cpu)?;
-            let (_, h, w, _) = chunk.dims4()?;
-            if bytes.is_empty() {
-                size = (h, w);
-                // Frame 0: the reference image, cropped to the decoded size if needed.
-                for row in reference.chunks_exact(3 * width).take(h) {
-                    bytes.extend_from_slice(&row[..3 * w]);
-                }
-            }
-            bytes.extend(chunk.flatten_all()?.to_vec1::<f32>()?.into_iter().map(to_u8));
-            Ok(())
-        })
-    };
-    run().map_err(|e| StageError::from(e).context("VAE decoding failed"))?;
-    Ok(Video { bytes, height: size.0, width: size.1 })
-}
-
 #[async_trait]
 impl Stage for VaeDecode {
     async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
@@ -113,6 +63,7 @@ impl Stage for VaeDecode {
             .cpu(move || -> Result<_, StageError> {
                 let z = Tensor::from_vec(floats, shape, &Device::Cpu)?;
                 decode_video(&me.vae, &z, &reference.data, width, frames, &me.device, me.dtype)
+                    .map_err(|e| StageError::from(e).context("VAE decoding failed"))
             })
             .await??;
         let (h, w) = (video.height, video.width);
@@ -158,17 +109,5 @@ impl StageConfig for VaeDecodeConfig {
             device: placement.device()?,
             dtype: placement.dtype(),
         })))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_round_like_the_reference() {
-        assert_eq!([to_u8(-2.0), to_u8(-1.0), to_u8(0.0), to_u8(1.0), to_u8(3.0)], [0, 0, 128, 255, 255]);
-        // 0.5 -> (1.5 / 2) * 255 + 0.5 = 191.75 -> 191.
-        assert_eq!(to_u8(0.5), 191);
     }
 }

@@ -1,0 +1,197 @@
+//! GPU benchmark of MUG-V image-to-video with random weights made on the device (no checkpoint
+//! files): T5, sampling, chunked VAE decoding, each timed, with the peak GPU memory nvidia-smi
+//! reports. A models-only program, so it runs on GPU machines without FFmpeg; the decoded video
+//! is written as raw `.y4m` (any player or `ffmpeg -i` reads it).
+//!
+//!   cargo run --release --features cuda --example gpu_bench -- --steps 2
+//!   gpu_bench --preset tiny --device cpu --dtype f32 --height 48 --width 64 --frames 17
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use clap::Parser;
+use models::i2v::{decode_video, generate, I2vModels, I2vPlacement, I2vSettings};
+use models::mugdit::{MugDit, MugDitConfig};
+use models::mugvae::{MugVae, MugVaeConfig};
+use models::random::{model_keys, random_checkpoint};
+use models::rflow::ShiftPrecision;
+use models::t5::{T5Config, T5Encoder, T5Tokenizer};
+
+/// MUG-V image-to-video on random weights, timed.
+#[derive(Parser)]
+struct Args {
+    /// "real" (MUG-DiT-10B, VideoVAE, T5-XXL) or "tiny".
+    #[arg(long, default_value = "real")]
+    preset: String,
+    /// Frame height (MUG-V 16:9 is 1280 high, 720 wide).
+    #[arg(long, default_value_t = 1280)]
+    height: usize,
+    /// Frame width.
+    #[arg(long, default_value_t = 720)]
+    width: usize,
+    /// Frames (MUG-V: 73 or 105).
+    #[arg(long, default_value_t = 105)]
+    frames: usize,
+    /// Sampling steps (MUG-V: 25).
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Device of the DiT and the VAE: "cuda" or "cpu".
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Their precision: "bf16" or "f32".
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Device of T5 (f32): "cpu" keeps its 19 GB off the GPU.
+    #[arg(long, default_value = "cpu")]
+    t5_device: String,
+    /// The T5 tokenizer.
+    #[arg(long, default_value = "models/tests/data/t5/t5_tokenizer.json")]
+    tokenizer: PathBuf,
+    /// Folder for the decoded video (`bench.y4m`).
+    #[arg(long, default_value = "out/gpu-bench")]
+    out: PathBuf,
+}
+
+fn device(name: &str) -> candle_core::Result<Device> {
+    if name == "cpu" {
+        Ok(Device::Cpu)
+    } else {
+        Device::new_cuda(name.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0))
+    }
+}
+
+/// `f()` with the largest `memory.used` (MiB) nvidia-smi reported for GPU 0 meanwhile (polled
+/// every 100 ms; `None` without nvidia-smi).
+fn with_peak_memory<R>(f: impl FnOnce() -> R) -> (R, Option<u64>) {
+    let (stop, peak, seen) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let poller = {
+        let (stop, peak, seen) = (stop.clone(), peak.clone(), seen.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let out = std::process::Command::new("nvidia-smi")
+                    .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"])
+                    .output();
+                if let Some(v) = out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok()) {
+                    seen.store(true, Ordering::Relaxed);
+                    peak.fetch_max(v, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let r = f();
+    stop.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    (r, seen.load(Ordering::Relaxed).then(|| peak.load(Ordering::Relaxed)))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = Args::parse();
+    let dtype = if a.dtype == "f32" { DType::F32 } else { DType::BF16 };
+    let p = I2vPlacement { device: device(&a.device)?, dtype, t5_device: device(&a.t5_device)? };
+    let (dit_c, vae_c, t5_c) = if a.preset == "tiny" {
+        let t5 = T5Config { vocab_size: T5Config::xxl().vocab_size, max_length: 300, ..T5Config::golden() };
+        (MugDitConfig { in_channels: 24, text_dim: t5.d_model, ..MugDitConfig::golden() }, MugVaeConfig::golden(), t5)
+    } else {
+        (MugDitConfig::mugv_10b(), MugVaeConfig::mugv(), T5Config::xxl())
+    };
+    let sync = || p.device.synchronize();
+    let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
+
+    let t = Instant::now();
+    let (models, peak) = with_peak_memory(|| -> Result<I2vModels, Box<dyn std::error::Error>> {
+        let dit_keys = model_keys(|c| MugDit::load(c, &dit_c))?;
+        let dit = MugDit::load(&random_checkpoint(&dit_keys, dtype, &p.device, &p.device)?, &dit_c)?;
+        let vae_keys = model_keys(|c| MugVae::load(c, &vae_c))?;
+        let vae = MugVae::load(&random_checkpoint(&vae_keys, dtype, &p.device, &p.device)?, &vae_c)?;
+        let t5_keys = model_keys(|c| T5Encoder::load(c, &t5_c))?;
+        // Made on the GPU (a fast generator), served to T5 on its own device.
+        let t5 = T5Encoder::load(&random_checkpoint(&t5_keys, DType::F32, &p.device, &p.t5_device)?, &t5_c)?;
+        let tokenizer = T5Tokenizer::from_file(&a.tokenizer, t5_c.max_length)?;
+        sync()?;
+        Ok(I2vModels { dit, vae, t5, tokenizer })
+    });
+    let models = models?;
+    println!("random models      {:>8.1} s   peak GPU {}", t.elapsed().as_secs_f64(), mib(peak));
+
+    let prompt = "A glass vase on a marble table; the camera slowly arcs around it. aesthetic score: 6.0.";
+    let (h, w, frames) = (a.height, a.width, a.frames);
+    let image: Vec<u8> = (0..h * w).flat_map(|i| [(i % w * 255 / w) as u8, (i / w * 255 / h) as u8, 128]).collect();
+    let settings = I2vSettings {
+        steps: a.steps,
+        cfg_scale: 4.0,
+        aes_score: Some(6.0),
+        fps: 30.0,
+        shift: ShiftPrecision::PipelineBf16,
+    };
+    let t = Instant::now();
+    let (latent, peak) = with_peak_memory(|| {
+        let started = Instant::now();
+        // Timestamps as each part ends (synchronised, so they are the GPU's times too).
+        let mut progress = |what: &str| {
+            let _ = p.device.synchronize();
+            println!("  {what:<16} at {:>8.1} s", started.elapsed().as_secs_f64());
+        };
+        let l = generate(&models, &settings, &p, prompt, &image, (frames, h, w), 42, &mut progress);
+        sync().and(l)
+    });
+    let latent = latent?;
+    let tokens = latent.dim(1)? * latent.dim(2)?.div_ceil(2) * latent.dim(3)?.div_ceil(2);
+    println!(
+        "generate           {:>8.1} s   peak GPU {}   ({} steps x CFG 2 over {tokens} tokens, T5 and reference latent included)",
+        t.elapsed().as_secs_f64(),
+        mib(peak),
+        a.steps
+    );
+
+    let t = Instant::now();
+    let (video, peak) = with_peak_memory(|| decode_video(&models.vae, &latent, &image, w, frames, &p.device, dtype));
+    let video = video?;
+    println!("vae decode         {:>8.1} s   peak GPU {}   ({frames} frames)", t.elapsed().as_secs_f64(), mib(peak));
+
+    std::fs::create_dir_all(&a.out)?;
+    let path = a.out.join("bench.y4m");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    writeln!(f, "YUV4MPEG2 W{} H{} F20:1 Ip A1:1 C444", video.width, video.height)?;
+    let n = video.width * video.height;
+    for frame in video.bytes.chunks_exact(3 * n) {
+        f.write_all(b"FRAME\n")?;
+        // BT.601 full-range planes.
+        let px = |i: usize| (f32::from(frame[3 * i]), f32::from(frame[3 * i + 1]), f32::from(frame[3 * i + 2]));
+        let y: Vec<u8> = (0..n)
+            .map(|i| {
+                let (r, g, b) = px(i);
+                (0.299 * r + 0.587 * g + 0.114 * b).round() as u8
+            })
+            .collect();
+        let u: Vec<u8> = (0..n)
+            .map(|i| {
+                let (r, g, b) = px(i);
+                (128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b).round().clamp(0.0, 255.0) as u8
+            })
+            .collect();
+        let v: Vec<u8> = (0..n)
+            .map(|i| {
+                let (r, g, b) = px(i);
+                (128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b).round().clamp(0.0, 255.0) as u8
+            })
+            .collect();
+        f.write_all(&y)?;
+        f.write_all(&u)?;
+        f.write_all(&v)?;
+    }
+    f.flush()?;
+    println!(
+        "video              {} frames {}x{} -> {}",
+        video.bytes.len() / (3 * n),
+        video.width,
+        video.height,
+        path.display()
+    );
+    Ok(())
+}

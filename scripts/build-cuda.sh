@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build mugflow with CUDA on a machine without a GPU or a CUDA toolkit, and pack it for the GPU
+# machine. NVIDIA's CUDA 13.0 compiler and headers come from PyPI wheels (pinned: the GPU
+# machine's driver accepts PTX from CUDA <= 13.0), unpacked into .cache/cuda-pip; candle's
+# kernels are compiled to PTX for sm_90 (H100/H200) at build time; cuBLAS/cuRAND are loaded at run
+# time, so the binary links no CUDA library.
+#
+#   scripts/build-cuda.sh            # release build of mugflow --features cuda, and the GPU
+#                                    # benchmark packed in .cache/gpu (gpu_bench.gz, gpu-check.sh)
+#   PROFILE=dev scripts/build-cuda.sh   # faster to build, for trying things
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${PROFILE:-release}
+wheels=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-runtime==13.0.96
+        nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14 nvidia-curand==10.4.5.25 nvidia-cuda-nvrtc==13.0.88)
+cuda=.cache/cuda-pip
+if [ ! -x "$cuda/nvidia/cu13/bin/nvcc" ] || [ ! -e "$cuda/nvidia/cu13/include/crt/host_config.h" ]; then
+  echo "build-cuda: fetching the CUDA 13.0 compiler and headers from PyPI"
+  rm -rf "$cuda" .cache/cuda-wheels && mkdir -p "$cuda"
+  python3 -m pip download -q --no-deps -d .cache/cuda-wheels "${wheels[@]}"
+  # The wheels share nvidia/cu13/: unpack them on top of each other (pip --target would skip).
+  for w in .cache/cuda-wheels/*.whl; do python3 -m zipfile -e "$w" "$cuda"; done
+  chmod +x "$cuda"/nvidia/cu13/bin/* "$cuda"/nvidia/cu13/nvvm/bin/*
+  rm -rf .cache/cuda-wheels
+fi
+root=$PWD/$cuda/nvidia/cu13
+export PATH=$root/bin:$PATH CUDA_ROOT=$root CUDA_PATH=$root CUDA_TOOLKIT_ROOT_DIR=$root
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+# A target folder of its own, so CPU builds in target/ are not replaced by CUDA ones.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
+target=$CARGO_TARGET_DIR
+dir=$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+# candle links the CUDA libraries at build time. The wheels ship them versioned (libcublas.so.13):
+# give the linker plain names, and a stub libcuda.so.1 (the driver, which only the GPU machine
+# has) defining the driver functions cudarc calls; at run time the real driver is loaded.
+link=$PWD/$cuda/link
+mkdir -p "$link"
+for l in cudart.so.13 nvrtc.so.13 curand.so.10 cublas.so.13 cublasLt.so.13; do
+  ln -sf "$root/lib/lib$l" "$link/lib${l%%.so.*}.so"
+done
+cargo build --profile "$profile" --features cuda -p models
+rlib=$(ls -t "$dir"/deps/libcudarc-*.rlib | head -1)
+nm "$rlib" 2>/dev/null | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ {print $2}' | sort -u \
+  | awk '{print "void " $1 "(void) {}"}' > "$link/cuda_stub.c"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/cuda_stub.c"
+export LIBRARY_PATH=$link${LIBRARY_PATH:+:$LIBRARY_PATH}
+cargo build --profile "$profile" --features cuda --bin mugflow
+cargo build --profile "$profile" --features cuda -p models --example gpu_bench
+# The GPU machine has no FFmpeg: the models-only benchmark travels; mugflow itself needs FFmpeg's
+# libraries wherever it runs.
+mkdir -p .cache/gpu
+strip -o .cache/gpu/gpu_bench "$dir/examples/gpu_bench"
+gzip -f -9 .cache/gpu/gpu_bench
+cp scripts/gpu-check.sh .cache/gpu/
+ls -la .cache/gpu
+echo "build-cuda: carry .cache/gpu to the GPU machine and run: bash .cache/gpu/gpu-check.sh"
