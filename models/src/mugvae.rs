@@ -265,6 +265,37 @@ struct Block2D {
     sampler: Option<Conv2d>,
 }
 
+impl Block2D {
+    /// The down blocks (`down_blocks.*`, `downsamplers`: stride 2, padded by hand) or up blocks
+    /// (`up_blocks.*`, `upsamplers`: stride 1, padding 1) of the given widths, `resnets` each, the
+    /// first resnet of a block changing the width; the last block has no sampler.
+    fn load_all(
+        w: &Weights,
+        (blocks, samplers): (&str, &str),
+        widths: &[usize],
+        resnets: usize,
+        groups: usize,
+        (stride, padding): (usize, usize),
+    ) -> Result<Vec<Block2D>, WeightsError> {
+        let mut out = Vec::new();
+        let mut cin = widths[0];
+        for (i, &cout) in widths.iter().enumerate() {
+            let b = w.pp(blocks).pp(i);
+            let resnets = (0..resnets)
+                .map(|j| ResnetBlock2D::load(&b.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, groups))
+                .collect::<Result<_, _>>()?;
+            let sampler = if i + 1 == widths.len() {
+                None
+            } else {
+                Some(Conv2d::load(&b.pp(samplers).pp(0).pp("conv"), cout, cout, 3, stride, padding)?)
+            };
+            out.push(Block2D { resnets, sampler });
+            cin = cout;
+        }
+        Ok(out)
+    }
+}
+
 /// The 2D encoder up to its mid block (its `conv_norm_out`/`conv_out` are not used by MUG-V).
 struct SpatialEncoder {
     conv_in: Conv2d,
@@ -284,22 +315,9 @@ impl SpatialEncoder {
     fn load(w: &Weights, c: &SpatialConfig) -> Result<Self, WeightsError> {
         let ch = &c.block_out_channels;
         let groups = c.norm_num_groups;
-        let mut down_blocks = Vec::new();
-        let mut cin = ch[0];
-        for (i, &cout) in ch.iter().enumerate() {
-            let b = w.pp("down_blocks").pp(i);
-            let resnets = (0..c.layers_per_block)
-                .map(|j| ResnetBlock2D::load(&b.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, groups))
-                .collect::<Result<_, _>>()?;
-            let last = i + 1 == ch.len();
-            let sampler = if last {
-                None
-            } else {
-                Some(Conv2d::load(&b.pp("downsamplers").pp(0).pp("conv"), cout, cout, 3, 2, 0)?)
-            };
-            down_blocks.push(Block2D { resnets, sampler });
-            cin = cout;
-        }
+        let down_blocks =
+            Block2D::load_all(w, ("down_blocks", "downsamplers"), ch, c.layers_per_block, groups, (2, 0))?;
+        let cin = *ch.last().unwrap_or(&ch[0]);
         Ok(SpatialEncoder {
             conv_in: Conv2d::load(&w.pp("conv_in"), 3, ch[0], 3, 1, 1)?,
             down_blocks,
@@ -325,22 +343,8 @@ impl SpatialDecoder {
     fn load(w: &Weights, c: &SpatialConfig) -> Result<Self, WeightsError> {
         let ch: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
         let groups = c.norm_num_groups;
-        let mut up_blocks = Vec::new();
-        let mut cin = ch[0];
-        for (i, &cout) in ch.iter().enumerate() {
-            let b = w.pp("up_blocks").pp(i);
-            let resnets = (0..=c.layers_per_block)
-                .map(|j| ResnetBlock2D::load(&b.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, groups))
-                .collect::<Result<_, _>>()?;
-            let last = i + 1 == ch.len();
-            let sampler = if last {
-                None
-            } else {
-                Some(Conv2d::load(&b.pp("upsamplers").pp(0).pp("conv"), cout, cout, 3, 1, 1)?)
-            };
-            up_blocks.push(Block2D { resnets, sampler });
-            cin = cout;
-        }
+        let up_blocks = Block2D::load_all(w, ("up_blocks", "upsamplers"), &ch, c.layers_per_block + 1, groups, (1, 1))?;
+        let cin = *ch.last().unwrap_or(&ch[0]);
         Ok(SpatialDecoder {
             mid_block: MidBlock::load(&w.pp("mid_block"), ch[0], groups)?,
             up_blocks,
@@ -729,12 +733,7 @@ impl MugVae {
     /// count is not a multiple of 8 loses its first frames. `n` must be the latent length of
     /// `num_frames` frames.
     pub fn decode(&self, z: &Tensor, num_frames: usize) -> candle_core::Result<Tensor> {
-        let mut parts = Vec::new();
-        self.decode_chunks(z, num_frames, &mut |frames| {
-            parts.push(frames);
-            Ok(())
-        })?;
-        Tensor::cat(&parts, 2)
+        concat_in_time(|sink| self.decode_chunks(z, num_frames, sink))
     }
 
     /// [`MugVae::decode`] one temporal chunk at a time: `sink` receives the frames
@@ -776,11 +775,18 @@ impl MugVae {
 
     /// The temporal half of [`MugVae::decode`]: normalised latents -> 2D features of `num_frames`.
     pub fn decode_features(&self, z: &Tensor, num_frames: usize) -> candle_core::Result<Tensor> {
-        let mut parts = Vec::new();
-        self.temporal_chunks(z, num_frames, &mut |features| {
-            parts.push(features);
-            Ok(())
-        })?;
-        Tensor::cat(&parts, 2)
+        concat_in_time(|sink| self.temporal_chunks(z, num_frames, sink))
     }
+}
+
+/// The chunks a producer hands to its sink, concatenated along time (axis 2).
+fn concat_in_time(
+    produce: impl FnOnce(&mut dyn FnMut(Tensor) -> candle_core::Result<()>) -> candle_core::Result<()>,
+) -> candle_core::Result<Tensor> {
+    let mut parts = Vec::new();
+    produce(&mut |chunk| {
+        parts.push(chunk);
+        Ok(())
+    })?;
+    Tensor::cat(&parts, 2)
 }

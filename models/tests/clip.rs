@@ -9,18 +9,16 @@ use models::aesthetic::{l2_normalize, AestheticConfig, AestheticMlp, AestheticSc
 use models::clip::{ClipPoint, ClipVision, ClipVisionConfig};
 use models::weights::Checkpoint;
 
+mod common;
+
+use common::rel_l2;
+
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/aesthetic").join(name)
+    common::data("aesthetic", name)
 }
 
 fn case(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(data(name), &Device::Cpu).unwrap()
-}
-
-/// `||a - b|| / ||b||` in f32.
-fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    diff / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt()
+    common::case("aesthetic", name)
 }
 
 fn scorer() -> AestheticScorer {

@@ -8,20 +8,16 @@ use candle_core::{DType, Device, Tensor};
 use models::mugdit::{DitInput, DitPoint, MugDit, MugDitConfig};
 use models::weights::Checkpoint;
 
+mod common;
+
+use common::assert_close;
+
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/mugdit").join(name)
+    common::data("mugdit", name)
 }
 
 fn case(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(data(name), &Device::Cpu).unwrap()
-}
-
-/// Assert `||ours - ref|| / ||ref|| < 1e-4` (the goldens' tolerance) with the same shape.
-fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
-    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
-    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    let err = norm(&(ours - reference).unwrap()) / norm(reference);
-    assert!(err < 1e-4, "{what}: rel-L2 {err}");
+    common::case("mugdit", name)
 }
 
 fn ints(t: &Tensor) -> Vec<i64> {

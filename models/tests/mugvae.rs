@@ -8,25 +8,21 @@ use candle_core::{DType, Device, Tensor};
 use models::mugvae::{MugVae, MugVaeConfig};
 use models::weights::{Checkpoint, WeightsError};
 
+mod common;
+
+use common::assert_close;
+
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/mugvae").join(name)
+    common::data("mugvae", name)
 }
 
 fn case(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(data(name), &Device::Cpu).unwrap()
+    common::case("mugvae", name)
 }
 
 fn vae() -> MugVae {
     let ckpt = Checkpoint::open(&data("weights.safetensors"), DType::F32, &Device::Cpu).unwrap();
     MugVae::load(&ckpt, &MugVaeConfig::golden()).unwrap()
-}
-
-/// Assert `||ours - ref|| / ||ref|| < 1e-4` (the goldens' tolerance) with the same shape.
-fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
-    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
-    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    let err = norm(&(ours - reference).unwrap()) / norm(reference);
-    assert!(err < 1e-4, "{what}: rel-L2 {err}");
 }
 
 #[test]

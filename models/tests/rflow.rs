@@ -3,29 +3,20 @@
 //! image-to-video sampling run with the tiny MUG-DiT and the reference's stored noises.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use models::mugdit::{MugDit, MugDitConfig};
 use models::rflow::{Conditioning, RFlow, ShiftPrecision, NEGATIVE_PROMPT};
 use models::weights::Checkpoint;
 
-fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
+mod common;
 
-/// Assert `||ours - ref|| / ||ref|| < 1e-4` with the same shape.
-fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
-    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
-    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    let err = norm(&(ours - reference).unwrap()) / norm(reference);
-    assert!(err < 1e-4, "{what}: rel-L2 {err}");
-}
+use common::{assert_close, data};
 
 #[test]
 fn real_timestep_lists_match_both_ways() {
     let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("rflow/timesteps_720p_25steps.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(data("rflow", "timesteps_720p_25steps.json")).unwrap()).unwrap();
     let sampler = RFlow { steps: 25, guidance: 4.0 };
     let configs = doc["configs"].as_object().unwrap();
     assert_eq!(configs.len(), 10);
@@ -44,10 +35,10 @@ fn real_timestep_lists_match_both_ways() {
 
 #[test]
 fn image_to_video_sampling_matches_the_reference() {
-    let ckpt = Checkpoint::open(&data("mugdit/weights.safetensors"), DType::F32, &Device::Cpu).unwrap();
+    let ckpt = Checkpoint::open(&data("mugdit", "weights.safetensors"), DType::F32, &Device::Cpu).unwrap();
     let model = MugDit::load(&ckpt, &MugDitConfig::golden()).unwrap();
     let c: HashMap<String, Tensor> =
-        candle_core::safetensors::load(data("rflow/case_sample_i2v.safetensors"), &Device::Cpu).unwrap();
+        candle_core::safetensors::load(data("rflow", "case_sample_i2v.safetensors"), &Device::Cpu).unwrap();
     let sampler = RFlow { steps: 5, guidance: 4.0 };
     let timesteps = sampler.timesteps(720, 1280, 5, ShiftPrecision::F32);
     assert_close("timesteps", &Tensor::new(timesteps.as_slice(), &Device::Cpu).unwrap(), &c["timesteps"]);
@@ -90,6 +81,6 @@ fn image_to_video_sampling_matches_the_reference() {
     assert_eq!(frame0(&out), frame0(&c["in_z"]));
 
     let prompts: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("rflow/prompt_strings.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(data("rflow", "prompt_strings.json")).unwrap()).unwrap();
     assert_eq!(prompts["negative_prompt"], NEGATIVE_PROMPT);
 }

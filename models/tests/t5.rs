@@ -7,18 +7,16 @@ use candle_core::{DType, Device, Tensor};
 use models::t5::{relative_position_bucket, T5Config, T5Encoder, T5Tokenizer};
 use models::weights::Checkpoint;
 
+mod common;
+
+use common::rel_l2;
+
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/t5").join(name)
+    common::data("t5", name)
 }
 
 fn case(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(data(name), &Device::Cpu).unwrap()
-}
-
-/// `||a - b|| / ||b||` in f32.
-fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    diff / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt()
+    common::case("t5", name)
 }
 
 #[test]
