@@ -18,10 +18,15 @@ fn tiny_models(dir: &Path) -> PathBuf {
 
 /// A job over two test videos: shots, clips, latents and text features, written as `format`.
 fn encode_job(dir: &Path, models: &Path, format: &str) -> PathBuf {
+    encode_job_with(dir, models, format, format, "")
+}
+
+/// [`encode_job`] into `dir/<out>` with extra `vae_encode` keys.
+fn encode_job_with(dir: &Path, models: &Path, format: &str, out: &str, vae_extra: &str) -> PathBuf {
     let m = models.display();
     common::manifest(
         dir,
-        &format!("encode-{format}.toml"),
+        &format!("encode-{out}.toml"),
         &format!(
             r#"[job]
 name = "encode"
@@ -46,6 +51,7 @@ preset = "tiny"
 checkpoint = "{m}/vae.safetensors"
 size = "64x48"
 fps = 4
+{vae_extra}
 
 [[stage]]
 kind = "t5_encode"
@@ -58,7 +64,7 @@ captions = "tests/data/captions.csv"
 kind = "write"
 format = "{format}"
 "#,
-            out = dir.join(format).display()
+            out = dir.join(out).display()
         ),
     )
 }
@@ -194,4 +200,29 @@ fn reencoding_reuses_text_features_and_records_both_vaes() {
     assert_eq!(old_id["path"], old_vae.display().to_string());
     assert_eq!(old_id["sha256"], sha(&old_vae));
     assert_eq!(index["derived_from"]["dataset"], v1.display().to_string());
+}
+
+/// `vae_encode` with `batch = 4`: same-shape clips go through the VAE together and come out with
+/// the latents of one-by-one encoding (up to float rounding), each under its own id.
+#[test]
+fn batched_vae_encoding_gives_the_same_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_models(dir.path());
+    for (out, extra) in [("single", ""), ("batched", "batch = 4\nbatch_wait = \"500ms\"\nframes = 4")] {
+        let extra = if out == "single" { "frames = 4" } else { extra };
+        let job = encode_job_with(dir.path(), &models, "mugflow", out, extra);
+        let (code, _, err) = run(&["run", job.to_str().unwrap(), "--progress", "none"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (single, batched) =
+        (tensors(&dir.path().join("single"), "latent"), tensors(&dir.path().join("batched"), "latent"));
+    assert!(single.len() >= 4, "{}", single.len());
+    assert_eq!(single.keys().collect::<Vec<_>>(), batched.keys().collect::<Vec<_>>());
+    for (id, (dtype, shape, bytes)) in &single {
+        let (bd, bs, bb) = &batched[id];
+        assert_eq!((dtype, shape), (bd, bs), "{id}");
+        let f = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>();
+        let worst = f(bytes).iter().zip(f(bb)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{id}: latents differ by {worst}");
+    }
 }

@@ -1,14 +1,15 @@
 //! `vae_encode`: each clip through the MUG-V VideoVAE into a latent `[24, T/8, H/8, W/8]`, at the
 //! manifest's size (or aspect bucket), frame rate and frame count.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use models::mugvae::MugVae;
 use pipeline::io::fetch_local;
-use pipeline::manifest::Resolution;
+use pipeline::manifest::{Duration, Resolution};
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -57,10 +58,24 @@ pub struct VaeEncodeConfig {
     /// Precision: "f32", "bf16" (GPUs) or "f16".
     #[serde(default)]
     pub dtype: Precision,
+    /// Clips of the same frame count and size encoded together in one VAE call (GPUs like
+    /// batches); batches fill from the clips in flight, so set `parallelism` at least this high.
+    #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
+    pub batch: usize,
+    /// How long a clip waits for others of its shape before a partial batch runs.
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait: Duration,
 }
 
 fn default_seed() -> u64 {
     42
+}
+fn default_batch() -> usize {
+    1
+}
+fn default_batch_wait() -> Duration {
+    Duration(std::time::Duration::from_secs(2))
 }
 
 /// How 8-bit pixels are scaled for the VAE.
@@ -108,19 +123,35 @@ struct VaeEncode {
     vae: Arc<MugVae>,
     device: Device,
     dtype: DType,
+    /// Clips waiting for a batch.
+    waiting: Arc<Mutex<Queues>>,
 }
 
-/// What encoding one clip produced.
-struct Encoded {
-    latent: Tensor,
+/// Clips waiting for a batch, by (frames, height, width).
+type Queues = HashMap<(usize, usize, usize), Vec<Waiting>>;
+
+/// A decoded clip ready for the VAE.
+struct Prepared {
+    /// `(3, T, H, W)` values.
+    values: Vec<f32>,
+    /// Posterior noise `(24, T', H/8, W/8)` when sampling.
+    noise: Option<Vec<f32>>,
     frames: usize,
     width: usize,
     height: usize,
     fps: f64,
 }
 
+/// A clip in a batch queue and where its latent goes.
+struct Waiting {
+    clip: Prepared,
+    /// The latent and the size of the batch it was encoded in.
+    reply: tokio::sync::oneshot::Sender<Result<(Tensor, usize), String>>,
+}
+
 impl VaeEncode {
-    fn encode(&self, path: &Path, id: &str, start: usize, end: Option<usize>) -> Result<Encoded, StageError> {
+    /// Decode and scale the clip's frames (and draw its posterior noise when sampling).
+    fn prepare(&self, path: &Path, id: &str, start: usize, end: Option<usize>) -> Result<Prepared, StageError> {
         let c = &self.config;
         let mut reader = VideoReader::open(path, 0)?;
         let end = match end {
@@ -150,21 +181,87 @@ impl VaeEncode {
         }
         let (t, height, width) = (frames.len(), frames[0].height, frames[0].width);
         let values = frames_to_values(&frames, c.pixel_range);
-        drop(frames);
-        let run = || -> candle_core::Result<Tensor> {
-            let x = Tensor::from_vec(values, (1, 3, t, height, width), &self.device)?.to_dtype(self.dtype)?;
-            let noise = if c.sample {
-                let (lt, lh, lw) = self.vae.config().latent_size(t, height, width);
-                let shape = [1, self.vae.config().temporal.latent_channels, lt, lh, lw];
-                let eps = models::random::standard_normal(&shape, item_seed(c.seed, id))?;
-                Some(eps.to_device(&self.device)?.to_dtype(self.dtype)?)
-            } else {
-                None
-            };
-            self.vae.encode(&x, noise.as_ref())?.squeeze(0)
+        let noise = if c.sample {
+            let (lt, lh, lw) = self.vae.config().latent_size(t, height, width);
+            let shape = [self.vae.config().temporal.latent_channels, lt, lh, lw];
+            Some(models::random::standard_normal(&shape, item_seed(c.seed, id))?.flatten_all()?.to_vec1()?)
+        } else {
+            None
         };
-        let latent = run().map_err(|e| StageError::from(e).context("VAE encoding failed"))?;
-        Ok(Encoded { latent, frames: t, width, height, fps: c.fps.unwrap_or(reader.fps) })
+        Ok(Prepared { values, noise, frames: t, width, height, fps: c.fps.unwrap_or(reader.fps) })
+    }
+
+    /// Encode same-shape clips in one VAE call: one latent `(24, T', H/8, W/8)` per clip, in order.
+    fn encode(&self, clips: &[&Prepared]) -> candle_core::Result<Vec<Tensor>> {
+        let (b, c0) = (clips.len(), clips[0]);
+        let (t, h, w) = (c0.frames, c0.height, c0.width);
+        let values: Vec<f32> = clips.iter().flat_map(|c| c.values.iter().copied()).collect();
+        let x = Tensor::from_vec(values, (b, 3, t, h, w), &self.device)?.to_dtype(self.dtype)?;
+        let noise = match clips.iter().map(|c| c.noise.clone()).collect::<Option<Vec<_>>>() {
+            Some(n) => {
+                let (lt, lh, lw) = self.vae.config().latent_size(t, h, w);
+                let shape = (b, self.vae.config().temporal.latent_channels, lt, lh, lw);
+                Some(Tensor::from_vec(n.concat(), shape, &self.device)?.to_dtype(self.dtype)?)
+            }
+            None => None,
+        };
+        let z = self.vae.encode(&x, noise.as_ref())?;
+        (0..b).map(|i| z.get(i)).collect()
+    }
+
+    /// Run a batch on the CPU pool and hand each clip its latent (or the batch's error).
+    async fn run_batch(&self, batch: Vec<Waiting>, ctx: &StageContext) {
+        let me = self.clone();
+        let (clips, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().map(|w| (w.clip, w.reply)).unzip();
+        let result = ctx.cpu(move || me.encode(&clips.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())).await;
+        match result {
+            Ok(Ok(latents)) => {
+                let n = latents.len();
+                for (reply, latent) in replies.into_iter().zip(latents) {
+                    // A receiver is gone only when its item timed out.
+                    let _ = reply.send(Ok((latent, n)));
+                }
+            }
+            Ok(Err(e)) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The clip's latent, encoded with the same-shape clips that arrive within `batch_wait`, and
+    /// how many clips that batch held.
+    async fn latent(&self, clip: Prepared, ctx: &StageContext) -> Result<(Tensor, usize), StageError> {
+        let key = (clip.frames, clip.height, clip.width);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (full, first) = {
+            let mut waiting = self.waiting.lock().map_err(|_| StageError::msg("batch queue poisoned"))?;
+            let queue = waiting.entry(key).or_default();
+            queue.push(Waiting { clip, reply: tx });
+            let first = queue.len() == 1;
+            (if queue.len() >= self.config.batch { Some(std::mem::take(queue)) } else { None }, first)
+        };
+        if let Some(batch) = full {
+            self.run_batch(batch, ctx).await;
+        } else if first {
+            // The first clip of a batch flushes whatever has gathered when its wait is over.
+            let (me, ctx) = (self.clone(), ctx.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(me.config.batch_wait.0).await;
+                let batch = me.waiting.lock().map(|mut w| w.remove(&key).unwrap_or_default()).unwrap_or_default();
+                if !batch.is_empty() {
+                    me.run_batch(batch, &ctx).await;
+                }
+            });
+        }
+        let latent = rx.await.map_err(|_| StageError::msg("the batch was dropped"))?;
+        latent.map_err(|e| StageError::msg(e).context("VAE encoding failed"))
     }
 }
 
@@ -176,16 +273,19 @@ impl Stage for VaeEncode {
             .await
             .map_err(|e| StageError::from(e).context("cannot fetch the source video"))?;
         let (path, id, me) = (local.path().to_path_buf(), item.id.clone(), self.clone());
-        let done = ctx.cpu(move || me.encode(&path, &id, start, end)).await??;
-        let dims = done.latent.dims().to_vec();
-        item.tensors.insert("latent".into(), to_payload(&done.latent)?);
+        let clip = ctx.cpu(move || me.prepare(&path, &id, start, end)).await??;
+        let (frames, width, height, fps) = (clip.frames, clip.width, clip.height, clip.fps);
+        let (latent, batch) = self.latent(clip, ctx).await?;
+        let dims = latent.dims().to_vec();
+        item.tensors.insert("latent".into(), to_payload(&latent)?);
         item.set("latent_frames", dims[1] as i64);
         item.set("latent_height", dims[2] as i64);
         item.set("latent_width", dims[3] as i64);
-        item.set("vae_frames", done.frames as i64);
-        item.set("vae_width", done.width as i64);
-        item.set("vae_height", done.height as i64);
-        item.set("vae_fps", done.fps);
+        item.set("vae_frames", frames as i64);
+        item.set("vae_width", width as i64);
+        item.set("vae_height", height as i64);
+        item.set("vae_fps", fps);
+        item.set("vae_batch", batch as i64);
         Ok(vec![item])
     }
 }
@@ -208,7 +308,13 @@ impl StageConfig for VaeEncodeConfig {
             Field::new("vae_width", FieldType::Int, "width of the encoded frames, pixels"),
             Field::new("vae_height", FieldType::Int, "height of the encoded frames, pixels"),
             Field::new("vae_fps", FieldType::Float, "frame rate of the encoded frames"),
+            Field::new("vae_batch", FieldType::Int, "clips encoded together in the VAE call"),
         ]
+    }
+
+    fn default_parallelism(&self) -> usize {
+        // Enough clips in flight to fill a batch.
+        self.batch.max(1)
     }
 
     fn check(&self) -> Vec<String> {
@@ -218,6 +324,9 @@ impl StageConfig for VaeEncodeConfig {
         }
         if self.frames == Some(0) {
             problems.push("frames must be at least 1".into());
+        }
+        if self.batch == 0 {
+            problems.push("batch must be at least 1".into());
         }
         problems
     }
@@ -236,6 +345,7 @@ impl StageConfig for VaeEncodeConfig {
             vae: Arc::new(vae),
             device: placement.device()?,
             dtype: placement.dtype(),
+            waiting: Arc::default(),
         })))
     }
 }
