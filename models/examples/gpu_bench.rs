@@ -114,7 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t5 = T5Encoder::load(&random_checkpoint(&t5_keys, DType::F32, &p.device, &p.t5_device)?, &t5_c)?;
         let tokenizer = T5Tokenizer::from_file(&a.tokenizer, t5_c.max_length)?;
         sync()?;
-        Ok(I2vModels { dit, vae, t5, tokenizer })
+        Ok(I2vModels::new(dit, vae, t5, tokenizer))
     });
     let models = models?;
     println!("random models      {:>8.1} s   peak GPU {}", t.elapsed().as_secs_f64(), mib(peak));

@@ -3,6 +3,8 @@
 //! into latent frame 0, rectified-flow sampling with the DiT, and chunked decoding with the
 //! reference image as frame 0. Stages and GPU benchmarks share it.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::mugdit::MugDit;
@@ -11,7 +13,8 @@ use crate::random::standard_normal;
 use crate::rflow::{Conditioning, RFlow, ShiftPrecision, NEGATIVE_PROMPT};
 use crate::t5::{T5Encoder, T5Tokenizer};
 
-/// The models of one worker.
+/// The models of one worker, and the negative prompt's T5 states once computed (every video
+/// uses the same ones).
 pub struct I2vModels {
     /// The denoiser.
     pub dit: MugDit,
@@ -21,6 +24,26 @@ pub struct I2vModels {
     pub t5: T5Encoder,
     /// Its tokenizer.
     pub tokenizer: T5Tokenizer,
+    /// T5 states `[1, L, d]` of [`NEGATIVE_PROMPT`] and its valid length.
+    negative: OnceLock<(Tensor, usize)>,
+}
+
+impl I2vModels {
+    /// The models of one worker.
+    pub fn new(dit: MugDit, vae: MugVae, t5: T5Encoder, tokenizer: T5Tokenizer) -> I2vModels {
+        I2vModels { dit, vae, t5, tokenizer, negative: OnceLock::new() }
+    }
+
+    /// T5 states `[1, L, d]` of one text (on T5's device) and its valid length.
+    fn encode_text(&self, text: &str, device: &Device) -> candle_core::Result<(Tensor, usize)> {
+        let (ids, mask) =
+            self.tokenizer.encode(text).map_err(|e| candle_core::Error::Msg(format!("tokenizer: {e}")))?;
+        let valid = mask.iter().filter(|&&v| v == 1).count();
+        let l = ids.len();
+        let ids = Tensor::from_vec(ids, (1, l), device)?;
+        let mask = Tensor::from_vec(mask, (1, l), device)?;
+        Ok((self.t5.forward(&ids, &mask)?, valid))
+    }
 }
 
 /// Sampling settings (MUG-V: 25 steps, guidance 4, aesthetic 6.0, fps 30, bf16 shift).
@@ -60,20 +83,21 @@ pub fn to_u8(v: f32) -> u8 {
     ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0 + 0.5).clamp(0.0, 255.0) as u8
 }
 
-/// T5 states `[2, 1, L, d]` on `p.device` and valid lengths of `prompt` and the negative prompt.
+/// T5 states `[2, 1, L, d]` on `p.device` and valid lengths of `prompt` and the negative prompt
+/// (each row is encoded on its own, as in the reference's padded batch; the negative prompt's
+/// states are computed once per worker).
 pub fn encode_prompt(m: &I2vModels, p: &I2vPlacement, prompt: &str) -> candle_core::Result<(Tensor, Vec<usize>)> {
-    let (mut ids, mut masks, mut lens) = (Vec::new(), Vec::new(), Vec::new());
-    for text in [prompt, NEGATIVE_PROMPT] {
-        let (i, mask) = m.tokenizer.encode(text).map_err(|e| candle_core::Error::Msg(format!("tokenizer: {e}")))?;
-        lens.push(mask.iter().filter(|&&v| v == 1).count());
-        ids.extend(i);
-        masks.extend(mask);
-    }
-    let l = ids.len() / 2;
-    let ids = Tensor::from_vec(ids, (2, l), &p.t5_device)?;
-    let mask = Tensor::from_vec(masks, (2, l), &p.t5_device)?;
-    let y = m.t5.forward(&ids, &mask)?;
-    Ok((y.unsqueeze(1)?.to_device(&p.device)?.to_dtype(p.dtype)?, lens))
+    let (y, len) = m.encode_text(prompt, &p.t5_device)?;
+    let (neg, neg_len) = match m.negative.get() {
+        Some(n) => n.clone(),
+        None => {
+            let n = m.encode_text(NEGATIVE_PROMPT, &p.t5_device)?;
+            // Two workers racing here compute the same value; either one is kept.
+            m.negative.get_or_init(|| n).clone()
+        }
+    };
+    let y = Tensor::cat(&[y, neg], 0)?;
+    Ok((y.unsqueeze(1)?.to_device(&p.device)?.to_dtype(p.dtype)?, vec![len, neg_len]))
 }
 
 /// Latents `[24, T', H/8, W/8]` (f32) of one video: `prompt`, the reference `image` (`[H, W, 3]`

@@ -151,7 +151,7 @@ impl StageConfig for AestheticConfig {
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
         crate::ffmpeg_init();
         let config = self.preset.aesthetic();
-        let placement = Placement { device: self.device.clone(), dtype: self.dtype };
+        let placement = Placement::new(&self.device, self.dtype)?;
         let clip = placement.open("aesthetic `clip`", &self.clip)?;
         let mlp = placement.open("aesthetic `mlp`", &self.mlp)?;
         let scorer = AestheticScorer::load(&clip, &mlp, &config).map_err(|e| e.to_string())?;
@@ -160,8 +160,8 @@ impl StageConfig for AestheticConfig {
             min_score: self.min_score,
             scorer: Arc::new(scorer),
             size: config.clip.image_size,
-            device: placement.device()?,
-            dtype: placement.dtype(),
+            device: placement.device,
+            dtype: placement.dtype,
         })))
     }
 }

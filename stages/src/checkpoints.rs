@@ -15,13 +15,15 @@ use models::weights::{Checkpoint, WeightsError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Where a model runs and in which precision (the `device` and `dtype` keys of a model stage).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a model runs and in which precision, resolved once from a stage's `device` and `dtype`
+/// keys: the stage's weights and its inputs must share one device handle (two CUDA handles on the
+/// same GPU are different devices to candle).
+#[derive(Debug, Clone)]
 pub struct Placement {
-    /// "cpu", "cuda" (GPU 0) or "cuda:N".
-    pub device: String,
+    /// The device.
+    pub device: Device,
     /// Precision of weights and activations.
-    pub dtype: Precision,
+    pub dtype: DType,
 }
 
 /// The default of every model stage's `device` key.
@@ -43,10 +45,11 @@ pub enum Precision {
 }
 
 impl Placement {
-    /// The candle device, or why it cannot be used in this build.
-    pub fn device(&self) -> Result<Device, String> {
-        match self.device.as_str() {
-            "cpu" => Ok(Device::Cpu),
+    /// The device named by `device` ("cpu", "cuda", "cuda:N") with `precision`, or why it cannot
+    /// be used in this build.
+    pub fn new(device: &str, precision: Precision) -> Result<Placement, String> {
+        let device = match device {
+            "cpu" => Device::Cpu,
             d if d == "cuda" || d.starts_with("cuda:") => {
                 let ordinal = d
                     .strip_prefix("cuda:")
@@ -54,22 +57,24 @@ impl Placement {
                     .map_err(|_| format!("device `{d}`: expected \"cuda:N\" with N a GPU number, e.g. \"cuda:0\""))?;
                 Device::new_cuda(ordinal).map_err(|e| {
                     format!("device `{d}` is not available ({e}); use device = \"cpu\" or a CUDA build of mugflow")
-                })
+                })?
             }
-            d => Err(format!("unknown device `{d}`: use \"cpu\", \"cuda\" or \"cuda:N\"")),
-        }
-    }
-
-    /// The candle dtype.
-    pub fn dtype(&self) -> DType {
-        match self.dtype {
+            d => return Err(format!("unknown device `{d}`: use \"cpu\", \"cuda\" or \"cuda:N\"")),
+        };
+        let dtype = match precision {
             Precision::F32 => DType::F32,
             Precision::Bf16 => DType::BF16,
             Precision::F16 => DType::F16,
+        };
+        if device.is_cpu() && dtype != DType::F32 {
+            // candle's CPU backend has no bf16/f16 matrix products.
+            let name = if dtype == DType::BF16 { "bf16" } else { "f16" };
+            return Err(format!("dtype \"{name}\" runs on GPUs only; on device \"cpu\" use dtype = \"f32\""));
         }
+        Ok(Placement { device, dtype })
     }
 
-    /// Open a checkpoint for this placement, the error naming what it is for.
+    /// Open a checkpoint onto this placement, the error naming what it is for.
     pub fn open(&self, what: &str, path: &Path) -> Result<Checkpoint, String> {
         if !path.exists() {
             return Err(format!(
@@ -78,13 +83,7 @@ impl Placement {
                 path.display()
             ));
         }
-        let device = self.device()?;
-        if device.is_cpu() && self.dtype != Precision::F32 {
-            // candle's CPU backend has no bf16/f16 matrix products.
-            let name = if self.dtype == Precision::Bf16 { "bf16" } else { "f16" };
-            return Err(format!("{what}: dtype \"{name}\" runs on GPUs only; on device \"cpu\" use dtype = \"f32\""));
-        }
-        Checkpoint::open(path, self.dtype(), &device).map_err(|e| format!("{what}: {e}"))
+        Checkpoint::open(path, self.dtype, &self.device).map_err(|e| format!("{what}: {e}"))
     }
 }
 

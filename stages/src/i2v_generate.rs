@@ -99,7 +99,7 @@ pub enum Shift {
 /// One worker's generator: the models, the settings and where they run. Cheap to clone into a
 /// worker thread.
 #[derive(Clone)]
-pub struct Generator {
+struct Generator {
     models: Arc<I2vModels>,
     settings: I2vSettings,
     placement: I2vPlacement,
@@ -109,15 +109,13 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// A generator over already loaded models (e.g. random weights for a benchmark).
-    pub fn new(config: &I2vGenerateConfig, models: I2vModels) -> Result<Generator, String> {
-        let placement = Placement { device: config.device.clone(), dtype: config.dtype };
-        let t5_placement = Placement { device: config.t5_device.clone(), dtype: Precision::F32 };
+    /// A generator over loaded models placed as `placement` says.
+    fn new(config: &I2vGenerateConfig, models: I2vModels, placement: I2vPlacement) -> Generator {
         let shift = match config.shift {
             Shift::PipelineBf16 => ShiftPrecision::PipelineBf16,
             Shift::F32 => ShiftPrecision::F32,
         };
-        Ok(Generator {
+        Generator {
             models: Arc::new(models),
             settings: I2vSettings {
                 steps: config.steps,
@@ -126,19 +124,15 @@ impl Generator {
                 fps: config.fps as f32,
                 shift,
             },
-            placement: I2vPlacement {
-                device: placement.device()?,
-                dtype: placement.dtype(),
-                t5_device: t5_placement.device()?,
-            },
+            placement,
             default_seed: config.seed,
             steps: config.steps,
             cfg_scale: config.cfg_scale,
-        })
+        }
     }
 
     /// Latents `[24, T', H/8, W/8]` of one video (see [`models::i2v::generate`]).
-    pub fn generate(
+    fn generate(
         &self,
         prompt: &str,
         image: &[u8],
@@ -216,17 +210,18 @@ impl StageConfig for I2vGenerateConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        let placement = Placement { device: self.device.clone(), dtype: self.dtype };
-        let t5_placement = Placement { device: self.t5_device.clone(), dtype: Precision::F32 };
+        let placement = Placement::new(&self.device, self.dtype)?;
+        let t5_placement = Placement::new(&self.t5_device, Precision::F32)?;
         let err = |e: models::weights::WeightsError| e.to_string();
         let t5_config = self.preset.t5();
-        let models = I2vModels {
-            dit: MugDit::load(&placement.open("i2v_generate `dit`", &self.dit)?, &self.preset.dit()).map_err(err)?,
-            vae: MugVae::load(&placement.open("i2v_generate `vae`", &self.vae)?, &self.preset.vae()).map_err(err)?,
-            t5: T5Encoder::load(&t5_placement.open("i2v_generate `t5`", &self.t5)?, &t5_config).map_err(err)?,
-            tokenizer: T5Tokenizer::from_file(&self.tokenizer, t5_config.max_length)
+        let models = I2vModels::new(
+            MugDit::load(&placement.open("i2v_generate `dit`", &self.dit)?, &self.preset.dit()).map_err(err)?,
+            MugVae::load(&placement.open("i2v_generate `vae`", &self.vae)?, &self.preset.vae()).map_err(err)?,
+            T5Encoder::load(&t5_placement.open("i2v_generate `t5`", &self.t5)?, &t5_config).map_err(err)?,
+            T5Tokenizer::from_file(&self.tokenizer, t5_config.max_length)
                 .map_err(|e| format!("i2v_generate `tokenizer`: {e}"))?,
-        };
-        Ok(Runnable::Transform(Arc::new(Generator::new(self, models)?)))
+        );
+        let on = I2vPlacement { device: placement.device, dtype: placement.dtype, t5_device: t5_placement.device };
+        Ok(Runnable::Transform(Arc::new(Generator::new(self, models, on))))
     }
 }

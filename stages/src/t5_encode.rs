@@ -161,7 +161,7 @@ impl StageConfig for T5EncodeConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        let placement = Placement { device: self.device.clone(), dtype: self.dtype };
+        let placement = Placement::new(&self.device, self.dtype)?;
         let config = self.preset.t5();
         let checkpoint = placement.open("t5_encode `checkpoint`", &self.checkpoint)?;
         let encoder = T5Encoder::load(&checkpoint, &config).map_err(|e| e.to_string())?;
@@ -172,7 +172,7 @@ impl StageConfig for T5EncodeConfig {
             encoder: Arc::new(encoder),
             tokenizer: Arc::new(tokenizer),
             captions: Arc::default(),
-            device: placement.device()?,
+            device: placement.device,
         })))
     }
 }

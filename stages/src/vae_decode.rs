@@ -101,13 +101,13 @@ impl StageConfig for VaeDecodeConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        let placement = Placement { device: self.device.clone(), dtype: self.dtype };
+        let placement = Placement::new(&self.device, self.dtype)?;
         let checkpoint = placement.open("vae_decode `checkpoint`", &self.checkpoint)?;
         let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(|e| e.to_string())?;
         Ok(Runnable::Transform(Arc::new(VaeDecode {
             vae: Arc::new(vae),
-            device: placement.device()?,
-            dtype: placement.dtype(),
+            device: placement.device,
+            dtype: placement.dtype,
         })))
     }
 }

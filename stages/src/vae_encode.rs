@@ -337,14 +337,14 @@ impl StageConfig for VaeEncodeConfig {
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
         crate::ffmpeg_init();
-        let placement = Placement { device: self.device.clone(), dtype: self.dtype };
+        let placement = Placement::new(&self.device, self.dtype)?;
         let checkpoint = placement.open("vae_encode `checkpoint`", &self.checkpoint)?;
         let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(|e| e.to_string())?;
         Ok(Runnable::Transform(Arc::new(VaeEncode {
             config: Arc::new(self.clone()),
             vae: Arc::new(vae),
-            device: placement.device()?,
-            dtype: placement.dtype(),
+            device: placement.device,
+            dtype: placement.dtype,
             waiting: Arc::default(),
         })))
     }
