@@ -28,14 +28,6 @@ fn scenes_prints_the_shots_of_one_video() {
     assert!(err.contains("has no unit"), "{err}");
 }
 
-/// Write the tiny random-weight checkpoints into `dir` with `mugflow models init-tiny`.
-fn tiny_models(dir: &std::path::Path) -> String {
-    let models = dir.join("tiny");
-    let (code, out, err) = run(&["models", "init-tiny", models.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
-    models.display().to_string()
-}
-
 /// The whole curation chain (probe -> scene_split -> clip_filter -> aesthetic -> vae_encode ->
 /// t5_encode -> write) on the real test videos with tiny weights: the kept clips, their scores,
 /// and latents and text features of the documented shapes under each clip's id.
@@ -43,7 +35,7 @@ fn tiny_models(dir: &std::path::Path) -> String {
 fn the_curate_manifest_writes_one_row_per_kept_clip() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("curate");
-    let models = tiny_models(dir.path());
+    let models = common::tiny_models(dir.path());
     let set = format!("job.output={}", out.display());
     let output = common::mugflow(&["run", "manifests/curate.toml", "--set", &set, "--progress", "none"])
         .env("MUGFLOW_MODELS", &models)

@@ -6,15 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::run;
-
-/// Tiny random-weight checkpoints written by `mugflow models init-tiny` into `dir/tiny`.
-fn tiny_models(dir: &Path) -> PathBuf {
-    let models = dir.join("tiny");
-    let (code, out, err) = run(&["models", "init-tiny", models.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
-    models
-}
+use common::{run, tiny_models};
 
 /// A job over two test videos: shots, clips, latents and text features, written as `format`.
 fn encode_job(dir: &Path, models: &Path, format: &str) -> PathBuf {

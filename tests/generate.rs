@@ -10,9 +10,7 @@ use common::{error_rows, mugflow, run, written_ids};
 
 /// Tiny checkpoints and the `--set`s that make the bundled manifest use them at 64x48, 17 frames.
 fn tiny_sets(dir: &Path) -> Vec<String> {
-    let m = dir.join("tiny");
-    let (code, out, err) = run(&["models", "init-tiny", m.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
+    let m = common::tiny_models(dir);
     let m = m.display();
     [
         "stage.load_image.size=64x48".to_string(),

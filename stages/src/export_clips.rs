@@ -197,10 +197,7 @@ impl StageConfig for ExportClipsConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        crate::ffmpeg_init();
-        if ffmpeg_next::encoder::find_by_name(&self.codec).is_none() {
-            return Err(format!("this FFmpeg has no `{}` encoder (`ffmpeg -encoders` lists them)", self.codec));
-        }
+        Mp4Writer::encoder(&self.codec).map_err(|e| e.to_string())?;
         Ok(Runnable::Transform(Arc::new(ExportClips(self.clone()))))
     }
 }

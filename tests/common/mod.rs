@@ -35,6 +35,14 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Tiny random-weight checkpoints written by `mugflow models init-tiny` into `dir/tiny`.
+pub fn tiny_models(dir: &Path) -> PathBuf {
+    let models = dir.join("tiny");
+    let (code, out, err) = run(&["models", "init-tiny", models.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    models
+}
+
 /// Write a manifest into `dir` and return its path.
 pub fn manifest(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -54,11 +54,15 @@ fn ff(what: &'static str) -> impl FnOnce(ffmpeg::Error) -> EncodeError {
 impl Mp4Writer {
     /// Create `path` for `width x height` frames (odd sizes lose their last column or row, as
     /// 4:2:0 video needs even sizes).
-    pub fn create(path: &Path, width: usize, height: usize, options: &EncodeOptions) -> Result<Mp4Writer, EncodeError> {
+    /// This FFmpeg's `codec` encoder; stages call it at build time to fail before any work.
+    pub fn encoder(codec: &str) -> Result<ffmpeg::Codec, EncodeError> {
         crate::ffmpeg_init();
+        ffmpeg::encoder::find_by_name(codec).ok_or_else(|| EncodeError::NoEncoder(codec.to_string()))
+    }
+
+    pub fn create(path: &Path, width: usize, height: usize, options: &EncodeOptions) -> Result<Mp4Writer, EncodeError> {
         let (width, height) = ((width as u32 & !1).max(2), (height as u32 & !1).max(2));
-        let codec = ffmpeg::encoder::find_by_name(&options.codec)
-            .ok_or_else(|| EncodeError::NoEncoder(options.codec.clone()))?;
+        let codec = Mp4Writer::encoder(&options.codec)?;
         let mut output = ffmpeg::format::output(&path).map_err(ff("create the output file"))?;
         let global_header = output.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
         let rate = ffmpeg::Rational::from(options.fps);
