@@ -10,4 +10,5 @@ pub mod mugvae;
 pub mod random;
 pub mod rflow;
 pub mod t5;
+pub mod umt5;
 pub mod weights;

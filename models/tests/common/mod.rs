@@ -29,3 +29,18 @@ pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
     let err = rel_l2(ours, reference);
     assert!(err < 1e-4, "{what}: rel-L2 {err}");
 }
+
+/// Assert the same shape and `rel_l2 < tolerance`, print the error (`--nocapture` lists the
+/// measured parity) and return it.
+pub fn assert_within(what: &str, ours: &Tensor, reference: &Tensor, tolerance: f32) -> f32 {
+    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
+    let err = rel_l2(ours, reference);
+    eprintln!("{what}: rel-L2 {err:.3e}");
+    assert!(err < tolerance, "{what}: rel-L2 {err} (tolerance {tolerance})");
+    err
+}
+
+/// The JSON document of a golden folder's file (e.g. its `config.json`).
+pub fn json(folder: &str, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data(folder, name)).unwrap()).unwrap()
+}
