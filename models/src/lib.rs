@@ -5,10 +5,13 @@
 pub mod aesthetic;
 pub mod clip;
 pub mod i2v;
+pub mod lora;
 pub mod mugdit;
 pub mod mugvae;
 pub mod random;
 pub mod rflow;
 pub mod t5;
 pub mod umt5;
+pub mod wan_dit;
+pub mod wan_flow;
 pub mod weights;

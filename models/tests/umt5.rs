@@ -98,3 +98,24 @@ fn a_checkpoint_with_wrong_keys_names_every_one() {
     let err = Umt5Encoder::load(&ckpt, &Umt5Config::xxl()).err().unwrap().to_string();
     assert!(err.contains("`token_embedding.weight` has shape [100, 32], the model expects [256384, 4096]"), "{err}");
 }
+
+/// The XXL preset reads exactly the README's key table (`models_t5_umt5-xxl-enc-bf16.pth`).
+#[test]
+fn the_real_preset_reads_the_real_keys_and_shapes() {
+    let dry = Checkpoint::dry(DType::F32, &Device::Cpu);
+    Umt5Encoder::load(&dry, &Umt5Config::xxl()).unwrap();
+    let keys: HashMap<String, Vec<usize>> = dry.read_keys().into_iter().collect();
+    assert_eq!(keys.len(), 2 + 24 * 10);
+    for (key, shape) in [
+        ("token_embedding.weight", vec![256_384, 4096]),
+        ("blocks.23.norm1.weight", vec![4096]),
+        ("blocks.23.attn.o.weight", vec![4096, 4096]),
+        ("blocks.23.ffn.gate.0.weight", vec![10240, 4096]),
+        ("blocks.23.ffn.fc1.weight", vec![10240, 4096]),
+        ("blocks.23.ffn.fc2.weight", vec![4096, 10240]),
+        ("blocks.23.pos_embedding.embedding.weight", vec![32, 64]),
+        ("norm.weight", vec![4096]),
+    ] {
+        assert_eq!(keys.get(key), Some(&shape), "{key}");
+    }
+}
