@@ -14,4 +14,5 @@ pub mod t5;
 pub mod umt5;
 pub mod wan_dit;
 pub mod wan_flow;
+pub mod wan_vae;
 pub mod weights;

@@ -210,8 +210,9 @@ struct Block {
 const SCORE_BUDGET: usize = 1 << 30;
 
 /// `softmax(q k^T / sqrt(d)) v` for `[B, H, Lq, d]` x `[B, H, Lk, d]`, queries in chunks so the
-/// score matrix stays within [`SCORE_BUDGET`] elements (the enhancer's 97k tokens need it).
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+/// score matrix stays within [`SCORE_BUDGET`] elements (the enhancer's 97k tokens need it). The Wan VAE
+/// shares it for its per-frame attention.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, lq, d) = q.dims4()?;
     let lk = k.dim(2)?;
     let chunk = (SCORE_BUDGET / (b * h * lk).max(1)).clamp(1, lq.max(1));
