@@ -54,7 +54,7 @@ const LORA_A: &str = "lora_A.default.weight";
 const LORA_B: &str = "lora_B.default.weight";
 
 impl<'a> Lora<'a> {
-    /// An adapter read from `checkpoint` as `config` says.
+    /// An adapter read from `checkpoint` (opened on the base checkpoint's device) as `config` says.
     pub fn new(checkpoint: &'a Checkpoint, config: &LoraConfig) -> Lora<'a> {
         Lora { checkpoint, config: config.clone(), used: RefCell::default() }
     }

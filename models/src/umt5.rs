@@ -4,7 +4,7 @@
 //! Its tokenizer (`google/umt5-xxl`, 512 tokens, EOS id 1, pad id 0) follows the same length rule
 //! as [`crate::t5::T5Tokenizer`].
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::t5::relative_position_bucket;
@@ -125,12 +125,9 @@ pub struct Umt5Encoder {
     norm: Tensor,
 }
 
-/// `x * rsqrt(mean(x^2) + eps) * w`, the variance in f32 whatever the working dtype.
+/// `x * rsqrt(mean(x^2) + eps) * w` over the last axis (candle's fused norm accumulates in f32).
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let dtype = x.dtype();
-    let x32 = x.to_dtype(DType::F32)?;
-    let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-    x32.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?.to_dtype(dtype)?.broadcast_mul(w)
+    candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
 }
 
 impl Umt5Encoder {

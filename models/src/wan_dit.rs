@@ -448,7 +448,8 @@ impl WanDit {
             x = (x + y)?;
         }
 
-        // 2. Time embeddings, of timestep 0 too in first-frame mode.
+        // 2. Time embeddings, of timestep 0 too in first-frame mode. They and the modulation run in
+        //    the weights' dtype; the reference keeps them in f32 even under bf16 autocast.
         let (e, e0) = self.time(input.timestep, false, dtype, dev, hook)?;
         let t0 = if input.first_frame_clean { Some(self.time(&vec![0.0; b], true, dtype, dev, hook)?) } else { None };
 
