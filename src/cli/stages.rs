@@ -39,8 +39,10 @@ fn params(schema: &Json) -> Vec<Param> {
             .and_then(Json::as_array)
             .map(|v| {
                 v.iter()
-                    .filter_map(|b| b.get("const").or(Some(b)).and_then(Json::as_str))
-                    .map(|s| format!("\"{s}\""))
+                    .filter_map(|b| b.get("const").or(Some(b)))
+                    .filter_map(|v| {
+                        v.as_str().map(|s| format!("\"{s}\"")).or_else(|| v.as_bool().map(|b| b.to_string()))
+                    })
                     .collect()
             })
             .unwrap_or_default();

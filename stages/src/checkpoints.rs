@@ -7,10 +7,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use models::aesthetic::{AestheticConfig, AestheticMlp};
 use models::clip::ClipVision;
+use models::lora::LoraConfig;
 use models::mugdit::{MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
 use models::random::{model_keys, random_weights};
 use models::t5::{T5Config, T5Encoder};
+use models::umt5::{Umt5Config, Umt5Encoder};
+use models::wan_dit::{WanDit, WanDitConfig};
+use models::wan_vae::{WanVae, WanVaeConfig};
 use models::weights::{Checkpoint, WeightsError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -127,6 +131,40 @@ impl Preset {
         }
     }
 
+    /// The enhancer's Wan2.1 VAE sizes.
+    pub fn wan_vae(self) -> WanVaeConfig {
+        match self {
+            Preset::Real => WanVaeConfig::wan21(),
+            Preset::Tiny => WanVaeConfig::golden(),
+        }
+    }
+
+    /// The UMT5 sizes (the tiny one has the T5 tokenizer's vocabulary, so the tokenizer that
+    /// `init_tiny` writes fits it: the real UMT5 one is 4.5 MB more for plumbing runs).
+    pub fn umt5(self) -> Umt5Config {
+        match self {
+            Preset::Real => Umt5Config::xxl(),
+            Preset::Tiny => Umt5Config { vocab: T5Config::xxl().vocab_size, ..Umt5Config::golden() },
+        }
+    }
+
+    /// The enhancer's Wan DiT sizes (the tiny one reads 64 text tokens, so catalog prompts are
+    /// not cut to the goldens' 16).
+    pub fn wan_dit(self) -> WanDitConfig {
+        match self {
+            Preset::Real => WanDitConfig::wan_1_3b(),
+            Preset::Tiny => WanDitConfig { text_len: 64, text_dim: self.umt5().dim, ..WanDitConfig::golden() },
+        }
+    }
+
+    /// The enhancer's LoRA adapter (rank 256 real, 8 tiny; alpha 4, keys `pipe.dit.*`).
+    pub fn enhancer_lora(self) -> LoraConfig {
+        match self {
+            Preset::Real => LoraConfig::mugv_enhancer(),
+            Preset::Tiny => LoraConfig::golden(),
+        }
+    }
+
     /// The CLIP tower and aesthetic head sizes.
     pub fn aesthetic(self) -> AestheticConfig {
         match self {
@@ -144,35 +182,73 @@ pub fn to_payload(t: &Tensor) -> Result<pipeline::Tensor, candle_core::Error> {
         .ok_or_else(|| candle_core::Error::Msg("payload size does not match its shape".into()))
 }
 
-/// File names `init_tiny` writes, relative to its folder.
-pub const TINY_FILES: [&str; 6] = [
+/// File names `init_tiny` writes, relative to its folder. The enhancer's are named like the
+/// released files they stand in for.
+pub const TINY_FILES: [&str; 10] = [
     "vae.safetensors",
     "t5.safetensors",
     "t5_tokenizer.json",
     "clip.safetensors",
     "aesthetic_mlp.safetensors",
     "dit.safetensors",
+    "enhancer/dit_i2v.safetensors",
+    "enhancer/lora.safetensors",
+    "enhancer/Wan2.1_VAE.safetensors",
+    "enhancer/umt5.safetensors",
 ];
 
-/// The T5 vocabulary (Google's Apache-2.0 SentencePiece model as a HF tokenizer.json).
+/// The T5 vocabulary (Google's Apache-2.0 SentencePiece model as a HF tokenizer.json); the tiny
+/// UMT5 reads it too.
 const T5_TOKENIZER: &[u8] = include_bytes!("../../models/tests/data/t5/t5_tokenizer.json");
 
+/// peft's LoRA targets of the enhancer's DiT (`q,k,v,o,ffn.0,ffn.2`): the key stems
+/// `blocks.{i}.{self_attn|cross_attn}.{q|k|v|o}` and `blocks.{i}.ffn.{0|2}`.
+fn is_lora_target(stem: &str) -> bool {
+    let Some(rest) = stem.strip_prefix("blocks.") else { return false };
+    ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k"]
+        .into_iter()
+        .chain(["cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"])
+        .any(|t| rest.split_once('.').is_some_and(|(_, layer)| layer == t))
+}
+
+/// The `(key, shape)`s of a peft LoRA adapter for a model with `keys`: `lora_A` `[rank, in]` and
+/// `lora_B` `[out, rank]` of every target linear, under `config.prefix`.
+fn lora_keys(keys: &[(String, Vec<usize>)], config: &LoraConfig) -> Vec<(String, Vec<usize>)> {
+    let p = &config.prefix;
+    keys.iter()
+        .filter_map(|(key, shape)| {
+            let stem = key.strip_suffix(".weight").filter(|s| is_lora_target(s) && shape.len() == 2)?;
+            Some([
+                (format!("{p}{stem}.lora_A.default.weight"), vec![config.rank, shape[1]]),
+                (format!("{p}{stem}.lora_B.default.weight"), vec![shape[0], config.rank]),
+            ])
+        })
+        .flatten()
+        .collect()
+}
+
 /// Write tiny random-weight checkpoints with the real key names (VideoVAE, T5 encoder with its
-/// tokenizer, CLIP tower, aesthetic head, MUG-DiT) into `dir`, for the demo and plumbing tests.
+/// tokenizer, CLIP tower, aesthetic head, MUG-DiT, and the enhancer's Wan DiT, LoRA adapter, Wan
+/// VAE and UMT5) into `dir`, for the demo and plumbing tests.
 pub fn init_tiny(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("enhancer")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let keys = |r: Result<Vec<(String, Vec<usize>)>, WeightsError>| r.map_err(|e| e.to_string());
     let aesthetic = Preset::Tiny.aesthetic();
+    let wan_dit = keys(model_keys(|c| WanDit::load(c, &Preset::Tiny.wan_dit(), None)))?;
+    let lora = lora_keys(&wan_dit, &Preset::Tiny.enhancer_lora());
     let sets = [
-        keys(model_keys(|c| MugVae::load(c, &Preset::Tiny.vae())))?,
-        keys(model_keys(|c| T5Encoder::load(c, &Preset::Tiny.t5())))?,
-        keys(model_keys(|c| ClipVision::load(c, &aesthetic.clip)))?,
-        keys(model_keys(|c| AestheticMlp::load(c, &aesthetic)))?,
-        keys(model_keys(|c| MugDit::load(c, &Preset::Tiny.dit())))?,
+        (TINY_FILES[0], keys(model_keys(|c| MugVae::load(c, &Preset::Tiny.vae())))?),
+        (TINY_FILES[1], keys(model_keys(|c| T5Encoder::load(c, &Preset::Tiny.t5())))?),
+        (TINY_FILES[3], keys(model_keys(|c| ClipVision::load(c, &aesthetic.clip)))?),
+        (TINY_FILES[4], keys(model_keys(|c| AestheticMlp::load(c, &aesthetic)))?),
+        (TINY_FILES[5], keys(model_keys(|c| MugDit::load(c, &Preset::Tiny.dit())))?),
+        (TINY_FILES[6], wan_dit),
+        (TINY_FILES[7], lora),
+        (TINY_FILES[8], keys(model_keys(|c| WanVae::load(c, &Preset::Tiny.wan_vae())))?),
+        (TINY_FILES[9], keys(model_keys(|c| Umt5Encoder::load(c, &Preset::Tiny.umt5())))?),
     ];
     let mut written = Vec::new();
-    let names = [TINY_FILES[0], TINY_FILES[1], TINY_FILES[3], TINY_FILES[4], TINY_FILES[5]];
-    for (seed, (name, keys)) in names.iter().zip(sets).enumerate() {
+    for (seed, (name, keys)) in sets.into_iter().enumerate() {
         let path = dir.join(name);
         let tensors = random_weights(&keys, seed as u64).map_err(|e| e.to_string())?;
         let tensors: std::collections::HashMap<_, _> = tensors.into_iter().collect();
@@ -183,4 +259,27 @@ pub fn init_tiny(dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::write(&tokenizer, T5_TOKENIZER).map_err(|e| format!("cannot write {}: {e}", tokenizer.display()))?;
     written.push(tokenizer);
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny adapter holds the 10 targets of every block of the tiny DiT, and merges into it.
+    #[test]
+    fn tiny_lora_covers_every_target_and_loads() {
+        let config = Preset::Tiny.wan_dit();
+        let keys = model_keys(|c| WanDit::load(c, &config, None)).unwrap();
+        let lora = lora_keys(&keys, &Preset::Tiny.enhancer_lora());
+        assert_eq!(lora.len(), 2 * 10 * config.num_layers);
+        assert!(lora.iter().any(|(k, s)| k == "pipe.dit.blocks.1.ffn.2.lora_B.default.weight" && s == &[64, 8]));
+        let base = random_checkpoint(&keys);
+        let adapter = random_checkpoint(&lora);
+        let lora = models::lora::Lora::new(&adapter, &Preset::Tiny.enhancer_lora());
+        WanDit::load(&base, &config, Some(lora)).unwrap();
+    }
+
+    fn random_checkpoint(keys: &[(String, Vec<usize>)]) -> Checkpoint {
+        models::random::random_checkpoint(keys, DType::F32, &Device::Cpu, &Device::Cpu).unwrap()
+    }
 }

@@ -6,6 +6,7 @@ pub mod aesthetic;
 pub mod checkpoints;
 pub mod clip_filter;
 pub mod encode_mp4;
+pub mod enhance;
 pub mod export_clips;
 pub mod i2v_generate;
 pub mod load_image;
@@ -35,6 +36,7 @@ pub fn registry() -> Registry {
         .register::<load_image::LoadImageConfig>()
         .register::<i2v_generate::I2vGenerateConfig>()
         .register::<vae_decode::VaeDecodeConfig>()
+        .register::<enhance::EnhanceConfig>()
         .register::<encode_mp4::EncodeMp4Config>()
         .register::<write::WriteConfig>();
     r
