@@ -27,6 +27,22 @@ fn tiny_sets(dir: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// [`tiny_sets`] plus the tiny enhancer of the same folder.
+fn tiny_enhance_sets(dir: &Path) -> Vec<String> {
+    let m = dir.join("tiny");
+    let m = m.display();
+    let mut sets = tiny_sets(dir);
+    sets.extend([
+        "stage.enhance.preset=tiny".to_string(),
+        format!("stage.enhance.dit={m}/enhancer/dit_i2v.safetensors"),
+        format!("stage.enhance.lora={m}/enhancer/lora.safetensors"),
+        format!("stage.enhance.vae={m}/enhancer/Wan2.1_VAE.safetensors"),
+        format!("stage.enhance.umt5={m}/enhancer/umt5.safetensors"),
+        format!("stage.enhance.tokenizer={m}/t5_tokenizer.json"),
+    ]);
+    sets
+}
+
 /// `mugflow generate` arguments for `catalog` into `out` on the CPU with tiny weights.
 fn generate_args(catalog: &Path, out: &Path, sets: &[String]) -> Vec<String> {
     let mut args: Vec<String> = ["generate", "--catalog", catalog.to_str().unwrap(), "--out", out.to_str().unwrap()]
@@ -111,6 +127,64 @@ fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("nothing to do: all 1 shard(s)") && err.contains("are committed"), "{err}");
     assert_eq!(written_ids(&out).len(), 3);
+}
+
+/// `--enhance`: generate -> decode -> enhance -> encode on tiny weights; bad rows are still error
+/// records, and the enhanced MP4s keep the frame count (17 = 1 + 4k), size and rate.
+#[test]
+fn generate_with_enhance_writes_enhanced_videos_and_error_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets = tiny_enhance_sets(dir.path());
+    let cat = catalog(
+        dir.path(),
+        "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n\
+         vase,images/mugv_sample_vase.png,A glass vase on pink marble,,9:16,5s\n\
+         gone,images/missing.png,An image that does not exist,,,\n\
+         broken,images/broken.png,A file that is not an image,3,,\n\
+         silent,images/rocket.jpg,,,,\n",
+    );
+    let out = dir.path().join("out");
+    let mut args = generate_args(&cat, &out, &sets);
+    args.push("--enhance".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    eprintln!("generate --enhance of 5 rows: {:.1} s", started.elapsed().as_secs_f64());
+
+    assert_eq!(written_ids(&out), ["cup", "vase"]);
+    let errors = error_rows(&out);
+    let failed: Vec<(&str, &str)> = errors.iter().map(|e| (e.0.as_str(), e.1.as_str())).collect();
+    assert_eq!(failed, [("broken", "1:load_image"), ("gone", "1:load_image"), ("silent", "1:load_image")]);
+    for r in common::rows(&out) {
+        assert_eq!(ffprobe(&out.join(&r["video_file"])), (17, 64, 48, "20/1".to_string()), "{}", r["id"]);
+        assert_eq!(r["enhance_frames"], "17");
+        assert_eq!(r["enhance_steps"], "1");
+        assert_eq!(r["enhance_cfg_scale"], "2.0");
+        assert_eq!(r["enhance_noise_level"], "0.3");
+        assert_eq!(r["enhance_seed"], r["seed"], "the enhancer's noise comes from the row's seed");
+    }
+    let index = std::fs::read_to_string(out.join("index.json")).unwrap();
+    assert!(index.contains("dit_i2v.safetensors") && index.contains("umt5.safetensors"), "{index}");
+}
+
+/// Without `--enhance` the bundled manifest's enhance stage passes rows through: no enhancer
+/// checkpoint is needed or recorded.
+#[test]
+fn the_enhance_stage_is_off_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets = tiny_sets(dir.path());
+    sets.push("stage.enhance.dit=does/not/exist.safetensors".into());
+    let cat = catalog(dir.path(), "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n");
+    let out = dir.path().join("out");
+    let args = generate_args(&cat, &out, &sets);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let rows = common::rows(&out);
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].contains_key("enhance_frames"), "{:?}", rows[0]);
+    assert!(!std::fs::read_to_string(out.join("index.json")).unwrap().contains("dit_i2v"));
 }
 
 #[test]

@@ -18,12 +18,17 @@ pub struct GenerateArgs {
     /// Output folder or URL: videos/<id>.mp4, the results table and the error table.
     #[arg(long)]
     out: String,
-    /// Folder with MUG-V-inference/{dit.pt,vae.pt} and t5-v1_1-xxl/ (with tokenizer.json).
+    /// Folder with MUG-V-inference/{dit.pt,vae.pt} and t5-v1_1-xxl/ (with tokenizer.json); with
+    /// --enhance also MUG-V-inference/enhancer/ and Wan2.1-T2V-1.3B/.
     #[arg(long, default_value = "checkpoints")]
     models: PathBuf,
     /// Device of the DiT and the VAE without --gpus: "cuda", "cuda:N" or "cpu" (f32, slow).
     #[arg(long, default_value = "cuda")]
     device: String,
+    /// Also run MUG-V's WAN-2.1 enhancer on every video (needs MUG-V-inference/enhancer/ and
+    /// Wan2.1-T2V-1.3B/ in --models; see the manifest).
+    #[arg(long)]
+    enhance: bool,
     /// Override a manifest value, e.g. `stage.i2v_generate.steps=50` (see `mugflow validate`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -44,6 +49,7 @@ pub fn generate(args: &GenerateArgs, worker: &WorkerArgs, mode: ProgressMode) ->
         "MUGFLOW_MODELS" => Some(models.clone()),
         "MUGFLOW_DEVICE" => Some(device.clone()),
         "MUGFLOW_DTYPE" => Some(dtype.to_string()),
+        "MUGFLOW_ENHANCE" if args.enhance => Some("true".to_string()),
         _ => std::env::var(k).ok(),
     };
     let manifest = pipeline::manifest::Manifest::from_text(
