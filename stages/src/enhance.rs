@@ -452,6 +452,16 @@ impl StageConfig for EnhanceConfig {
             ..self.preset.enhancer_lora()
         };
         let adapter = placement.open("enhance `lora`", &self.lora)?;
+        // The merge only complains about adapter keys it cannot place, so a file with none (the
+        // DiT itself, say) would silently run the base model.
+        let prefix = &lora_config.prefix;
+        if !adapter.keys().iter().any(|k| k.starts_with(prefix.as_str()) && k.contains(".lora_A.")) {
+            return Err(format!(
+                "enhance `lora`: {} holds no LoRA tensors (`{prefix}...lora_A.default.weight`); point it at \
+                 MUG-V-inference/enhancer/pytorch_model.bin",
+                self.lora.display()
+            ));
+        }
         let dit = WanDit::load(
             &placement.open("enhance `dit`", &self.dit)?,
             &dit_config,
@@ -583,6 +593,31 @@ mod tests {
         );
         let e = run(&tiny(dir.path(), serde_json::json!({})), odd).unwrap_err().to_string();
         assert!(e.contains("40x24 frames") && e.contains("set `size`"), "{e}");
+    }
+
+    #[test]
+    fn a_lora_file_without_adapter_tensors_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::checkpoints::init_tiny(dir.path()).unwrap();
+        let mut config: EnhanceConfig = serde_json::from_value(serde_json::json!({
+            "preset": "tiny",
+            "dit": dir.path().join("enhancer/dit_i2v.safetensors"),
+            "lora": dir.path().join("enhancer/dit_i2v.safetensors"),
+            "vae": dir.path().join("enhancer/Wan2.1_VAE.safetensors"),
+            "umt5": dir.path().join("enhancer/umt5.safetensors"),
+            "tokenizer": dir.path().join("t5_tokenizer.json"),
+        }))
+        .unwrap();
+        let build = |c: &EnhanceConfig| c.build(&pipeline::BuildContext { job_name: "t".into() }).err();
+        let e = build(&config).unwrap();
+        assert!(e.contains("enhance `lora`") && e.contains("holds no LoRA tensors"), "{e}");
+        config.lora = dir.path().join("enhancer/missing.bin");
+        let e = build(&config).unwrap();
+        assert!(e.contains("enhance `lora`") && e.contains("does not exist"), "{e}");
+        config.lora = dir.path().join("enhancer/lora.safetensors");
+        config.lora_rank = Some(4);
+        let e = build(&config).unwrap();
+        assert!(e.contains("enhance `dit` + `lora`") && e.contains("lora_A"), "{e}");
     }
 
     #[test]
