@@ -6,7 +6,7 @@
 # time, so the binary links no CUDA library.
 #
 #   scripts/build-cuda.sh            # release build of mugflow --features cuda, and the GPU
-#                                    # benchmark packed in .cache/gpu (gpu_bench.gz, gpu-check.sh)
+#                                    # GPU benchmark and tests packed in .cache/gpu (*.xz, gpu-check.sh)
 #   PROFILE=dev scripts/build-cuda.sh   # faster to build, for trying things
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,13 +44,20 @@ nm "$rlib" 2>/dev/null | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ {print $2}' | sort -u
   | awk '{print "void " $1 "(void) {}"}' > "$link/cuda_stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/cuda_stub.c"
 export LIBRARY_PATH=$link${LIBRARY_PATH:+:$LIBRARY_PATH}
-cargo build --profile "$profile" --features cuda --bin mugflow
+# MUGFLOW_ONLY_GPU_TOOLS=1 skips the mugflow binary (the GPU machine runs only the programs below).
+[ -n "${MUGFLOW_ONLY_GPU_TOOLS:-}" ] || cargo build --profile "$profile" --features cuda --bin mugflow
 cargo build --profile "$profile" --features cuda -p models --example gpu_bench
-# The GPU machine has no FFmpeg: the models-only benchmark travels; mugflow itself needs FFmpeg's
-# libraries wherever it runs.
-mkdir -p .cache/gpu
-strip -o .cache/gpu/gpu_bench "$dir/examples/gpu_bench"
-gzip -f -9 .cache/gpu/gpu_bench
+# The GPU machine has no FFmpeg: the models-only programs travel (the benchmark, the kernel
+# correctness tests, the GPU parity tests); mugflow itself needs FFmpeg's libraries wherever it runs.
+rm -rf .cache/gpu && mkdir -p .cache/gpu
+pack() { strip -o ".cache/gpu/$2" "$1" && xz -f -9 -T2 ".cache/gpu/$2"; }
+pack "$dir/examples/gpu_bench" gpu_bench
+for t in "kernels --test kernels" "models --test gpu"; do
+  set -- $t
+  exe=$(cargo test --profile "$profile" --features cuda -p "$1" "$2" "$3" --no-run --message-format=json \
+    | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+  pack "$exe" "test-$1-$3"
+done
 cp scripts/gpu-check.sh .cache/gpu/
 ls -la .cache/gpu
 echo "build-cuda: carry .cache/gpu to the GPU machine and run: bash .cache/gpu/gpu-check.sh"

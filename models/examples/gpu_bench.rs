@@ -3,8 +3,14 @@
 //! reports. A models-only program, so it runs on GPU machines without FFmpeg; the decoded video
 //! is written as raw `.y4m` (any player or `ffmpeg -i` reads it).
 //!
+//! Besides end-to-end generation (the default), `--bench` times one part at the sizes of
+//! docs/PERFORMANCE.md: `dit` (MUG-DiT-10B forward, 720p x 105 frames, CFG batch 2), `attention`
+//! (one self-attention layer at that size, fused kernel), `vae-encode` (105-frame 1280x720 clip),
+//! `t5` (T5-XXL over 64 x 300 tokens), with TFLOP/s where the count is well defined.
+//!
 //!   cargo run --release --features cuda --example gpu_bench -- --steps 2
 //!   gpu_bench --preset tiny --device cpu --dtype f32 --height 48 --width 64 --frames 17
+//!   gpu_bench --bench dit --iters 2
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use models::i2v::{decode_video, generate, I2vModels, I2vPlacement, I2vSettings};
-use models::mugdit::{MugDit, MugDitConfig};
+use models::mugdit::{DitInput, MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
 use models::random::{model_keys, random_checkpoint};
 use models::rflow::ShiftPrecision;
@@ -54,6 +60,102 @@ struct Args {
     /// Folder for the decoded video (`bench.y4m`).
     #[arg(long, default_value = "out/gpu-bench")]
     out: PathBuf,
+    /// Time one part instead of generating: dit, attention, vae-encode or t5.
+    #[arg(long)]
+    bench: Option<String>,
+    /// Timed runs of `--bench` (after one warm-up run).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+}
+
+/// Warm-up once, then the mean seconds of `iters` synchronised runs and the peak GPU memory.
+fn time_runs(
+    dev: &Device,
+    iters: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> Result<(f64, Option<u64>), Box<dyn std::error::Error>> {
+    f()?;
+    dev.synchronize()?;
+    let (r, peak) = with_peak_memory(|| -> candle_core::Result<f64> {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f()?;
+        }
+        dev.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() / iters as f64)
+    });
+    Ok((r?, peak))
+}
+
+/// A standard-normal tensor made on `dev` in `dtype`.
+fn randn(shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype)
+}
+
+/// `--bench`: one part of the pipeline at MUG-V's 720p x 5 s sizes, on random weights.
+fn bench(a: &Args, what: &str, p: &I2vPlacement) -> Result<(), Box<dyn std::error::Error>> {
+    let (dev, dtype) = (&p.device, p.dtype);
+    // 720p (1280 x 720), 105 frames: 14 x 90 x 160 latents, 50,400 tokens + start/end.
+    let (t, h, w) = (14, 90, 160);
+    let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
+    let (secs, peak, flops) = match what {
+        "dit" => {
+            let c = MugDitConfig::mugv_10b();
+            let keys = model_keys(|k| MugDit::load(k, &c))?;
+            let dit = MugDit::load(&random_checkpoint(&keys, dtype, dev, dev)?, &c)?;
+            let x = randn(&[2, c.in_channels, t, h, w], dtype, dev)?;
+            let y = randn(&[2, 1, 300, c.text_dim], dtype, dev)?;
+            let x_mask = vec![(0..t).map(|i| i > 0).collect::<Vec<_>>(); 2];
+            let frames: Vec<usize> = (0..t + 2).collect();
+            let input = DitInput {
+                x: &x,
+                timestep: &[500.0, 500.0],
+                y: &y,
+                text_lens: &[120, 40],
+                x_mask: &x_mask,
+                fps: 30.0,
+                frame_indices: &frames,
+            };
+            let (secs, peak) = time_runs(dev, a.iters, || dit.forward(&input).map(|_| ()))?;
+            let (n, d) = ((t * (h / 2) * (w / 2) + 2) as f64, c.hidden_size as f64);
+            let per_block = 2.0 * 14.0 * d * d * n + 4.0 * n * n * d + 4.0 * n * 160.0 * d;
+            (secs, peak, Some(2.0 * c.depth as f64 * per_block))
+        }
+        #[cfg(feature = "cuda")]
+        "attention" => {
+            let (n, heads, hd) = (t * (h / 2) * (w / 2) + 2, 48, 72);
+            let q = randn(&[2, n, heads, hd], dtype, dev)?;
+            let k = randn(&[2, n, heads, hd], dtype, dev)?;
+            let v = randn(&[2, n, heads, hd], dtype, dev)?;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let (secs, peak) =
+                time_runs(dev, a.iters, || kernels::flash_attention(&q, &k, &v, None, scale).map(|_| ()))?;
+            (secs, peak, Some(4.0 * 2.0 * heads as f64 * (n * n) as f64 * hd as f64))
+        }
+        "vae-encode" => {
+            let c = MugVaeConfig::mugv();
+            let keys = model_keys(|k| MugVae::load(k, &c))?;
+            let vae = MugVae::load(&random_checkpoint(&keys, dtype, dev, dev)?, &c)?;
+            let video = randn(&[1, 3, 105, 720, 1280], dtype, dev)?;
+            let (secs, peak) = time_runs(dev, a.iters, || vae.encode(&video, None).map(|_| ()))?;
+            (secs, peak, None)
+        }
+        "t5" => {
+            let c = T5Config::xxl();
+            let keys = model_keys(|k| T5Encoder::load(k, &c))?;
+            let t5 = T5Encoder::load(&random_checkpoint(&keys, dtype, dev, dev)?, &c)?;
+            let ids: Vec<i64> = (0..64 * 300).map(|i| (i * 7919 + 13) % 32000).collect();
+            let ids = Tensor::from_vec(ids, (64, 300), dev)?;
+            let mask = Tensor::ones((64, 300), DType::I64, dev)?;
+            let (secs, peak) = time_runs(dev, a.iters, || t5.forward(&ids, &mask).map(|_| ()))?;
+            println!("t5                 {:.0} tokens/s", 64.0 * 300.0 / secs);
+            (secs, peak, None)
+        }
+        other => return Err(format!("--bench {other}: not one of dit, attention, vae-encode, t5").into()),
+    };
+    let tflops = flops.map_or(String::new(), |f| format!("   {:.1} TFLOP/s", f / secs / 1e12));
+    println!("{what:<18} {secs:>8.3} s   peak GPU {}{tflops}   ({:?}, mean of {})", mib(peak), dtype, a.iters);
+    Ok(())
 }
 
 fn device(name: &str) -> candle_core::Result<Device> {
@@ -94,6 +196,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let dtype = if a.dtype == "f32" { DType::F32 } else { DType::BF16 };
     let p = I2vPlacement { device: device(&a.device)?, dtype, t5_device: device(&a.t5_device)? };
+    if let Some(what) = &a.bench {
+        return bench(&a, what, &p);
+    }
     let (dit_c, vae_c, t5_c) = if a.preset == "tiny" {
         let t5 = T5Config { vocab_size: T5Config::xxl().vocab_size, max_length: 300, ..T5Config::golden() };
         (MugDitConfig { in_channels: 24, text_dim: t5.d_model, ..MugDitConfig::golden() }, MugVaeConfig::golden(), t5)

@@ -3,6 +3,7 @@
 //! original PyTorch implementation (tests/data, with provenance).
 
 pub mod aesthetic;
+pub mod attention;
 pub mod clip;
 pub mod i2v;
 pub mod lora;

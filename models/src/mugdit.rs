@@ -6,6 +6,9 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 
+use crate::attention::attention;
+#[cfg(feature = "cuda")]
+use crate::attention::attention_tokens;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of a MUG-DiT.
@@ -131,27 +134,6 @@ struct Block {
     fc2: Linear,
 }
 
-/// Score elements materialised at once by [`attention`] (2 GiB in bf16).
-const SCORE_BUDGET: usize = 1 << 30;
-
-/// `softmax(q k^T * scale) v` for `[B, H, Lq, d]` x `[B, H, Lk, d]`, queries in chunks so the
-/// score matrix stays within [`SCORE_BUDGET`] elements (50k-token videos would need 40+ GB).
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    let (b, h, lq, _) = q.dims4()?;
-    let lk = k.dim(2)?;
-    let chunk = (SCORE_BUDGET / (b * h * lk).max(1)).clamp(1, lq.max(1));
-    let kt = k.t()?.contiguous()?;
-    let mut parts = Vec::new();
-    for start in (0..lq).step_by(chunk) {
-        let qc = q.narrow(2, start, chunk.min(lq - start))?.contiguous()?;
-        let scores = (qc.matmul(&kt)? * scale)?;
-        // candle's softmax accumulates in f32 whatever the input dtype.
-        let p = candle_nn::ops::softmax_last_dim(&scores)?;
-        parts.push(p.matmul(v)?);
-    }
-    Tensor::cat(&parts, 2)
-}
-
 /// Modulation of one block for every token: `[B, L, D]` rows picked from `rows` (noisy tokens)
 /// or `rows0` (clean tokens) by `noisy` `[B, L, 1]` (1 or 0).
 fn pick(rows: &Tensor, rows0: &Tensor, noisy: &Tensor, i: usize) -> candle_core::Result<Tensor> {
@@ -169,6 +151,20 @@ struct Context<'a> {
     sin: &'a Tensor,
     /// Each sample's valid text tokens, `[1, len_b, D]`.
     text: &'a [Tensor],
+    /// Inputs of the fused CUDA kernels (on a CUDA device).
+    #[cfg(feature = "cuda")]
+    fused: Option<Fused>,
+}
+
+/// What the fused CUDA block needs: per-token table rows (0 noisy, 1 clean) `[B, L]` u32, RoPE
+/// cos/sin `[L, d/2]` f32, the padded text tokens `[B, Lt, D]` and each sample's valid length.
+#[cfg(feature = "cuda")]
+struct Fused {
+    rows: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    text: Tensor,
+    text_lens: Vec<u32>,
 }
 
 impl Block {
@@ -198,6 +194,10 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, cx: &Context, nh: usize) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(fused) = &cx.fused {
+            return self.forward_fused(x, cx, fused, nh);
+        }
         let (b, l, d) = x.dims3()?;
         let hd = d / nh;
         let sst = self.scale_shift_table.unsqueeze(0)?;
@@ -237,6 +237,76 @@ impl Block {
         let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu()?)?;
         x + m(5)?.mul(&h)?
     }
+}
+
+#[cfg(feature = "cuda")]
+impl Block {
+    /// [`Block::forward`] with the fused kernels: LayerNorm + modulation, RMSNorm + RoPE read
+    /// straight from the qkv projection, flash attention and gated residuals.
+    fn forward_fused(&self, x: &Tensor, cx: &Context, f: &Fused, nh: usize) -> candle_core::Result<Tensor> {
+        use candle_core::IndexOp;
+        let (b, l, d) = x.dims3()?;
+        let hd = d / nh;
+        let eps = EPS as f32;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let sst = self.scale_shift_table.unsqueeze(0)?;
+        // [B, 2, 6, D]: row 0 for noisy tokens, row 1 for clean ones.
+        let table = Tensor::stack(&[sst.broadcast_add(&cx.mods.0)?, sst.broadcast_add(&cx.mods.1)?], 1)?;
+        let m = |i| table.narrow(2, i, 1)?.squeeze(2)?.contiguous();
+        let rows = Some(&f.rows);
+
+        let h = kernels::ln_modulate(x, &m(0)?, &m(1)?, rows, 1.0, eps)?;
+        let qkv = self.attn.qkv.forward(&h)?.reshape((b, l, 3, nh, hd))?;
+        let rope = Some((&f.cos, &f.sin));
+        let q = kernels::rms_norm_rope(&qkv.i((.., .., 0))?, &self.attn.q_norm, rope, eps)?;
+        let k = kernels::rms_norm_rope(&qkv.i((.., .., 1))?, &self.attn.k_norm, rope, eps)?;
+        let o = attention_tokens(&q, &k, &qkv.i((.., .., 2))?, None, scale)?.reshape((b, l, d))?;
+        let x = kernels::gated_residual(x, &self.attn.proj.forward(&o)?, &m(2)?, rows)?;
+
+        let (w, bias) = &self.cross_attn_norm;
+        let h = kernels::ln_modulate(&x, &bias.reshape((1, 1, d))?, &w.reshape((1, 1, d))?, None, 0.0, eps)?;
+        let ca = &self.cross_attn;
+        let q = kernels::rms_norm_rope(&ca.q_linear.forward(&h)?.reshape((b, l, nh, hd))?, &ca.q_norm, None, eps)?;
+        let lt = f.text.dim(1)?;
+        let kv = ca.kv_linear.forward(&f.text)?.reshape((b, lt, 2, nh, hd))?;
+        let k = kernels::rms_norm_rope(&kv.i((.., .., 0))?, &ca.k_norm, None, eps)?;
+        let o = attention_tokens(&q, &k, &kv.i((.., .., 1))?, Some(&f.text_lens), scale)?.reshape((b, l, d))?;
+        let x = (&x + ca.proj.forward(&o)?)?;
+
+        let h = kernels::ln_modulate(&x, &m(3)?, &m(4)?, rows, 1.0, eps)?;
+        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu()?)?;
+        kernels::gated_residual(&x, &h, &m(5)?, rows)
+    }
+}
+
+/// Inputs of the fused CUDA blocks for one forward pass; `None` off CUDA.
+#[cfg(feature = "cuda")]
+fn fused_inputs(
+    x_mask: &[Vec<bool>],
+    tokens_per_frame: usize,
+    (cos, sin): (&Tensor, &Tensor),
+    y: &Tensor,
+    text_lens: &[usize],
+) -> candle_core::Result<Option<Fused>> {
+    let dev = y.device();
+    if !dev.is_cuda() {
+        return Ok(None);
+    }
+    let mut rows = Vec::new();
+    for mask in x_mask {
+        rows.push(1u32);
+        for &noisy in mask {
+            rows.extend(std::iter::repeat_n(u32::from(!noisy), tokens_per_frame));
+        }
+        rows.push(1u32);
+    }
+    let l = rows.len() / x_mask.len();
+    let rows = Tensor::from_vec(rows, (x_mask.len(), l), dev)?;
+    let f32_row = |t: &Tensor| t.get(0)?.to_dtype(DType::F32)?.contiguous();
+    let text = y.squeeze(1)?.contiguous()?;
+    let lt = text.dim(1)?;
+    let text_lens = text_lens.iter().map(|&n| n.min(lt) as u32).collect();
+    Ok(Some(Fused { rows, cos: f32_row(cos)?, sin: f32_row(sin)?, text, text_lens }))
 }
 
 /// Inputs of one DiT call.
@@ -441,8 +511,18 @@ impl MugDit {
         }
         let noisy = Tensor::from_vec(flags, (b, n + 2, 1), dev)?.to_dtype(dtype)?;
         let (cos, sin) = self.rope(b, (t, h2, w2), input.frame_indices, dev)?;
+        #[cfg(feature = "cuda")]
+        let fused = fused_inputs(input.x_mask, h2 * w2, (&cos, &sin), &y, input.text_lens)?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let cx = Context { mods: (t_mlp, t0_mlp), noisy: &noisy, cos: &cos, sin: &sin, text: &text };
+        let cx = Context {
+            mods: (t_mlp, t0_mlp),
+            noisy: &noisy,
+            cos: &cos,
+            sin: &sin,
+            text: &text,
+            #[cfg(feature = "cuda")]
+            fused,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &cx, nh)?;
             hook(DitPoint::Block(i), &x);

@@ -8,6 +8,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
+use crate::attention::attention_tokens;
 use crate::lora::Lora;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
@@ -206,25 +207,11 @@ struct Block {
     ffn2: Linear,
 }
 
-/// Score elements materialised at once by [`attention`] (2 GiB in bf16).
-const SCORE_BUDGET: usize = 1 << 30;
-
-/// `softmax(q k^T / sqrt(d)) v` for `[B, H, Lq, d]` x `[B, H, Lk, d]`, queries in chunks so the
-/// score matrix stays within [`SCORE_BUDGET`] elements (the enhancer's 97k tokens need it). The Wan VAE
-/// shares it for its per-frame attention.
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, lq, d) = q.dims4()?;
-    let lk = k.dim(2)?;
-    let chunk = (SCORE_BUDGET / (b * h * lk).max(1)).clamp(1, lq.max(1));
-    let kt = k.t()?.contiguous()?;
-    let scale = 1.0 / (d as f64).sqrt();
-    let mut parts = Vec::new();
-    for start in (0..lq).step_by(chunk) {
-        let qc = q.narrow(2, start, chunk.min(lq - start))?.contiguous()?;
-        let p = candle_nn::ops::softmax_last_dim(&(qc.matmul(&kt)? * scale)?)?;
-        parts.push(p.matmul(v)?);
-    }
-    Tensor::cat(&parts, 2)
+/// Attention of head-major `[B, H, L, d]` operands, token-major `[B, Lq, H, d]` out (the fused
+/// kernel on CUDA in bf16 reads the transposed views in place).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+    attention_tokens(&q.transpose(1, 2)?, &k.transpose(1, 2)?, &v.transpose(1, 2)?, None, scale)
 }
 
 /// Modulation rows `[B, k, dim]` of every token, or in first-frame mode of the tokens after the
@@ -542,7 +529,7 @@ impl WanDit {
         let v = heads(a.v.forward(&h)?, l)?;
         let q = candle_nn::rotary_emb::rope_i(&q, cx.cos, cx.sin)?;
         let k = candle_nn::rotary_emb::rope_i(&k, cx.cos, cx.sin)?;
-        let o = a.o.forward(&attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, l, d))?)?;
+        let o = a.o.forward(&attend(&q, &k, &v)?.reshape((b, l, d))?)?;
         hook(WanDitPoint::SelfAttention(i), &o);
         let x = m.gated_add(x, &o, 2)?;
 
@@ -554,7 +541,7 @@ impl WanDit {
         let q = heads(rms(ca.q.forward(&h)?, &ca.norm_q)?, l)?;
         let k = heads(rms(ca.k.forward(cx.text)?, &ca.norm_k)?, n)?;
         let v = heads(ca.v.forward(cx.text)?, n)?;
-        let o = ca.o.forward(&attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, l, d))?)?;
+        let o = ca.o.forward(&attend(&q, &k, &v)?.reshape((b, l, d))?)?;
         hook(WanDitPoint::CrossAttention(i), &o);
         let x = (x + o)?;
 

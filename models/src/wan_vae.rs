@@ -8,7 +8,7 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::Linear;
 
-use crate::wan_dit::attention;
+use crate::attention::attention;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of the VAE and its latent normalisation.
@@ -278,7 +278,7 @@ impl AttentionBlock {
         let tokens = self.norm.forward(x)?.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let qkv = self.to_qkv.forward(&tokens)?;
         let part = |i: usize| qkv.narrow(2, i * c, c)?.contiguous()?.unsqueeze(1);
-        let o = attention(&part(0)?, &part(1)?, &part(2)?)?.squeeze(1)?;
+        let o = attention(&part(0)?, &part(1)?, &part(2)?, 1.0 / (c as f64).sqrt())?.squeeze(1)?;
         let o = self.proj.forward(&o)?.transpose(1, 2)?.reshape((b, t, c, h, w))?;
         x + o
     }

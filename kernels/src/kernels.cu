@@ -1,0 +1,376 @@
+// Fused CUDA kernels for the MUG-DiT forward pass (bf16 and f32), compiled to PTX by build.rs and
+// launched from src/cuda.rs through candle's custom ops.
+//
+// - flash_attention_*: softmax(q k^T * scale) v without materialising the score matrix
+//   (FlashAttention-2 scheme: a block of 8 warps owns 128 query rows, streams 64-key tiles of K and
+//   V through shared memory with cp.async double buffering, tensor-core mma.m16n8k16 in bf16 with f32
+//   accumulation, online softmax in f32). Optional per-batch key lengths for cross-attention.
+// - ln_modulate_*: LayerNorm without affine over the last axis, then `n * (scale + one) + shift`
+//   with per-token rows of shift/scale tables (adaLN; clean frames pick another row).
+// - gated_residual_*: `x + gate[row] * y`.
+// - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention).
+// - poison_u8: fills a buffer with 0xFF bytes (NaN in bf16 and f32) before a test launch.
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#define DEVICE __device__ __forceinline__
+
+DEVICE float to_f32(float x) { return x; }
+DEVICE float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> DEVICE T from_f32(float x);
+template <> DEVICE float from_f32<float>(float x) { return x; }
+template <> DEVICE __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+
+// ---------------------------------------------------------------------------------------------
+// Flash attention.
+
+namespace fa {
+constexpr int WARPS = 8;
+constexpr int BM = 16 * WARPS;  // query rows per block
+constexpr int BN = 64;          // keys per tile
+constexpr int THREADS = 32 * WARPS;
+
+DEVICE uint32_t smem_addr(const void *p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+DEVICE void cp_async16(void *smem, const void *gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> DEVICE void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+DEVICE void ldmatrix_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(smem_addr(p)));
+}
+DEVICE void ldmatrix_x2(uint32_t &r0, uint32_t &r1, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(smem_addr(p)));
+}
+DEVICE void ldmatrix_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(smem_addr(p)));
+}
+DEVICE void ldmatrix_x2_trans(uint32_t &r0, uint32_t &r1, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r0), "=r"(r1)
+               : "r"(smem_addr(p)));
+}
+
+// d += a * b for one m16n8k16 tile (bf16 in, f32 accumulate).
+DEVICE void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+DEVICE uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// HD: head dim (multiple of 8). Q/K/V/O are addressed as [B, H, L, HD] through strides (in
+// elements; the last axis contiguous, everything 16-byte aligned).
+template <int HD>
+DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bfloat16 *__restrict__ k,
+                    const __nv_bfloat16 *__restrict__ v, __nv_bfloat16 *__restrict__ o, int64_t qb, int64_t qh,
+                    int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr, int64_t ob,
+                    int64_t oh, int64_t orow, int lq, int lk, const uint32_t *__restrict__ k_lens, float scale_log2) {
+  constexpr int HDP = (HD + 15) / 16 * 16;  // head dim padded for the q k^T reduction
+  constexpr int STRIDE = HDP + 8;           // shared row stride (bank-conflict free ldmatrix)
+  constexpr int KS = HDP / 16;              // k-steps of q k^T
+  constexpr int NT = HD / 8;                // n-tiles of p v
+  constexpr int CHUNKS = HD / 8;            // 16-byte chunks per row
+  constexpr int TILE = BN * STRIDE;
+  constexpr int STAGES = (2 * 2 * TILE * 2 <= 48 * 1024) ? 2 : 1;
+  __shared__ __align__(16) __nv_bfloat16 smem[STAGES * 2 * TILE];
+
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int r = lane / 4, c = (lane % 4) * 2;
+  const int row0 = blockIdx.x * BM + warp * 16;
+  int klen = lk;
+  if (k_lens != nullptr) klen = min(klen, (int)k_lens[b]);
+  q += b * qb + h * qh;
+  k += b * kb + h * kh;
+  v += b * vb + h * vh;
+  o += b * ob + h * oh;
+
+  // The padding columns of K (HD..HDP) meet the zero padding of q: keep them zero, never NaN.
+  constexpr int PAD = HDP - HD > 0 ? HDP - HD : 1;
+  if (HDP != HD) {
+    for (int i = tid; i < STAGES * BN * PAD; i += THREADS) {
+      int s = i / (BN * PAD), rem = i % (BN * PAD);
+      smem[s * 2 * TILE + (rem / PAD) * STRIDE + HD + rem % PAD] = __float2bfloat16(0.f);
+    }
+  }
+
+  // This warp's 16 query rows as mma A fragments, zero beyond HD and lq.
+  uint32_t qf[KS][4];
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      int row = row0 + r + (i % 2) * 8, col = ks * 16 + c + (i / 2) * 8;
+      qf[ks][i] = (row < lq && col < HD) ? *reinterpret_cast<const uint32_t *>(q + row * qr + col) : 0u;
+    }
+  }
+
+  auto load_tile = [&](int tile, int stage) {
+    __nv_bfloat16 *ks_ = smem + stage * 2 * TILE, *vs_ = ks_ + TILE;
+    for (int i = tid; i < BN * CHUNKS; i += THREADS) {
+      int row = i / CHUNKS, ch = i % CHUNKS, key = tile * BN + row;
+      bool valid = key < klen;
+      int kk = valid ? key : 0;
+      cp_async16(ks_ + row * STRIDE + ch * 8, k + kk * kr + ch * 8, valid);
+      cp_async16(vs_ + row * STRIDE + ch * 8, v + kk * vr + ch * 8, valid);
+    }
+    cp_async_commit();
+  };
+
+  float acc[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
+
+  const int tiles = (klen + BN - 1) / BN;
+  if (tiles > 0) load_tile(0, 0);
+  for (int t = 0; t < tiles; ++t) {
+    if (STAGES == 1) {
+      cp_async_wait<0>();
+    } else if (t + 1 < tiles) {
+      load_tile(t + 1, (t + 1) % STAGES);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const __nv_bfloat16 *ks_ = smem + (t % STAGES) * 2 * TILE, *vs_ = ks_ + TILE;
+
+    // s = q k^T for 16 rows x 64 keys.
+    float s[BN / 8][4];
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+      for (int n = 0; n < BN / 8; n += 2) {
+        int m = lane / 8;
+        const __nv_bfloat16 *p = ks_ + ((n + m / 2) * 8 + lane % 8) * STRIDE + ks * 16 + (m % 2) * 8;
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4(b0, b1, b2, b3, p);
+        mma(s[n], qf[ks], b0, b1);
+        mma(s[n + 1], qf[ks], b2, b3);
+      }
+    }
+
+    // Online softmax (base 2), keys beyond klen masked.
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        int key = t * BN + n * 8 + c + (i % 2);
+        s[n][i] = key < klen ? s[n][i] * scale_log2 : -INFINITY;
+        tmax[i / 2] = fmaxf(tmax[i / 2], s[n][i]);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      tmax[j] = fmaxf(tmax[j], __shfl_xor_sync(0xffffffff, tmax[j], 1));
+      tmax[j] = fmaxf(tmax[j], __shfl_xor_sync(0xffffffff, tmax[j], 2));
+      float m_new = fmaxf(mx[j], tmax[j]);
+      alpha[j] = exp2f(mx[j] - m_new);
+      mx[j] = m_new;
+      sum[j] *= alpha[j];
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      acc[n][0] *= alpha[0];
+      acc[n][1] *= alpha[0];
+      acc[n][2] *= alpha[1];
+      acc[n][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        s[n][i] = exp2f(s[n][i] - mx[i / 2]);
+        sum[i / 2] += s[n][i];
+      }
+    }
+
+    // acc += p v: the score accumulators of two adjacent key tiles are one A fragment.
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t pf[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      int m = lane / 8;
+#pragma unroll
+      for (int n = 0; n < NT; n += 2) {
+        if (n + 1 < NT) {
+          const __nv_bfloat16 *p = vs_ + (kk * 16 + (m % 2) * 8 + lane % 8) * STRIDE + (n + m / 2) * 8;
+          uint32_t b0, b1, b2, b3;
+          ldmatrix_x4_trans(b0, b1, b2, b3, p);
+          mma(acc[n], pf, b0, b1);
+          mma(acc[n + 1], pf, b2, b3);
+        } else {
+          const __nv_bfloat16 *p = vs_ + (kk * 16 + (m % 2) * 8 + lane % 8) * STRIDE + n * 8;
+          uint32_t b0, b1;
+          ldmatrix_x2_trans(b0, b1, p);
+          mma(acc[n], pf, b0, b1);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    sum[j] += __shfl_xor_sync(0xffffffff, sum[j], 1);
+    sum[j] += __shfl_xor_sync(0xffffffff, sum[j], 2);
+    sum[j] = sum[j] > 0.f ? 1.f / sum[j] : 0.f;
+  }
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      int row = row0 + r + j * 8;
+      if (row < lq) {
+        *reinterpret_cast<uint32_t *>(o + row * orow + n * 8 + c) =
+            pack_bf16(acc[n][2 * j] * sum[j], acc[n][2 * j + 1] * sum[j]);
+      }
+    }
+  }
+}
+}  // namespace fa
+
+#define FLASH(HD)                                                                                              \
+  extern "C" __global__ void __launch_bounds__(fa::THREADS, 2) flash_attention_hd##HD(                         \
+      const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, int64_t qb,    \
+      int64_t qh, int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr,          \
+      int64_t ob, int64_t oh, int64_t orow, int lq, int lk, const uint32_t *k_lens, float scale_log2) {        \
+    fa::flash_attention<HD>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens,      \
+                            scale_log2);                                                                       \
+  }
+FLASH(24)
+FLASH(64)
+FLASH(72)
+FLASH(128)
+
+// ---------------------------------------------------------------------------------------------
+// Block-wide sum for the row kernels (blockDim.x a multiple of 32, at most 1024).
+
+DEVICE float block_sum(float x) {
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffff, x, o);
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();  // part[] may still be read by a previous call
+  if (lane == 0) part[warp] = x;
+  __syncthreads();
+  x = lane < warps ? part[lane] : 0.f;
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffff, x, o);
+  return x;
+}
+
+// One block per token: out = LN(x) * (scale[b, row] + one) + shift[b, row], statistics in f32.
+// Tables are [B', R, D] with batch stride tb (0 to share one table) and row stride D.
+template <typename T>
+DEVICE void ln_modulate(const T *x, const T *shift, const T *scale, const uint32_t *rows, T *out, int l, int d,
+                        int64_t tb, float one, float eps) {
+  const int64_t token = blockIdx.x;
+  const int b = token / l;
+  const T *xr = x + token * d;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) s += to_f32(xr[i]);
+  const float mean = block_sum(s) / d;
+  float v = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float e = to_f32(xr[i]) - mean;
+    v += e * e;
+  }
+  const float rstd = rsqrtf(block_sum(v) / d + eps);
+  const int64_t t = b * tb + (int64_t)(rows != nullptr ? rows[token] : 0) * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float n = (to_f32(xr[i]) - mean) * rstd;
+    out[token * d + i] = from_f32<T>(n * (to_f32(scale[t + i]) + one) + to_f32(shift[t + i]));
+  }
+}
+
+// out = x + gate[b, row] * y over [B, L, D] (grid-stride).
+template <typename T>
+DEVICE void gated_residual(const T *x, const T *y, const T *gate, const uint32_t *rows, T *out, int64_t n, int l,
+                           int d, int64_t tb) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t token = i / d;
+    int b = token / l;
+    int64_t t = b * tb + (int64_t)(rows != nullptr ? rows[token] : 0) * d + i % d;
+    out[i] = from_f32<T>(to_f32(x[i]) + to_f32(gate[t]) * to_f32(y[i]));
+  }
+}
+
+// One warp per (b, l, h) head vector of hd <= 128 elements read through strides (sb, sl, sh):
+// out[b, l, h] = rope(x * rsqrt(mean(x^2) + eps) * w) with interleaved pairs and cos/sin [L, hd/2]
+// (f32; null: no rotation). Output contiguous [B, L, H, hd].
+template <typename T>
+DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float *sin, T *out, int64_t vectors, int l,
+                          int h, int hd, int64_t sb, int64_t sl, int64_t sh, float eps) {
+  const int64_t vec = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+  if (vec >= vectors) return;
+  const int lane = threadIdx.x % 32;
+  const int hh = vec % h, tok = (vec / h) % l, b = vec / ((int64_t)h * l);
+  const T *xv = x + b * sb + tok * sl + hh * sh;
+  float a[2][2];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    int p = lane + 32 * j;
+    bool in = 2 * p < hd;
+    a[j][0] = in ? to_f32(xv[2 * p]) : 0.f;
+    a[j][1] = in ? to_f32(xv[2 * p + 1]) : 0.f;
+    ss += a[j][0] * a[j][0] + a[j][1] * a[j][1];
+  }
+  for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
+  const float rstd = rsqrtf(ss / hd + eps);
+  T *ov = out + vec * hd;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    int p = lane + 32 * j;
+    if (2 * p >= hd) continue;
+    float y0 = a[j][0] * rstd * to_f32(w[2 * p]), y1 = a[j][1] * rstd * to_f32(w[2 * p + 1]);
+    if (cos != nullptr) {
+      float cs = cos[tok * (hd / 2) + p], sn = sin[tok * (hd / 2) + p];
+      float r0 = y0 * cs - y1 * sn, r1 = y0 * sn + y1 * cs;
+      y0 = r0;
+      y1 = r1;
+    }
+    ov[2 * p] = from_f32<T>(y0);
+    ov[2 * p + 1] = from_f32<T>(y1);
+  }
+}
+
+#define ROW_KERNELS(NAME, T)                                                                                    \
+  extern "C" __global__ void ln_modulate_##NAME(const T *x, const T *shift, const T *scale, const uint32_t *rows, \
+                                                T *out, int l, int d, int64_t tb, float one, float eps) {      \
+    ln_modulate<T>(x, shift, scale, rows, out, l, d, tb, one, eps);                                            \
+  }                                                                                                             \
+  extern "C" __global__ void gated_residual_##NAME(const T *x, const T *y, const T *gate, const uint32_t *rows,  \
+                                                   T *out, int64_t n, int l, int d, int64_t tb) {               \
+    gated_residual<T>(x, y, gate, rows, out, n, l, d, tb);                                                      \
+  }                                                                                                             \
+  extern "C" __global__ void rms_norm_rope_##NAME(const T *x, const T *w, const float *cos, const float *sin,    \
+                                                  T *out, int64_t vectors, int l, int h, int hd, int64_t sb,    \
+                                                  int64_t sl, int64_t sh, float eps) {                          \
+    rms_norm_rope<T>(x, w, cos, sin, out, vectors, l, h, hd, sb, sl, sh, eps);                                  \
+  }
+ROW_KERNELS(f32, float)
+ROW_KERNELS(bf16, __nv_bfloat16)
+
+extern "C" __global__ void poison_u8(uint8_t *p, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    p[i] = 0xff;
+}

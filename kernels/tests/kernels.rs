@@ -1,0 +1,208 @@
+//! Correctness of the fused kernels on the GPU against f32 references computed with plain candle
+//! ops: fresh random inputs each run (the seed is printed), outputs poisoned with NaN before every
+//! launch. Runs only with `--features cuda` on a machine with a GPU (scripts/gpu-check.sh).
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::StandardNormal;
+
+fn device() -> Device {
+    kernels::set_poison_outputs(true);
+    Device::new_cuda(0).expect("a CUDA device")
+}
+
+/// A random generator seeded from the clock; the seed is printed so a failure can be replayed
+/// with `MUGFLOW_KERNEL_SEED`.
+fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("MUGFLOW_KERNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("{test}: seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+fn randn(rng: &mut StdRng, shape: &[usize], dtype: DType, dev: &Device) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+    Tensor::from_vec(v, shape, dev).unwrap().to_dtype(dtype).unwrap()
+}
+
+/// `||a - b|| / ||b||` in f32; NaN (a poisoned element left unwritten) fails every comparison.
+fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    norm(&(a - &b).unwrap()) / norm(&b)
+}
+
+fn check(what: &str, ours: &Tensor, reference: &Tensor, tolerance: f32) {
+    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
+    let err = rel_l2(ours, reference);
+    eprintln!("{what}: rel-L2 {err:.3e}");
+    assert!(err < tolerance, "{what}: rel-L2 {err} (tolerance {tolerance})");
+}
+
+/// Tolerance for a bf16 result against an f32 reference.
+const BF16_TOL: f32 = 1e-2;
+
+/// f32 attention of one batch element: q `[Lq, H, D]`, k/v `[Lk, H, D]`.
+fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
+    let (q, k, v) = (f(q), f(k), f(v));
+    let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * scale).unwrap();
+    let s = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+    let p = s.broadcast_div(&s.sum_keepdim(D::Minus1).unwrap()).unwrap();
+    p.matmul(&v).unwrap().transpose(0, 1).unwrap()
+}
+
+#[test]
+fn flash_attention_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("flash_attention");
+    for &hd in &kernels::FLASH_HEAD_DIMS {
+        // Self-attention through strided views of a fused qkv [B, L, 3, H, D], lengths that are not
+        // multiples of the 128-row and 64-key tiles.
+        let (b, l, h) = (2, 333, 3);
+        let qkv = randn(&mut rng, &[b, l, 3, h, hd], DType::BF16, &dev);
+        let (q, k, v) = (qkv.i((.., .., 0)).unwrap(), qkv.i((.., .., 1)).unwrap(), qkv.i((.., .., 2)).unwrap());
+        let scale = 1.0 / (hd as f64).sqrt();
+        let ours = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
+        for i in 0..b {
+            let r = attention_ref(&q.get(i).unwrap(), &k.get(i).unwrap(), &v.get(i).unwrap(), scale);
+            check(&format!("self-attention hd {hd} batch {i}"), &ours.get(i).unwrap(), &r, BF16_TOL);
+        }
+        // Cross-attention: 150 queries, padded keys with a length per batch element.
+        let (lq, lk) = (150, 77);
+        let q = randn(&mut rng, &[b, lq, h, hd], DType::BF16, &dev);
+        let kv = randn(&mut rng, &[b, lk, 2, h, hd], DType::BF16, &dev);
+        let (k, v) = (kv.i((.., .., 0)).unwrap(), kv.i((.., .., 1)).unwrap());
+        let lens = [77u32, 13];
+        let ours = kernels::flash_attention(&q, &k, &v, Some(&lens), scale as f32).unwrap();
+        for (i, &n) in lens.iter().enumerate() {
+            let n = n as usize;
+            let kk = k.get(i).unwrap().narrow(0, 0, n).unwrap();
+            let vv = v.get(i).unwrap().narrow(0, 0, n).unwrap();
+            let r = attention_ref(&q.get(i).unwrap(), &kk, &vv, scale);
+            check(&format!("cross-attention hd {hd} batch {i} ({n} keys)"), &ours.get(i).unwrap(), &r, BF16_TOL);
+        }
+    }
+}
+
+#[test]
+fn flash_attention_long_sequence() {
+    let dev = device();
+    let mut rng = rng("flash_attention_long");
+    let (l, h, hd) = (4133, 2, 72);
+    let q = randn(&mut rng, &[1, l, h, hd], DType::BF16, &dev);
+    let k = randn(&mut rng, &[1, l, h, hd], DType::BF16, &dev);
+    let v = randn(&mut rng, &[1, l, h, hd], DType::BF16, &dev);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let ours = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
+    let r = attention_ref(&q.get(0).unwrap(), &k.get(0).unwrap(), &v.get(0).unwrap(), scale);
+    check("attention 4133 tokens hd 72", &ours.get(0).unwrap(), &r, BF16_TOL);
+}
+
+/// f32 LayerNorm without affine over the last axis.
+fn layer_norm_ref(x: &Tensor, eps: f64) -> Tensor {
+    let x = x.to_dtype(DType::F32).unwrap();
+    let x = x.broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap()).unwrap();
+    let var = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    x.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap()
+}
+
+/// Random 0/1 table rows per token `[B, L]` (u32) and the per-token rows of `table` `[B, R, D]`.
+fn rows_and_pick(rng: &mut StdRng, table: &Tensor, b: usize, l: usize, dev: &Device) -> (Tensor, Tensor) {
+    let idx: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..2u32)).collect();
+    let rows = Tensor::from_vec(idx.clone(), (b, l), dev).unwrap();
+    let table = table.to_dtype(DType::F32).unwrap();
+    let picked: Vec<Tensor> = (0..b)
+        .map(|i| {
+            let ids = Tensor::from_vec(idx[i * l..(i + 1) * l].to_vec(), l, dev).unwrap();
+            table.get(i).unwrap().index_select(&ids, 0).unwrap()
+        })
+        .collect();
+    (rows, Tensor::stack(&picked, 0).unwrap())
+}
+
+#[test]
+fn ln_modulate_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("ln_modulate");
+    let (b, l, d) = (2, 301, 3456);
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, BF16_TOL)] {
+        let x = (randn(&mut rng, &[b, l, d], dtype, &dev) * 3.0).unwrap().to_dtype(dtype).unwrap();
+        let shift = randn(&mut rng, &[b, 2, d], dtype, &dev);
+        let scale = randn(&mut rng, &[b, 2, d], dtype, &dev);
+        let (rows, sh) = rows_and_pick(&mut rng, &shift, b, l, &dev);
+        let sc: Vec<Tensor> = (0..b)
+            .map(|i| {
+                let ids = rows.get(i).unwrap();
+                scale.to_dtype(DType::F32).unwrap().get(i).unwrap().index_select(&ids, 0).unwrap()
+            })
+            .collect();
+        let sc = Tensor::stack(&sc, 0).unwrap();
+        let ours = kernels::ln_modulate(&x, &shift, &scale, Some(&rows), 1.0, 1e-6).unwrap();
+        let r = layer_norm_ref(&x, 1e-6).mul(&(sc + 1.0).unwrap()).unwrap().add(&sh).unwrap();
+        check(&format!("ln_modulate {dtype:?}"), &ours, &r, tol);
+
+        // Affine LayerNorm: one shared row of weight and bias.
+        let w = randn(&mut rng, &[1, 1, d], dtype, &dev);
+        let bias = randn(&mut rng, &[1, 1, d], dtype, &dev);
+        let ours = kernels::ln_modulate(&x, &bias, &w, None, 0.0, 1e-6).unwrap();
+        let r = layer_norm_ref(&x, 1e-6)
+            .broadcast_mul(&w.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .broadcast_add(&bias.to_dtype(DType::F32).unwrap())
+            .unwrap();
+        check(&format!("affine layer norm {dtype:?}"), &ours, &r, tol);
+    }
+}
+
+#[test]
+fn gated_residual_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("gated_residual");
+    let (b, l, d) = (2, 257, 1000);
+    for (dtype, tol) in [(DType::F32, 1e-6), (DType::BF16, BF16_TOL)] {
+        let x = randn(&mut rng, &[b, l, d], dtype, &dev);
+        let y = randn(&mut rng, &[b, l, d], dtype, &dev);
+        let gate = randn(&mut rng, &[b, 2, d], dtype, &dev);
+        let (rows, g) = rows_and_pick(&mut rng, &gate, b, l, &dev);
+        let ours = kernels::gated_residual(&x, &y, &gate, Some(&rows)).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let r = f(&x).add(&g.mul(&f(&y)).unwrap()).unwrap();
+        check(&format!("gated_residual {dtype:?}"), &ours, &r, tol);
+    }
+}
+
+#[test]
+fn rms_norm_rope_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("rms_norm_rope");
+    let (b, l, h) = (2, 211, 5);
+    for hd in [24, 72, 128] {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, BF16_TOL)] {
+            let qkv = randn(&mut rng, &[b, l, 3, h, hd], dtype, &dev);
+            let x = qkv.i((.., .., 1)).unwrap(); // strided [B, L, H, D]
+            let w = randn(&mut rng, &[hd], dtype, &dev);
+            let angles = (randn(&mut rng, &[l, hd / 2], DType::F32, &dev) * 10.0).unwrap();
+            let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+            let xf = x.to_dtype(DType::F32).unwrap();
+            let var = xf.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let n = xf.broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap()).unwrap();
+            let n = n.broadcast_mul(&w.to_dtype(DType::F32).unwrap()).unwrap();
+            let ours = kernels::rms_norm_rope(&x, &w, None, 1e-6).unwrap();
+            check(&format!("rms_norm hd {hd} {dtype:?}"), &ours, &n, tol);
+
+            let pairs = n.reshape((b, l, h, hd / 2, 2)).unwrap();
+            let (x0, x1) = (pairs.i((.., .., .., .., 0)).unwrap(), pairs.i((.., .., .., .., 1)).unwrap());
+            let (c, s) = (cos.reshape((1, l, 1, hd / 2)).unwrap(), sin.reshape((1, l, 1, hd / 2)).unwrap());
+            let r0 = (x0.broadcast_mul(&c).unwrap() - x1.broadcast_mul(&s).unwrap()).unwrap();
+            let r1 = (x0.broadcast_mul(&s).unwrap() + x1.broadcast_mul(&c).unwrap()).unwrap();
+            let r = Tensor::stack(&[r0, r1], D::Minus1).unwrap().reshape((b, l, h, hd)).unwrap();
+            let ours = kernels::rms_norm_rope(&x, &w, Some((&cos, &sin)), 1e-6).unwrap();
+            check(&format!("rms_norm_rope hd {hd} {dtype:?}"), &ours, &r, tol);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! GPU parity: every model's forward pass on CUDA against the goldens, in f32 (the goldens'
+//! tolerance, 1e-4 rel-L2, loosened to 1e-3 where GPU reductions reorder sums) and in bf16 (weights
+//! and activations in bf16: [`BF16_TOL`]). The bf16 DiT runs the fused kernels of `kernels/`.
+//! Built with `--features cuda` and run on the GPU machine by scripts/gpu-check.sh.
+#![cfg(feature = "cuda")]
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use models::aesthetic::{AestheticConfig, AestheticScorer};
+use models::mugdit::{DitInput, MugDit, MugDitConfig};
+use models::mugvae::{MugVae, MugVaeConfig};
+use models::t5::{T5Config, T5Encoder};
+use models::weights::Checkpoint;
+
+mod common;
+
+use common::{assert_within, case, data};
+
+/// rel-L2 tolerance of a bf16 forward pass against the f32 goldens.
+const BF16_TOL: f32 = 3e-2;
+/// rel-L2 tolerance of an f32 forward pass on the GPU.
+const F32_TOL: f32 = 1e-3;
+
+fn cuda() -> Device {
+    Device::new_cuda(0).expect("a CUDA device")
+}
+
+/// Each precision with its tolerance.
+const PRECISIONS: [(DType, f32); 2] = [(DType::F32, F32_TOL), (DType::BF16, BF16_TOL)];
+
+/// A golden tensor on the GPU in `dtype`.
+fn on(t: &Tensor, dev: &Device, dtype: DType) -> Tensor {
+    t.to_dtype(dtype).unwrap().to_device(dev).unwrap()
+}
+
+/// A result back on the CPU in f32 for comparison.
+fn back(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap()
+}
+
+fn ints(t: &Tensor) -> Vec<i64> {
+    t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn t5_on_cuda() {
+    let dev = cuda();
+    for (dtype, tol) in PRECISIONS {
+        let ckpt = Checkpoint::open(&data("t5", "weights.safetensors"), dtype, &dev).unwrap();
+        let model = T5Encoder::load(&ckpt, &T5Config::golden()).unwrap();
+        for name in ["case_batch2_padded.safetensors", "case_full_length_no_pad.safetensors"] {
+            let c = case("t5", name);
+            let ids = c["input_ids"].to_device(&dev).unwrap();
+            let mask = c["attention_mask_in"].to_device(&dev).unwrap();
+            let y = model.forward(&ids, &mask).unwrap();
+            assert_within(&format!("t5 {name} {dtype:?}"), &back(&y), &c["y"].squeeze(1).unwrap(), tol);
+        }
+    }
+}
+
+#[test]
+fn clip_aesthetic_on_cuda() {
+    let dev = cuda();
+    let c = case("aesthetic", "case_two_images.safetensors");
+    for (dtype, tol) in PRECISIONS {
+        let clip = Checkpoint::open(&data("aesthetic", "weights.safetensors"), dtype, &dev).unwrap();
+        let mlp = Checkpoint::open(&data("aesthetic", "mlp_weights.safetensors"), dtype, &dev).unwrap();
+        let scorer = AestheticScorer::load(&clip, &mlp, &AestheticConfig::golden()).unwrap();
+        let pixels = on(&c["pixel_values"], &dev, dtype);
+        let embeds = scorer.clip.forward(&pixels).unwrap();
+        assert_within(&format!("clip image_embeds {dtype:?}"), &back(&embeds), &c["image_embeds"], tol);
+        let score = scorer.score(&pixels).unwrap();
+        assert_within(&format!("aesthetic score {dtype:?}"), &back(&score), &c["score"].squeeze(1).unwrap(), tol);
+    }
+}
+
+#[test]
+fn mugvae_on_cuda() {
+    let dev = cuda();
+    let c = case("mugvae", "case_full.safetensors");
+    for (dtype, tol) in PRECISIONS {
+        let ckpt = Checkpoint::open(&data("mugvae", "weights.safetensors"), dtype, &dev).unwrap();
+        let vae = MugVae::load(&ckpt, &MugVaeConfig::golden()).unwrap();
+        let p = vae.posterior(&on(&c["video"], &dev, dtype)).unwrap();
+        assert_within(&format!("vae post_mean {dtype:?}"), &back(&p.mean), &c["post_mean"], tol);
+        let z = vae.encode(&on(&c["video"], &dev, dtype), Some(&on(&c["noise"], &dev, dtype))).unwrap();
+        assert_within(&format!("vae z {dtype:?}"), &back(&z), &c["z"], tol);
+        let x = vae.decode(&on(&c["z"], &dev, dtype), 57).unwrap();
+        assert_within(&format!("vae x_rec {dtype:?}"), &back(&x), &c["x_rec"], tol);
+    }
+}
+
+#[test]
+fn mugdit_on_cuda() {
+    let dev = cuda();
+    for (dtype, tol) in PRECISIONS {
+        let ckpt = Checkpoint::open(&data("mugdit", "weights.safetensors"), dtype, &dev).unwrap();
+        let model = MugDit::load(&ckpt, &MugDitConfig::golden()).unwrap();
+        for name in ["case_t2v.safetensors", "case_i2v.safetensors", "case_pad.safetensors"] {
+            let c: HashMap<String, Tensor> = case("mugdit", name);
+            let t = c["in_x"].dim(2).unwrap();
+            let timestep: Vec<f32> = c["in_timestep"].to_vec1().unwrap();
+            let text_lens: Vec<usize> = ints(&c["mid_text_lens"]).iter().map(|&v| v as usize).collect();
+            let flags = ints(&c["in_x_mask"]);
+            let x_mask: Vec<Vec<bool>> = flags.chunks(t).map(|r| r.iter().map(|&v| v == 1).collect()).collect();
+            let frames: Vec<usize> = ints(&c["in_frame_indice"]).iter().map(|&v| v as usize).collect();
+            let (x, y) = (on(&c["in_x"], &dev, dtype), on(&c["in_y"], &dev, dtype));
+            let input = DitInput {
+                x: &x,
+                timestep: &timestep,
+                y: &y,
+                text_lens: &text_lens,
+                x_mask: &x_mask,
+                fps: c["in_fps"].to_vec1::<f32>().unwrap()[0],
+                frame_indices: &frames,
+            };
+            let out = model.forward(&input).unwrap();
+            assert_within(&format!("mugdit {name} {dtype:?}"), &back(&out), &c["out"], tol);
+        }
+    }
+}
