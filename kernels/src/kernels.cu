@@ -140,6 +140,7 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
   if (tiles > 0) load_tile(0, 0);
   for (int t = 0; t < tiles; ++t) {
     if (STAGES == 1) {
+      if (t > 0) load_tile(t, 0);  // the previous tile's readers passed the barrier at loop end
       cp_async_wait<0>();
     } else if (t + 1 < tiles) {
       load_tile(t + 1, (t + 1) % STAGES);

@@ -6,7 +6,7 @@
 //! Besides end-to-end generation (the default), `--bench` times one part at the sizes of
 //! docs/PERFORMANCE.md: `dit` (MUG-DiT-10B forward, 720p x 105 frames, CFG batch 2), `attention`
 //! (one self-attention layer at that size, fused kernel), `vae-encode` (105-frame 1280x720 clip),
-//! `t5` (T5-XXL over 64 x 300 tokens), with TFLOP/s where the count is well defined.
+//! `t5` (T5-XXL over 64 x 300 tokens), `enhance` (the WAN enhancer on one such video), with TFLOP/s where the count is well defined.
 //!
 //!   cargo run --release --features cuda --example gpu_bench -- --steps 2
 //!   gpu_bench --preset tiny --device cpu --dtype f32 --height 48 --width 64 --frames 17
@@ -26,6 +26,9 @@ use models::mugvae::{MugVae, MugVaeConfig};
 use models::random::{model_keys, random_checkpoint};
 use models::rflow::ShiftPrecision;
 use models::t5::{T5Config, T5Encoder, T5Tokenizer};
+use models::wan_dit::{WanDit, WanDitConfig};
+use models::wan_flow::Enhancer;
+use models::wan_vae::{WanVae, WanVaeConfig};
 
 /// MUG-V image-to-video on random weights, timed.
 #[derive(Parser)]
@@ -92,6 +95,47 @@ fn randn(shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Ten
     Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype)
 }
 
+/// `--bench enhance`: MUG-V's enhancer on one 105-frame 1280x720 video with random bf16 weights
+/// (Wan DiT 1.3B, Wan VAE; random text features stand in for UMT5's): VAE encode, the one CFG
+/// step, chunked decode, each timed once (a warm-up run would double a minutes-long benchmark).
+fn bench_enhance(p: &I2vPlacement) -> Result<(), Box<dyn std::error::Error>> {
+    let (dev, dtype) = (&p.device, p.dtype);
+    let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
+    let (dit_c, vae_c) = (WanDitConfig::wan_1_3b(), WanVaeConfig::wan21());
+    let dit = WanDit::load(
+        &random_checkpoint(&model_keys(|k| WanDit::load(k, &dit_c, None))?, dtype, dev, dev)?,
+        &dit_c,
+        None,
+    )?;
+    let vae = WanVae::load(&random_checkpoint(&model_keys(|k| WanVae::load(k, &vae_c))?, dtype, dev, dev)?, &vae_c)?;
+    let video = Tensor::rand(-1f32, 1f32, (1, 3, 105, 720, 1280), dev)?.to_dtype(dtype)?;
+    let (pos, neg) = (randn(&[60, dit_c.text_dim], dtype, dev)?, randn(&[40, dit_c.text_dim], dtype, dev)?);
+    dev.synchronize()?;
+    let (r, peak) = with_peak_memory(|| -> candle_core::Result<()> {
+        let t = Instant::now();
+        let origin = vae.encode(&video)?;
+        dev.synchronize()?;
+        println!("enhance vae encode {:>8.1} s   latent {:?}", t.elapsed().as_secs_f64(), origin.dims());
+        let t = Instant::now();
+        let noise = randn(origin.dims(), dtype, dev)?;
+        let out = Enhancer::mugv().enhance(&dit, &origin, &noise, &pos, &neg, &mut |_, _| {})?;
+        dev.synchronize()?;
+        println!("enhance dit        {:>8.1} s   (1 step x CFG 2)", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut frames = 0;
+        vae.decode_chunks(&out, &mut |_, _| {}, &mut |chunk| {
+            frames += chunk.dim(2)?;
+            Ok(())
+        })?;
+        dev.synchronize()?;
+        println!("enhance vae decode {:>8.1} s   ({frames} frames)", t.elapsed().as_secs_f64());
+        Ok(())
+    });
+    r?;
+    println!("enhance            peak GPU {}", mib(peak));
+    Ok(())
+}
+
 /// `--bench`: one part of the pipeline at MUG-V's 720p x 5 s sizes, on random weights.
 fn bench(a: &Args, what: &str, p: &I2vPlacement) -> Result<(), Box<dyn std::error::Error>> {
     let (dev, dtype) = (&p.device, p.dtype);
@@ -151,7 +195,8 @@ fn bench(a: &Args, what: &str, p: &I2vPlacement) -> Result<(), Box<dyn std::erro
             println!("t5                 {:.0} tokens/s", 64.0 * 300.0 / secs);
             (secs, peak, None)
         }
-        other => return Err(format!("--bench {other}: not one of dit, attention, vae-encode, t5").into()),
+        "enhance" => return bench_enhance(p),
+        other => return Err(format!("--bench {other}: not one of dit, attention, vae-encode, t5, enhance").into()),
     };
     let tflops = flops.map_or(String::new(), |f| format!("   {:.1} TFLOP/s", f / secs / 1e12));
     println!("{what:<18} {secs:>8.3} s   peak GPU {}{tflops}   ({:?}, mean of {})", mib(peak), dtype, a.iters);

@@ -133,7 +133,8 @@ impl Enhancer {
             let guided = (&neg + ((&pos - &neg)? * f64::from(self.cfg_scale))?)?;
             hook(EnhancePoint::Guided(i), &guided);
             let next = sigmas.get(i + 1).copied().unwrap_or(0.0);
-            latents = keep_first_frame(&(&latents + (guided * f64::from(next - sigma))?)?, origin)?;
+            let step = (guided * f64::from(next - sigma))?.to_dtype(latents.dtype())?;
+            latents = keep_first_frame(&(&latents + step)?, origin)?;
         }
         Ok(latents)
     }
