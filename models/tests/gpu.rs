@@ -43,10 +43,6 @@ fn back(t: &Tensor) -> Tensor {
     t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap()
 }
 
-fn ints(t: &Tensor) -> Vec<i64> {
-    t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap()
-}
-
 #[test]
 fn t5_on_cuda() {
     let dev = cuda();
@@ -110,21 +106,16 @@ fn mugdit_on_cuda() {
         let model = MugDit::load(&ckpt, &MugDitConfig::golden()).unwrap();
         for name in ["case_t2v.safetensors", "case_i2v.safetensors", "case_pad.safetensors"] {
             let c: HashMap<String, Tensor> = case("mugdit", name);
-            let t = c["in_x"].dim(2).unwrap();
-            let timestep: Vec<f32> = c["in_timestep"].to_vec1().unwrap();
-            let text_lens: Vec<usize> = ints(&c["mid_text_lens"]).iter().map(|&v| v as usize).collect();
-            let flags = ints(&c["in_x_mask"]);
-            let x_mask: Vec<Vec<bool>> = flags.chunks(t).map(|r| r.iter().map(|&v| v == 1).collect()).collect();
-            let frames: Vec<usize> = ints(&c["in_frame_indice"]).iter().map(|&v| v as usize).collect();
             let (x, y) = (on(&c["in_x"], &dev, dtype), on(&c["in_y"], &dev, dtype));
+            let d = common::dit_case(&c);
             let input = DitInput {
                 x: &x,
-                timestep: &timestep,
+                timestep: &d.timestep,
                 y: &y,
-                text_lens: &text_lens,
-                x_mask: &x_mask,
-                fps: c["in_fps"].to_vec1::<f32>().unwrap()[0],
-                frame_indices: &frames,
+                text_lens: &d.text_lens,
+                x_mask: &d.x_mask,
+                fps: d.fps,
+                frame_indices: &d.frames,
             };
             let out = model.forward(&input).unwrap();
             assert_within(&format!("mugdit {name} {dtype:?}"), &back(&out), &c["out"], tol);

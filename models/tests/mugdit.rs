@@ -20,10 +20,6 @@ fn case(name: &str) -> HashMap<String, Tensor> {
     common::case("mugdit", name)
 }
 
-fn ints(t: &Tensor) -> Vec<i64> {
-    t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap()
-}
-
 #[test]
 fn every_case_matches_the_reference_step_by_step() {
     let ckpt = Checkpoint::open(&data("weights.safetensors"), DType::F32, &Device::Cpu).unwrap();
@@ -31,20 +27,15 @@ fn every_case_matches_the_reference_step_by_step() {
     for name in ["case_t2v.safetensors", "case_i2v.safetensors", "case_pad.safetensors"] {
         let c = case(name);
         let b = c["in_x"].dim(0).unwrap();
-        let t = c["in_x"].dim(2).unwrap();
-        let timestep: Vec<f32> = c["in_timestep"].to_vec1().unwrap();
-        let text_lens: Vec<usize> = ints(&c["mid_text_lens"]).iter().map(|&v| v as usize).collect();
-        let flags = ints(&c["in_x_mask"]);
-        let x_mask: Vec<Vec<bool>> = flags.chunks(t).map(|r| r.iter().map(|&v| v == 1).collect()).collect();
-        let frames: Vec<usize> = ints(&c["in_frame_indice"]).iter().map(|&v| v as usize).collect();
+        let d = common::dit_case(&c);
         let input = DitInput {
             x: &c["in_x"],
-            timestep: &timestep,
+            timestep: &d.timestep,
             y: &c["in_y"],
-            text_lens: &text_lens,
-            x_mask: &x_mask,
-            fps: c["in_fps"].to_vec1::<f32>().unwrap()[0],
-            frame_indices: &frames,
+            text_lens: &d.text_lens,
+            x_mask: &d.x_mask,
+            fps: d.fps,
+            frame_indices: &d.frames,
         };
         let mut seen = HashMap::new();
         let out = model
@@ -64,7 +55,7 @@ fn every_case_matches_the_reference_step_by_step() {
 
         // The RoPE table: (cos, sin) per token and frequency.
         let (h2, w2) = (c["in_x"].dim(3).unwrap().div_ceil(2), c["in_x"].dim(4).unwrap().div_ceil(2));
-        let (cos, sin) = model.rope(b, (t, h2, w2), &frames, &Device::Cpu).unwrap();
+        let (cos, sin) = model.rope(b, (d.x_mask[0].len(), h2, w2), &d.frames, &Device::Cpu).unwrap();
         let table = Tensor::stack(&[cos, sin], 3).unwrap();
         assert_close(&format!("{name} rope"), &table, &c["mid_rope_freqs_cis"]);
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// A file of the goldens copied into tests/data/<folder>.
 pub fn data(folder: &str, name: &str) -> PathBuf {
@@ -43,4 +43,27 @@ pub fn assert_within(what: &str, ours: &Tensor, reference: &Tensor, tolerance: f
 /// The JSON document of a golden folder's file (e.g. its `config.json`).
 pub fn json(folder: &str, name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(data(folder, name)).unwrap()).unwrap()
+}
+
+/// The non-tensor inputs of a MUG-DiT golden case: timesteps, valid text lengths, per-frame
+/// noisy flags, frame positions and fps.
+pub struct DitCase {
+    pub timestep: Vec<f32>,
+    pub text_lens: Vec<usize>,
+    pub x_mask: Vec<Vec<bool>>,
+    pub frames: Vec<usize>,
+    pub fps: f32,
+}
+
+/// Reads [`DitCase`] from a case's `in_*` and `mid_text_lens` tensors.
+pub fn dit_case(c: &HashMap<String, Tensor>) -> DitCase {
+    let ints = |t: &Tensor| -> Vec<i64> { t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap() };
+    let t = c["in_x"].dim(2).unwrap();
+    DitCase {
+        timestep: c["in_timestep"].to_vec1().unwrap(),
+        text_lens: ints(&c["mid_text_lens"]).iter().map(|&v| v as usize).collect(),
+        x_mask: ints(&c["in_x_mask"]).chunks(t).map(|r| r.iter().map(|&v| v == 1).collect()).collect(),
+        frames: ints(&c["in_frame_indice"]).iter().map(|&v| v as usize).collect(),
+        fps: c["in_fps"].to_vec1::<f32>().unwrap()[0],
+    }
 }
