@@ -31,8 +31,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
 target=$CARGO_TARGET_DIR
 dir=$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 # candle links the CUDA libraries at build time. The wheels ship them versioned (libcublas.so.13):
-# give the linker plain names, and a stub libcuda.so.1 (the driver, which only the GPU machine
-# has) defining the driver functions cudarc calls; at run time the real driver is loaded.
+# give the linker plain names, and stubs of libcuda.so.1 (the driver, which only the GPU machine
+# has) and libcudnn.so.9 defining the functions cudarc calls; at run time the real ones are loaded.
 link=$PWD/$cuda/link
 mkdir -p "$link"
 for l in cudart.so.13 nvrtc.so.13 curand.so.10 cublas.so.13 cublasLt.so.13; do
@@ -40,9 +40,15 @@ for l in cudart.so.13 nvrtc.so.13 curand.so.10 cublas.so.13 cublasLt.so.13; do
 done
 cargo build --profile "$profile" --features cuda -p models
 rlib=$(ls -t "$dir"/deps/libcudarc-*.rlib | head -1)
-nm "$rlib" 2>/dev/null | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ {print $2}' | sort -u \
-  | awk '{print "void " $1 "(void) {}"}' > "$link/cuda_stub.c"
-gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/cuda_stub.c"
+stub() { # stub <library> <soname> <symbol regex>: the symbols cudarc calls, for the linker only
+  nm "$rlib" 2>/dev/null | awk -v re="$3" '$1 == "U" && $2 ~ re {print $2}' | sort -u \
+    | awk '{print "void " $1 "(void) {}"}' > "$link/$1_stub.c"
+  gcc -shared -fPIC -Wl,-soname,"$2" -o "$link/lib$1.so" "$link/$1_stub.c"
+}
+stub cuda libcuda.so.1 '^cu[A-Z]'
+# cuDNN (candle's convolutions) likewise: the GPU machine loads the real libcudnn.so.9.
+stub cudnn libcudnn.so.9 '^cudnn[A-Z]'
+
 export LIBRARY_PATH=$link${LIBRARY_PATH:+:$LIBRARY_PATH}
 # MUGFLOW_ONLY_GPU_TOOLS=1 skips the mugflow binary (the GPU machine runs only the programs below).
 [ -n "${MUGFLOW_ONLY_GPU_TOOLS:-}" ] || cargo build --profile "$profile" --features cuda --bin mugflow

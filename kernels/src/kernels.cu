@@ -168,25 +168,32 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
       }
     }
 
-    // Online softmax (base 2), keys beyond klen masked.
+    // Online softmax (base 2) on raw scores: max of s, p = 2^(s * scale_log2 - max * scale_log2)
+    // (one FMA each); only the last tile has keys beyond klen to mask.
+    if ((t + 1) * BN > klen) {
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if (t * BN + n * 8 + c + (i % 2) >= klen) s[n][i] = -INFINITY;
+        }
+      }
+    }
     float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        int key = t * BN + n * 8 + c + (i % 2);
-        s[n][i] = key < klen ? s[n][i] * scale_log2 : -INFINITY;
-        tmax[i / 2] = fmaxf(tmax[i / 2], s[n][i]);
-      }
+      for (int i = 0; i < 4; ++i) tmax[i / 2] = fmaxf(tmax[i / 2], s[n][i]);
     }
-    float alpha[2];
+    float alpha[2], base[2];
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       tmax[j] = fmaxf(tmax[j], __shfl_xor_sync(0xffffffff, tmax[j], 1));
       tmax[j] = fmaxf(tmax[j], __shfl_xor_sync(0xffffffff, tmax[j], 2));
       float m_new = fmaxf(mx[j], tmax[j]);
-      alpha[j] = exp2f(mx[j] - m_new);
+      alpha[j] = exp2f((mx[j] - m_new) * scale_log2);
       mx[j] = m_new;
+      base[j] = m_new * scale_log2;
       sum[j] *= alpha[j];
     }
 #pragma unroll
@@ -200,7 +207,7 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
     for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        s[n][i] = exp2f(s[n][i] - mx[i / 2]);
+        s[n][i] = exp2f(fmaf(s[n][i], scale_log2, -base[i / 2]));
         sum[i / 2] += s[n][i];
       }
     }
@@ -250,18 +257,19 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
 }
 }  // namespace fa
 
-#define FLASH(HD)                                                                                              \
-  extern "C" __global__ void __launch_bounds__(fa::THREADS, 2) flash_attention_hd##HD(                         \
+// MINB: resident blocks per SM the register budget is cut for (2 spills at head dim 128).
+#define FLASH(HD, MINB)                                                                                        \
+  extern "C" __global__ void __launch_bounds__(fa::THREADS, MINB) flash_attention_hd##HD(                         \
       const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, int64_t qb,    \
       int64_t qh, int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr,          \
       int64_t ob, int64_t oh, int64_t orow, int lq, int lk, const uint32_t *k_lens, float scale_log2) {        \
     fa::flash_attention<HD>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens,      \
                             scale_log2);                                                                       \
   }
-FLASH(24)
-FLASH(64)
-FLASH(72)
-FLASH(128)
+FLASH(24, 2)
+FLASH(64, 2)
+FLASH(72, 2)
+FLASH(128, 1)
 
 // ---------------------------------------------------------------------------------------------
 // Block-wide sum for the row kernels (blockDim.x a multiple of 32, at most 1024).
