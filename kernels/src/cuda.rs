@@ -55,6 +55,35 @@ impl Element for bf16 {
     const SUFFIX: &'static str = "bf16";
 }
 
+/// A kernel over one main input (f32 or bf16) and auxiliary tensors held by the op.
+trait Kernel: Send + Sync {
+    /// The op's name in candle's errors.
+    const NAME: &'static str;
+    /// Checks the inputs and launches the kernel for element type `T`.
+    fn launch<T: Element>(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)>;
+}
+
+/// A [`Kernel`] as a candle op (CUDA only).
+struct Op<K>(K);
+
+impl<K: Kernel> CustomOp1 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("{} runs on CUDA only", K::NAME)
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        match s.dtype() {
+            DType::F32 => self.0.launch::<f32>(s, l),
+            DType::BF16 => self.0.launch::<bf16>(s, l),
+            dt => bail!("{}: unsupported dtype {dt:?}", K::NAME),
+        }
+    }
+}
+
 /// The elements of `storage` from `layout`'s offset on.
 fn view<'a, T: CudaDType>(storage: &'a CudaStorage, layout: &Layout) -> Result<CudaView<'a, T>> {
     Ok(storage.as_cuda_slice::<T>()?.slice(layout.start_offset()..))
@@ -213,7 +242,7 @@ pub fn ln_modulate(
     one: f32,
     eps: f32,
 ) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&LnModulate { shift: shift.clone(), scale: scale.clone(), rows: rows.cloned(), one, eps })
+    x.apply_op1_no_bwd(&Op(LnModulate { shift: shift.clone(), scale: scale.clone(), rows: rows.cloned(), one, eps }))
 }
 
 struct LnModulate {
@@ -224,8 +253,13 @@ struct LnModulate {
     eps: f32,
 }
 
-impl LnModulate {
-    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
+impl Kernel for LnModulate {
+    const NAME: &'static str = "ln_modulate";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !xl.is_contiguous() {
+            bail!("ln_modulate: x must be contiguous");
+        }
         let (b, l, d) = xl.shape().dims3()?;
         let tb = check_table(&self.shift, self.rows.as_ref(), b, l, d, "ln_modulate shift")?;
         if self.scale.dims() != self.shift.dims() {
@@ -258,36 +292,14 @@ impl LnModulate {
         let cfg = LaunchConfig { grid_dim: ((b * l) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: x is contiguous [B, L, D], the tables and rows were checked against it.
         unsafe { a.launch(cfg) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-    }
-}
-
-impl CustomOp1 for LnModulate {
-    fn name(&self) -> &'static str {
-        "ln-modulate"
-    }
-
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("ln_modulate runs on CUDA only")
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        if !l.is_contiguous() {
-            bail!("ln_modulate: x must be contiguous");
-        }
-        let out = match s.dtype() {
-            DType::F32 => self.launch::<f32>(s, l)?,
-            DType::BF16 => self.launch::<bf16>(s, l)?,
-            dt => bail!("ln_modulate: unsupported dtype {dt:?}"),
-        };
-        Ok((out, l.shape().clone()))
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
     }
 }
 
 /// `x + gate[b, rows[b, l]] * y` over `[B, L, D]` (the gated residual of a DiT block), f32 math and
 /// one rounding.
 pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor, rows: Option<&Tensor>) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&GatedResidual { y: y.clone(), gate: gate.clone(), rows: rows.cloned() })
+    x.apply_op1_no_bwd(&Op(GatedResidual { y: y.clone(), gate: gate.clone(), rows: rows.cloned() }))
 }
 
 struct GatedResidual {
@@ -296,8 +308,13 @@ struct GatedResidual {
     rows: Option<Tensor>,
 }
 
-impl GatedResidual {
-    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
+impl Kernel for GatedResidual {
+    const NAME: &'static str = "gated_residual";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !xl.is_contiguous() || !self.y.is_contiguous() {
+            bail!("gated_residual: x and y must be contiguous");
+        }
         let (b, l, d) = xl.shape().dims3()?;
         if self.y.dims() != xl.dims() {
             bail!("gated_residual: x {:?} and y {:?} differ", xl.dims(), self.y.dims());
@@ -331,29 +348,7 @@ impl GatedResidual {
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: x and y are contiguous [B, L, D], gate and rows were checked against them.
         unsafe { a.launch(cfg) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-    }
-}
-
-impl CustomOp1 for GatedResidual {
-    fn name(&self) -> &'static str {
-        "gated-residual"
-    }
-
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("gated_residual runs on CUDA only")
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        if !l.is_contiguous() || !self.y.is_contiguous() {
-            bail!("gated_residual: x and y must be contiguous");
-        }
-        let out = match s.dtype() {
-            DType::F32 => self.launch::<f32>(s, l)?,
-            DType::BF16 => self.launch::<bf16>(s, l)?,
-            dt => bail!("gated_residual: unsupported dtype {dt:?}"),
-        };
-        Ok((out, l.shape().clone()))
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
     }
 }
 
@@ -361,7 +356,7 @@ impl CustomOp1 for GatedResidual {
 /// `None`: no rotation), for `x` `[B, L, H, D]` in any strides with a contiguous last axis (e.g. the
 /// q or k part of a fused qkv projection). Returns `[B, L, H, D]` contiguous.
 pub fn rms_norm_rope(x: &Tensor, w: &Tensor, rope: Option<(&Tensor, &Tensor)>, eps: f32) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&RmsNormRope { w: w.clone(), rope: rope.map(|(c, s)| (c.clone(), s.clone())), eps })
+    x.apply_op1_no_bwd(&Op(RmsNormRope { w: w.clone(), rope: rope.map(|(c, s)| (c.clone(), s.clone())), eps }))
 }
 
 struct RmsNormRope {
@@ -370,8 +365,10 @@ struct RmsNormRope {
     eps: f32,
 }
 
-impl RmsNormRope {
-    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
+impl Kernel for RmsNormRope {
+    const NAME: &'static str = "rms_norm_rope";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let (b, l, h, d) = xl.shape().dims4()?;
         let st = xl.stride();
         if st[3] != 1 || d > 128 || d % 2 != 0 {
@@ -434,26 +431,108 @@ impl RmsNormRope {
         // SAFETY: the view covers every (b, l, h) vector through the checked strides; the output is
         // [B, L, H, D] and every element is written once.
         unsafe { a.launch(cfg) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((b, l, h, d))))
     }
 }
 
-impl CustomOp1 for RmsNormRope {
-    fn name(&self) -> &'static str {
-        "rms-norm-rope"
-    }
+/// GroupNorm over contiguous `x` `(B, C, ...)` with `groups` groups and per-channel `weight`/`bias`
+/// `[C]`, statistics in f32, SiLU after it when `silu` (the norm-then-activation of VAE blocks).
+pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f32, silu: bool) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op(GroupNorm { weight: weight.clone(), bias: bias.clone(), groups, eps, silu }))
+}
 
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("rms_norm_rope runs on CUDA only")
-    }
+struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+}
 
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let out = match s.dtype() {
-            DType::F32 => self.launch::<f32>(s, l)?,
-            DType::BF16 => self.launch::<bf16>(s, l)?,
-            dt => bail!("rms_norm_rope: unsupported dtype {dt:?}"),
-        };
-        let (b, len, h, d) = l.shape().dims4()?;
-        Ok((out, Shape::from((b, len, h, d))))
+impl Kernel for GroupNorm {
+    const NAME: &'static str = "group_norm";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dims = xl.dims();
+        if !xl.is_contiguous() || dims.len() < 2 || dims[1] % self.groups.max(1) != 0 {
+            bail!("group_norm: x {dims:?} must be contiguous (B, C, ...) with C divisible by {}", self.groups);
+        }
+        let (b, c) = (dims[0], dims[1]);
+        if self.weight.dims() != [c] || self.bias.dims() != [c] {
+            bail!("group_norm: weight {:?} / bias {:?} for {c} channels", self.weight.dims(), self.bias.dims());
+        }
+        let dev = xs.device();
+        let (w, bias) = (Aux::new(&self.weight, "weight")?, Aux::new(&self.bias, "bias")?);
+        let x = view::<T>(xs, xl)?;
+        let (w, bias) = (w.view::<T>()?, bias.view::<T>()?);
+        let mut out = output::<T>(dev, xl.shape().elem_count())?;
+        let (c32, g32, spatial) = (c as i32, self.groups as i32, (xl.shape().elem_count() / (b * c).max(1)) as i64);
+        let act = i32::from(self.silu);
+        let func = dev.get_or_load_custom_func(&format!("group_norm_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&x);
+        a.arg(&w);
+        a.arg(&bias);
+        a.arg(&mut out);
+        a.arg(&c32);
+        a.arg(&g32);
+        a.arg(&spatial);
+        a.arg(&self.eps);
+        a.arg(&act);
+        let cfg =
+            LaunchConfig { grid_dim: ((b * self.groups) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x is contiguous (B, C, S); each block reads and writes its own group.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
+    }
+}
+
+/// `x / max(||x||, 1e-12) * gamma[c]` over axis `axis` of contiguous `x` (the L2 norm over the
+/// channels at each position, as the Wan VAE's RMS_norm with `gamma` holding its `sqrt(C)` scale),
+/// SiLU after it when `silu`. `gamma` is `[C]`.
+pub fn channel_norm(x: &Tensor, gamma: &Tensor, axis: usize, silu: bool) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op(ChannelNorm { gamma: gamma.clone(), axis, silu }))
+}
+
+struct ChannelNorm {
+    gamma: Tensor,
+    axis: usize,
+    silu: bool,
+}
+
+impl Kernel for ChannelNorm {
+    const NAME: &'static str = "channel_norm";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dims = xl.dims();
+        if !xl.is_contiguous() || self.axis >= dims.len() {
+            bail!("channel_norm: x {dims:?} must be contiguous with a channel axis {}", self.axis);
+        }
+        let c = dims[self.axis];
+        if self.gamma.dims() != [c] {
+            bail!("channel_norm: gamma {:?} for {c} channels", self.gamma.dims());
+        }
+        let outer: usize = dims[..self.axis].iter().product();
+        let spatial: usize = dims[self.axis + 1..].iter().product();
+        let dev = xs.device();
+        let gamma = Aux::new(&self.gamma, "gamma")?;
+        let x = view::<T>(xs, xl)?;
+        let gamma = gamma.view::<T>()?;
+        let mut out = output::<T>(dev, xl.shape().elem_count())?;
+        let (outer64, c32, s64, act) = (outer as i64, c as i32, spatial as i64, i32::from(self.silu));
+        let func = dev.get_or_load_custom_func(&format!("channel_norm_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&x);
+        a.arg(&gamma);
+        a.arg(&mut out);
+        a.arg(&outer64);
+        a.arg(&c32);
+        a.arg(&s64);
+        a.arg(&act);
+        let blocks = (outer * spatial).div_ceil(256).min(65536) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x is contiguous (N, C, S); each thread owns the C elements of one position.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
     }
 }

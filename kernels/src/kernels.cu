@@ -9,6 +9,9 @@
 //   with per-token rows of shift/scale tables (adaLN; clean frames pick another row).
 // - gated_residual_*: `x + gate[row] * y`.
 // - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention).
+// - group_norm_*: GroupNorm over contiguous (B, C, ...) with affine weight/bias, optional SiLU.
+// - channel_norm_*: x / max(||x||_C, 1e-12) * gamma[c] over the channel axis of (N, C, S), optional
+//   SiLU (the Wan VAE's RMS_norm).
 // - poison_u8: fills a buffer with 0xFF bytes (NaN in bf16 and f32) before a test launch.
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -362,6 +365,49 @@ DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float 
   }
 }
 
+DEVICE float silu(float v) { return v / (1.f + __expf(-v)); }
+
+// One block per (sample, group) of contiguous (B, C, S) data: statistics in f32 over the group's
+// C/G channels x S positions, then (x - mean) * rstd * w[c] + b[c], SiLU if `act`.
+template <typename T>
+DEVICE void group_norm(const T *x, const T *w, const T *b, T *out, int c, int g, int64_t s, float eps, int act) {
+  const int cg = c / g;
+  const int64_t n = (int64_t)cg * s, base = (int64_t)blockIdx.x * n;
+  const int c0 = (blockIdx.x % g) * cg;
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += to_f32(x[base + i]);
+  const float mean = block_sum(sum) / n;
+  float var = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    float e = to_f32(x[base + i]) - mean;
+    var += e * e;
+  }
+  const float rstd = rsqrtf(block_sum(var) / n + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    int ch = c0 + (int)(i / s);
+    float y = (to_f32(x[base + i]) - mean) * rstd * to_f32(w[ch]) + to_f32(b[ch]);
+    out[base + i] = from_f32<T>(act ? silu(y) : y);
+  }
+}
+
+// One thread per (n, position) of contiguous (N, C, S) data: L2 norm over the C channels in f32.
+template <typename T>
+DEVICE void channel_norm(const T *x, const T *gamma, T *out, int64_t outer, int c, int64_t s, int act) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < outer * s; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t base = (i / s) * c * s + i % s;
+    float ss = 0.f;
+    for (int ch = 0; ch < c; ++ch) {
+      float v = to_f32(x[base + ch * s]);
+      ss += v * v;
+    }
+    const float inv = 1.f / fmaxf(sqrtf(ss), 1e-12f);
+    for (int ch = 0; ch < c; ++ch) {
+      float y = to_f32(x[base + ch * s]) * inv * to_f32(gamma[ch]);
+      out[base + ch * s] = from_f32<T>(act ? silu(y) : y);
+    }
+  }
+}
+
 #define ROW_KERNELS(NAME, T)                                                                                    \
   extern "C" __global__ void ln_modulate_##NAME(const T *x, const T *shift, const T *scale, const uint32_t *rows, \
                                                 T *out, int l, int d, int64_t tb, float one, float eps) {      \
@@ -375,6 +421,14 @@ DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float 
                                                   T *out, int64_t vectors, int l, int h, int hd, int64_t sb,    \
                                                   int64_t sl, int64_t sh, float eps) {                          \
     rms_norm_rope<T>(x, w, cos, sin, out, vectors, l, h, hd, sb, sl, sh, eps);                                  \
+  }                                                                                                             \
+  extern "C" __global__ void group_norm_##NAME(const T *x, const T *w, const T *b, T *out, int c, int g,        \
+                                               int64_t s, float eps, int act) {                                \
+    group_norm<T>(x, w, b, out, c, g, s, eps, act);                                                             \
+  }                                                                                                             \
+  extern "C" __global__ void channel_norm_##NAME(const T *x, const T *gamma, T *out, int64_t outer, int c,      \
+                                                 int64_t s, int act) {                                          \
+    channel_norm<T>(x, gamma, out, outer, c, s, act);                                                           \
   }
 ROW_KERNELS(f32, float)
 ROW_KERNELS(bf16, __nv_bfloat16)

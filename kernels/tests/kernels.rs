@@ -206,3 +206,42 @@ fn rms_norm_rope_matches_f32_reference() {
         }
     }
 }
+
+#[test]
+fn group_norm_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("group_norm");
+    let (b, c, t, h, w, groups) = (2, 64, 3, 17, 29, 32);
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, BF16_TOL)] {
+        let x = randn(&mut rng, &[b, c, t, h, w], dtype, &dev).affine(2.0, 0.5).unwrap();
+        let weight = randn(&mut rng, &[c], dtype, &dev);
+        let bias = randn(&mut rng, &[c], dtype, &dev);
+        let xf = x.to_dtype(DType::F32).unwrap().reshape((b, groups, ())).unwrap();
+        let n = layer_norm_ref(&xf, 1e-6).reshape((b, c, t, h, w)).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().reshape((1, c, 1, 1, 1)).unwrap();
+        let r = n.broadcast_mul(&f(&weight)).unwrap().broadcast_add(&f(&bias)).unwrap();
+        let ours = kernels::group_norm(&x, &weight, &bias, groups, 1e-6, false).unwrap();
+        check(&format!("group_norm {dtype:?}"), &ours, &r, tol);
+        let ours = kernels::group_norm(&x, &weight, &bias, groups, 1e-6, true).unwrap();
+        check(&format!("group_norm + silu {dtype:?}"), &ours, &r.silu().unwrap(), tol);
+    }
+}
+
+#[test]
+fn channel_norm_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("channel_norm");
+    let (b, t, c, h, w) = (2, 3, 96, 13, 21);
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, BF16_TOL)] {
+        let x = randn(&mut rng, &[b, t, c, h, w], dtype, &dev);
+        let gamma = randn(&mut rng, &[c], dtype, &dev);
+        let xf = x.to_dtype(DType::F32).unwrap();
+        let norm = xf.sqr().unwrap().sum_keepdim(2).unwrap().sqrt().unwrap().maximum(1e-12).unwrap();
+        let g = gamma.to_dtype(DType::F32).unwrap().reshape((c, 1, 1)).unwrap();
+        let r = xf.broadcast_div(&norm).unwrap().broadcast_mul(&g).unwrap();
+        let ours = kernels::channel_norm(&x, &gamma, 2, false).unwrap();
+        check(&format!("channel_norm {dtype:?}"), &ours, &r, tol);
+        let ours = kernels::channel_norm(&x, &gamma, 2, true).unwrap();
+        check(&format!("channel_norm + silu {dtype:?}"), &ours, &r.silu().unwrap(), tol);
+    }
+}

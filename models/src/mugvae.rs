@@ -153,6 +153,17 @@ impl GroupNorm {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return kernels::group_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.groups,
+                self.eps as f32,
+                false,
+            );
+        }
         let dims = x.dims().to_vec();
         let dtype = x.dtype();
         let g = x.to_dtype(DType::F32)?.reshape((dims[0], self.groups, ()))?;
@@ -162,6 +173,15 @@ impl GroupNorm {
         let mut shape = vec![1; dims.len()];
         shape[1] = dims[1];
         g.broadcast_mul(&self.weight.reshape(shape.as_slice())?)?.broadcast_add(&self.bias.reshape(shape.as_slice())?)
+    }
+
+    /// `silu(self.forward(x))`, one fused kernel on CUDA.
+    fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return kernels::group_norm(&x.contiguous()?, &self.weight, &self.bias, self.groups, self.eps as f32, true);
+        }
+        self.forward(x)?.silu()
     }
 }
 
@@ -190,8 +210,8 @@ impl ResnetBlock2D {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.conv_shortcut {
             Some(c) => c.forward(x)? + h,
             None => x + h,
@@ -364,7 +384,7 @@ impl SpatialDecoder {
                 x = up.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&x)?)
     }
 }
 
@@ -439,8 +459,8 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.conv3 {
             Some(c) => h + c.forward(x)?,
             None => h + x,
@@ -503,7 +523,7 @@ impl TemporalEncoder {
             }
         }
         let x = run(&self.res_blocks, x)?;
-        self.conv2.forward(&self.norm1.forward(&x)?.silu()?)
+        self.conv2.forward(&self.norm1.forward_silu(&x)?)
     }
 }
 
@@ -556,7 +576,7 @@ impl TemporalDecoder {
                 x = depth_to_time(&conv.forward(&x)?)?;
             }
         }
-        self.conv_out.forward(&self.norm1.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm1.forward_silu(&x)?)
     }
 }
 

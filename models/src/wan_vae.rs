@@ -211,9 +211,22 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return kernels::channel_norm(&x.contiguous()?, &self.gamma.flatten_all()?, x.rank() - 3, false);
+        }
         let axis = x.rank() - 3;
         let norm = x.sqr()?.sum_keepdim(axis)?.sqrt()?.maximum(1e-12)?;
         x.broadcast_div(&norm)?.broadcast_mul(&self.gamma)
+    }
+
+    /// `silu(self.forward(x))`, one fused kernel on CUDA.
+    fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return kernels::channel_norm(&x.contiguous()?, &self.gamma.flatten_all()?, x.rank() - 3, true);
+        }
+        self.forward(x)?.silu()
     }
 }
 
@@ -243,8 +256,8 @@ impl ResidualBlock {
             Some(s) => s.forward(x, None)?,
             None => x.clone(),
         };
-        let r = self.conv1.cached(&self.norm1.forward(x)?.silu()?, cache)?;
-        let r = self.conv2.cached(&self.norm2.forward(&r)?.silu()?, cache)?;
+        let r = self.conv1.cached(&self.norm1.forward_silu(x)?, cache)?;
+        let r = self.conv2.cached(&self.norm2.forward_silu(&r)?, cache)?;
         r + h
     }
 }
@@ -492,7 +505,7 @@ impl Coder {
         if !self.middle_first {
             x = self.middle.forward(&x, cache)?;
         }
-        self.head_conv.cached(&self.head_norm.forward(&x)?.silu()?, cache)
+        self.head_conv.cached(&self.head_norm.forward_silu(&x)?, cache)
     }
 }
 
