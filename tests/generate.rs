@@ -8,47 +8,15 @@ use std::time::{Duration, Instant};
 
 use common::{error_rows, mugflow, run, written_ids};
 
-/// Tiny checkpoints and the `--set`s that make the bundled manifest use them at 64x48, 17 frames.
-fn tiny_sets(dir: &Path) -> Vec<String> {
-    let m = common::tiny_models(dir);
-    let m = m.display();
-    [
-        "stage.load_image.size=64x48".to_string(),
-        "stage.load_image.frames=17".into(),
-        "stage.i2v_generate.preset=tiny".into(),
-        "stage.i2v_generate.steps=2".into(),
-        format!("stage.i2v_generate.dit={m}/dit.safetensors"),
-        format!("stage.i2v_generate.vae={m}/vae.safetensors"),
-        format!("stage.i2v_generate.t5={m}/t5.safetensors"),
-        format!("stage.i2v_generate.tokenizer={m}/t5_tokenizer.json"),
-        "stage.vae_decode.preset=tiny".into(),
-        format!("stage.vae_decode.checkpoint={m}/vae.safetensors"),
-    ]
-    .to_vec()
-}
-
-/// [`tiny_sets`] plus the tiny enhancer of the same folder.
-fn tiny_enhance_sets(dir: &Path) -> Vec<String> {
-    let m = dir.join("tiny");
-    let m = m.display();
-    let mut sets = tiny_sets(dir);
-    sets.extend([
-        "stage.enhance.preset=tiny".to_string(),
-        format!("stage.enhance.dit={m}/enhancer/dit_i2v.safetensors"),
-        format!("stage.enhance.lora={m}/enhancer/lora.safetensors"),
-        format!("stage.enhance.vae={m}/enhancer/Wan2.1_VAE.safetensors"),
-        format!("stage.enhance.umt5={m}/enhancer/umt5.safetensors"),
-        format!("stage.enhance.tokenizer={m}/t5_tokenizer.json"),
-    ]);
-    sets
-}
-
-/// `mugflow generate` arguments for `catalog` into `out` on the CPU with tiny weights.
+/// `mugflow generate --tiny` arguments for `catalog` into `out` on the CPU, with the tiny weights of
+/// `mugflow models init-tiny` written next to the catalog, and `sets` as `--set`s.
 fn generate_args(catalog: &Path, out: &Path, sets: &[String]) -> Vec<String> {
+    let models = common::tiny_models(catalog.parent().unwrap());
     let mut args: Vec<String> = ["generate", "--catalog", catalog.to_str().unwrap(), "--out", out.to_str().unwrap()]
         .iter()
         .map(|s| s.to_string())
         .collect();
+    args.extend(["--tiny".into(), "--models".into(), models.display().to_string()]);
     args.extend(["--device".into(), "cpu".into(), "--progress".into(), "none".into()]);
     for s in sets {
         args.extend(["--set".to_string(), s.clone()]);
@@ -87,7 +55,7 @@ fn ffprobe(path: &Path) -> (u64, u64, u64, String) {
 #[test]
 fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
     let dir = tempfile::tempdir().unwrap();
-    let sets = tiny_sets(dir.path());
+    let sets: Vec<String> = Vec::new();
     let cat = catalog(
         dir.path(),
         "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n\
@@ -134,7 +102,7 @@ fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
 #[test]
 fn generate_with_enhance_writes_enhanced_videos_and_error_records() {
     let dir = tempfile::tempdir().unwrap();
-    let sets = tiny_enhance_sets(dir.path());
+    let sets: Vec<String> = Vec::new();
     let cat = catalog(
         dir.path(),
         "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n\
@@ -173,7 +141,7 @@ fn generate_with_enhance_writes_enhanced_videos_and_error_records() {
 #[test]
 fn the_enhance_stage_is_off_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sets = tiny_sets(dir.path());
+    let mut sets: Vec<String> = Vec::new();
     sets.push("stage.enhance.dit=does/not/exist.safetensors".into());
     let cat = catalog(dir.path(), "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n");
     let out = dir.path().join("out");
@@ -190,7 +158,7 @@ fn the_enhance_stage_is_off_by_default() {
 #[test]
 fn a_generation_killed_mid_way_resumes_with_every_row_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sets = tiny_sets(dir.path());
+    let mut sets: Vec<String> = Vec::new();
     sets.push("job.shard_size=1".into());
     let images = ["coffee.png", "chelsea.webp", "rocket.jpg", "astronaut.png", "grace_hopper.jpg"];
     let rows: String =
@@ -229,7 +197,7 @@ fn a_generation_killed_mid_way_resumes_with_every_row_exactly_once() {
 #[test]
 fn gpus_runs_one_worker_per_listed_gpu_over_disjoint_shards() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sets = tiny_sets(dir.path());
+    let mut sets: Vec<String> = Vec::new();
     sets.extend([
         "job.shard_size=1".into(),
         "stage.i2v_generate.device=cpu".into(),

@@ -29,6 +29,11 @@ pub struct GenerateArgs {
     /// Wan2.1-T2V-1.3B/ in --models; see the manifest).
     #[arg(long)]
     enhance: bool,
+    /// Use the tiny random checkpoints `mugflow models init-tiny` wrote into --models (e.g.
+    /// `--models checkpoints/tiny`) at 64x48 and 17 frames: tries the whole chain on any machine in
+    /// seconds; the videos are noise.
+    #[arg(long)]
+    tiny: bool,
     /// Override a manifest value, e.g. `stage.i2v_generate.steps=50` (see `mugflow validate`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -52,13 +57,46 @@ pub fn generate(args: &GenerateArgs, worker: &WorkerArgs, mode: ProgressMode) ->
         "MUGFLOW_ENHANCE" if args.enhance => Some("true".to_string()),
         _ => std::env::var(k).ok(),
     };
+    let mut sets = if args.tiny { tiny_sets(&models) } else { Vec::new() };
+    sets.extend(args.set.iter().cloned());
     let manifest = pipeline::manifest::Manifest::from_text(
         Path::new("catalog-generate.toml (built in)"),
         MANIFEST.to_string(),
-        &args.set,
+        &sets,
         &env,
-    )?;
+    )
+    .map_err(pipeline::PipelineError::from)?;
     let registry = stages::registry();
-    let plan = pipeline::Plan::from_manifest(&manifest, &registry)?;
+    let plan = pipeline::Plan::from_manifest(&manifest, &registry).map_err(pipeline::PipelineError::from)?;
     execute(&plan, &registry, worker, mode)
+}
+
+/// Manifest overrides for `--tiny`: the layout `mugflow models init-tiny` writes in `m`, tiny
+/// presets, small frames and 2 sampling steps (user `--set`s come after and win).
+fn tiny_sets(m: &str) -> Vec<String> {
+    let mut sets: Vec<String> = [
+        "stage.load_image.size=64x48",
+        "stage.load_image.frames=17",
+        "stage.i2v_generate.preset=tiny",
+        "stage.i2v_generate.steps=2",
+        "stage.vae_decode.preset=tiny",
+        "stage.enhance.preset=tiny",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (key, file) in [
+        ("i2v_generate.dit", "dit.safetensors"),
+        ("i2v_generate.vae", "vae.safetensors"),
+        ("i2v_generate.t5", "t5.safetensors"),
+        ("i2v_generate.tokenizer", "t5_tokenizer.json"),
+        ("vae_decode.checkpoint", "vae.safetensors"),
+        ("enhance.dit", "enhancer/dit_i2v.safetensors"),
+        ("enhance.lora", "enhancer/lora.safetensors"),
+        ("enhance.vae", "enhancer/Wan2.1_VAE.safetensors"),
+        ("enhance.umt5", "enhancer/umt5.safetensors"),
+        ("enhance.tokenizer", "t5_tokenizer.json"),
+    ] {
+        sets.push(format!("stage.{key}={m}/{file}"));
+    }
+    sets
 }
