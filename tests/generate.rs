@@ -141,8 +141,7 @@ fn generate_with_enhance_writes_enhanced_videos_and_error_records() {
 #[test]
 fn the_enhance_stage_is_off_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sets: Vec<String> = Vec::new();
-    sets.push("stage.enhance.dit=does/not/exist.safetensors".into());
+    let sets = vec!["stage.enhance.dit=does/not/exist.safetensors".to_string()];
     let cat = catalog(dir.path(), "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n");
     let out = dir.path().join("out");
     let args = generate_args(&cat, &out, &sets);
@@ -158,8 +157,7 @@ fn the_enhance_stage_is_off_by_default() {
 #[test]
 fn a_generation_killed_mid_way_resumes_with_every_row_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sets: Vec<String> = Vec::new();
-    sets.push("job.shard_size=1".into());
+    let sets = vec!["job.shard_size=1".to_string()];
     let images = ["coffee.png", "chelsea.webp", "rocket.jpg", "astronaut.png", "grace_hopper.jpg"];
     let rows: String =
         (0..16).map(|i| format!("row-{i:02},images/{},Product video {i},{i},,\n", images[i % images.len()])).collect();
@@ -197,13 +195,15 @@ fn a_generation_killed_mid_way_resumes_with_every_row_exactly_once() {
 #[test]
 fn gpus_runs_one_worker_per_listed_gpu_over_disjoint_shards() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sets: Vec<String> = Vec::new();
-    sets.extend([
-        "job.shard_size=1".into(),
-        "stage.i2v_generate.device=cpu".into(),
-        "stage.vae_decode.device=cpu".into(),
-    ]);
-    sets.extend(["stage.i2v_generate.dtype=f32".into(), "stage.vae_decode.dtype=f32".into()]);
+    let sets: Vec<String> = [
+        "job.shard_size=1",
+        "stage.i2v_generate.device=cpu",
+        "stage.vae_decode.device=cpu",
+        "stage.i2v_generate.dtype=f32",
+        "stage.vae_decode.dtype=f32",
+    ]
+    .map(String::from)
+    .to_vec();
     let rows: String = (0..4).map(|i| format!("p{i},images/coffee.png,Product {i},,,\n")).collect();
     let cat = catalog(dir.path(), &rows);
     let out = dir.path().join("out");
