@@ -113,8 +113,8 @@ impl<'a> Aux<'a> {
 }
 
 /// Checks a per-token row table `[B or 1, R, D]` and row index `[B, L]` (u32) against `[B, L, D]`;
-/// returns the table's batch stride.
-fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usize, what: &str) -> Result<i64> {
+/// returns the table's batch stride and `R` (the kernels clamp row indices to `R - 1`).
+fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usize, what: &str) -> Result<(i64, i32)> {
     let (tb, r, td) = table.dims3()?;
     if td != d || (tb != 1 && tb != b) {
         bail!("{what}: table {:?} does not fit tokens [{b}, {l}, {d}]", table.dims());
@@ -128,7 +128,7 @@ fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usi
         None if r != 1 => bail!("{what}: a table of {r} rows needs a row index per token"),
         None => {}
     }
-    Ok(if tb == 1 { 0 } else { (r * d) as i64 })
+    Ok((if tb == 1 { 0 } else { (r * d) as i64 }, r as i32))
 }
 
 /// `softmax(q k^T * scale) v` per batch and head without the score matrix, in bf16 with f32
@@ -261,7 +261,7 @@ impl Kernel for LnModulate {
             bail!("ln_modulate: x must be contiguous");
         }
         let (b, l, d) = xl.shape().dims3()?;
-        let tb = check_table(&self.shift, self.rows.as_ref(), b, l, d, "ln_modulate shift")?;
+        let (tb, r) = check_table(&self.shift, self.rows.as_ref(), b, l, d, "ln_modulate shift")?;
         if self.scale.dims() != self.shift.dims() {
             bail!("ln_modulate: scale {:?} and shift {:?} differ", self.scale.dims(), self.shift.dims());
         }
@@ -280,9 +280,10 @@ impl Kernel for LnModulate {
         a.arg(&shift);
         a.arg(&scale);
         match &rows {
-            Some(r) => a.arg(r),
+            Some(rows) => a.arg(rows),
             None => a.arg(&null),
         };
+        a.arg(&r);
         a.arg(&mut out);
         a.arg(&l32);
         a.arg(&d32);
@@ -319,7 +320,7 @@ impl Kernel for GatedResidual {
         if self.y.dims() != xl.dims() {
             bail!("gated_residual: x {:?} and y {:?} differ", xl.dims(), self.y.dims());
         }
-        let tb = check_table(&self.gate, self.rows.as_ref(), b, l, d, "gated_residual gate")?;
+        let (tb, r) = check_table(&self.gate, self.rows.as_ref(), b, l, d, "gated_residual gate")?;
         let dev = xs.device();
         let (y, gate) = (Aux::new(&self.y, "y")?, Aux::new(&self.gate, "gate")?);
         let rows = self.rows.as_ref().map(|r| Aux::new(r, "rows")).transpose()?;
@@ -336,9 +337,10 @@ impl Kernel for GatedResidual {
         a.arg(&y);
         a.arg(&gate);
         match &rows {
-            Some(r) => a.arg(r),
+            Some(rows) => a.arg(rows),
             None => a.arg(&null),
         };
+        a.arg(&r);
         a.arg(&mut out);
         a.arg(&n64);
         a.arg(&l32);

@@ -290,10 +290,11 @@ DEVICE float block_sum(float x) {
 }
 
 // One block per token: out = LN(x) * (scale[b, row] + one) + shift[b, row], statistics in f32.
-// Tables are [B', R, D] with batch stride tb (0 to share one table) and row stride D.
+// Tables are [B', R, D] with batch stride tb (0 to share one table) and row stride D; row indices
+// are clamped to R - 1 so a bad index cannot read outside the table.
 template <typename T>
-DEVICE void ln_modulate(const T *x, const T *shift, const T *scale, const uint32_t *rows, T *out, int l, int d,
-                        int64_t tb, float one, float eps) {
+DEVICE void ln_modulate(const T *x, const T *shift, const T *scale, const uint32_t *rows, int r, T *out, int l,
+                        int d, int64_t tb, float one, float eps) {
   const int64_t token = blockIdx.x;
   const int b = token / l;
   const T *xr = x + token * d;
@@ -306,7 +307,7 @@ DEVICE void ln_modulate(const T *x, const T *shift, const T *scale, const uint32
     v += e * e;
   }
   const float rstd = rsqrtf(block_sum(v) / d + eps);
-  const int64_t t = b * tb + (int64_t)(rows != nullptr ? rows[token] : 0) * d;
+  const int64_t t = b * tb + (int64_t)(rows != nullptr ? min(rows[token], (uint32_t)(r - 1)) : 0) * d;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float n = (to_f32(xr[i]) - mean) * rstd;
     out[token * d + i] = from_f32<T>(n * (to_f32(scale[t + i]) + one) + to_f32(shift[t + i]));
@@ -315,12 +316,12 @@ DEVICE void ln_modulate(const T *x, const T *shift, const T *scale, const uint32
 
 // out = x + gate[b, row] * y over [B, L, D] (grid-stride).
 template <typename T>
-DEVICE void gated_residual(const T *x, const T *y, const T *gate, const uint32_t *rows, T *out, int64_t n, int l,
-                           int d, int64_t tb) {
+DEVICE void gated_residual(const T *x, const T *y, const T *gate, const uint32_t *rows, int r, T *out, int64_t n,
+                           int l, int d, int64_t tb) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t token = i / d;
     int b = token / l;
-    int64_t t = b * tb + (int64_t)(rows != nullptr ? rows[token] : 0) * d + i % d;
+    int64_t t = b * tb + (int64_t)(rows != nullptr ? min(rows[token], (uint32_t)(r - 1)) : 0) * d + i % d;
     out[i] = from_f32<T>(to_f32(x[i]) + to_f32(gate[t]) * to_f32(y[i]));
   }
 }
@@ -410,12 +411,12 @@ DEVICE void channel_norm(const T *x, const T *gamma, T *out, int64_t outer, int 
 
 #define ROW_KERNELS(NAME, T)                                                                                    \
   extern "C" __global__ void ln_modulate_##NAME(const T *x, const T *shift, const T *scale, const uint32_t *rows, \
-                                                T *out, int l, int d, int64_t tb, float one, float eps) {      \
-    ln_modulate<T>(x, shift, scale, rows, out, l, d, tb, one, eps);                                            \
+                                                int r, T *out, int l, int d, int64_t tb, float one, float eps) {\
+    ln_modulate<T>(x, shift, scale, rows, r, out, l, d, tb, one, eps);                                         \
   }                                                                                                             \
   extern "C" __global__ void gated_residual_##NAME(const T *x, const T *y, const T *gate, const uint32_t *rows,  \
-                                                   T *out, int64_t n, int l, int d, int64_t tb) {               \
-    gated_residual<T>(x, y, gate, rows, out, n, l, d, tb);                                                      \
+                                                   int r, T *out, int64_t n, int l, int d, int64_t tb) {        \
+    gated_residual<T>(x, y, gate, rows, r, out, n, l, d, tb);                                                   \
   }                                                                                                             \
   extern "C" __global__ void rms_norm_rope_##NAME(const T *x, const T *w, const float *cos, const float *sin,    \
                                                   T *out, int64_t vectors, int l, int h, int hd, int64_t sb,    \

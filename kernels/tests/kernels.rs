@@ -173,6 +173,13 @@ fn gated_residual_matches_f32_reference() {
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let r = f(&x).add(&g.mul(&f(&y)).unwrap()).unwrap();
         check(&format!("gated_residual {dtype:?}"), &ours, &r, tol);
+
+        // Row indices past the table are clamped to its last row, never read outside it.
+        let bad = Tensor::full(7u32, (b, l), &dev).unwrap();
+        let last = Tensor::full(1u32, (b, l), &dev).unwrap();
+        let ours = kernels::gated_residual(&x, &y, &gate, Some(&bad)).unwrap();
+        let r = kernels::gated_residual(&x, &y, &gate, Some(&last)).unwrap();
+        check(&format!("gated_residual clamped rows {dtype:?}"), &ours, &r, 1e-7);
     }
 }
 
