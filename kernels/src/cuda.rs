@@ -120,13 +120,11 @@ fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usi
         bail!("{what}: table {:?} does not fit tokens [{b}, {l}, {d}]", table.dims());
     }
     match rows {
-        Some(rows) => {
-            if rows.dims() != [b, l] || rows.dtype() != DType::U32 {
-                bail!("{what}: rows must be u32 [{b}, {l}], got {:?} {:?}", rows.dtype(), rows.dims());
-            }
+        Some(rows) if rows.dims() != [b, l] || rows.dtype() != DType::U32 => {
+            bail!("{what}: rows must be u32 [{b}, {l}], got {:?} {:?}", rows.dtype(), rows.dims())
         }
         None if r != 1 => bail!("{what}: a table of {r} rows needs a row index per token"),
-        None => {}
+        _ => {}
     }
     Ok((if tb == 1 { 0 } else { (r * d) as i64 }, r as i32))
 }
@@ -147,7 +145,7 @@ struct FlashAttention {
 /// Strides `[batch, head, row]` of a `[B, L, H, D]` layout, each a multiple of 8 elements (16 bytes).
 fn bhl_strides(layout: &Layout, what: &str) -> Result<[i64; 3]> {
     let s = layout.stride();
-    if s[3] != 1 || s[..3].iter().chain([&layout.start_offset()]).any(|v| v % 8 != 0) {
+    if s[3] != 1 || s[..3].iter().chain([&layout.start_offset()]).any(|v| !v.is_multiple_of(8)) {
         bail!("flash_attention: {what} needs a contiguous last axis and 16-byte aligned rows, got strides {s:?}");
     }
     Ok([s[0] as i64, s[2] as i64, s[1] as i64])
@@ -373,7 +371,7 @@ impl Kernel for RmsNormRope {
     fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let (b, l, h, d) = xl.shape().dims4()?;
         let st = xl.stride();
-        if st[3] != 1 || d > 128 || d % 2 != 0 {
+        if st[3] != 1 || d > 128 || !d.is_multiple_of(2) {
             bail!("rms_norm_rope: needs an even head dim <= 128 on a contiguous last axis, got {:?}", xl.dims());
         }
         if self.w.dims() != [d] {
@@ -456,7 +454,7 @@ impl Kernel for GroupNorm {
 
     fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let dims = xl.dims();
-        if !xl.is_contiguous() || dims.len() < 2 || dims[1] % self.groups.max(1) != 0 {
+        if !xl.is_contiguous() || dims.len() < 2 || !dims[1].is_multiple_of(self.groups.max(1)) {
             bail!("group_norm: x {dims:?} must be contiguous (B, C, ...) with C divisible by {}", self.groups);
         }
         let (b, c) = (dims[0], dims[1]);
