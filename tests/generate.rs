@@ -55,7 +55,6 @@ fn ffprobe(path: &Path) -> (u64, u64, u64, String) {
 #[test]
 fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
     let dir = tempfile::tempdir().unwrap();
-    let sets: Vec<String> = Vec::new();
     let cat = catalog(
         dir.path(),
         "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n\
@@ -65,7 +64,7 @@ fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
          silent,images/rocket.jpg,,,,\n",
     );
     let out = dir.path().join("out");
-    let args = generate_args(&cat, &out, &sets);
+    let args = generate_args(&cat, &out, &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
@@ -102,7 +101,6 @@ fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
 #[test]
 fn generate_with_enhance_writes_enhanced_videos_and_error_records() {
     let dir = tempfile::tempdir().unwrap();
-    let sets: Vec<String> = Vec::new();
     let cat = catalog(
         dir.path(),
         "cup,images/coffee.png,A cup of coffee on a table,7,16:9,3s\n\
@@ -112,7 +110,7 @@ fn generate_with_enhance_writes_enhanced_videos_and_error_records() {
          silent,images/rocket.jpg,,,,\n",
     );
     let out = dir.path().join("out");
-    let mut args = generate_args(&cat, &out, &sets);
+    let mut args = generate_args(&cat, &out, &[]);
     args.push("--enhance".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::mugdit::MugDit;
 use crate::mugvae::MugVae;
-use crate::random::standard_normal;
+use crate::random::{noise_stream, standard_normal};
 use crate::rflow::{Conditioning, RFlow, ShiftPrecision, NEGATIVE_PROMPT};
 use crate::t5::{T5Encoder, T5Tokenizer};
 
@@ -72,12 +72,6 @@ pub struct I2vPlacement {
     pub t5_device: Device,
 }
 
-/// Independent noise streams of one video: 0 the reference latent's posterior, 1 the initial
-/// noise, 2.. the sampler's steps.
-fn stream(seed: u64, k: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k)
-}
-
 /// `[-1, 1]` values to bytes as MUG-V saves videos: clamp, map to [0, 1], `* 255 + 0.5`, truncate.
 pub fn to_u8(v: f32) -> u8 {
     ((v.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0 + 0.5).clamp(0.0, 255.0) as u8
@@ -128,7 +122,8 @@ pub fn generate(
     let values: Vec<f32> =
         (0..3).flat_map(|ch| image.iter().skip(ch).step_by(3).map(|&u| (f32::from(u) / 255.0 - 0.5) / 0.5)).collect();
     let img = Tensor::from_vec(values, (1, 3, 1, height, width), &p.device)?.to_dtype(p.dtype)?;
-    let eps = standard_normal(&[1, channels, 1, lh, lw], stream(seed, 0))?.to_device(&p.device)?;
+    // Noise streams: 0 the reference latent's posterior, 1 the initial noise, 2.. the sampler's steps.
+    let eps = standard_normal(&[1, channels, 1, lh, lw], noise_stream(seed, 0))?.to_device(&p.device)?;
     let reference = m.vae.encode(&img.repeat((1, 1, 8, 1, 1))?, Some(&eps.to_dtype(p.dtype)?))?.to_dtype(DType::F32)?;
     progress("reference");
     let z = Tensor::cat(&[reference, Tensor::zeros((1, channels, lt - 1, lh, lw), DType::F32, &p.device)?], 2)?;
@@ -139,7 +134,7 @@ pub fn generate(
     let frame_indices: Vec<usize> = (0..lt + 2).collect();
     let cond = Conditioning { y: &y, text_lens: &lens, mask: &[mask], fps: s.fps, frame_indices: &frame_indices };
     let shape = [1, channels, lt, lh, lw];
-    let mut noise = |k: usize| standard_normal(&shape, stream(seed, 1 + k as u64))?.to_device(&p.device);
+    let mut noise = |k: usize| standard_normal(&shape, noise_stream(seed, 1 + k as u64))?.to_device(&p.device);
     sampler
         .sample(&m.dit, &z, &cond, &timesteps, &mut noise, &mut |step| progress(&format!("step {}", step.index)))?
         .squeeze(0)

@@ -279,11 +279,11 @@ impl Block {
     }
 }
 
-/// Inputs of the fused CUDA blocks for one forward pass; `None` off CUDA.
+/// Inputs of the fused CUDA blocks for one forward pass; `None` off CUDA. `flags` are the per-token
+/// noisy flags `[B, L]` (1 noisy, 0 clean), which pick table row 0 or 1.
 #[cfg(feature = "cuda")]
 fn fused_inputs(
-    x_mask: &[Vec<bool>],
-    tokens_per_frame: usize,
+    flags: &[f32],
     (cos, sin): (&Tensor, &Tensor),
     y: &Tensor,
     text_lens: &[usize],
@@ -292,16 +292,9 @@ fn fused_inputs(
     if !dev.is_cuda() {
         return Ok(None);
     }
-    let mut rows = Vec::new();
-    for mask in x_mask {
-        rows.push(1u32);
-        for &noisy in mask {
-            rows.extend(std::iter::repeat_n(u32::from(!noisy), tokens_per_frame));
-        }
-        rows.push(1u32);
-    }
-    let l = rows.len() / x_mask.len();
-    let rows = Tensor::from_vec(rows, (x_mask.len(), l), dev)?;
+    let rows: Vec<u32> = flags.iter().map(|&f| u32::from(f == 0.0)).collect();
+    let b = text_lens.len();
+    let rows = Tensor::from_vec(rows, (b, flags.len() / b), dev)?;
     let f32_row = |t: &Tensor| t.get(0)?.to_dtype(DType::F32)?.contiguous();
     let text = y.squeeze(1)?.contiguous()?;
     let lt = text.dim(1)?;
@@ -509,10 +502,10 @@ impl MugDit {
             }
             flags.push(0f32);
         }
-        let noisy = Tensor::from_vec(flags, (b, n + 2, 1), dev)?.to_dtype(dtype)?;
         let (cos, sin) = self.rope(b, (t, h2, w2), input.frame_indices, dev)?;
         #[cfg(feature = "cuda")]
-        let fused = fused_inputs(input.x_mask, h2 * w2, (&cos, &sin), &y, input.text_lens)?;
+        let fused = fused_inputs(&flags, (&cos, &sin), &y, input.text_lens)?;
+        let noisy = Tensor::from_vec(flags, (b, n + 2, 1), dev)?.to_dtype(dtype)?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let cx = Context {
             mods: (t_mlp, t0_mlp),

@@ -81,6 +81,12 @@ pub fn random_checkpoint(
     Ok(Checkpoint::from_tensors("(random weights)", tensors, dtype, device))
 }
 
+/// The seed of noise stream `k` of a video seeded `seed`: independent streams (posterior sample,
+/// initial noise, sampler steps, enhancer) from one per-row seed.
+pub fn noise_stream(seed: u64, k: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k)
+}
+
 /// Seeded standard-normal noise of `shape` (f32, CPU), e.g. to sample a VAE posterior
 /// reproducibly.
 pub fn standard_normal(shape: &[usize], seed: u64) -> candle_core::Result<Tensor> {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use models::lora::{Lora, LoraConfig};
-use models::random::standard_normal;
+use models::random::{noise_stream, standard_normal};
 use models::t5::T5Tokenizer;
 use models::umt5::Umt5Encoder;
 use models::wan_dit::WanDit;
@@ -282,8 +282,7 @@ impl Enhance {
             let x = input.to_device(&self.device)?.to_dtype(self.dtype)?;
             let origin = m.vae.encode(&x)?.to_dtype(DType::F32)?;
             drop(x);
-            let noise_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(NOISE_STREAM);
-            let noise = standard_normal(origin.dims(), noise_seed)?.to_device(&self.device)?;
+            let noise = standard_normal(origin.dims(), noise_stream(seed, NOISE_STREAM))?.to_device(&self.device)?;
             let latents = self.enhancer.enhance(&m.dit, &origin, &noise, &positive, &negative, &mut |_, _| {})?;
             let mut bytes = Vec::with_capacity(n * height * width * 3);
             m.vae.decode_chunks(&latents, &mut |_, _| {}, &mut |chunk| {
@@ -310,26 +309,11 @@ impl Enhance {
     }
 }
 
-/// The row's seed: an integer, a number as text, or the default.
-fn row_seed(item: &Item, default: u64) -> Result<u64, StageError> {
-    match item.get("seed") {
-        Some(v) if v.as_i64().is_some() => Ok(v.as_i64().unwrap_or_default() as u64),
-        Some(pipeline::Value::Str(s)) if !s.trim().is_empty() => {
-            s.trim().parse().map_err(|_| StageError::msg(format!("the row's seed `{s}` is not a whole number")))
-        }
-        _ => Ok(default),
-    }
-}
-
 #[async_trait]
 impl Stage for Enhance {
     async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
         let started = Instant::now();
-        let prompt = item
-            .get("prompt")
-            .and_then(pipeline::Value::as_str)
-            .ok_or_else(|| StageError::msg("the row has no `prompt`"))?
-            .to_string();
+        let prompt = crate::row::prompt(&item)?;
         let video = item.tensors.get("video").ok_or_else(|| StageError::msg("no `video`: put vae_decode first"))?;
         let [count, height, width, 3] = video.shape[..] else {
             return Err(StageError::msg(format!("`video` has shape {:?}, expected [T, H, W, 3]", video.shape)));
@@ -338,7 +322,7 @@ impl Stage for Enhance {
             return Err(StageError::msg("`video` must hold 8-bit frames"));
         }
         let n = self.frame_count(count)?;
-        let seed = row_seed(&item, self.config.seed)?;
+        let seed = crate::row::seed(&item, self.config.seed)?;
         // A cheap clone: the bytes are shared until the enhanced video replaces them.
         let frames = Frames { data: video.data.clone(), count, height, width };
         let me = self.clone();

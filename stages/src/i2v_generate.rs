@@ -148,22 +148,12 @@ impl Generator {
 impl Stage for Generator {
     async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
         let started = Instant::now();
-        let prompt = item
-            .get("prompt")
-            .and_then(pipeline::Value::as_str)
-            .ok_or_else(|| StageError::msg("the row has no `prompt`"))?
-            .to_string();
+        let prompt = crate::row::prompt(&item)?;
         let image =
             item.tensors.get("ref_image").ok_or_else(|| StageError::msg("no `ref_image`: put load_image first"))?;
         let (height, width) = (image.shape[0], image.shape[1]);
         let frames = item.get("num_frames").and_then(pipeline::Value::as_i64).unwrap_or(0).max(2) as usize;
-        let seed = match item.get("seed") {
-            Some(v) if v.as_i64().is_some() => v.as_i64().unwrap_or_default() as u64,
-            Some(pipeline::Value::Str(s)) if !s.trim().is_empty() => {
-                s.trim().parse().map_err(|_| StageError::msg(format!("the row's seed `{s}` is not a whole number")))?
-            }
-            _ => self.default_seed,
-        };
+        let seed = crate::row::seed(&item, self.default_seed)?;
         let (me, pixels) = (self.clone(), image.data.clone());
         let latent = ctx.cpu(move || me.generate(&prompt, &pixels, (frames, height, width), seed)).await??;
         item.tensors.insert("latent".into(), to_payload(&latent)?);

@@ -13,6 +13,7 @@ pub mod load_image;
 pub mod load_tensors;
 pub mod megatron;
 pub mod probe;
+mod row;
 pub mod scene_split;
 pub mod t5_encode;
 pub mod vae_decode;
