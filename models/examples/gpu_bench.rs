@@ -29,6 +29,7 @@ use models::t5::{T5Config, T5Encoder, T5Tokenizer};
 use models::wan_dit::{WanDit, WanDitConfig};
 use models::wan_flow::Enhancer;
 use models::wan_vae::{WanVae, WanVaeConfig};
+use models::weights::{Checkpoint, WeightsError};
 
 /// MUG-V image-to-video on random weights, timed.
 #[derive(Parser)]
@@ -95,6 +96,18 @@ fn randn(shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Ten
     Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype)
 }
 
+/// A model with random weights: its keys from a dry load, then a load of random tensors of those
+/// shapes made on `make` and served on `device`.
+fn random_model<T>(
+    load: impl Fn(&Checkpoint) -> Result<T, WeightsError>,
+    dtype: DType,
+    make: &Device,
+    device: &Device,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let keys = model_keys(&load)?;
+    Ok(load(&random_checkpoint(&keys, dtype, make, device)?)?)
+}
+
 /// `--bench enhance`: MUG-V's enhancer on one 105-frame 1280x720 video with random bf16 weights
 /// (Wan DiT 1.3B, Wan VAE; random text features stand in for UMT5's): VAE encode, the one CFG
 /// step, chunked decode, each timed once (a warm-up run would double a minutes-long benchmark).
@@ -102,12 +115,8 @@ fn bench_enhance(p: &I2vPlacement) -> Result<(), Box<dyn std::error::Error>> {
     let (dev, dtype) = (&p.device, p.dtype);
     let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
     let (dit_c, vae_c) = (WanDitConfig::wan_1_3b(), WanVaeConfig::wan21());
-    let dit = WanDit::load(
-        &random_checkpoint(&model_keys(|k| WanDit::load(k, &dit_c, None))?, dtype, dev, dev)?,
-        &dit_c,
-        None,
-    )?;
-    let vae = WanVae::load(&random_checkpoint(&model_keys(|k| WanVae::load(k, &vae_c))?, dtype, dev, dev)?, &vae_c)?;
+    let dit = random_model(|k| WanDit::load(k, &dit_c, None), dtype, dev, dev)?;
+    let vae = random_model(|k| WanVae::load(k, &vae_c), dtype, dev, dev)?;
     let video = Tensor::rand(-1f32, 1f32, (1, 3, 105, 720, 1280), dev)?.to_dtype(dtype)?;
     let (pos, neg) = (randn(&[60, dit_c.text_dim], dtype, dev)?, randn(&[40, dit_c.text_dim], dtype, dev)?);
     dev.synchronize()?;
@@ -145,8 +154,7 @@ fn bench(a: &Args, what: &str, p: &I2vPlacement) -> Result<(), Box<dyn std::erro
     let (secs, peak, flops) = match what {
         "dit" => {
             let c = MugDitConfig::mugv_10b();
-            let keys = model_keys(|k| MugDit::load(k, &c))?;
-            let dit = MugDit::load(&random_checkpoint(&keys, dtype, dev, dev)?, &c)?;
+            let dit = random_model(|k| MugDit::load(k, &c), dtype, dev, dev)?;
             let x = randn(&[2, c.in_channels, t, h, w], dtype, dev)?;
             let y = randn(&[2, 1, 300, c.text_dim], dtype, dev)?;
             let x_mask = vec![(0..t).map(|i| i > 0).collect::<Vec<_>>(); 2];
@@ -178,16 +186,14 @@ fn bench(a: &Args, what: &str, p: &I2vPlacement) -> Result<(), Box<dyn std::erro
         }
         "vae-encode" => {
             let c = MugVaeConfig::mugv();
-            let keys = model_keys(|k| MugVae::load(k, &c))?;
-            let vae = MugVae::load(&random_checkpoint(&keys, dtype, dev, dev)?, &c)?;
+            let vae = random_model(|k| MugVae::load(k, &c), dtype, dev, dev)?;
             let video = randn(&[1, 3, 105, 720, 1280], dtype, dev)?;
             let (secs, peak) = time_runs(dev, a.iters, || vae.encode(&video, None).map(|_| ()))?;
             (secs, peak, None)
         }
         "t5" => {
             let c = T5Config::xxl();
-            let keys = model_keys(|k| T5Encoder::load(k, &c))?;
-            let t5 = T5Encoder::load(&random_checkpoint(&keys, dtype, dev, dev)?, &c)?;
+            let t5 = random_model(|k| T5Encoder::load(k, &c), dtype, dev, dev)?;
             let ids: Vec<i64> = (0..64 * 300).map(|i| (i * 7919 + 13) % 32000).collect();
             let ids = Tensor::from_vec(ids, (64, 300), dev)?;
             let mask = Tensor::ones((64, 300), DType::I64, dev)?;
@@ -255,13 +261,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let t = Instant::now();
     let (models, peak) = with_peak_memory(|| -> Result<I2vModels, Box<dyn std::error::Error>> {
-        let dit_keys = model_keys(|c| MugDit::load(c, &dit_c))?;
-        let dit = MugDit::load(&random_checkpoint(&dit_keys, dtype, &p.device, &p.device)?, &dit_c)?;
-        let vae_keys = model_keys(|c| MugVae::load(c, &vae_c))?;
-        let vae = MugVae::load(&random_checkpoint(&vae_keys, dtype, &p.device, &p.device)?, &vae_c)?;
-        let t5_keys = model_keys(|c| T5Encoder::load(c, &t5_c))?;
+        let dit = random_model(|c| MugDit::load(c, &dit_c), dtype, &p.device, &p.device)?;
+        let vae = random_model(|c| MugVae::load(c, &vae_c), dtype, &p.device, &p.device)?;
         // Made on the GPU (a fast generator), served to T5 on its own device.
-        let t5 = T5Encoder::load(&random_checkpoint(&t5_keys, DType::F32, &p.device, &p.t5_device)?, &t5_c)?;
+        let t5 = random_model(|c| T5Encoder::load(c, &t5_c), DType::F32, &p.device, &p.t5_device)?;
         let tokenizer = T5Tokenizer::from_file(&a.tokenizer, t5_c.max_length)?;
         sync()?;
         Ok(I2vModels::new(dit, vae, t5, tokenizer))
