@@ -71,11 +71,9 @@ fn the_curate_manifest_writes_one_row_per_kept_clip() {
 
     // Tensors, keyed `<id>/<name>`, with the shapes the rows announce.
     let mut seen = 0;
-    for shard in std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()) {
-        if !shard.to_string_lossy().ends_with(".safetensors") {
-            continue;
-        }
-        let bytes = std::fs::read(&shard).unwrap();
+    for shard in common::committed_shards(&out) {
+        let Some(file) = shard.tensor_file else { continue };
+        let bytes = std::fs::read(out.join(file)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for r in rows.iter().filter(|r| st.names().iter().any(|n| **n == format!("{}/latent", r["id"]))) {
             let id = &r["id"];
@@ -157,7 +155,10 @@ kind = "write"
         assert_eq!(info.frame_count, r["export_frames"].parse::<i64>().unwrap());
         assert!((info.frame_count as f64 - clip_s * 10.0).abs() <= 1.0, "{r:?} {info:?}");
     }
-    let clips = std::fs::read_dir(out.join("clips")).unwrap().count();
+    // clips/<attempt>/<id>.mp4: one attempt folder, one file per row.
+    let attempts: Vec<_> = std::fs::read_dir(out.join("clips")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    let clips = std::fs::read_dir(&attempts[0]).unwrap().count();
     assert_eq!(clips, rows.len(), "one file per row");
     let errors = common::error_rows(&out);
     assert!(errors.iter().any(|e| e.0 == "truncated"), "{errors:?}");

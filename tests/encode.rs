@@ -83,7 +83,7 @@ fn the_megatron_export_loads_in_pytorch() {
     assert_eq!(lines.next(), Some("sample_id,source,latent_path,text_feat_path"));
     let listed: Vec<&str> = lines.collect();
     let mut expected: Vec<String> =
-        rows.iter().map(|r| format!("{0},real,latents/{0}.pt,text_features/{0}_text.pt", r["sample_id"])).collect();
+        rows.iter().map(|r| format!("{},real,{},{}", r["sample_id"], r["latent_path"], r["text_feat_path"])).collect();
     expected.sort();
     assert_eq!(listed, expected);
 
@@ -120,11 +120,9 @@ print(json.dumps(out))
 /// Every `<id>/<name>` tensor of a native dataset: (dtype, shape, bytes).
 fn tensors(out: &Path, name: &str) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
     let mut all = BTreeMap::new();
-    for file in std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()) {
-        if !file.to_string_lossy().ends_with(".safetensors") {
-            continue;
-        }
-        let bytes = std::fs::read(&file).unwrap();
+    for shard in common::committed_shards(out) {
+        let Some(file) = shard.tensor_file else { continue };
+        let bytes = std::fs::read(out.join(file)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for (key, t) in st.tensors() {
             if let Some(id) = key.strip_suffix(&format!("/{name}")) {

@@ -148,8 +148,8 @@ fn flaky_object_store_requests_are_retried_and_nothing_is_lost() {
     let mut ids = rt.block_on(async {
         let loc = pipeline::io::Location::parse("s3://mugflow/flaky").unwrap();
         let mut ids = Vec::new();
-        for e in pipeline::journal::load(&loc).await.unwrap().values() {
-            let t = pipeline::inspect::read_table_summary(&loc, &e.files[0]).await.unwrap();
+        for e in pipeline::version::latest(&loc).await.unwrap().unwrap().shards {
+            let t = pipeline::inspect::read_table_summary(&loc, &e.table).await.unwrap();
             ids.extend(t.rows.into_iter().map(|r| r["id"].clone()));
         }
         ids

@@ -89,11 +89,121 @@ fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
         assert_eq!(r["seed"], seed, "rows without a seed take the default");
     }
 
-    // Re-running skips every committed row: nothing is generated twice.
+    // Re-running generates nothing twice: the 3 videos are carried over, only the 2 rows that
+    // failed are tried again (and fail again).
+    let before = common::tree(&out.join("videos"));
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("nothing to do: all 1 shard(s)") && err.contains("are committed"), "{err}");
+    assert!(err.contains("2 new, 0 changed, 3 unchanged (carried over), 0 removed (against version 1)"), "{err}");
     assert_eq!(written_ids(&out).len(), 3);
+    assert_eq!(error_rows(&out).len(), 2);
+    assert_eq!(common::tree(&out.join("videos")), before);
+}
+
+/// The nightly catalog: the next night's catalog has 2 new rows, 1 changed prompt, 1 replaced
+/// image (same path, new bytes) and 1 removed row, and a different shard size. Exactly those 4
+/// rows are generated into a new version of 7 rows; the other videos are carried over untouched
+/// (same bytes, same modification time), and version 1 stays readable.
+#[test]
+fn the_next_nights_catalog_generates_only_new_and_changed_rows_into_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let night1 = "a,images/coffee.png,Product a,1,,\nb,images/chelsea.webp,Product b,2,,\n\
+                  c,images/rocket.jpg,Product c,3,,\nd,images/astronaut.png,Product d,4,,\n\
+                  e,images/grace_hopper.jpg,Product e,5,,\nf,images/mugv_sample_vase.png,Product f,6,,\n";
+    let cat = catalog(dir.path(), night1);
+    let out = dir.path().join("out");
+    let args = generate_args(&cat, &out, &["job.shard_size=2".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("6 new, 0 changed, 0 unchanged (carried over), 0 removed (new dataset)"), "{err}");
+    let v1: std::collections::BTreeMap<String, String> =
+        common::rows(&out).into_iter().map(|r| (r["id"].clone(), r["video_file"].clone())).collect();
+    assert_eq!(v1.len(), 6);
+    let stat = |f: &str| {
+        let p = out.join(f);
+        (std::fs::read(&p).unwrap(), std::fs::metadata(&p).unwrap().modified().unwrap())
+    };
+    let before: Vec<_> = v1.values().map(|f| stat(f)).collect();
+
+    // The next night: d's image replaced in place, b's prompt changed, f gone, g and h new.
+    std::fs::copy(dir.path().join("images/rocket.jpg"), dir.path().join("images/astronaut.png")).unwrap();
+    let night2 = "a,images/coffee.png,Product a,1,,\nb,images/chelsea.webp,Product b in red,2,,\n\
+                  c,images/rocket.jpg,Product c,3,,\nd,images/astronaut.png,Product d,4,,\n\
+                  e,images/grace_hopper.jpg,Product e,5,,\ng,images/coffee.png,Product g,7,,\n\
+                  h,images/chelsea.webp,Product h,8,,\n";
+    std::fs::write(&cat, format!("id,image,prompt,seed,aspect,length\n{night2}")).unwrap();
+    let args = generate_args(&cat, &out, &["job.shard_size=3".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 new, 2 changed, 3 unchanged (carried over), 1 removed (against version 1)"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["stages"][1]["items_in"], 4, "exactly 4 rows generated: {report}");
+    assert_eq!((report["base_version"].as_u64(), report["version"].as_u64()), (Some(1), Some(2)));
+
+    let v2: std::collections::BTreeMap<String, String> =
+        common::rows(&out).into_iter().map(|r| (r["id"].clone(), r["video_file"].clone())).collect();
+    assert_eq!(v2.keys().collect::<Vec<_>>(), ["a", "b", "c", "d", "e", "g", "h"]);
+    for id in ["a", "c", "e"] {
+        assert_eq!(v2[id], v1[id], "{id} is carried over");
+    }
+    for id in ["b", "d"] {
+        assert_ne!(v2[id], v1[id], "{id} is generated again, into a new file");
+    }
+    // Nothing of version 1 was rewritten, and version 1 still reads as it was.
+    assert_eq!(v1.values().map(|f| stat(f)).collect::<Vec<_>>(), before);
+    let (code, stdout, _) = run(&["inspect", out.to_str().unwrap(), "--diff", "1", "2"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("v1 -> v2: 2 added, 1 removed, 2 changed, 3 unchanged"), "{stdout}");
+    assert!(stdout.contains("removed  f") && stdout.contains("changed  d"), "{stdout}");
+    let (_, stdout, _) = run(&["inspect", out.to_str().unwrap()]);
+    assert!(stdout.contains("v1 ") && stdout.contains("v2 "), "{stdout}");
+    let v1_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_versions/v00001.json")).unwrap()).unwrap();
+    let mut v1_ids = Vec::new();
+    for s in v1_index["shards"].as_array().unwrap() {
+        let rows = common::table_rows(&out, s["table"].as_str().unwrap());
+        v1_ids.extend(rows.into_iter().map(|r| r["id"].clone()));
+    }
+    v1_ids.sort();
+    assert_eq!(v1_ids, ["a", "b", "c", "d", "e", "f"]);
+
+    // Vacuum keeps version 2's files and deletes f's video and the replaced ones.
+    let (code, stdout, err) = run(&["vacuum", out.to_str().unwrap(), "--keep", "1", "--older-than", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("deleted version(s) [1]"), "{stdout}");
+    for id in ["b", "d", "f"] {
+        assert!(!out.join(&v1[id]).exists(), "{id}'s old video is vacuumed");
+    }
+    for f in v2.values() {
+        assert!(out.join(f).exists(), "{f} of the kept version stays");
+    }
+    let mut ids = written_ids(&out);
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c", "d", "e", "g", "h"]);
+}
+
+/// Two ids that differ only in characters a file name cannot hold get two files.
+#[test]
+fn ids_that_sanitise_alike_get_two_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "p/1,images/coffee.png,Product one,1,,\np_1,images/rocket.jpg,Product two,2,,\n");
+    let out = dir.path().join("out");
+    let args = generate_args(&cat, &out, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let rows = common::rows(&out);
+    assert_eq!(rows.len(), 2);
+    assert_ne!(rows[0]["video_file"], rows[1]["video_file"]);
+    for r in &rows {
+        assert_eq!(ffprobe(&out.join(&r["video_file"])).0, 17, "{r:?}");
+    }
+    assert_ne!(
+        std::fs::read(out.join(&rows[0]["video_file"])).unwrap(),
+        std::fs::read(out.join(&rows[1]["video_file"])).unwrap()
+    );
 }
 
 /// `--enhance`: generate -> decode -> enhance -> encode on tiny weights; bad rows are still error
@@ -163,26 +273,27 @@ fn a_generation_killed_mid_way_resumes_with_every_row_exactly_once() {
     let out = dir.path().join("out");
     let args = generate_args(&cat, &out, &sets);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let journal = out.join("_journal");
     let mut child = mugflow(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let start = Instant::now();
-    let committed = |p: &Path| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
-    while committed(&journal) < 3 {
+    while common::journal_entries(&out) < 3 {
         assert!(start.elapsed() < Duration::from_secs(300), "no shard committed");
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(committed(&journal) < 16, "the run finished before it was killed; nothing was tested");
+    assert!(common::journal_entries(&out) < 16, "the run finished before it was killed; nothing was tested");
 
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     let ids = written_ids(&out);
     let expected: Vec<String> = (0..16).map(|i| format!("row-{i:02}")).collect();
     assert_eq!(ids, expected, "every row exactly once");
-    let mut videos: Vec<String> = std::fs::read_dir(out.join("videos"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+    // After a vacuum of what the killed attempt left, exactly one video per row is left.
+    let (code, _, err) = run(&["vacuum", out.to_str().unwrap(), "--older-than", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    let mut videos: Vec<String> = common::tree(&out.join("videos"))
+        .into_iter()
+        .map(|(name, _)| name.rsplit('/').next().unwrap().to_string())
         .collect();
     videos.sort();
     assert_eq!(videos, expected.iter().map(|i| format!("{i}.mp4")).collect::<Vec<_>>());
@@ -218,4 +329,43 @@ fn gpus_runs_one_worker_per_listed_gpu_over_disjoint_shards() {
         .filter(|n| n.starts_with("report-rank-"))
         .collect();
     assert_eq!(reports.len(), 2, "one report per worker: {reports:?}");
+}
+
+/// The README's "try the whole chain" commands, as written and in order, in a fresh directory
+/// holding only the bundled catalog (what a new clone has): they work, and run again they
+/// carry every video over.
+#[test]
+fn the_readme_demo_runs_on_a_fresh_checkout_twice() {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let commands: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("mugflow models init-tiny") || l.starts_with("mugflow generate --catalog tests/data"))
+        .collect();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("tests/data/catalog");
+    std::fs::create_dir_all(catalog.join("images")).unwrap();
+    for f in ["catalog.csv", "images"] {
+        let from = common::root().join("tests/data/catalog").join(f);
+        if from.is_dir() {
+            for e in std::fs::read_dir(&from).unwrap() {
+                let p = e.unwrap().path();
+                std::fs::copy(&p, catalog.join("images").join(p.file_name().unwrap())).unwrap();
+            }
+        } else {
+            std::fs::copy(&from, catalog.join(f)).unwrap();
+        }
+    }
+    for (round, expect) in [(1, "7 new, 0 changed, 0 unchanged"), (2, "0 new, 0 changed, 7 unchanged")] {
+        for c in &commands {
+            let args: Vec<&str> = c.split_whitespace().skip(1).collect();
+            let out = mugflow(&args).current_dir(dir.path()).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "round {round}: {c}: {err}");
+            if args[0] == "generate" {
+                assert!(err.contains(expect), "round {round}: {err}");
+            }
+        }
+    }
+    assert_eq!(written_ids(&dir.path().join("out/demo")).len(), 7);
 }

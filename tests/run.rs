@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{big_listing, error_rows, manifest, mugflow, probe_job as job, run, written_ids};
@@ -32,13 +31,15 @@ fn demo_runs_end_to_end_and_a_rerun_changes_nothing() {
     let before = common::tree(&out);
     let (code, _, err) = run(&["run", "manifests/demo.toml", "--set", &set]);
     assert_eq!(code, 0);
-    assert!(err.contains("nothing to do: all 3 shard(s)"), "{err}");
+    assert!(err.contains("0 new, 0 changed, 10 unchanged (carried over), 0 removed (against version 1)"), "{err}");
+    assert!(err.contains("nothing to do: version 1 of"), "{err}");
     assert_eq!(common::tree(&out), before, "a rerun of a finished job must not touch the output");
 
     let (code, stdout, _) = run(&["inspect", out.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(stdout.contains("items     10") && stdout.contains("duration_s           float"), "{stdout}");
-    let (code, stdout, _) = run(&["inspect", out.join("shard-00000.parquet").to_str().unwrap()]);
+    let first = index["shards"][0]["table"].as_str().unwrap();
+    let (code, stdout, _) = run(&["inspect", out.join(first).to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(stdout.contains("rows      4"), "{stdout}");
 }
@@ -74,44 +75,42 @@ fn a_run_killed_mid_way_resumes_with_every_item_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let n = 600;
     let m = job(dir.path(), &big_listing(dir.path(), n), 3, "");
-    let journal = dir.path().join("out/_journal");
+    let out = dir.path().join("out");
     let mut child = mugflow(&["run", m.to_str().unwrap(), "--progress", "none"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    let committed = |p: &Path| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
-    while committed(&journal) < 5 {
+    while common::journal_entries(&out) < 5 {
         assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let at_kill = committed(&journal);
+    let at_kill = common::journal_entries(&out);
     assert!(at_kill < n / 3, "the run finished before it was killed; nothing was tested");
 
     let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(&format!("{} skipped (of 200)", at_kill)) || err.contains("skipped (of 200)"), "{err}");
-    let mut ids = written_ids(&dir.path().join("out"));
+    let mut ids = written_ids(&out);
     assert_eq!(ids.len(), n, "every input exactly once");
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n, "no duplicates");
 
-    // The journal is consistent: every entry's files exist, and nothing else is left over.
-    let out = dir.path().join("out");
-    let mut expected: Vec<String> = vec!["index.json".into(), "report.json".into()];
-    for e in std::fs::read_dir(&journal).unwrap() {
-        let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
-        for f in entry["files"].as_array().unwrap() {
-            expected.push(f.as_str().unwrap().to_string());
-        }
+    // The version is consistent: every file it names exists, and after a vacuum of what the
+    // killed attempt left nothing else is there.
+    let (code, _, err) = run(&["vacuum", out.to_str().unwrap(), "--older-than", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    let mut expected: Vec<String> = Vec::new();
+    for s in common::committed_shards(&out) {
+        expected.extend(s.files);
     }
-    let mut actual: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n != "_journal")
+    let mut actual: Vec<String> = common::tree(&out)
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| n.contains('/') && !n.starts_with('_'))
         .collect();
     expected.sort();
     actual.sort();
@@ -139,13 +138,13 @@ fn stop_and_resume(signal: i32, exit_code: i32, name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let n = 600;
     let m = job(dir.path(), &big_listing(dir.path(), n), 3, "");
-    let journal = dir.path().join("out/_journal");
+    let out_dir = dir.path().join("out");
     let child = mugflow(&["run", m.to_str().unwrap(), "--progress", "none"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0) < 3 {
+    while common::journal_entries(&out_dir) < 3 {
         assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -161,16 +160,10 @@ fn stop_and_resume(signal: i32, exit_code: i32, name: &str) {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("out/report.json")).unwrap()).unwrap();
     assert_eq!(report["status"], "interrupted");
-    // Only committed shards' files exist.
-    let committed: Vec<String> = std::fs::read_dir(&journal)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().replace(".json", ""))
-        .collect();
-    for e in std::fs::read_dir(dir.path().join("out")).unwrap() {
-        let name = e.unwrap().file_name().to_string_lossy().to_string();
-        if let Some(stem) = name.strip_suffix(".errors.parquet").or(name.strip_suffix(".parquet")) {
-            assert!(committed.contains(&stem.to_string()), "{name} belongs to no committed shard");
-        }
+    // Only committed shards' files exist: an interrupted shard leaves nothing behind.
+    let committed: Vec<String> = common::committed_shards(&out_dir).into_iter().flat_map(|s| s.files).collect();
+    for (name, _) in common::tree(&out_dir.join("shards")) {
+        assert!(committed.contains(&format!("shards/{name}")), "{name} belongs to no committed shard");
     }
     let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
     assert_eq!(code, 0, "{err}");
@@ -200,10 +193,7 @@ fn too_many_failures_abort_the_job_with_a_clear_message() {
         "{err}"
     );
     assert!(err.contains("hint: look at the error tables"), "{err}");
-    assert!(
-        !dir.path().join("out/_journal").exists()
-            || std::fs::read_dir(dir.path().join("out/_journal")).unwrap().count() == 0
-    );
+    assert_eq!(common::journal_entries(&dir.path().join("out")), 0);
 }
 
 #[test]
@@ -241,16 +231,16 @@ fn workers_balancing_with_leases_share_the_job_and_take_over_a_killed_workers_sh
             .unwrap()
     };
     let mut victim = spawn("2");
-    let journal = dir.path().join("out/_journal");
     let start = Instant::now();
-    while std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0) < 3 {
+    while common::journal_entries(&dir.path().join("out")) < 3 {
         assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
         std::thread::sleep(Duration::from_millis(5));
     }
     // The victim dies holding a lease; the others take its shard over once the lease expires.
     victim.kill().unwrap();
     victim.wait().unwrap();
-    let held = std::fs::read_dir(dir.path().join("out/_leases")).map(|d| d.count()).unwrap_or(0);
+    let leases = dir.path().join("out/_leases");
+    let held = if leases.exists() { common::tree(&leases).len() } else { 0 };
     assert!(held >= 1, "the killed worker held no lease; the takeover was not tested");
     let (a, b) = (spawn("0"), spawn("1"));
     for w in [a, b] {
@@ -267,26 +257,38 @@ fn workers_balancing_with_leases_share_the_job_and_take_over_a_killed_workers_sh
     assert_eq!(index["items"], n);
 }
 
-/// 20 runs killed at pseudo-random moments (a fixed seed, so failures reproduce), each resumed:
-/// no item is ever lost or duplicated.
+/// 20 incremental runs killed at pseudo-random moments (a printed seed, so failures reproduce):
+/// each output first holds version 1 over 250 items, then a run over 300 is SIGKILLed and run
+/// again. No item is lost or duplicated, and no file a journal entry named at the kill is ever
+/// changed by the later attempt.
 #[test]
-fn twenty_runs_killed_at_random_moments_lose_and_duplicate_nothing() {
+fn twenty_incremental_runs_killed_at_random_moments_lose_duplicate_and_overwrite_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let n = 300;
     let listing = big_listing(dir.path(), n);
-    let mut seed: u64 = 0x5eed_2026;
+    let csv = std::fs::read_to_string(dir.path().join("listing.csv")).unwrap();
+    let first: String = csv.lines().take(251).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join("first.csv"), first).unwrap();
+    let first = listing.replace("listing.csv", "first.csv");
+    let mut seed: u64 = std::env::var("MUGFLOW_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_2026);
+    eprintln!("kill seed {seed} (MUGFLOW_KILL_SEED replays it)");
     for round in 0..20 {
-        // xorshift64: a fixed, reproducible sequence of kill delays between 0 and 1.5 s.
+        // xorshift64: a reproducible sequence of kill delays between 0 and 1.5 s.
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = Duration::from_millis(seed % 1500);
         let out = dir.path().join(format!("out{round}"));
-        let text = format!(
-            "[job]\nname = \"t\"\ninput = {listing}\noutput = \"{}\"\nshard_size = 4\n\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
-            out.display()
-        );
-        let m = manifest(dir.path(), &format!("job{round}.toml"), &text);
+        let text = |input: &str| {
+            format!(
+                "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}\"\nshard_size = 4\n\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
+                out.display()
+            )
+        };
+        let m1 = manifest(dir.path(), &format!("first{round}.toml"), &text(&first));
+        let (code, _, err) = run(&["run", m1.to_str().unwrap(), "--progress", "none"]);
+        assert_eq!(code, 0, "round {round}: {err}");
+        let m = manifest(dir.path(), &format!("job{round}.toml"), &text(&listing));
         let mut child = mugflow(&["run", m.to_str().unwrap(), "--progress", "none"])
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -294,14 +296,97 @@ fn twenty_runs_killed_at_random_moments_lose_and_duplicate_nothing() {
         std::thread::sleep(delay);
         let _ = child.kill();
         child.wait().unwrap();
+        let named: Vec<String> = common::tree(&out.join("_journal"))
+            .into_iter()
+            .flat_map(|(_, entry)| {
+                let e: pipeline::journal::ShardEntry = serde_json::from_slice(&entry).unwrap();
+                e.files
+            })
+            .collect();
+        let at_kill: Vec<(String, Vec<u8>)> =
+            named.iter().map(|f| (f.clone(), std::fs::read(out.join(f)).unwrap())).collect();
         let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
-        assert_eq!(code, 0, "round {round} (killed after {delay:?}): {err}");
+        let why = format!("round {round} (seed {seed}, killed after {delay:?})");
+        assert_eq!(code, 0, "{why}: {err}");
         let mut ids = written_ids(&out);
-        assert_eq!(ids.len(), n, "round {round} (killed after {delay:?}): items lost or duplicated");
+        assert_eq!(ids.len(), n, "{why}: items lost or duplicated");
         ids.sort();
         ids.dedup();
-        assert_eq!(ids.len(), n, "round {round} (killed after {delay:?}): duplicates");
+        assert_eq!(ids.len(), n, "{why}: duplicates");
+        for (f, bytes) in &at_kill {
+            assert_eq!(&std::fs::read(out.join(f)).unwrap(), bytes, "{why}: {f} was rewritten");
+        }
     }
+}
+
+/// A corpus that grew: the second run over 6 + 2 videos decodes only the 2 new ones, and a
+/// changed shard size between the runs is fine.
+#[test]
+fn a_grown_corpus_probes_only_the_new_videos() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut videos: Vec<_> = std::fs::read_dir(common::videos()).unwrap().map(|e| e.unwrap().path()).collect();
+    videos.sort();
+    let list = |n: usize| videos[..n].iter().map(|v| format!("{}\n", v.display())).collect::<String>();
+    let input = format!("{{ list = \"{}/inputs.txt\" }}", dir.path().display());
+    std::fs::write(dir.path().join("inputs.txt"), list(6)).unwrap();
+    let m = job(dir.path(), &input, 4, "");
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(dir.path().join("inputs.txt"), list(8)).unwrap();
+    let m = job(dir.path(), &input, 3, "");
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 new, 0 changed, 6 unchanged (carried over), 0 removed (against version 1)"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/report.json")).unwrap()).unwrap();
+    assert_eq!(report["stages"][0]["items_in"], 2, "{report}");
+    assert_eq!(written_ids(&dir.path().join("out")).len(), 8);
+}
+
+/// Two workers with leases; one is paused (SIGSTOP) holding a shard past its lease, the other
+/// takes the shard over and commits it. When the paused one resumes and finishes, the files of
+/// every shard the other committed are byte for byte what they were.
+#[test]
+fn a_worker_paused_past_its_lease_never_overwrites_the_shard_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 600;
+    let m = job(dir.path(), &big_listing(dir.path(), n), 4, "balance = \"leases\"\nlease_ttl = \"1s\"\n");
+    let out = dir.path().join("out");
+    let spawn = |rank: &str| {
+        mugflow(&["run", m.to_str().unwrap(), "--progress", "none", "--rank", rank, "--world", "2"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let sleeper = spawn("0");
+    let leases = out.join("_leases");
+    let start = Instant::now();
+    while common::journal_entries(&out) < 2 || !leases.exists() || common::tree(&leases).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: plain libc calls on a child we own.
+    assert_eq!(unsafe { libc_kill(sleeper.id() as i32, 19) }, 0); // SIGSTOP
+    let held = common::tree(&leases).len();
+    assert!(held >= 1, "the paused worker held no lease; nothing was tested");
+    std::thread::sleep(Duration::from_millis(1500)); // past its lease
+    let other = spawn("1").wait_with_output().unwrap();
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    let committed: Vec<(String, Vec<u8>)> = common::committed_shards(&out)
+        .into_iter()
+        .flat_map(|s| s.files)
+        .map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap()))
+        .collect();
+    assert_eq!(unsafe { libc_kill(sleeper.id() as i32, 18) }, 0); // SIGCONT
+    let paused = sleeper.wait_with_output().unwrap();
+    assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
+    for (f, bytes) in &committed {
+        assert_eq!(&std::fs::read(out.join(f)).unwrap(), bytes, "{f} was rewritten by the paused worker");
+    }
+    let mut ids = written_ids(&out);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
 }
 
 #[test]

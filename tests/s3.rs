@@ -43,17 +43,22 @@ fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
     rt.block_on(async {
         use pipeline::io::Location;
         use pipeline::journal::{commit, load, Commit};
+        use pipeline::version::latest;
         let s3 = Location::parse("s3://mugflow/datasets/demo").unwrap();
         let local = Location::parse(disk.to_str().unwrap()).unwrap();
-        let names = |v: Vec<String>| v.into_iter().filter(|n| n != "report.json").collect::<Vec<_>>();
-        assert_eq!(names(s3.list("").await.unwrap()), names(local.list("").await.unwrap()));
-        for name in ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"] {
-            let a = pipeline::inspect::read_table_summary(&s3, name).await.unwrap();
-            let b = pipeline::inspect::read_table_summary(&local, name).await.unwrap();
-            assert_eq!(a.rows, b.rows, "{name}");
+        assert_eq!(
+            common::comparable_names(s3.list("").await.unwrap()),
+            common::comparable_names(local.list("").await.unwrap())
+        );
+        let (a, b) = (latest(&s3).await.unwrap().unwrap(), latest(&local).await.unwrap().unwrap());
+        assert_eq!(a.shards.len(), 3);
+        for (sa, sb) in a.shards.iter().zip(&b.shards) {
+            let ra = pipeline::inspect::read_table_summary(&s3, &sa.table).await.unwrap();
+            let rb = pipeline::inspect::read_table_summary(&local, &sb.table).await.unwrap();
+            assert_eq!(ra.rows, rb.rows, "{}", sa.table);
         }
         // The commit point is a conditional create on S3 too: a second commit of a shard is refused.
-        let entry = load(&s3).await.unwrap().remove(&0).unwrap();
+        let entry = load(&s3, &a.plan).await.unwrap().remove(&0).unwrap();
         assert_eq!(commit(&s3, &entry).await.unwrap(), Commit::AlreadyCommitted);
     });
 }
@@ -83,13 +88,14 @@ fn leases_races_and_multipart_uploads_work_on_s3() {
         use pipeline::journal::{commit, load, Commit};
         use pipeline::lease::Leases;
         let s3 = Location::parse("s3://mugflow/leased").unwrap();
-        let entries = load(&s3).await.unwrap();
+        let plan = pipeline::version::latest(&s3).await.unwrap().unwrap().plan;
+        let entries = load(&s3, &plan).await.unwrap();
         assert_eq!(entries.len(), 10);
         assert_eq!(entries.values().map(|e| e.items).sum::<usize>(), 10);
 
         // Eight workers racing for one shard's lease: one winner.
         let workers: Vec<Leases> =
-            (0..8).map(|i| Leases::new(s3.clone(), format!("w{i}"), Duration::from_secs(60))).collect();
+            (0..8).map(|i| Leases::new(s3.clone(), "race", format!("w{i}"), Duration::from_secs(60))).collect();
         let claims = futures::future::join_all(workers.iter().map(|w| w.try_claim(99))).await;
         assert_eq!(claims.into_iter().filter_map(Result::unwrap).count(), 1);
         // Two workers committing the same shard at once: one commit, one "already committed".

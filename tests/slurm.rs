@@ -92,10 +92,9 @@ fn srun_tasks_and_a_requeued_array_job_write_every_item_exactly_once() {
     let logs = format!("{}/array-%a-%A.log", b.path().display());
     let job_id = slurm.output("sbatch", &["--parsable", "--requeue", "--array=0-3", "-o", &logs, "--wrap", &wrap]);
     let task1 = format!("{job_id}_1");
-    let journal = b.path().join("out/_journal");
     let start = Instant::now();
     loop {
-        let committed = std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0);
+        let committed = common::journal_entries(&b.path().join("out"));
         let state = slurm.output("squeue", &["-h", "-j", &task1, "-o", "%T"]);
         if committed >= 10 && state == "RUNNING" {
             break;

@@ -24,13 +24,11 @@ async fn run_demo(output: &str) -> pipeline::report::RunReport {
     pipeline::run(&plan, &registry, opts).await.unwrap()
 }
 
-/// Every committed shard's table rows, sorted by id.
+/// The latest version's table rows, sorted by id.
 async fn rows(loc: &Location) -> Vec<std::collections::BTreeMap<String, String>> {
     let mut rows = Vec::new();
-    for e in pipeline::journal::load(loc).await.unwrap().values() {
-        for f in e.files.iter().filter(|f| f.ends_with(".parquet")) {
-            rows.extend(pipeline::inspect::read_table_summary(loc, f).await.unwrap().rows);
-        }
+    for s in pipeline::version::latest(loc).await.unwrap().unwrap().shards {
+        rows.extend(pipeline::inspect::read_table_summary(loc, &s.table).await.unwrap().rows);
     }
     rows.sort_by(|a, b| a["id"].cmp(&b["id"]));
     rows
@@ -47,12 +45,35 @@ async fn an_object_store_output_holds_the_same_dataset_as_a_local_one() {
     let disk_loc = Location::parse(disk.to_str().unwrap()).unwrap();
     let mem_loc = Location::parse("memory://storage-test/datasets/demo").unwrap();
     assert_eq!(rows(&disk_loc).await, rows(&mem_loc).await);
-    let names = |v: Vec<String>| v.into_iter().filter(|n| n != "report.json").collect::<Vec<_>>();
-    assert_eq!(names(disk_loc.list("").await.unwrap()), names(mem_loc.list("").await.unwrap()));
+    assert_eq!(
+        common::comparable_names(disk_loc.list("").await.unwrap()),
+        common::comparable_names(mem_loc.list("").await.unwrap())
+    );
 
     // Resume works the same way on the object store: a second run does nothing.
     let again = run_demo("memory://storage-test/datasets/demo").await;
-    assert_eq!((again.status.as_str(), again.shards_skipped), ("nothing to do", 3));
+    assert_eq!((again.status.as_str(), again.changes.unchanged), ("nothing to do", 10));
+}
+
+/// The README's Python lines read the latest version of a dataset with polars and pyarrow.
+#[test]
+fn the_readmes_python_lines_read_the_latest_version() {
+    let python = std::env::var("MUGFLOW_TEST_PYTHON")
+        .expect("set MUGFLOW_TEST_PYTHON to a Python with polars, pyarrow and safetensors (scripts/test.sh does)");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("videos");
+    tokio::runtime::Runtime::new().unwrap().block_on(run_demo(out.to_str().unwrap()));
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let snippet = readme.split("```python\n").nth(1).and_then(|s| s.split("```").next()).expect("a python block");
+    let snippet = snippet.replace("# pyarrow: ", "").replace("out/videos", &out.display().to_string());
+    let script = format!(
+        "import pyarrow as pa, pyarrow.parquet as pq\n{snippet}\n\
+         t = pa.concat_tables([pq.read_table(f\"{dir}/{{s['table']}}\") for s in index['shards']])\n\
+         assert df.height == 10 and t.num_rows == 10, (df, t)\nprint('readme readers ok')\n",
+        dir = out.display()
+    );
+    let run = std::process::Command::new(python).arg("-c").arg(&script).output().unwrap();
+    assert!(run.status.success(), "{script}\n{}", String::from_utf8_lossy(&run.stderr));
 }
 
 /// Python's polars, pyarrow and safetensors read a shard without conversion.
@@ -66,12 +87,12 @@ fn python_readers_load_a_shard() {
 import sys, json, polars as pl, pyarrow.parquet as pq, numpy as np
 from safetensors import safe_open
 d = sys.argv[1]
-df = pl.read_parquet(f"{d}/shard-00000.parquet")
+df = pl.read_parquet(f"{d}/shards/a1/shard-00000.parquet")
 assert df.height == 2 and df["id"].to_list() == ["clip#0-24", "clip#24-48"], df
 assert df.schema["score"] == pl.Float64 and df.schema["frames"] == pl.Int64, df.schema
-t = pq.read_table(f"{d}/shard-00000.parquet")
+t = pq.read_table(f"{d}/shards/a1/shard-00000.parquet")
 assert t.column("caption").to_pylist() == ["a vase", None]
-with safe_open(f"{d}/shard-00000.safetensors", framework="numpy") as f:
+with safe_open(f"{d}/shards/a1/shard-00000.safetensors", framework="numpy") as f:
     keys = sorted(f.keys())
     assert keys == ["clip#0-24/latent", "clip#0-24/mask", "clip#24-48/latent", "clip#24-48/mask"], keys
     lat = f.get_tensor("clip#24-48/latent")
@@ -87,7 +108,8 @@ print("python readers ok")
 
 fn write_shard_with_tensors(dir: &Path) {
     use pipeline::{DType, Item, ShardSink, Tensor};
-    let mut w = pipeline::format::NativeShardWriter::new(0, dir).unwrap();
+    let target = pipeline::ShardTarget { shard: 0, dir: dir.to_path_buf(), attempt: "a1".into() };
+    let mut w = pipeline::format::NativeShardWriter::new(&target).unwrap();
     for (i, id) in ["clip#0-24", "clip#24-48"].iter().enumerate() {
         let mut item = Item::new(*id);
         item.set("score", 4.5 + i as f64);
@@ -102,4 +124,9 @@ fn write_shard_with_tensors(dir: &Path) {
     }
     let files = Box::new(w).finish(&[]).unwrap();
     assert_eq!(files.files.len(), 2);
+    for (local, name) in files.files {
+        let to = dir.join(name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::rename(local, to).unwrap();
+    }
 }

@@ -31,13 +31,21 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
-    /// The output already holds a journal that disagrees with this job.
+    /// A journal entry or version file is unreadable, or disagrees with this job.
     #[error("the journal at {location} does not match this job: {detail}")]
     JournalMismatch {
         /// Output location.
         location: String,
         /// What differs.
         detail: String,
+    },
+    /// Another run committed the version this run was about to commit.
+    #[error("version {version} of the dataset was committed by another run first ({location})")]
+    VersionConflict {
+        /// The version file.
+        location: String,
+        /// The version number both runs built.
+        version: u64,
     },
     /// A stage could not be built (model missing, bad device, ...).
     #[error("stage {position} (`{kind}`) could not start: {message}")]
@@ -84,8 +92,11 @@ impl PipelineError {
             ),
             PipelineError::Interrupted(..) => Some("run the same command again to resume".into()),
             PipelineError::JournalMismatch { .. } => {
-                Some("the inputs or shard_size changed since the first run: write to a new output, or restore them".into())
+                Some("a damaged journal or version file: the message says which file and what to do".into())
             }
+            PipelineError::VersionConflict { .. } => Some(
+                "two runs wrote to the same output at once; run again: the next run builds on the new version and redoes only what changed".into(),
+            ),
             PipelineError::Storage { .. } => Some(
                 "check the path or URL; cloud credentials are read from the environment (AWS_*, GOOGLE_*, AZURE_*)".into(),
             ),

@@ -13,46 +13,50 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::ShardEntry;
-use crate::stage::{ShardFiles, ShardSink};
+use crate::stage::{ShardFiles, ShardSink, ShardTarget};
+use crate::version::Changes;
 use crate::{DType, ErrorRecord, FieldType, Item, PipelineError, StageError, Value};
 
-/// Name of a shard's metadata table.
-pub fn table_name(shard: usize) -> String {
-    format!("shard-{shard:05}.parquet")
+/// Name of a shard's metadata table under `prefix` (the attempt's folder, see [`ShardTarget`]).
+pub fn table_name(prefix: &str, shard: usize) -> String {
+    format!("{prefix}/shard-{shard:05}.parquet")
 }
 
-/// Name of a shard's tensor file.
-pub fn tensors_name(shard: usize) -> String {
-    format!("shard-{shard:05}.safetensors")
+/// Name of a shard's tensor file under `prefix`.
+pub fn tensors_name(prefix: &str, shard: usize) -> String {
+    format!("{prefix}/shard-{shard:05}.safetensors")
 }
 
-/// Name of a shard's error table.
-pub fn errors_name(shard: usize) -> String {
-    format!("shard-{shard:05}.errors.parquet")
+/// Name of a shard's error table under `prefix`.
+pub fn errors_name(prefix: &str, shard: usize) -> String {
+    format!("{prefix}/shard-{shard:05}.errors.parquet")
 }
 
 /// Writes one shard in the native format; tensors are spooled to disk as items arrive.
 pub struct NativeShardWriter {
     shard: usize,
     dir: PathBuf,
+    prefix: String,
     rows: Vec<(String, BTreeMap<String, Value>)>,
     spool: BufWriter<File>,
     spool_path: PathBuf,
     spooled: Vec<(String, DType, Vec<usize>, usize, usize)>,
     offset: usize,
-    /// Items' files to publish with the shard: (local path, output name).
-    files: Vec<(PathBuf, String)>,
+    /// Items' files to publish with the shard: (local path, output name, row id).
+    files: Vec<(PathBuf, String, String)>,
 }
 
 impl NativeShardWriter {
-    /// Start a shard in a local scratch directory.
-    pub fn new(shard: usize, dir: &Path) -> Result<Self, PipelineError> {
+    /// Start a shard in its local scratch directory.
+    pub fn new(target: &ShardTarget) -> Result<Self, PipelineError> {
+        let (shard, dir) = (target.shard, target.dir.as_path());
         let spool_path = dir.join(format!("shard-{shard:05}.spool"));
         let spool = File::create(&spool_path)
             .map_err(|e| PipelineError::io(format!("cannot create {}", spool_path.display()), e))?;
         Ok(NativeShardWriter {
             shard,
             dir: dir.to_path_buf(),
+            prefix: target.prefix(),
             rows: Vec::new(),
             spool: BufWriter::new(spool),
             spool_path,
@@ -105,7 +109,7 @@ impl ShardSink for NativeShardWriter {
             self.spooled.push((format!("{}/{name}", item.id), t.dtype, t.shape.clone(), self.offset, end));
             self.offset = end;
         }
-        self.files.extend(item.files.into_iter().map(|(name, local)| (local, name)));
+        self.files.extend(item.files.into_iter().map(|(name, local)| (local, name, item.id.clone())));
         self.rows.push((item.id, item.fields));
         Ok(())
     }
@@ -114,36 +118,51 @@ impl ShardSink for NativeShardWriter {
         let mut out = ShardFiles { items: self.rows.len(), ..Default::default() };
         // Workers finish items in any order; sorting makes a shard's table the same on every run.
         self.rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let table = self.dir.join(table_name(self.shard));
+        let table_file = table_name(&self.prefix, self.shard);
+        let table = self.dir.join(local_name(&table_file));
         let (mut df, fields) =
             rows_frame(&self.rows).map_err(|e| PipelineError::Write { shard: self.shard, message: e.to_string() })?;
         write_parquet(&mut df, &table, self.shard)?;
-        out.files.push((table, table_name(self.shard)));
+        out.files.push((table, table_file.clone()));
+        out.table = table_file;
         out.fields = fields;
         if !self.spooled.is_empty() {
-            let path = self.dir.join(tensors_name(self.shard));
+            let name = tensors_name(&self.prefix, self.shard);
+            let path = self.dir.join(local_name(&name));
             self.write_tensors(&path)?;
-            out.files.push((path, tensors_name(self.shard)));
+            out.files.push((path, name.clone()));
+            out.tensor_file = Some(name);
             let mut names: Vec<String> =
                 self.spooled.iter().filter_map(|(k, ..)| k.rsplit_once('/').map(|(_, n)| n.to_string())).collect();
             names.sort();
             names.dedup();
             out.tensors = names;
         }
-        if let Some(f) = write_error_table(errors, &self.dir, self.shard)? {
+        if let Some(f) = write_error_table(errors, &self.dir, &errors_name(&self.prefix, self.shard), self.shard)? {
+            out.error_file = Some(f.1.clone());
             out.files.push(f);
         }
         self.files.sort_by(|a, b| a.1.cmp(&b.1));
-        out.files.append(&mut self.files);
+        for (local, name, row) in self.files {
+            out.row_files.push((row, name.clone()));
+            out.files.push((local, name));
+        }
         let _ = std::fs::remove_file(&self.spool_path);
         Ok(out)
     }
 }
 
-/// Write the shard's error records as `shard-XXXXX.errors.parquet`; `None` when there are none.
+/// The local scratch file name of an output name (folders flattened).
+fn local_name(name: &str) -> String {
+    name.replace('/', "__")
+}
+
+/// Write the shard's error records under the output name `name` (staged in `dir`); `None` when
+/// there are none.
 pub fn write_error_table(
     errors: &[ErrorRecord],
     dir: &Path,
+    name: &str,
     shard: usize,
 ) -> Result<Option<(PathBuf, String)>, PipelineError> {
     if errors.is_empty() {
@@ -165,9 +184,9 @@ pub fn write_error_table(
         ],
     )
     .map_err(|e| PipelineError::Write { shard, message: e.to_string() })?;
-    let path = dir.join(errors_name(shard));
+    let path = dir.join(local_name(name));
     write_parquet(&mut df, &path, shard)?;
-    Ok(Some((path, errors_name(shard))))
+    Ok(Some((path, name.to_string())))
 }
 
 fn write_parquet(df: &mut DataFrame, path: &Path, shard: usize) -> Result<(), PipelineError> {
@@ -177,6 +196,22 @@ fn write_parquet(df: &mut DataFrame, path: &Path, shard: usize) -> Result<(), Pi
         .finish(df)
         .map_err(|e| PipelineError::Write { shard, message: format!("{}: {e}", path.display()) })?;
     Ok(())
+}
+
+/// Write the rows of the Parquet table `bytes` whose `id` is in `keep` to `path` (a table carried
+/// into a new dataset version without the rows of removed or changed items); returns the rows.
+pub fn filter_table(
+    bytes: bytes::Bytes,
+    keep: &std::collections::HashSet<&str>,
+    path: &Path,
+) -> Result<usize, PipelineError> {
+    let bad = |e: PolarsError| PipelineError::Write { shard: 0, message: format!("{}: {e}", path.display()) };
+    let df = ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(bad)?;
+    let mask: BooleanChunked =
+        df.column("id").map_err(bad)?.str().map_err(bad)?.iter().map(|v| v.is_some_and(|s| keep.contains(s))).collect();
+    let mut kept = df.filter(&mask).map_err(bad)?;
+    write_parquet(&mut kept, path, 0)?;
+    Ok(kept.height())
 }
 
 /// Build a frame with an `id` column and one column per field (the union over all rows).
@@ -228,16 +263,33 @@ pub fn rows_frame(rows: &[(String, BTreeMap<String, Value>)]) -> PolarsResult<(D
     Ok((DataFrame::new(rows.len(), cols)?, schema))
 }
 
-/// The dataset-level `index.json`: what a reader needs to find every committed shard.
+/// One version of a dataset: what a reader needs to find every row of it. Stored as
+/// `_versions/vNNNNN.json` and mirrored as the root `index.json` for the latest version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetIndex {
     /// Always "mugflow".
     pub format: String,
-    /// Version of this layout.
+    /// Version of this layout (2: versioned datasets with attempt-unique file names).
     pub format_version: u32,
     /// The job that wrote it.
     pub job: String,
-    /// Committed shards in order.
+    /// Dataset version, 1 for the first run's.
+    #[serde(default)]
+    pub version: u64,
+    /// The version this one was built on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
+    /// The plan (new and changed items of the run) that made it.
+    #[serde(default)]
+    pub plan: String,
+    /// When it was committed (RFC 3339, UTC).
+    #[serde(default)]
+    pub created_at: String,
+    /// What changed relative to the parent, in input items.
+    #[serde(default)]
+    pub changes: Changes,
+    /// The shards holding this version's rows: each one's table lists exactly the rows of this
+    /// version (shards carried over with some rows dropped point at a filtered copy).
     pub shards: Vec<ShardEntry>,
     /// Total items written.
     pub items: usize,
@@ -265,15 +317,13 @@ pub struct Lineage {
 }
 
 /// A checkpoint's identity: its path and the sha256 of its bytes (of each file's name and
-/// digest, in name order, for a folder of shards).
+/// digest, in name order, for a folder of shards). Every run needs it (it is part of each item's
+/// content key), so a file's digest is cached by its path, size and modification time under
+/// `$XDG_CACHE_HOME/mugflow/sha256` (or `~/.cache/...`): a 20 GB checkpoint is read once, not
+/// every night.
 pub fn checkpoint_identity(path: &Path) -> Result<serde_json::Value, PipelineError> {
     use sha2::{Digest, Sha256};
     let io = |e| PipelineError::io(format!("cannot read checkpoint {}", path.display()), e);
-    let file_digest = |p: &Path| -> std::io::Result<String> {
-        let mut h = Sha256::new();
-        std::io::copy(&mut File::open(p)?, &mut h)?;
-        Ok(hex::encode(h.finalize()))
-    };
     let sha256 = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(io)?
@@ -284,17 +334,48 @@ pub fn checkpoint_identity(path: &Path) -> Result<serde_json::Value, PipelineErr
         let mut h = Sha256::new();
         for f in files {
             h.update(f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default().as_bytes());
-            h.update(file_digest(&f).map_err(io)?.as_bytes());
+            h.update(cached_digest(&f).map_err(io)?.as_bytes());
         }
         hex::encode(h.finalize())
     } else {
-        file_digest(path).map_err(io)?
+        cached_digest(path).map_err(io)?
     };
     Ok(serde_json::json!({ "path": path.display().to_string(), "sha256": sha256 }))
 }
 
+/// The sha256 of a file, from the digest cache when its path, size and modification time are
+/// those it was computed for.
+fn cached_digest(p: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let meta = std::fs::metadata(p)?;
+    let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let abs = std::fs::canonicalize(p)?;
+    let key = format!("{}\0{}\0{mtime}", abs.display(), meta.len());
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("mugflow/sha256").join(hex::encode(&Sha256::digest(key.as_bytes())[..16])));
+    if let Some(hit) = cache.as_ref().and_then(|c| std::fs::read_to_string(c).ok()) {
+        if hit.len() == 64 && hit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(hit);
+        }
+    }
+    let mut h = Sha256::new();
+    std::io::copy(&mut File::open(p)?, &mut h)?;
+    let digest = hex::encode(h.finalize());
+    if let Some(c) = cache {
+        // Best effort: without a writable cache the digest is computed again next time.
+        let _ = c.parent().map(std::fs::create_dir_all);
+        let tmp = c.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &digest).is_ok() {
+            let _ = std::fs::rename(&tmp, &c);
+        }
+    }
+    Ok(digest)
+}
+
 impl DatasetIndex {
-    /// An index over the given committed shards.
+    /// An index over the given committed shards (version fields left for the caller).
     pub fn new(job: &str, shards: Vec<ShardEntry>, pipeline: Vec<serde_json::Value>) -> Self {
         let mut fields: Vec<(String, FieldType)> = Vec::new();
         let mut tensors: Vec<String> = Vec::new();
@@ -310,8 +391,13 @@ impl DatasetIndex {
         tensors.dedup();
         DatasetIndex {
             format: "mugflow".into(),
-            format_version: 1,
+            format_version: 2,
             job: job.into(),
+            version: 0,
+            parent: None,
+            plan: String::new(),
+            created_at: String::new(),
+            changes: Changes::default(),
             items: shards.iter().map(|s| s.items).sum(),
             errors: shards.iter().map(|s| s.errors).sum(),
             shards,
@@ -331,7 +417,8 @@ mod tests {
     #[test]
     fn shard_round_trips_through_parquet_and_safetensors() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w: Box<dyn ShardSink> = Box::new(NativeShardWriter::new(3, dir.path()).unwrap());
+        let target = ShardTarget { shard: 3, dir: dir.path().to_path_buf(), attempt: "a1".into() };
+        let mut w: Box<dyn ShardSink> = Box::new(NativeShardWriter::new(&target).unwrap());
         for (i, id) in ["a", "b"].iter().enumerate() {
             let mut item = Item::new(*id);
             item.set("n", i as i64);
@@ -354,8 +441,15 @@ mod tests {
         let files = w.finish(&errors).unwrap();
         assert_eq!(
             files.files.iter().map(|f| f.1.as_str()).collect::<Vec<_>>(),
-            ["shard-00003.parquet", "shard-00003.safetensors", "shard-00003.errors.parquet"]
+            [
+                "shards/a1/shard-00003.parquet",
+                "shards/a1/shard-00003.safetensors",
+                "shards/a1/shard-00003.errors.parquet"
+            ]
         );
+        assert_eq!(files.table, "shards/a1/shard-00003.parquet");
+        assert_eq!(files.tensor_file.as_deref(), Some("shards/a1/shard-00003.safetensors"));
+        assert_eq!(files.error_file.as_deref(), Some("shards/a1/shard-00003.errors.parquet"));
         assert_eq!(
             files.fields,
             [("id".into(), FieldType::Str), ("n".into(), FieldType::Int), ("score".into(), FieldType::Float)]

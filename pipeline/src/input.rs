@@ -230,7 +230,7 @@ pub fn parse_table(
 /// The field naming the tensors file of a dataset item's shard.
 pub const DATASET_TENSORS: &str = "dataset_tensors";
 
-/// The rows of a written mugflow dataset (its index.json, then each shard's table) as items:
+/// The rows of a written mugflow dataset (its latest version's index.json, then each shard's table) as items:
 /// ids and fields as written, plus [`DATASET_TENSORS`].
 async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineError> {
     let loc = Location::parse(root)?;
@@ -242,9 +242,8 @@ async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineErr
     let mut items = Vec::new();
     let mut fields: Vec<Field> = Vec::new();
     for shard in &index.shards {
-        let table = crate::format::table_name(shard.shard);
-        let tensors = crate::format::tensors_name(shard.shard);
-        let df = ParquetReader::new(std::io::Cursor::new(loc.read(&table).await?))
+        let table = &shard.table;
+        let df = ParquetReader::new(std::io::Cursor::new(loc.read(table).await?))
             .finish()
             .map_err(|e| bad(format!("{table}: {e}")))?;
         let mut cols = Vec::new();
@@ -256,15 +255,14 @@ async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineErr
             }
             cols.push((name, values));
         }
-        let has_tensors = shard.files.contains(&tensors);
         for row in 0..df.height() {
             let mut f: BTreeMap<String, Value> = cols.iter().map(|(n, v)| (n.clone(), v[row].clone())).collect();
             let id = match f.remove("id") {
                 Some(Value::Str(id)) => id,
                 _ => return Err(bad(format!("{table}: row {row} has no id"))),
             };
-            if has_tensors {
-                f.insert(DATASET_TENSORS.into(), Value::Str(loc.url_of(&tensors)));
+            if let Some(tensors) = &shard.tensor_file {
+                f.insert(DATASET_TENSORS.into(), Value::Str(loc.url_of(tensors)));
             }
             items.push(InputItem { id, fields: f, error: None });
         }

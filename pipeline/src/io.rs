@@ -182,6 +182,29 @@ impl Location {
         Ok(names)
     }
 
+    /// Size, ETag and modification time of an object.
+    pub async fn head(&self, name: &str) -> Result<object_store::ObjectMeta, PipelineError> {
+        self.store.head(&self.key(name)).await.map_err(|e| PipelineError::storage(self.url_of(name), e))
+    }
+
+    /// Every object under `sub` with its size and modification time (names relative to this
+    /// location).
+    pub async fn list_meta(&self, sub: &str) -> Result<Vec<(String, object_store::ObjectMeta)>, PipelineError> {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.key(sub)))
+            .try_collect()
+            .await
+            .map_err(|e| PipelineError::storage(self.url_of(sub), e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.prefix_match(&self.prefix)?.map(|p| p.as_ref().to_string()).collect::<Vec<_>>();
+                Some((name.join("/"), m))
+            })
+            .collect())
+    }
+
     /// Delete an object; a missing object is not an error.
     pub async fn delete(&self, name: &str) -> Result<(), PipelineError> {
         match self.store.delete(&self.key(name)).await {
@@ -190,19 +213,33 @@ impl Location {
         }
     }
 
-    /// Remove upload staging files that a killed process left in a local output directory.
+    /// Remove upload staging files that a killed process left in a local output directory, those
+    /// for which `dead(name relative to the output, age)` says their writer is gone.
     ///
     /// object_store's local backend stages each put as `<name>#<n>` and hides such files from
     /// listings, so they are found with a plain directory walk.
-    pub fn remove_local_staging_files(&self) -> Result<usize, PipelineError> {
-        fn walk(dir: &Path, removed: &mut usize) -> std::io::Result<()> {
+    pub fn remove_local_staging_files(
+        &self,
+        dead: impl Fn(&str, std::time::Duration) -> bool,
+    ) -> Result<usize, PipelineError> {
+        fn walk(
+            base: &Path,
+            dir: &Path,
+            dead: &dyn Fn(&str, std::time::Duration) -> bool,
+            removed: &mut usize,
+        ) -> std::io::Result<()> {
             for entry in std::fs::read_dir(dir)? {
                 let entry = entry?;
                 let path = entry.path();
                 if entry.file_type()?.is_dir() {
-                    walk(&path, removed)?;
+                    walk(base, &path, dead, removed)?;
                 } else if let Some((_, suffix)) = entry.file_name().to_string_lossy().rsplit_once('#') {
-                    if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
+                    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) {
+                        continue;
+                    }
+                    let age = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+                    let rel = path.strip_prefix(base).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                    if dead(&rel, age) {
                         std::fs::remove_file(&path)?;
                         *removed += 1;
                     }
@@ -212,7 +249,8 @@ impl Location {
         }
         let mut removed = 0;
         if let Some(dir) = self.local_dir.as_ref().filter(|d| d.is_dir()) {
-            walk(dir, &mut removed).map_err(|e| PipelineError::io(format!("cannot clean {}", dir.display()), e))?;
+            walk(dir, dir, &dead, &mut removed)
+                .map_err(|e| PipelineError::io(format!("cannot clean {}", dir.display()), e))?;
         }
         Ok(removed)
     }
@@ -295,7 +333,9 @@ mod tests {
         loc.write("a/b.txt", b"hi".to_vec()).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("a/b.txt")).unwrap(), b"hi");
         std::fs::write(dir.path().join("a/b.txt#3"), b"partial").unwrap();
-        assert_eq!(loc.remove_local_staging_files().unwrap(), 1);
+        std::fs::write(dir.path().join("a/c.txt#4"), b"partial").unwrap();
+        assert_eq!(loc.remove_local_staging_files(|name, _| name == "a/b.txt#3").unwrap(), 1);
+        assert!(dir.path().join("a/c.txt#4").exists(), "a live writer's staging file stays");
         assert_eq!(loc.list("a").await.unwrap(), vec!["a/b.txt"]);
     }
 }

@@ -192,6 +192,8 @@ pub struct Item {
     /// output location -> the local file a stage wrote in its scratch directory.
     pub files: BTreeMap<String, PathBuf>,
     pub(crate) shard: usize,
+    /// The input item it came from (set by the executor, kept by [`Item::child`]).
+    pub(crate) input: Option<std::sync::Arc<str>>,
     pub(crate) reservation: Option<Reservation>,
 }
 
@@ -204,6 +206,7 @@ impl Item {
             tensors: BTreeMap::new(),
             files: BTreeMap::new(),
             shard: 0,
+            input: None,
             reservation: None,
         }
     }
@@ -236,6 +239,7 @@ impl Item {
             tensors: BTreeMap::new(),
             files: BTreeMap::new(),
             shard: self.shard,
+            input: self.input.clone(),
             reservation: None,
         }
     }

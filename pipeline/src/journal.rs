@@ -1,7 +1,10 @@
-//! The job journal: one entry per committed shard, created with a conditional put.
+//! The job journal: one entry per committed shard of a plan, created with a conditional put.
 //!
-//! A shard is committed when its entry exists under `_journal/`. Entries are created with
-//! `PutMode::Create`, so the commit point is a single atomic, exclusive write on every backend.
+//! A run works through a *plan* (the new and changed items of one incremental run, cut into
+//! shards; see [`crate::executor`]). A shard of a plan is committed when its entry exists under
+//! `_journal/<plan>/`. Entries are created with `PutMode::Create`, so the commit point is a single
+//! atomic, exclusive write on every backend, and the entry names every file it commits: files
+//! that no entry names (a losing or killed attempt's) are never read.
 
 use std::collections::BTreeMap;
 
@@ -15,20 +18,59 @@ use crate::{FieldType, PipelineError};
 /// Folder of the journal under the output location.
 pub const JOURNAL_DIR: &str = "_journal";
 
+/// An input item that finished without an error in a committed shard: what it was made from and
+/// what it became. The next incremental run carries it over when its content key is unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    /// The input item's id.
+    pub id: String,
+    /// Its content key when it was processed (see `executor::incremental`).
+    pub key: String,
+    /// Ids of the rows it produced; absent when it produced exactly one row with its own id
+    /// (the common case, kept short), empty when every row was filtered out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<String>>,
+    /// Per-item files of its rows (videos, clips, latents), relative to the output location.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+}
+
+impl Done {
+    /// Ids of the rows this input produced.
+    pub fn row_ids(&self) -> Vec<&str> {
+        match &self.rows {
+            Some(rows) => rows.iter().map(String::as_str).collect(),
+            None => vec![self.id.as_str()],
+        }
+    }
+}
+
 /// The record of one committed shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardEntry {
-    /// Shard index.
+    /// The plan this shard belongs to.
+    pub plan: String,
+    /// Shard index within the plan.
     pub shard: usize,
-    /// Hash of the shard's input ids; a re-run with different inputs is detected by it.
+    /// The run attempt that wrote the files (their names contain it).
+    pub attempt: String,
+    /// Hash of the shard's input ids and content keys.
     pub fingerprint: String,
     /// Input items in the shard.
     pub inputs: usize,
-    /// Items written (after fan-out and filters).
+    /// Rows written (after fan-out and filters).
     pub items: usize,
     /// Items that became error records.
     pub errors: usize,
-    /// Files of the shard, relative to the output location.
+    /// The metadata table (Parquet), relative to the output location.
+    pub table: String,
+    /// The tensors file (safetensors), if any item had tensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_file: Option<String>,
+    /// The error table, if any item failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_file: Option<String>,
+    /// Every file of the shard, relative to the output location.
     pub files: Vec<String>,
     /// Metadata fields in the shard's table.
     pub fields: Vec<(String, FieldType)>,
@@ -36,35 +78,44 @@ pub struct ShardEntry {
     pub tensors: Vec<String>,
     /// When it was committed (RFC 3339, UTC).
     pub committed_at: String,
+    /// The input items that finished without an error, with their rows and files.
+    pub done: Vec<Done>,
 }
 
 /// Name of a shard's journal entry.
-pub fn entry_name(shard: usize) -> String {
-    format!("{JOURNAL_DIR}/shard-{shard:05}.json")
+pub fn entry_name(plan: &str, shard: usize) -> String {
+    format!("{JOURNAL_DIR}/{plan}/shard-{shard:05}.json")
 }
 
-/// Hash of the ordered input ids of a shard.
-pub fn fingerprint<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+/// Hash of the ordered (id, content key) pairs of a shard's inputs.
+pub fn fingerprint<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut h = Sha256::new();
-    for id in ids {
+    for (id, key) in items {
         h.update(id.as_bytes());
+        h.update([0u8]);
+        h.update(key.as_bytes());
         h.update([0u8]);
     }
     hex::encode(&h.finalize()[..16])
 }
 
-/// Every committed shard's entry, by shard index.
-pub async fn load(out: &Location) -> Result<BTreeMap<usize, ShardEntry>, PipelineError> {
+fn parse(out: &Location, name: &str, bytes: &[u8]) -> Result<ShardEntry, PipelineError> {
+    serde_json::from_slice(bytes).map_err(|e| PipelineError::JournalMismatch {
+        location: out.url_of(name),
+        detail: format!(
+            "unreadable journal entry ({e}); if it is damaged, delete it and run again (its shard is redone)"
+        ),
+    })
+}
+
+/// Every committed shard's entry of one plan, by shard index.
+pub async fn load(out: &Location, plan: &str) -> Result<BTreeMap<usize, ShardEntry>, PipelineError> {
     let mut entries = BTreeMap::new();
-    for name in out.list(JOURNAL_DIR).await? {
+    for name in out.list(&format!("{JOURNAL_DIR}/{plan}")).await? {
         if !name.ends_with(".json") {
             continue;
         }
-        let bytes = out.read(&name).await?;
-        let entry: ShardEntry = serde_json::from_slice(&bytes).map_err(|e| PipelineError::JournalMismatch {
-            location: out.url_of(&name),
-            detail: format!("unreadable journal entry: {e}"),
-        })?;
+        let entry = parse(out, &name, &out.read(&name).await?)?;
         entries.insert(entry.shard, entry);
     }
     Ok(entries)
@@ -75,30 +126,26 @@ pub async fn load(out: &Location) -> Result<BTreeMap<usize, ShardEntry>, Pipelin
 pub enum Commit {
     /// This call created the entry.
     Committed,
-    /// An entry for the same shard and inputs already existed (another worker won the race).
+    /// Another attempt committed the same shard first; this attempt's files are not used.
     AlreadyCommitted,
 }
 
 /// Record a shard as committed; exactly one caller can create a shard's entry.
 pub async fn commit(out: &Location, entry: &ShardEntry) -> Result<Commit, PipelineError> {
-    let name = entry_name(entry.shard);
+    let name = entry_name(&entry.plan, entry.shard);
     // Plain data always serializes.
     let body = serde_json::to_vec_pretty(entry).expect("journal entries serialize");
     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
     match out.store.put_opts(&out.key(&name), body.into(), opts).await {
         Ok(_) => Ok(Commit::Committed),
         Err(object_store::Error::AlreadyExists { .. }) => {
-            let existing: ShardEntry =
-                serde_json::from_slice(&out.read(&name).await?).map_err(|e| PipelineError::JournalMismatch {
-                    location: out.url_of(&name),
-                    detail: format!("unreadable journal entry: {e}"),
-                })?;
+            let existing = parse(out, &name, &out.read(&name).await?)?;
             if existing.fingerprint == entry.fingerprint {
                 Ok(Commit::AlreadyCommitted)
             } else {
                 Err(PipelineError::JournalMismatch {
                     location: out.url_of(&name),
-                    detail: format!("shard {} was committed with other inputs", entry.shard),
+                    detail: format!("shard {} of plan {} was committed with other inputs", entry.shard, entry.plan),
                 })
             }
         }
@@ -112,28 +159,35 @@ mod tests {
 
     fn entry(shard: usize, fp: &str) -> ShardEntry {
         ShardEntry {
+            plan: "p1".into(),
             shard,
+            attempt: "a1".into(),
             fingerprint: fp.into(),
             inputs: 2,
             items: 2,
             errors: 0,
-            files: vec![format!("shard-{shard:05}.parquet")],
+            table: format!("shards/a1/shard-{shard:05}.parquet"),
+            tensor_file: None,
+            error_file: None,
+            files: vec![format!("shards/a1/shard-{shard:05}.parquet")],
             fields: vec![("id".into(), FieldType::Str)],
             tensors: vec![],
             committed_at: "2026-11-24T00:00:00Z".into(),
+            done: vec![Done { id: "x".into(), key: "k".into(), rows: None, files: vec![] }],
         }
     }
 
     /// The same conformance checks on every backend we can run here.
     async fn conformance(out: Location) {
-        assert!(load(&out).await.unwrap().is_empty());
+        assert!(load(&out, "p1").await.unwrap().is_empty());
         assert_eq!(commit(&out, &entry(1, "aa")).await.unwrap(), Commit::Committed);
         assert_eq!(commit(&out, &entry(1, "aa")).await.unwrap(), Commit::AlreadyCommitted);
         assert!(matches!(commit(&out, &entry(1, "bb")).await, Err(PipelineError::JournalMismatch { .. })));
         assert_eq!(commit(&out, &entry(0, "cc")).await.unwrap(), Commit::Committed);
-        let all = load(&out).await.unwrap();
+        let all = load(&out, "p1").await.unwrap();
         assert_eq!(all.keys().copied().collect::<Vec<_>>(), [0, 1]);
         assert_eq!(all[&1], entry(1, "aa"));
+        assert!(load(&out, "p2").await.unwrap().is_empty(), "plans do not see each other's shards");
     }
 
     #[tokio::test]
@@ -148,9 +202,16 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_depend_on_ids_and_order() {
-        assert_eq!(fingerprint(["a", "b"]), fingerprint(["a", "b"]));
-        assert_ne!(fingerprint(["a", "b"]), fingerprint(["b", "a"]));
-        assert_ne!(fingerprint(["ab"]), fingerprint(["a", "b"]));
+    fn fingerprints_depend_on_ids_keys_and_order() {
+        assert_eq!(fingerprint([("a", "1"), ("b", "2")]), fingerprint([("a", "1"), ("b", "2")]));
+        assert_ne!(fingerprint([("a", "1"), ("b", "2")]), fingerprint([("b", "2"), ("a", "1")]));
+        assert_ne!(fingerprint([("a", "1")]), fingerprint([("a", "2")]));
+    }
+
+    #[test]
+    fn a_single_row_input_is_stored_short() {
+        let d = Done { id: "x".into(), key: "k".into(), rows: None, files: vec![] };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"id":"x","key":"k"}"#);
+        assert_eq!(d.row_ids(), ["x"]);
     }
 }

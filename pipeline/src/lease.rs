@@ -1,6 +1,6 @@
 //! Dynamic shard balancing through leases stored next to the output (`job.balance = "leases"`).
 //!
-//! A worker claims a shard by creating `_leases/shard-XXXXX/gen-NNNNNN.json` with a conditional
+//! A worker claims a shard of a plan by creating `_leases/<plan>/shard-XXXXX/gen-NNNNNN.json` with a conditional
 //! put (create only if absent), so exactly one worker wins each generation. A lease expires after
 //! `job.lease_ttl`; the holder renews it by creating the next generation itself, and a worker that
 //! finds the newest generation expired takes the shard over by creating the next one. Clocks of
@@ -35,6 +35,8 @@ pub struct Lease {
 #[derive(Clone, Debug)]
 pub struct Leases {
     out: Location,
+    /// `_leases/<plan>`: shards of different plans are different shards.
+    dir: String,
     owner: String,
     ttl: Duration,
 }
@@ -43,19 +45,19 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn gen_name(shard: usize, generation: u64) -> String {
-    format!("{LEASE_DIR}/shard-{shard:05}/gen-{generation:06}.json")
-}
-
 impl Leases {
-    /// A lease client for `owner` with leases lasting `ttl`.
-    pub fn new(out: Location, owner: String, ttl: Duration) -> Self {
-        Leases { out, owner, ttl }
+    /// A lease client for `owner` on the shards of `plan`, with leases lasting `ttl`.
+    pub fn new(out: Location, plan: &str, owner: String, ttl: Duration) -> Self {
+        Leases { out, dir: format!("{LEASE_DIR}/{plan}"), owner, ttl }
+    }
+
+    fn shard_dir(&self, shard: usize) -> String {
+        format!("{}/shard-{shard:05}", self.dir)
     }
 
     /// The newest lease generation of a shard, if any.
     pub async fn newest(&self, shard: usize) -> Result<Option<Lease>, PipelineError> {
-        let names = self.out.list(&format!("{LEASE_DIR}/shard-{shard:05}")).await?;
+        let names = self.out.list(&self.shard_dir(shard)).await?;
         let Some(last) = names.iter().filter(|n| n.ends_with(".json")).max() else { return Ok(None) };
         match self.out.read_opt(last).await? {
             Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
@@ -80,7 +82,7 @@ impl Leases {
 
     /// Remove a shard's leases once it is committed.
     pub async fn release(&self, shard: usize) -> Result<(), PipelineError> {
-        for name in self.out.list(&format!("{LEASE_DIR}/shard-{shard:05}")).await? {
+        for name in self.out.list(&self.shard_dir(shard)).await? {
             self.out.delete(&name).await?;
         }
         Ok(())
@@ -93,7 +95,7 @@ impl Leases {
             owner: self.owner.clone(),
             expires_at_ms: now_ms() + self.ttl.as_millis() as u64,
         };
-        let name = gen_name(shard, generation);
+        let name = format!("{}/gen-{generation:06}.json", self.shard_dir(shard));
         // Plain data always serializes.
         let body = serde_json::to_vec(&lease).expect("leases serialize");
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
@@ -116,7 +118,7 @@ mod tests {
             [Location::parse("memory://lease-test/ds").unwrap(), Location::parse(dir.path().to_str().unwrap()).unwrap()]
         {
             let workers: Vec<Leases> =
-                (0..8).map(|i| Leases::new(out.clone(), format!("w{i}"), Duration::from_millis(300))).collect();
+                (0..8).map(|i| Leases::new(out.clone(), "p1", format!("w{i}"), Duration::from_millis(300))).collect();
             let claims = futures::future::join_all(workers.iter().map(|w| w.try_claim(0))).await;
             let winners: Vec<Lease> = claims.into_iter().filter_map(Result::unwrap).collect();
             assert_eq!(winners.len(), 1, "exactly one of 8 racing workers holds shard 0");

@@ -15,13 +15,18 @@ mod item;
 pub mod journal;
 pub mod lease;
 pub mod manifest;
+pub mod names;
 pub mod plan;
 pub mod report;
 pub mod stage;
 pub mod torch_pt;
+pub mod vacuum;
+pub mod version;
 
 pub use error::{ErrorRecord, PipelineError, StageError};
 pub use executor::{run, RunOptions};
 pub use item::{DType, Field, FieldType, Item, MissingField, Tensor, Value};
 pub use plan::Plan;
-pub use stage::{BuildContext, Registry, Runnable, ShardFiles, ShardSink, Sink, Stage, StageConfig, StageContext};
+pub use stage::{
+    BuildContext, Registry, Runnable, ShardFiles, ShardSink, ShardTarget, Sink, Stage, StageConfig, StageContext,
+};

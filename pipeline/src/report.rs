@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::version::Changes;
+
 /// Live counters of one stage, updated by its workers.
 #[derive(Debug, Default)]
 pub struct StageCounters {
@@ -61,6 +63,10 @@ pub struct RunStart {
     pub pending_shards: usize,
     /// Shards already committed by earlier runs.
     pub skipped_shards: usize,
+    /// What the input changed relative to the latest version (printed before the work starts).
+    pub changes: Changes,
+    /// The latest version of the output, which this run builds on.
+    pub base_version: Option<u64>,
 }
 
 /// Receives progress events; implemented by the CLI.
@@ -124,16 +130,34 @@ pub struct RunReport {
     pub errors: u64,
     /// Per-stage counters.
     pub stages: Vec<StageReport>,
+    /// What the input changed relative to the version the run built on.
+    #[serde(default)]
+    pub changes: Changes,
+    /// The version the run built on, if the output held one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<u64>,
+    /// The version this run committed (in a distributed run: the worker that finished last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 impl RunReport {
     /// The summary table printed on stderr at the end of a run.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        if self.stages.is_empty() && self.shards_total == 0 {
+            if let Some(v) = self.base_version.filter(|_| self.version.is_none()) {
+                let _ = write!(out, "nothing to do: version {v} of {} already holds this job's output", self.output);
+                return out;
+            }
+        }
         if self.stages.is_empty() {
             let mine = self.shards_total - self.shards_other_workers;
             let _ =
                 write!(out, "nothing to do: all {mine} shard(s) of {} for {} are committed", self.output, self.worker);
+            if let Some(v) = self.version {
+                let _ = write!(out, "\nversion {v} committed ({})", self.changes);
+            }
             return out;
         }
         let _ =
@@ -159,6 +183,9 @@ impl RunReport {
         );
         if self.shards_other_workers > 0 {
             let _ = write!(out, "\n{}: {} shard(s) belong to other workers", self.worker, self.shards_other_workers);
+        }
+        if let Some(v) = self.version {
+            let _ = write!(out, "\nversion {v} committed ({})", self.changes);
         }
         out
     }

@@ -3,7 +3,7 @@
 //! A stage's config struct is the single source of truth: serde reads it, schemars describes it
 //! for the validator and for `mugflow stages`, and `build()` turns it into the runtime stage.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -22,8 +22,9 @@ pub trait Stage: Send + Sync {
 
 /// The last stage: receives every surviving item of a shard and stages its output files.
 pub trait Sink: Send + Sync {
-    /// Start writing one shard; files go into `dir` (local scratch) until the shard commits.
-    fn open_shard(&self, shard: usize, dir: &Path) -> Result<Box<dyn ShardSink>, PipelineError>;
+    /// Start writing one shard; files go into `target.dir` (local scratch) until the shard
+    /// commits, under output names from `target` (unique to this run attempt).
+    fn open_shard(&self, target: &ShardTarget) -> Result<Box<dyn ShardSink>, PipelineError>;
 
     /// Files that describe the whole dataset for its readers (e.g. a trainer's sample list),
     /// rebuilt from the committed shards' journal entries and written next to index.json after
@@ -41,11 +42,43 @@ pub trait ShardSink: Send {
     fn finish(self: Box<Self>, errors: &[ErrorRecord]) -> Result<ShardFiles, PipelineError>;
 }
 
+/// Where one shard's files go: a local scratch folder until the commit, and output names that
+/// contain the run attempt, so that no attempt ever overwrites a file another one committed.
+#[derive(Debug, Clone)]
+pub struct ShardTarget {
+    /// Shard index within the run's plan.
+    pub shard: usize,
+    /// Local scratch folder of the shard.
+    pub dir: PathBuf,
+    /// The run attempt (see [`crate::names::attempt_id`]).
+    pub attempt: String,
+}
+
+impl ShardTarget {
+    /// Output folder of the shard's tables and tensor file: `shards/<attempt>`.
+    pub fn prefix(&self) -> String {
+        format!("shards/{}", self.attempt)
+    }
+
+    /// Output name of a per-item file, see [`crate::names::item_file`].
+    pub fn item_file(&self, folder: &str, id: &str, suffix: &str) -> String {
+        crate::names::item_file(folder, &self.attempt, id, suffix)
+    }
+}
+
 /// A shard's finished files, staged locally, and what they contain.
 #[derive(Debug, Default)]
 pub struct ShardFiles {
     /// (local path, name relative to the output location) of each file to publish.
     pub files: Vec<(PathBuf, String)>,
+    /// The metadata table's output name.
+    pub table: String,
+    /// The tensors file's output name, if any item had tensors.
+    pub tensor_file: Option<String>,
+    /// The error table's output name, if any item failed.
+    pub error_file: Option<String>,
+    /// (row id, output name) of every per-item file.
+    pub row_files: Vec<(String, String)>,
     /// Metadata fields the shard's table holds, with their types.
     pub fields: Vec<(String, crate::FieldType)>,
     /// Tensor names (without the item id prefix) present in the shard.
@@ -62,14 +95,22 @@ pub enum Runnable {
     Sink(Arc<dyn Sink>),
 }
 
-/// What a stage may use while processing: its scratch directory and the CPU pool.
+/// What a stage may use while processing: its scratch directory, the run attempt (for the names
+/// of files it publishes) and the CPU pool.
 #[derive(Debug, Clone)]
 pub struct StageContext {
     /// A local directory for temporary files (downloads, spools), removed after the run.
     pub scratch: PathBuf,
+    /// The run attempt (see [`crate::names::attempt_id`]).
+    pub attempt: String,
 }
 
 impl StageContext {
+    /// Output name of a per-item file this stage publishes, see [`crate::names::item_file`].
+    pub fn item_file(&self, folder: &str, id: &str, suffix: &str) -> String {
+        crate::names::item_file(folder, &self.attempt, id, suffix)
+    }
+
     /// Run CPU-heavy work on the rayon pool and await it; a panic becomes an item error.
     pub async fn cpu<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, StageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -1,4 +1,5 @@
-//! `mugflow inspect`: what a dataset, shard table or tensor file holds.
+//! `mugflow inspect`: what a dataset (and each of its versions), shard table or tensor file
+//! holds; `mugflow vacuum`: delete old versions.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +37,7 @@ async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
     let index: DatasetIndex = serde_json::from_slice(&bytes)?;
     println!("dataset   {}", loc.url);
     println!("job       {}", index.job);
+    println!("version   {} (committed {})", index.version, index.created_at);
     println!("shards    {} committed", index.shards.len());
     println!("items     {}", index.items);
     println!("errors    {}", index.errors);
@@ -76,6 +78,11 @@ async fn inspect_dataset(loc: &Location) -> anyhow::Result<()> {
             }
         }
     }
+    println!("\nversions");
+    for v in pipeline::version::list(loc).await? {
+        let i = pipeline::version::load(loc, v).await?;
+        println!("  v{v:<4} {}  {:>7} items  {}", i.created_at, i.items, i.changes);
+    }
     if !by_stage.is_empty() {
         println!("\nerrors by stage");
         for (stage, n) in &by_stage {
@@ -108,4 +115,56 @@ fn print_tensors(tensors: &[TensorInfo]) {
     for t in tensors {
         println!("  {:<40} {:<5} {:?}", t.name, t.dtype, t.shape);
     }
+}
+
+/// `mugflow inspect DATASET --diff A B`: input items added, removed and changed from A to B.
+pub fn diff(path: &str, a: u64, b: u64) -> anyhow::Result<()> {
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let loc = Location::parse(path.trim_end_matches('/'))?;
+        let keys = |i: &DatasetIndex| -> BTreeMap<String, String> {
+            i.shards.iter().flat_map(|s| s.done.iter().map(|d| (d.id.clone(), d.key.clone()))).collect()
+        };
+        let (ka, kb) = (keys(&pipeline::version::load(&loc, a).await?), keys(&pipeline::version::load(&loc, b).await?));
+        let added: Vec<&String> = kb.keys().filter(|id| !ka.contains_key(*id)).collect();
+        let removed: Vec<&String> = ka.keys().filter(|id| !kb.contains_key(*id)).collect();
+        let changed: Vec<&String> =
+            kb.iter().filter(|(id, k)| ka.get(*id).is_some_and(|ka| ka != *k)).map(|(id, _)| id).collect();
+        let unchanged = kb.len() - added.len() - changed.len();
+        println!(
+            "v{a} -> v{b}: {} added, {} removed, {} changed, {unchanged} unchanged",
+            added.len(),
+            removed.len(),
+            changed.len()
+        );
+        for (what, ids) in [("added", &added), ("removed", &removed), ("changed", &changed)] {
+            for id in ids.iter() {
+                println!("  {what:<8} {id}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `mugflow vacuum`.
+pub fn vacuum(path: &str, keep: usize, older_than: &str, dry_run: bool) -> anyhow::Result<()> {
+    let older_than: std::time::Duration = humantime::parse_duration(older_than)
+        .map_err(|e| anyhow::anyhow!("--older-than {older_than:?}: {e} (write e.g. 30m, 1h, 7days, 0s)"))?;
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let loc = Location::parse(path.trim_end_matches('/'))?;
+        let r = pipeline::vacuum::vacuum(&loc, keep, older_than, dry_run).await?;
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        for f in &r.deleted_files {
+            println!("{verb} {f}");
+        }
+        println!(
+            "{verb} version(s) {:?} and {} file(s), {} bytes; kept version(s) {:?}",
+            r.deleted_versions,
+            r.deleted_files.len(),
+            r.deleted_bytes,
+            r.kept_versions
+        );
+        Ok(())
+    })
 }

@@ -78,10 +78,29 @@ enum Command {
     /// Measure throughput; results belong in docs/PERFORMANCE.md.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Summarise a dataset, a shard table or a tensor file: rows, fields, tensors, errors.
+    /// Summarise a dataset (its latest version and the list of versions), a shard table or a
+    /// tensor file: rows, fields, tensors, errors.
     Inspect {
         /// Dataset directory or URL, or a `.parquet` / `.safetensors` file.
         path: String,
+        /// Show which input items were added, removed and changed between two versions.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        diff: Option<Vec<u64>>,
+    },
+    /// Delete old versions of a dataset and the files no kept version names (files a killed
+    /// or losing run attempt left included).
+    Vacuum {
+        /// Dataset directory or URL.
+        output: String,
+        /// Versions to keep (the newest ones).
+        #[arg(long, default_value_t = 1)]
+        keep: usize,
+        /// Only delete files at least this old, so a run writing right now is never touched.
+        #[arg(long, default_value = "1h")]
+        older_than: String,
+        /// Print what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Generate one MP4 per row of a product catalog (id, image, prompt; optional seed, aspect,
     /// length) with MUG-V image-to-video, using the bundled manifests/catalog-generate.toml.
@@ -180,7 +199,11 @@ pub fn main() -> ExitCode {
         Command::Run { manifest, worker, progress } => run::run(&manifest, &worker, progress),
         Command::Validate { manifest, offline, world } => validate::validate(&manifest, offline, world),
         Command::Stages { kind, format } => stages::stages(kind.as_deref(), format),
-        Command::Inspect { path } => inspect::inspect(&path),
+        Command::Inspect { path, diff } => match diff.as_deref() {
+            Some([a, b]) => inspect::diff(&path, *a, *b),
+            _ => inspect::inspect(&path),
+        },
+        Command::Vacuum { output, keep, older_than, dry_run } => inspect::vacuum(&output, keep, &older_than, dry_run),
         Command::Generate { args, worker, progress } => generate::generate(&args, &worker, progress),
         Command::Models(ModelsCommand::InitTiny { dir }) => init_tiny(&dir),
         Command::Bench(BenchCommand::Scenes { videos, pyscenedetect }) => {

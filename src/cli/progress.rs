@@ -26,10 +26,15 @@ pub fn reporter(mode: ProgressMode) -> Arc<dyn Reporter> {
     }
 }
 
+/// What the run found and will do: the change counts against the latest version, then the work.
 fn describe_start(s: &RunStart) -> String {
+    let base = match s.base_version {
+        Some(v) => format!("against version {v}"),
+        None => "new dataset".to_string(),
+    };
     format!(
-        "{} item(s) in {} shard(s) to process, {} shard(s) already committed",
-        s.pending_items, s.pending_shards, s.skipped_shards
+        "{} ({base})\n{} item(s) in {} shard(s) to process, {} shard(s) already committed",
+        s.changes, s.pending_items, s.pending_shards, s.skipped_shards
     )
 }
 
@@ -129,7 +134,13 @@ impl Reporter for Plain {
 struct Quiet;
 
 impl Reporter for Quiet {
-    fn start(&self, _: &RunStart) {}
+    fn start(&self, s: &RunStart) {
+        eprintln!(
+            "{} ({})",
+            s.changes,
+            s.base_version.map_or("new dataset".to_string(), |v| format!("against version {v}"))
+        );
+    }
     fn progress(&self, _: &[StageSnapshot], _: Duration) {}
     fn shard_committed(&self, _: usize, _: usize, _: usize) {}
     fn finish(&self, report: &RunReport) {

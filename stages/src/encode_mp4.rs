@@ -8,7 +8,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::export_clips::{safe_name, Preset};
+use crate::export_clips::Preset;
 use crate::video::decode::Image;
 use crate::video::encode::{EncodeOptions, Mp4Writer};
 
@@ -52,7 +52,7 @@ impl Stage for EncodeMp4 {
         let [t, h, w, 3] = video.shape[..] else {
             return Err(StageError::msg(format!("`video` has shape {:?}, expected [T, H, W, 3]", video.shape)));
         };
-        let name = format!("videos/{}.mp4", safe_name(&item.id));
+        let name = ctx.item_file("videos", &item.id, ".mp4");
         let target = ctx.scratch.join(name.replace('/', "_"));
         let c = &self.0;
         let options = EncodeOptions { codec: c.codec.clone(), fps: c.fps, crf: c.crf, preset: c.preset.name() };

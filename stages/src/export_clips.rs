@@ -79,18 +79,6 @@ impl Preset {
     }
 }
 
-/// The output name of a clip's file: `clips/<id>.mp4` with characters that are awkward in URLs
-/// and object keys (`#`, `/`, `?`, ...) replaced by `_`.
-pub fn clip_file_name(id: &str) -> String {
-    format!("clips/{}.mp4", safe_name(id))
-}
-
-/// An item id as a file name: characters other than ASCII letters, digits, `-`, `_` and `.`
-/// become `_`.
-pub(crate) fn safe_name(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
-}
-
 /// What encoding one clip produced.
 struct Exported {
     width: usize,
@@ -148,7 +136,7 @@ impl Stage for ExportClips {
         let local = fetch_local(item.uri()?, &ctx.scratch)
             .await
             .map_err(|e| StageError::from(e).context("cannot fetch the source video"))?;
-        let name = clip_file_name(&item.id);
+        let name = ctx.item_file("clips", &item.id, ".mp4");
         let target: PathBuf = ctx.scratch.join(name.replace('/', "_"));
         let (source, config, out) = (local.path().to_path_buf(), self.0.clone(), target.clone());
         let done = ctx.cpu(move || config.export(&source, start, end, &out)).await??;
@@ -199,16 +187,5 @@ impl StageConfig for ExportClipsConfig {
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
         Mp4Writer::encoder(&self.codec).map_err(|e| e.to_string())?;
         Ok(Runnable::Transform(Arc::new(ExportClips(self.clone()))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_names_are_url_safe() {
-        assert_eq!(clip_file_name("bbb_trailer#120-360"), "clips/bbb_trailer_120-360.mp4");
-        assert_eq!(clip_file_name("a/b?c d"), "clips/a_b_c_d.mp4");
     }
 }

@@ -1,11 +1,13 @@
 //! The `mugv-megatron` dataset layout, what the MUG-V Megatron trainer reads:
-//! `latents/<id>.pt` (float32 `[24, T, H, W]`), `text_features/<id>_text.pt` (dict `y` float32
-//! `[1, 1, L, d]`, `mask` bool `[1, L]`) and `train.csv` (`sample_id,source,latent_path,
-//! text_feat_path`, relative paths, sorted ids that have both files). Each shard also keeps its
-//! metadata table and error table, as in the native layout.
+//! `latents/<attempt>/<id>.pt` (float32 `[24, T, H, W]`), `text_features/<attempt>/<id>_text.pt`
+//! (dict `y` float32 `[1, 1, L, d]`, `mask` bool `[1, L]`) and `train.csv` (`sample_id,source,
+//! latent_path,text_feat_path`, relative paths, the rows of the latest dataset version that have
+//! both files). Each shard also keeps its metadata table and error table, as in the native layout.
+//! The `<attempt>` folder (see `pipeline::names`) keeps every run's files apart, so a new version
+//! never overwrites the files of the previous one.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use pipeline::format::NativeShardWriter;
 use pipeline::journal::ShardEntry;
@@ -14,7 +16,8 @@ use pipeline::{ErrorRecord, Item, PipelineError, ShardFiles, ShardSink, Sink, St
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::export_clips::safe_name;
+use pipeline::names::file_stem;
+use pipeline::ShardTarget;
 
 /// What the trainer's `source` column says about the latents.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -44,25 +47,31 @@ pub struct MegatronSink {
     pub source: SampleSource,
 }
 
-/// File names of a sample in the layout.
-fn latent_name(sample: &str) -> String {
-    format!("latents/{sample}.pt")
-}
-fn text_name(sample: &str) -> String {
-    format!("text_features/{sample}_text.pt")
-}
+/// Folders and suffixes of a sample's two files in the layout.
+const LATENTS: (&str, &str) = ("latents", ".pt");
+const TEXT: (&str, &str) = ("text_features", "_text.pt");
 
 impl Sink for MegatronSink {
-    fn open_shard(&self, shard: usize, dir: &Path) -> Result<Box<dyn ShardSink>, PipelineError> {
-        Ok(Box::new(MegatronShard { native: NativeShardWriter::new(shard, dir)?, dir: dir.to_path_buf() }))
+    fn open_shard(&self, target: &ShardTarget) -> Result<Box<dyn ShardSink>, PipelineError> {
+        Ok(Box::new(MegatronShard { native: NativeShardWriter::new(target)?, target: target.clone() }))
     }
 
     fn dataset_files(&self, shards: &[ShardEntry]) -> Vec<(String, Vec<u8>)> {
         let files: BTreeSet<&str> = shards.iter().flat_map(|s| s.files.iter().map(String::as_str)).collect();
+        let mut rows: Vec<(&str, &str, String)> = files
+            .iter()
+            .filter_map(|f| {
+                // latents/<attempt>/<sample>.pt pairs with text_features/<attempt>/<sample>_text.pt.
+                let stem = f.strip_prefix(&format!("{}/", LATENTS.0))?.strip_suffix(LATENTS.1)?;
+                let text = format!("{}/{stem}{}", TEXT.0, TEXT.1);
+                let sample = stem.rsplit_once('/').map_or(stem, |(_, s)| s);
+                files.contains(text.as_str()).then_some((sample, *f, text))
+            })
+            .collect();
+        rows.sort();
         let mut csv = String::from("sample_id,source,latent_path,text_feat_path\n");
-        let samples = files.iter().filter_map(|f| f.strip_prefix("latents/")?.strip_suffix(".pt"));
-        for sample in samples.filter(|s| files.contains(text_name(s).as_str())) {
-            csv.push_str(&format!("{sample},{},{},{}\n", self.source.name(), latent_name(sample), text_name(sample)));
+        for (sample, latent, text) in rows {
+            csv.push_str(&format!("{sample},{},{latent},{text}\n", self.source.name()));
         }
         vec![("train.csv".into(), csv.into_bytes())]
     }
@@ -71,12 +80,12 @@ impl Sink for MegatronSink {
 /// One shard: `.pt` files per item, plus the native metadata and error tables.
 struct MegatronShard {
     native: NativeShardWriter,
-    dir: PathBuf,
+    target: ShardTarget,
 }
 
 impl MegatronShard {
     fn write(&self, name: &str, bytes: Vec<u8>) -> Result<PathBuf, StageError> {
-        let path = self.dir.join(name.replace('/', "__"));
+        let path = self.target.dir.join(name.replace('/', "__"));
         std::fs::write(&path, bytes).map_err(|e| StageError::from(e).context(format!("cannot write {name}")))?;
         Ok(path)
     }
@@ -103,8 +112,9 @@ impl ShardSink for MegatronShard {
         // The trainer's shapes: y [1, 1, L, d] and mask [1, L]; the bytes stay as they are.
         let y = Tensor { shape: vec![1, 1, len, width], ..y };
         let mask = Tensor { shape: vec![1, mask.shape.iter().product()], ..mask };
-        let sample = safe_name(&item.id);
-        let (latent_file, text_file) = (latent_name(&sample), text_name(&sample));
+        let sample = file_stem(&item.id);
+        let latent_file = self.target.item_file(LATENTS.0, &item.id, LATENTS.1);
+        let text_file = self.target.item_file(TEXT.0, &item.id, TEXT.1);
         let latent_path = self.write(&latent_file, tensor_pt(&latent)?)?;
         let text_path = self.write(&text_file, dict_pt(&[("y", &y), ("mask", &mask)])?)?;
         item.set("sample_id", sample);

@@ -1,10 +1,9 @@
 //! `write`: the sink that stores each shard in the chosen dataset layout.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use pipeline::format::NativeShardWriter;
-use pipeline::{Field, FieldType, PipelineError, Runnable, ShardSink, Sink, StageConfig};
+use pipeline::{Field, FieldType, PipelineError, Runnable, ShardSink, ShardTarget, Sink, StageConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +30,8 @@ pub enum WriteFormat {
     /// mugflow's native shards: Parquet + safetensors + index.json.
     #[default]
     Mugflow,
-    /// The MUG-V Megatron trainer's layout: `latents/<id>.pt`, `text_features/<id>_text.pt`,
+    /// The MUG-V Megatron trainer's layout: `latents/<attempt>/<id>.pt`,
+    /// `text_features/<attempt>/<id>_text.pt`,
     /// `train.csv` (needs `vae_encode` and `t5_encode` upstream).
     MugvMegatron,
 }
@@ -39,8 +39,8 @@ pub enum WriteFormat {
 struct NativeSink;
 
 impl Sink for NativeSink {
-    fn open_shard(&self, shard: usize, dir: &Path) -> Result<Box<dyn ShardSink>, PipelineError> {
-        Ok(Box::new(NativeShardWriter::new(shard, dir)?))
+    fn open_shard(&self, target: &ShardTarget) -> Result<Box<dyn ShardSink>, PipelineError> {
+        Ok(Box::new(NativeShardWriter::new(target)?))
     }
 }
 

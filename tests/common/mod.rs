@@ -50,21 +50,73 @@ pub fn manifest(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The shards of a local dataset: those of its latest version, or, before the first version is
+/// committed (an interrupted or partly distributed run), every committed journal entry.
+pub fn committed_shards(out: &Path) -> Vec<pipeline::journal::ShardEntry> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
+        if let Some(v) = pipeline::version::latest(&loc).await.unwrap() {
+            return v.shards;
+        }
+        let mut shards = Vec::new();
+        for name in loc.list("_journal").await.unwrap() {
+            shards.push(serde_json::from_slice(&loc.read(&name).await.unwrap()).unwrap());
+        }
+        shards
+    })
+}
+
 /// Rows (column -> text) of the committed shards' tables of a local dataset: the metadata
 /// tables, or with `errors` the error tables.
 fn committed_rows(out: &Path, errors: bool) -> Vec<std::collections::BTreeMap<String, String>> {
+    let shards = committed_shards(out);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
         let mut rows = Vec::new();
-        for entry in pipeline::journal::load(&loc).await.unwrap().values() {
-            for f in entry.files.iter().filter(|f| f.ends_with(".parquet") && f.ends_with(".errors.parquet") == errors)
-            {
-                rows.extend(pipeline::inspect::read_table_summary(&loc, f).await.unwrap().rows);
+        for shard in shards {
+            let table = if errors { shard.error_file } else { Some(shard.table) };
+            if let Some(f) = table {
+                rows.extend(pipeline::inspect::read_table_summary(&loc, &f).await.unwrap().rows);
             }
         }
         rows
     })
+}
+
+/// Object names of a dataset listing with each run attempt's id replaced by `<attempt>`, and
+/// without the per-run `report.json` and attempt records: what two runs of one job share.
+pub fn comparable_names(names: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .into_iter()
+        .filter(|n| n != "report.json" && !n.starts_with("_attempts/"))
+        .map(|n| {
+            n.split('/')
+                .map(|c| if pipeline::names::is_attempt_id(c) { "<attempt>" } else { c })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Rows (column -> text) of one table of a local dataset.
+pub fn table_rows(out: &Path, table: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let loc = pipeline::io::Location::parse(out.to_str().unwrap()).unwrap();
+    rt.block_on(pipeline::inspect::read_table_summary(&loc, table)).unwrap().rows
+}
+
+/// Committed journal entries of a local output (any plan).
+pub fn journal_entries(out: &Path) -> usize {
+    fn walk(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
+            .unwrap_or(0)
+    }
+    walk(&out.join("_journal"))
 }
 
 /// Every written row (column -> text) of a local dataset's committed shards.

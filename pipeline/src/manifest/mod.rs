@@ -54,6 +54,21 @@ pub struct JobConfig {
     /// How long a shard lease lasts without renewal (leases are renewed every third of it).
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: Duration,
+    /// What a new version does with items of the previous version that the input no longer
+    /// lists: "drop" them, or "keep" them (carried over as they are).
+    #[serde(default)]
+    pub on_removed: OnRemoved,
+}
+
+/// What happens to items that disappeared from the input since the previous version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRemoved {
+    /// The new version no longer holds them (earlier versions still do).
+    #[default]
+    Drop,
+    /// The new version keeps them as they were.
+    Keep,
 }
 
 /// Shard distribution across the workers of a job.

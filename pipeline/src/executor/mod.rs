@@ -1,12 +1,22 @@
 //! The streaming executor: input shards flow through stages over bounded channels into the sink,
-//! which commits each shard once all of its items are written, filtered or failed.
+//! which commits each shard once all of its items are written, filtered or failed; when every
+//! shard of the run's plan is committed, the run commits a new version of the dataset.
 //!
-//! - Every stage runs `parallelism` workers on tokio; CPU work inside stages goes to rayon.
-//! - Channels are bounded (`job.queue_depth`), and payload bytes are capped by the memory
-//!   budget, so a slow stage pauses the ones before it instead of filling memory.
-//! - A shard commits in three steps: files staged in local scratch, each published with an
-//!   atomic put, then the journal entry created exclusively. Killing the process at any point
-//!   leaves either a committed shard or one that the next run redoes from scratch.
+//! - [`incremental`]: content keys and the plan (only new and changed items are computed).
+//! - [`source`]: feeds this worker's shards (claiming them under leases).
+//! - [`worker`]: the workers of each stage (`parallelism` each, on tokio; CPU work on rayon).
+//! - [`tracker`]: what each shard's items became.
+//! - [`commit`]: the commit protocol (shards, versions, and why nothing is overwritten).
+//!
+//! Channels are bounded (`job.queue_depth`) and payload bytes are capped by the memory budget,
+//! so a slow stage pauses the ones before it instead of filling memory.
+
+pub mod incremental;
+
+mod commit;
+mod source;
+mod tracker;
+mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -14,23 +24,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
+use self::incremental::{Planned, WorkItem};
+use self::source::Source;
+use self::tracker::{Event, Tracker};
+use self::worker::{input_of, record, Worker};
 use crate::budget::MemoryBudget;
 use crate::cluster::Cluster;
 use crate::format::{checkpoint_identity, DatasetIndex, Lineage};
-use crate::input::{list_inputs, InputItem};
+use crate::input::list_inputs;
 use crate::io::Location;
-use crate::journal::{self, ShardEntry};
+use crate::journal;
 use crate::lease::{Lease, Leases};
 use crate::manifest::Balance;
 use crate::plan::Plan;
 use crate::report::{Reporter, RunReport, RunStart, StageCounters, StageReport};
-use crate::stage::{BuildContext, Registry, Runnable, ShardSink, Sink, Stage, StageContext};
-use crate::{ErrorRecord, Item, PipelineError, StageError};
+use crate::stage::{BuildContext, Registry, Runnable, ShardSink, ShardTarget, Sink, Stage, StageContext};
+use crate::PipelineError;
 
-/// Error rates are only judged once this many items have finished.
-pub const ERROR_RATE_MIN_ITEMS: u64 = 20;
+pub use self::tracker::ERROR_RATE_MIN_ITEMS;
 
 /// How a run is observed, stopped, and which part of the job it takes.
 pub struct RunOptions<S> {
@@ -42,106 +55,12 @@ pub struct RunOptions<S> {
     pub stop: S,
 }
 
-/// Per-shard bookkeeping: how many items are still alive, and the errors recorded so far.
-struct Tracker {
-    shards: Mutex<HashMap<usize, ShardState>>,
-    done: mpsc::UnboundedSender<Event>,
-    outcomes: Mutex<Outcomes>,
-    max_error_rate: f64,
-    abort: Notify,
-}
+/// The folder of attempt records: who (host, process) runs each attempt, so that a later run
+/// can tell a dead attempt's leftovers from a live one's.
+const ATTEMPTS_DIR: &str = "_attempts";
 
-/// Items finished and failed so far, and the counts when the error rate was first exceeded.
-#[derive(Default)]
-struct Outcomes {
-    finished: u64,
-    failed: u64,
-    aborted_at: Option<(u64, u64)>,
-}
-
-/// What the sink waits for besides items.
-enum Event {
-    /// Every item of this shard is written, filtered or failed.
-    ShardDone(usize),
-    /// The source has fed all the shards it will feed (this many).
-    SourceFinished(usize),
-}
-
-#[derive(Default)]
-struct ShardState {
-    live: usize,
-    source_done: bool,
-    errors: Vec<ErrorRecord>,
-}
-
-impl Tracker {
-    fn open(&self, shard: usize, items: usize) {
-        self.shards.lock().expect("tracker lock").insert(shard, ShardState { live: items, ..Default::default() });
-    }
-
-    /// Fan-out: `n` more items of `shard` are alive.
-    fn add(&self, shard: usize, n: usize) {
-        self.shards.lock().expect("tracker lock").entry(shard).or_default().live += n;
-    }
-
-    /// `n` items of `shard` finished (written or filtered out).
-    fn finish(&self, shard: usize, n: usize) {
-        self.outcomes.lock().expect("tracker lock").finished += n as u64;
-        self.settle(shard, n, None);
-    }
-
-    /// One item of `shard` failed.
-    fn fail(&self, shard: usize, record: ErrorRecord) {
-        let crossed = {
-            let mut o = self.outcomes.lock().expect("tracker lock");
-            o.finished += 1;
-            o.failed += 1;
-            let over = o.finished >= ERROR_RATE_MIN_ITEMS && o.failed as f64 > self.max_error_rate * o.finished as f64;
-            if over && o.aborted_at.is_none() {
-                o.aborted_at = Some((o.failed, o.finished));
-                true
-            } else {
-                false
-            }
-        };
-        self.settle(shard, 1, Some(record));
-        if crossed {
-            self.abort.notify_one();
-        }
-    }
-
-    /// (failed, finished) when the error rate was first exceeded.
-    fn aborted_at(&self) -> (u64, u64) {
-        let o = self.outcomes.lock().expect("tracker lock");
-        o.aborted_at.unwrap_or((o.failed, o.finished))
-    }
-
-    fn source_done(&self, shard: usize) {
-        let mut shards = self.shards.lock().expect("tracker lock");
-        let s = shards.entry(shard).or_default();
-        s.source_done = true;
-        if s.live == 0 {
-            let _ = self.done.send(Event::ShardDone(shard));
-        }
-    }
-
-    fn settle(&self, shard: usize, n: usize, record: Option<ErrorRecord>) {
-        let mut shards = self.shards.lock().expect("tracker lock");
-        let s = shards.entry(shard).or_default();
-        s.errors.extend(record);
-        s.live = s.live.saturating_sub(n);
-        if s.live == 0 && s.source_done {
-            // The receiver lives as long as the run; after it is gone nothing is committed anyway.
-            let _ = self.done.send(Event::ShardDone(shard));
-        }
-    }
-
-    fn take_errors(&self, shard: usize) -> Vec<ErrorRecord> {
-        self.shards.lock().expect("tracker lock").remove(&shard).map(|s| s.errors).unwrap_or_default()
-    }
-}
-
-/// Run a validated plan to completion (or until stopped), resuming from the output's journal.
+/// Run a validated plan to completion (or until stopped): compute the items the output's latest
+/// version does not hold, resuming the plan's committed shards, and commit the next version.
 pub async fn run<S>(plan: &Plan, registry: &Registry, opts: RunOptions<S>) -> Result<RunReport, PipelineError>
 where
     S: Future<Output = &'static str> + Send,
@@ -151,23 +70,17 @@ where
     let out = Location::parse(&job.output)?;
     let inputs = list_inputs(&job.input).await?;
     plan.check_fields(&inputs.fields, registry)?;
-    let shards: Vec<&[InputItem]> = inputs.items.chunks(job.shard_size as usize).collect();
-    let fingerprints: Vec<String> =
-        shards.iter().map(|s| journal::fingerprint(s.iter().map(|i| i.id.as_str()))).collect();
-
-    let mut committed = journal::load(&out).await?;
-    for (k, e) in &committed {
-        if fingerprints.get(*k) != Some(&e.fingerprint) {
-            return Err(PipelineError::JournalMismatch {
-                location: out.url.clone(),
-                detail: format!("shard {k} was committed with other input items than this job lists now"),
-            });
-        }
-    }
-    out.remove_local_staging_files()?;
+    let input_items = inputs.items.len();
+    let lineage = lineage(plan).await?;
+    let planned = incremental::plan(&out, inputs.items, &lineage, u64::from(job.shard_size), job.on_removed).await?;
+    let shards: Vec<&[WorkItem]> = planned.work.chunks(job.shard_size as usize).collect();
+    let committed = journal::load(&out, &planned.plan).await?;
+    let attempt = crate::names::attempt_id();
+    remove_dead_staging_files(&out);
     let leases = (job.balance == Balance::Leases).then(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        Leases::new(out.clone(), format!("{host}:{}:{}", std::process::id(), opts.cluster.rank), job.lease_ttl.0)
+        let owner = format!("{host}:{}:{}", std::process::id(), opts.cluster.rank);
+        Leases::new(out.clone(), &planned.plan, owner, job.lease_ttl.0)
     });
     // With leases every shard is a candidate; each worker starts with the ones static sharding
     // would give it, so that workers rarely contend for the same shard.
@@ -184,7 +97,7 @@ where
         output: out.url.clone(),
         status: "nothing to do".into(),
         wall_s: 0.0,
-        input_items: inputs.items.len(),
+        input_items,
         shards_total: shards.len(),
         shards_committed: 0,
         shards_skipped: skipped,
@@ -193,15 +106,20 @@ where
         items_written: 0,
         errors: 0,
         stages: Vec::new(),
+        changes: planned.changes,
+        base_version: planned.base.as_ref().map(|b| b.version),
+        version: None,
     };
     opts.reporter.start(&RunStart {
         stages: labels.clone(),
         pending_items: pending.iter().map(|k| shards[*k].len() as u64).sum(),
         pending_shards: pending.len(),
         skipped_shards: skipped,
+        changes: planned.changes,
+        base_version: report.base_version,
     });
-    if pending.is_empty() {
-        // A finished job: nothing is read, nothing is written.
+    if planned.changes.is_empty() && planned.base.is_some() {
+        // The latest version already is this job's output: nothing is read, nothing is written.
         report.wall_s = started.elapsed().as_secs_f64();
         opts.reporter.finish(&report);
         return Ok(report);
@@ -227,27 +145,39 @@ where
         .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
         .tempdir()
         .map_err(|e| PipelineError::io("cannot create a scratch directory", e))?;
-    let stage_ctx = StageContext { scratch: scratch.path().to_path_buf() };
+    if pending.is_empty() {
+        // Every shard of the plan is committed (by an earlier, interrupted run or by the other
+        // workers): only the version may be missing.
+        let outcome =
+            finish_version(&out, job, &lineage, &planned, shards.len(), &attempt, scratch.path(), sink.as_ref()).await;
+        report.version = outcome?;
+        report.wall_s = started.elapsed().as_secs_f64();
+        opts.reporter.finish(&report);
+        return Ok(report);
+    }
+    record_attempt(&out, &attempt, &opts.cluster).await?;
+    let stage_ctx = StageContext { scratch: scratch.path().to_path_buf(), attempt: attempt.clone() };
     let budget = MemoryBudget::new(job.memory_budget.0);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let tracker = Arc::new(Tracker {
-        shards: Mutex::default(),
-        done: done_tx,
-        outcomes: Mutex::default(),
-        max_error_rate: job.max_error_rate,
-        abort: Notify::new(),
-    });
+    let tracker = Arc::new(Tracker::new(done_tx, job.max_error_rate));
 
     let held: Arc<Mutex<HashMap<usize, Lease>>> = Arc::default();
     let held_elsewhere = Arc::new(AtomicUsize::new(0));
     let mut expected: Option<usize> = None;
     let depth = job.queue_depth as usize;
-    let (first_tx, mut rx) = async_channel::bounded::<Item>(depth);
+    let (first_tx, mut rx) = async_channel::bounded(depth);
     let mut tasks = tokio::task::JoinSet::new();
     {
         let tracker = tracker.clone();
-        let items: Vec<(usize, Vec<InputItem>)> = pending.iter().map(|k| (*k, shards[*k].to_vec())).collect();
-        let source = Source { tracker, tx: first_tx, leases: leases.clone(), held: held.clone(), out: out.clone() };
+        let items: Vec<(usize, Vec<WorkItem>)> = pending.iter().map(|k| (*k, shards[*k].to_vec())).collect();
+        let source = Source {
+            tracker,
+            tx: first_tx,
+            leases: leases.clone(),
+            held: held.clone(),
+            out: out.clone(),
+            plan: planned.plan.clone(),
+        };
         let (elsewhere, poll) =
             (held_elsewhere.clone(), (job.lease_ttl.0 / 10).clamp(Duration::from_millis(200), Duration::from_secs(10)));
         tasks.spawn(source.run(items, elsewhere, poll));
@@ -273,12 +203,14 @@ where
         });
     }
     for (i, stage) in &transforms {
-        let (tx, next_rx) = async_channel::bounded::<Item>(depth);
+        let (tx, next_rx) = async_channel::bounded(depth);
         let ps = &plan.stages[*i];
+        let adds = Arc::new(ps.config.adds());
         for _ in 0..ps.parallelism {
             let w = Worker {
                 stage: stage.clone(),
                 label: ps.label(),
+                adds: adds.clone(),
                 rx: rx.clone(),
                 tx: tx.clone(),
                 tracker: tracker.clone(),
@@ -306,13 +238,12 @@ where
 
     let sink_counters = counters[plan.stages.len() - 1].clone();
     let sink_label = labels[labels.len() - 1].clone();
-    let lineage = lineage(plan).await?;
     let mut open: BTreeMap<usize, Box<dyn ShardSink>> = BTreeMap::new();
     // A shard's writer stages its files in its own scratch folder.
     let open_shard = |k: usize| -> Result<Box<dyn ShardSink>, PipelineError> {
-        let d = scratch.path().join(format!("shard-{k:05}"));
-        std::fs::create_dir_all(&d).map_err(|e| PipelineError::io(format!("cannot create {}", d.display()), e))?;
-        sink.open_shard(k, &d)
+        let dir = scratch.path().join(format!("shard-{k:05}"));
+        std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(format!("cannot create {}", dir.display()), e))?;
+        sink.open_shard(&ShardTarget { shard: k, dir, attempt: attempt.clone() })
     };
     let stop = opts.stop;
     tokio::pin!(stop);
@@ -339,7 +270,8 @@ where
                     Some(w) => w,
                     None => match open_shard(k) { Ok(w) => w, Err(e) => break Err(e) },
                 };
-                let entry = match commit_shard(&out, writer, k, &fingerprints[k], shards[k].len(), tracker.take_errors(k)).await {
+                let which = (planned.plan.as_str(), k, attempt.as_str());
+                let entry = match commit::commit_shard(&out, writer, which, shards[k], tracker.take(k)).await {
                     Ok(e) => e,
                     Err(e) => break Err(e),
                 };
@@ -350,11 +282,9 @@ where
                     let _ = leases.release(k).await;
                 }
                 report.shards_committed += 1;
-                report.items_written += entry.items as u64;
-                opts.reporter.shard_committed(k, entry.items, entry.errors);
-                committed.insert(k, entry);
-                if let Err(e) = write_index(&out, &job.name, &lineage, sink.as_ref(), committed.values().cloned().collect()).await {
-                    break Err(e);
+                if let Some(entry) = entry {
+                    report.items_written += entry.items as u64;
+                    opts.reporter.shard_committed(k, entry.items, entry.errors);
                 }
                 if expected == Some(report.shards_committed) {
                     break Ok(());
@@ -370,18 +300,19 @@ where
                         Err(e) => break Err(e),
                     },
                 };
-                let (id, uri) = (item.id.clone(), item.get("uri").map(ToString::to_string).unwrap_or_default());
+                let (id, input) = (item.id.clone(), input_of(&item));
+                let uri = item.get("uri").map(ToString::to_string).unwrap_or_default();
                 let t0 = Instant::now();
                 let added = tokio::task::block_in_place(|| writer.add(item));
                 sink_counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 match added {
                     Ok(()) => {
                         sink_counters.items_out.fetch_add(1, Ordering::Relaxed);
-                        tracker.finish(k, 1);
+                        tracker.written(k, input, id);
                     }
                     Err(e) => {
                         sink_counters.errors.fetch_add(1, Ordering::Relaxed);
-                        tracker.fail(k, record(&id, &uri, &sink_label, e));
+                        tracker.fail(k, input, record(&id, &uri, &sink_label, e));
                     }
                 }
             }
@@ -404,6 +335,12 @@ where
     if leases.is_some() {
         report.shards_other_workers = held_elsewhere.load(Ordering::Relaxed);
     }
+    let outcome = match outcome {
+        Ok(()) => finish_version(&out, job, &lineage, &planned, shards.len(), &attempt, scratch.path(), sink.as_ref())
+            .await
+            .map(|v| report.version = v),
+        Err(e) => Err(e),
+    };
     report.wall_s = started.elapsed().as_secs_f64();
     report.status = match &outcome {
         Ok(()) => "completed",
@@ -417,112 +354,78 @@ where
     } else {
         format!("report-rank-{:05}.json", opts.cluster.rank)
     };
-    let mut written = out.write(&report_name, serde_json::to_vec_pretty(&report).expect("report serializes")).await;
-    if outcome.is_ok() && (opts.cluster.world > 1 || leases.is_some()) && written.is_ok() {
-        written = publish_index(&out, &job.name, &lineage, sink.as_ref()).await;
-    }
+    let written = out.write(&report_name, serde_json::to_vec_pretty(&report).expect("report serializes")).await;
     opts.reporter.finish(&report);
     outcome?;
     written?;
     Ok(report)
 }
 
-/// Feeds the items of this worker's shards into the first stage.
-struct Source {
-    tracker: Arc<Tracker>,
-    tx: async_channel::Sender<Item>,
-    leases: Option<Leases>,
-    held: Arc<Mutex<HashMap<usize, Lease>>>,
-    out: Location,
+/// Commit the plan's version if all of its shards are committed, and publish it; the version
+/// number that stands, if any.
+#[allow(clippy::too_many_arguments)]
+async fn finish_version(
+    out: &Location,
+    job: &crate::manifest::JobConfig,
+    lineage: &Lineage,
+    planned: &Planned,
+    shards_total: usize,
+    attempt: &str,
+    scratch: &std::path::Path,
+    sink: &dyn Sink,
+) -> Result<Option<u64>, PipelineError> {
+    match commit::commit_version(out, &job.name, lineage, planned, shards_total, attempt, scratch).await? {
+        Some(index) => {
+            commit::publish(out, &index, sink).await?;
+            Ok(Some(index.version))
+        }
+        None => Ok(None),
+    }
 }
 
-/// Outcome of trying to take a shard under leases.
-enum Claim {
-    /// We hold it now.
-    Claimed,
-    /// Another worker committed it.
-    Committed,
-    /// Another worker holds a live lease (or the store could not be asked).
-    Held,
+/// Write `_attempts/<attempt>.json`: which host and process run this attempt.
+async fn record_attempt(out: &Location, attempt: &str, cluster: &Cluster) -> Result<(), PipelineError> {
+    let body = serde_json::json!({
+        "attempt": attempt,
+        "host": hostname(),
+        "pid": std::process::id(),
+        "worker": cluster.to_string(),
+        "started_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    });
+    out.write(&format!("{ATTEMPTS_DIR}/{attempt}.json"), serde_json::to_vec_pretty(&body).expect("json")).await
 }
 
-impl Source {
-    /// Feed every shard; with leases, keep retrying shards other workers hold until each is
-    /// committed or taken over from a worker whose lease expired.
-    async fn run(self, shards: Vec<(usize, Vec<InputItem>)>, elsewhere: Arc<AtomicUsize>, poll: Duration) {
-        let mut fed = 0;
-        let mut waiting = Vec::new();
-        for (k, items) in shards {
-            match self.claim(k).await {
-                Claim::Claimed => {}
-                Claim::Committed => continue,
-                Claim::Held => {
-                    waiting.push((k, items));
-                    continue;
-                }
-            }
-            if !self.feed(k, items).await {
-                return;
-            }
-            fed += 1;
-        }
-        while !waiting.is_empty() {
-            tokio::time::sleep(poll).await;
-            let mut still = Vec::new();
-            for (k, items) in waiting {
-                match self.claim(k).await {
-                    Claim::Claimed => {
-                        if !self.feed(k, items).await {
-                            return;
-                        }
-                        fed += 1;
-                    }
-                    Claim::Committed => {
-                        elsewhere.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Claim::Held => still.push((k, items)),
-                }
-            }
-            waiting = still;
-        }
-        let _ = self.tracker.done.send(Event::SourceFinished(fed));
-    }
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| "localhost".into())
+}
 
-    async fn claim(&self, k: usize) -> Claim {
-        let Some(leases) = &self.leases else { return Claim::Claimed };
-        match self.out.read_opt(&journal::entry_name(k)).await {
-            Ok(Some(_)) => return Claim::Committed,
-            Ok(None) => {}
-            Err(_) => return Claim::Held,
-        }
-        match leases.try_claim(k).await {
-            Ok(Some(lease)) => {
-                self.held.lock().expect("lease lock").insert(k, lease);
-                Claim::Claimed
+/// Remove the upload staging files that dead attempts left in a local output: a file under an
+/// attempt's folder when that attempt's process (on this host) is gone, any other staging file
+/// (of a small put: journal, version, index) once it is an hour old. Live workers' files stay.
+fn remove_dead_staging_files(out: &Location) {
+    let Some(dir) = out.local_dir.clone() else { return };
+    let host = hostname();
+    let dead = |name: &str, age: Duration| -> bool {
+        let Some(attempt) = name.split('/').find(|c| crate::names::is_attempt_id(c)) else {
+            return age > Duration::from_secs(3600);
+        };
+        let record = std::fs::read(dir.join(ATTEMPTS_DIR).join(format!("{attempt}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        match record {
+            Some(r) if r["host"] == host.as_str() => {
+                r["pid"].as_u64().is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
             }
-            Ok(None) | Err(_) => Claim::Held,
+            // Another host's attempt: only its age tells.
+            Some(_) => age > Duration::from_secs(24 * 3600),
+            None => age > Duration::from_secs(3600),
         }
-    }
-
-    /// Send a shard's items; false when the pipeline is shutting down.
-    async fn feed(&self, k: usize, items: Vec<InputItem>) -> bool {
-        self.tracker.open(k, items.len());
-        for input in items {
-            if let Some(message) = input.error {
-                let uri = input.fields.get("uri").map(|v| v.to_string()).unwrap_or_default();
-                self.tracker.fail(k, record(&input.id, &uri, "0:input", StageError::msg(message)));
-                continue;
-            }
-            let mut item = Item::new(input.id);
-            item.fields = input.fields;
-            item.shard = k;
-            if self.tx.send(item).await.is_err() {
-                return false;
-            }
-        }
-        self.tracker.source_done(k);
-        true
-    }
+    };
+    // Best effort: a file we cannot remove is one more for `mugflow vacuum`.
+    let _ = out.remove_local_staging_files(dead);
 }
 
 /// How the job's dataset is made: each stage's parameters with the identity (path, sha256) of
@@ -550,40 +453,6 @@ async fn lineage(plan: &Plan) -> Result<Lineage, PipelineError> {
     Ok(Lineage { pipeline, derived_from })
 }
 
-/// Write index.json and the sink's dataset-level files for the given committed shards.
-async fn write_index(
-    out: &Location,
-    job: &str,
-    lineage: &Lineage,
-    sink: &dyn Sink,
-    entries: Vec<journal::ShardEntry>,
-) -> Result<(), PipelineError> {
-    for (name, bytes) in sink.dataset_files(&entries) {
-        out.write(&name, bytes).await?;
-    }
-    let mut index = DatasetIndex::new(job, entries, lineage.pipeline.clone());
-    index.derived_from = lineage.derived_from.clone();
-    // Plain data always serializes.
-    out.write("index.json", serde_json::to_vec_pretty(&index).expect("index serializes")).await
-}
-
-/// Rewrite index.json (and the sink's dataset files) from the journal until a re-read of the
-/// journal matches what was written.
-///
-/// Workers of a distributed job all rewrite the index; each one checks after its own write that
-/// no commit was missed, so the last write always lists every committed shard.
-async fn publish_index(out: &Location, job: &str, lineage: &Lineage, sink: &dyn Sink) -> Result<(), PipelineError> {
-    let mut entries = journal::load(out).await?;
-    loop {
-        write_index(out, job, lineage, sink, entries.values().cloned().collect()).await?;
-        let again = journal::load(out).await?;
-        if again.keys().eq(entries.keys()) {
-            return Ok(());
-        }
-        entries = again;
-    }
-}
-
 /// Scratch directories are named `mugflow-<pid>-<random>` in the system temp directory.
 const SCRATCH_PREFIX: &str = "mugflow-";
 
@@ -606,94 +475,6 @@ fn remove_stale_scratch() {
     }
 }
 
-/// Finish a shard's files, publish each with an atomic put, then create its journal entry.
-async fn commit_shard(
-    out: &Location,
-    writer: Box<dyn ShardSink>,
-    shard: usize,
-    fingerprint: &str,
-    inputs: usize,
-    errors: Vec<ErrorRecord>,
-) -> Result<ShardEntry, PipelineError> {
-    let files = tokio::task::block_in_place(|| writer.finish(&errors))?;
-    for (local, name) in &files.files {
-        out.upload(local, name).await?;
-    }
-    let entry = ShardEntry {
-        shard,
-        fingerprint: fingerprint.to_string(),
-        inputs,
-        items: files.items,
-        errors: errors.len(),
-        files: files.files.iter().map(|(_, n)| n.clone()).collect(),
-        fields: files.fields,
-        tensors: files.tensors,
-        committed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    };
-    journal::commit(out, &entry).await?;
-    Ok(entry)
-}
-
-fn record(id: &str, uri: &str, stage: &str, e: StageError) -> ErrorRecord {
-    ErrorRecord {
-        item_id: id.to_string(),
-        uri: uri.to_string(),
-        stage: stage.to_string(),
-        message: e.message,
-        causes: e.causes.join(" <- "),
-    }
-}
-
-/// One worker of one stage.
-struct Worker {
-    stage: Arc<dyn Stage>,
-    label: String,
-    rx: async_channel::Receiver<Item>,
-    tx: async_channel::Sender<Item>,
-    tracker: Arc<Tracker>,
-    counters: Arc<StageCounters>,
-    budget: MemoryBudget,
-    ctx: StageContext,
-    timeout: Duration,
-}
-
-impl Worker {
-    async fn run(self) {
-        while let Ok(item) = self.rx.recv().await {
-            self.counters.items_in.fetch_add(1, Ordering::Relaxed);
-            let (id, shard) = (item.id.clone(), item.shard);
-            let uri = item.get("uri").map(ToString::to_string).unwrap_or_default();
-            let t0 = Instant::now();
-            let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &self.ctx)).await {
-                Ok(r) => r,
-                Err(_) => Err(StageError::msg(format!(
-                    "timed out after {} (job.item_timeout)",
-                    humantime::format_duration(self.timeout)
-                ))),
-            };
-            self.counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            match result {
-                Ok(children) if children.is_empty() => self.tracker.finish(shard, 1),
-                Ok(children) => {
-                    self.counters.items_out.fetch_add(children.len() as u64, Ordering::Relaxed);
-                    self.tracker.add(shard, children.len() - 1);
-                    for mut child in children {
-                        child.shard = shard;
-                        self.budget.reserve(&mut child).await;
-                        if self.tx.send(child).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    self.tracker.fail(shard, record(&id, &uri, &self.label, e));
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -705,7 +486,7 @@ mod tests {
     use super::*;
     use crate::format::NativeShardWriter;
     use crate::stage::StageConfig;
-    use crate::{DType, Field, FieldType, Tensor};
+    use crate::{DType, Field, FieldType, Item, StageError, Tensor};
 
     /// Splits each item into `n` children carrying a 16 KiB tensor; ids ending in `drop` are
     /// filtered out and ids ending in `bad` fail.
@@ -714,9 +495,12 @@ mod tests {
     struct SplitConfig {
         /// Children per item.
         n: usize,
+        /// Leave out the declared `part` field (a stage whose code drifted from its `adds()`).
+        #[serde(default)]
+        forget_part: bool,
     }
 
-    struct Split(usize);
+    struct Split(usize, bool);
 
     #[async_trait]
     impl Stage for Split {
@@ -730,7 +514,9 @@ mod tests {
             Ok((0..self.0)
                 .map(|i| {
                     let mut c = item.child(format!("{}#{i}", item.id));
-                    c.set("part", i as i64);
+                    if !self.1 {
+                        c.set("part", i as i64);
+                    }
                     c.tensors.insert(
                         "x".into(),
                         Tensor::new(DType::U8, vec![16 << 10], vec![i as u8; 16 << 10].into()).unwrap(),
@@ -751,7 +537,7 @@ mod tests {
             vec![Field::new("part", FieldType::Int, "")]
         }
         fn build(&self, _: &BuildContext) -> Result<Runnable, String> {
-            Ok(Runnable::Transform(Arc::new(Split(self.n))))
+            Ok(Runnable::Transform(Arc::new(Split(self.n, self.forget_part))))
         }
     }
 
@@ -763,8 +549,8 @@ mod tests {
     struct Native;
 
     impl Sink for Native {
-        fn open_shard(&self, shard: usize, dir: &Path) -> Result<Box<dyn ShardSink>, PipelineError> {
-            Ok(Box::new(NativeShardWriter::new(shard, dir)?))
+        fn open_shard(&self, target: &ShardTarget) -> Result<Box<dyn ShardSink>, PipelineError> {
+            Ok(Box::new(NativeShardWriter::new(target)?))
         }
     }
 
@@ -805,16 +591,139 @@ mod tests {
         let report = run(&plan, &reg, opts).await.unwrap();
         assert_eq!((report.shards_committed, report.items_written, report.errors), (3, 15, 1));
         assert_eq!(report.stages[0].counters.items_out, 15);
+        assert_eq!((report.changes.new, report.version), (7, Some(1)));
 
         let out = Location::parse("memory://executor-test/out").unwrap();
-        let entries = journal::load(&out).await.unwrap();
-        let per_shard: Vec<(usize, usize)> = entries.values().map(|e| (e.items, e.errors)).collect();
+        let index = crate::version::latest(&out).await.unwrap().unwrap();
+        let per_shard: Vec<(usize, usize)> = index.shards.iter().map(|e| (e.items, e.errors)).collect();
         // Shards hold [a b c_drop], [d_bad e f], [g].
         assert_eq!(per_shard, [(6, 0), (6, 1), (3, 0)]);
-        assert_eq!(entries[&1].tensors, ["x"]);
-        let errors = crate::inspect::read_table_summary(&out, "shard-00001.errors.parquet").await.unwrap();
+        assert_eq!(index.shards[1].tensors, ["x"]);
+        let done: Vec<&str> = index.shards.iter().flat_map(|s| s.done.iter().map(|d| d.id.as_str())).collect();
+        assert_eq!(done, ["a", "b", "c_drop", "e", "f", "g"], "a failed item is not done");
+        assert_eq!(index.shards[0].done[2].row_ids(), Vec::<&str>::new(), "filtered out: done with no rows");
+        let errors =
+            crate::inspect::read_table_summary(&out, index.shards[1].error_file.as_ref().unwrap()).await.unwrap();
         assert_eq!(errors.rows[0]["item_id"], "d_bad");
         assert_eq!(errors.rows[0]["stage"], "1:split");
         assert_eq!(errors.rows[0]["causes"], "bad input");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_item_missing_a_declared_field_is_an_error_record_naming_stage_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.txt"), "a.mp4\nb.mp4\n").unwrap();
+        let text = format!(
+            "[job]\nname = \"t\"\ninput = {{ list = \"{}/in.txt\" }}\noutput = \"memory://executor-contract/out\"\n\n\
+             [[stage]]\nkind = \"split\"\nn = 1\nforget_part = true\n\n[[stage]]\nkind = \"sink\"\n",
+            dir.path().display()
+        );
+        let mut reg = Registry::new();
+        reg.register::<SplitConfig>().register::<SinkConfig>();
+        let m = crate::manifest::Manifest::from_text(Path::new("t.toml"), text, &[], &|_| None).unwrap();
+        let plan = Plan::from_manifest(&m, &reg).unwrap();
+        let opts = RunOptions {
+            reporter: Arc::new(crate::report::Silent),
+            cluster: crate::cluster::Cluster::single(),
+            stop: std::future::pending(),
+        };
+        let report = run(&plan, &reg, opts).await.unwrap();
+        assert_eq!((report.items_written, report.errors), (0, 2));
+        let out = Location::parse("memory://executor-contract/out").unwrap();
+        let index = crate::version::latest(&out).await.unwrap().unwrap();
+        let errors =
+            crate::inspect::read_table_summary(&out, index.shards[0].error_file.as_ref().unwrap()).await.unwrap();
+        assert_eq!(errors.rows[0]["stage"], "1:split");
+        assert_eq!(
+            errors.rows[0]["message"],
+            "stage 1:split declares that it adds `part` (int), but the item has no `part` (a bug in the stage)"
+        );
+    }
+
+    /// Run the split job over `names` into `out`, with `extra` job settings.
+    async fn split_run(dir: &Path, out: &str, names: &[&str], extra: &str) -> RunReport {
+        std::fs::write(dir.join("in.txt"), names.iter().map(|n| format!("{n}.mp4\n")).collect::<String>()).unwrap();
+        let text = format!(
+            "[job]\nname = \"t\"\ninput = {{ list = \"{}/in.txt\" }}\noutput = \"{out}\"\nshard_size = 3\n{extra}\n\
+             [[stage]]\nkind = \"split\"\nn = 3\n\n[[stage]]\nkind = \"sink\"\n",
+            dir.display()
+        );
+        let mut reg = Registry::new();
+        reg.register::<SplitConfig>().register::<SinkConfig>();
+        let m = crate::manifest::Manifest::from_text(Path::new("t.toml"), text, &[], &|_| None).unwrap();
+        let plan = Plan::from_manifest(&m, &reg).unwrap();
+        let opts = RunOptions {
+            reporter: Arc::new(crate::report::Silent),
+            cluster: crate::cluster::Cluster::single(),
+            stop: std::future::pending(),
+        };
+        run(&plan, &reg, opts).await.unwrap()
+    }
+
+    /// The ids of a version's rows, read from its tables.
+    async fn version_rows(out: &Location, version: u64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for s in crate::version::load(out, version).await.unwrap().shards {
+            ids.extend(
+                crate::inspect::read_table_summary(out, &s.table)
+                    .await
+                    .unwrap()
+                    .rows
+                    .into_iter()
+                    .map(|r| r["id"].clone()),
+            );
+        }
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_run_computes_only_new_items_and_carries_the_rest_into_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "memory://executor-incremental/out";
+        let first = split_run(dir.path(), url, &["a", "b", "c_drop", "d_bad", "e", "f", "g"], "").await;
+        assert_eq!(first.version, Some(1));
+        // f and c_drop leave, h arrives; d_bad failed last time and is tried again.
+        let second = split_run(dir.path(), url, &["a", "b", "d_bad", "e", "g", "h"], "").await;
+        assert_eq!(
+            (second.changes.new, second.changes.changed, second.changes.unchanged, second.changes.removed),
+            (2, 0, 4, 2)
+        );
+        assert_eq!((second.base_version, second.version), (Some(1), Some(2)));
+        assert_eq!(second.stages[0].counters.items_in, 2, "only h and d_bad are computed");
+        let out = Location::parse(url).unwrap();
+        let parts = |ids: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = ids.iter().flat_map(|i| (0..3).map(move |k| format!("{i}#{k}"))).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(version_rows(&out, 1).await, parts(&["a", "b", "e", "f", "g"]));
+        assert_eq!(version_rows(&out, 2).await, parts(&["a", "b", "e", "g", "h"]), "f's rows are filtered out");
+        let v2 = crate::version::load(&out, 2).await.unwrap();
+        assert_eq!(v2.items, 15);
+        assert_eq!(v2.errors, 1, "d_bad failed again, once");
+        // The same input again: only the failed item is tried again.
+        let third = split_run(dir.path(), url, &["a", "b", "d_bad", "e", "g", "h"], "").await;
+        assert_eq!((third.status.as_str(), third.version), ("completed", Some(3)), "d_bad is retried each run");
+        let fourth = split_run(dir.path(), url, &["a", "b", "e", "g", "h"], "").await;
+        assert_eq!((fourth.status.as_str(), fourth.changes.removed), ("nothing to do", 0), "d_bad never finished");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removed_items_are_kept_when_the_job_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "memory://executor-keep/out";
+        split_run(dir.path(), url, &["a", "b", "c"], "").await;
+        let second = split_run(dir.path(), url, &["a", "d"], "on_removed = \"keep\"").await;
+        assert_eq!(
+            (second.changes.new, second.changes.removed, second.changes.kept, second.changes.unchanged),
+            (1, 0, 2, 1)
+        );
+        let out = Location::parse(url).unwrap();
+        let kept = ["a#0", "a#1", "a#2", "b#0", "b#1", "b#2", "c#0", "c#1", "c#2", "d#0", "d#1", "d#2"];
+        assert_eq!(version_rows(&out, second.version.unwrap()).await, kept);
+        let third = split_run(dir.path(), url, &["a", "d"], "").await;
+        assert_eq!(third.changes.removed, 2);
+        assert_eq!(version_rows(&out, third.version.unwrap()).await, ["a#0", "a#1", "a#2", "d#0", "d#1", "d#2"]);
     }
 }
