@@ -63,10 +63,6 @@ fn main() {
 
 async fn phase(phase: &str, dir: &std::path::Path, rows: usize, changed: usize) {
     let images = dir.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for i in 0..16 {
-        std::fs::write(images.join(format!("img{i}.png")), vec![i as u8; 1000 + i]).unwrap();
-    }
     let catalog = dir.join("catalog.csv");
     let spec = InputSpec::Listing(InputListing {
         table: Some(catalog.display().to_string()),
@@ -84,6 +80,10 @@ async fn phase(phase: &str, dir: &std::path::Path, rows: usize, changed: usize) 
     }
 
     // Yesterday's version: every row done, 512 per shard.
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..16 {
+        std::fs::write(images.join(format!("img{i}.png")), vec![i as u8; 1000 + i]).unwrap();
+    }
     write_catalog(&catalog, rows, 0, &images);
     let inputs = list_inputs(&spec).await.unwrap();
     let keys = content_keys(&inputs.items, &pipeline_fingerprint(&lineage)).await;

@@ -569,15 +569,14 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fan_out_filters_and_failures_under_a_tight_budget_commit_every_shard() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = ["a", "b", "c_drop", "d_bad", "e", "f", "g"];
-        std::fs::write(dir.path().join("in.txt"), names.map(|n| format!("{n}.mp4\n")).concat()).unwrap();
+    /// Run the split job (shards of 3) over `names` into `out`, with `job` settings and `stage`
+    /// parameters of the split stage added.
+    async fn split_job(dir: &Path, out: &str, names: &[&str], job: &str, stage: &str) -> RunReport {
+        std::fs::write(dir.join("in.txt"), names.iter().map(|n| format!("{n}.mp4\n")).collect::<String>()).unwrap();
         let text = format!(
-            "[job]\nname = \"t\"\ninput = {{ list = \"{}/in.txt\" }}\noutput = \"memory://executor-test/out\"\nshard_size = 3\n\
-             memory_budget = \"64KiB\"\nqueue_depth = 1\n\n[[stage]]\nkind = \"split\"\nn = 3\nparallelism = 2\n\n[[stage]]\nkind = \"sink\"\n",
-            dir.path().display()
+            "[job]\nname = \"t\"\ninput = {{ list = \"{}/in.txt\" }}\noutput = \"{out}\"\nshard_size = 3\n{job}\n\
+             [[stage]]\nkind = \"split\"\n{stage}\n\n[[stage]]\nkind = \"sink\"\n",
+            dir.display()
         );
         let mut reg = Registry::new();
         reg.register::<SplitConfig>().register::<SinkConfig>();
@@ -588,7 +587,20 @@ mod tests {
             cluster: crate::cluster::Cluster::single(),
             stop: std::future::pending(),
         };
-        let report = run(&plan, &reg, opts).await.unwrap();
+        run(&plan, &reg, opts).await.unwrap()
+    }
+
+    /// [`split_job`] with 3 children per item.
+    async fn split_run(dir: &Path, out: &str, names: &[&str], job: &str) -> RunReport {
+        split_job(dir, out, names, job, "n = 3").await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fan_out_filters_and_failures_under_a_tight_budget_commit_every_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a", "b", "c_drop", "d_bad", "e", "f", "g"];
+        let job = "memory_budget = \"64KiB\"\nqueue_depth = 1";
+        let report = split_job(dir.path(), "memory://executor-test/out", &names, job, "n = 3\nparallelism = 2").await;
         assert_eq!((report.shards_committed, report.items_written, report.errors), (3, 15, 1));
         assert_eq!(report.stages[0].counters.items_out, 15);
         assert_eq!((report.changes.new, report.version), (7, Some(1)));
@@ -612,22 +624,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_item_missing_a_declared_field_is_an_error_record_naming_stage_and_field() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("in.txt"), "a.mp4\nb.mp4\n").unwrap();
-        let text = format!(
-            "[job]\nname = \"t\"\ninput = {{ list = \"{}/in.txt\" }}\noutput = \"memory://executor-contract/out\"\n\n\
-             [[stage]]\nkind = \"split\"\nn = 1\nforget_part = true\n\n[[stage]]\nkind = \"sink\"\n",
-            dir.path().display()
-        );
-        let mut reg = Registry::new();
-        reg.register::<SplitConfig>().register::<SinkConfig>();
-        let m = crate::manifest::Manifest::from_text(Path::new("t.toml"), text, &[], &|_| None).unwrap();
-        let plan = Plan::from_manifest(&m, &reg).unwrap();
-        let opts = RunOptions {
-            reporter: Arc::new(crate::report::Silent),
-            cluster: crate::cluster::Cluster::single(),
-            stop: std::future::pending(),
-        };
-        let report = run(&plan, &reg, opts).await.unwrap();
+        let url = "memory://executor-contract/out";
+        let report = split_job(dir.path(), url, &["a", "b"], "", "n = 1\nforget_part = true").await;
         assert_eq!((report.items_written, report.errors), (0, 2));
         let out = Location::parse("memory://executor-contract/out").unwrap();
         let index = crate::version::latest(&out).await.unwrap().unwrap();
@@ -638,26 +636,6 @@ mod tests {
             errors.rows[0]["message"],
             "stage 1:split declares that it adds `part` (int), but the item has no `part` (a bug in the stage)"
         );
-    }
-
-    /// Run the split job over `names` into `out`, with `extra` job settings.
-    async fn split_run(dir: &Path, out: &str, names: &[&str], extra: &str) -> RunReport {
-        std::fs::write(dir.join("in.txt"), names.iter().map(|n| format!("{n}.mp4\n")).collect::<String>()).unwrap();
-        let text = format!(
-            "[job]\nname = \"t\"\ninput = {{ list = \"{}/in.txt\" }}\noutput = \"{out}\"\nshard_size = 3\n{extra}\n\
-             [[stage]]\nkind = \"split\"\nn = 3\n\n[[stage]]\nkind = \"sink\"\n",
-            dir.display()
-        );
-        let mut reg = Registry::new();
-        reg.register::<SplitConfig>().register::<SinkConfig>();
-        let m = crate::manifest::Manifest::from_text(Path::new("t.toml"), text, &[], &|_| None).unwrap();
-        let plan = Plan::from_manifest(&m, &reg).unwrap();
-        let opts = RunOptions {
-            reporter: Arc::new(crate::report::Silent),
-            cluster: crate::cluster::Cluster::single(),
-            stop: std::future::pending(),
-        };
-        run(&plan, &reg, opts).await.unwrap()
     }
 
     /// The ids of a version's rows, read from its tables.
