@@ -408,3 +408,26 @@ fn a_later_run_with_another_world_size_continues_the_same_output() {
     ids.dedup();
     assert_eq!(ids.len(), n);
 }
+
+/// A catalog row with bytes that are not UTF-8 is an error record naming its line; the other
+/// rows run (the whole job used to stop).
+#[test]
+fn a_listing_row_that_is_not_utf8_is_an_error_record_and_the_rest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = common::videos().join("hug_lego_movie.mp4");
+    let mut csv = format!("id,path,caption\nok1,{0},fine\nlatin,{0},caf", v.display()).into_bytes();
+    csv.extend_from_slice(b"\xe9\n"); // a Latin-1 é inside a UTF-8 file
+    csv.extend_from_slice(format!("ok2,{},fine too\n", v.display()).as_bytes());
+    std::fs::write(dir.path().join("listing.csv"), csv).unwrap();
+    let input = format!("{{ table = \"{}/listing.csv\", id_column = \"id\" }}", dir.path().display());
+    let m = job(dir.path(), &input, 10, "");
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    let mut ids = written_ids(&dir.path().join("out"));
+    ids.sort();
+    assert_eq!(ids, ["ok1", "ok2"]);
+    let errors = error_rows(&dir.path().join("out"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].0.as_str(), errors[0].1.as_str()), ("latin", "0:input"));
+    assert!(errors[0].2.ends_with("listing.csv:3: not UTF-8 text (field 3 of the row)"), "{errors:?}");
+}

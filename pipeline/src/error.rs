@@ -39,6 +39,14 @@ pub enum PipelineError {
         /// What differs.
         detail: String,
     },
+    /// A shard lease file that cannot be read (a truncated write, a disk error).
+    #[error("the lease file {location} is unreadable: {detail}")]
+    CorruptLease {
+        /// The lease file.
+        location: String,
+        /// Why it cannot be read.
+        detail: String,
+    },
     /// Another run committed the version this run was about to commit.
     #[error("version {version} of the dataset was committed by another run first ({location})")]
     VersionConflict {
@@ -94,6 +102,9 @@ impl PipelineError {
             PipelineError::JournalMismatch { .. } => {
                 Some("a damaged journal or version file: the message says which file and what to do".into())
             }
+            PipelineError::CorruptLease { .. } => Some(
+                "delete that lease file (its shard is then claimed afresh), or its folder under _leases/; no committed data is lost".into(),
+            ),
             PipelineError::VersionConflict { .. } => Some(
                 "two runs wrote to the same output at once; run again: the next run builds on the new version and redoes only what changed".into(),
             ),

@@ -47,7 +47,7 @@ pub async fn list_inputs(spec: &InputSpec) -> Result<Inputs, PipelineError> {
     ];
     let mut items = match (&listing.glob, &listing.list, &listing.table, &listing.dataset) {
         (Some(g), None, None, None) => from_paths(glob(g).await?)?,
-        (None, Some(l), None, None) => from_paths(list_file(l).await?)?,
+        (None, Some(l), None, None) => from_paths(list_file(l, listing.encoding).await?)?,
         (None, None, Some(t), None) => {
             let (items, extra) = table(t, &listing).await?;
             fields.extend(extra);
@@ -117,11 +117,19 @@ async fn glob(pattern: &str) -> Result<Vec<String>, PipelineError> {
 
 /// Read a list file: one path or URL per line; blank lines and `#` comments are skipped.
 /// Relative paths are relative to the list file's directory.
-async fn list_file(list: &str) -> Result<Vec<String>, PipelineError> {
+async fn list_file(list: &str, encoding: crate::manifest::TextEncoding) -> Result<Vec<String>, PipelineError> {
     let (dir, name) = split_parent(list);
-    let text = Location::parse(dir)?.read(name).await?;
-    let text =
-        String::from_utf8(text.to_vec()).map_err(|_| PipelineError::Input(format!("{list} is not UTF-8 text")))?;
+    let bytes = Location::parse(dir)?.read(name).await?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let text = match encoding {
+        crate::manifest::TextEncoding::Latin1 => bytes.iter().map(|&b| char::from(b)).collect(),
+        crate::manifest::TextEncoding::Utf8 => String::from_utf8(bytes.to_vec()).map_err(|e| {
+            PipelineError::Input(format!(
+                "{list} is not UTF-8 text (at byte {}); if it is Latin-1, set `encoding = \"latin-1\"` in job.input",
+                e.utf8_error().valid_up_to()
+            ))
+        })?,
+    };
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| resolve(dir, l)).collect())
 }
 
@@ -130,6 +138,49 @@ async fn table(path: &str, listing: &InputListing) -> Result<(Vec<InputItem>, Ve
     let (dir, name) = split_parent(path);
     let bytes = Location::parse(dir)?.read(name).await?;
     parse_table(path, bytes, listing)
+}
+
+/// The UTF-8 text of a CSV listing, and the data rows (0-based, header excluded) that were not
+/// valid UTF-8, with a message naming the line: those become error records (their bytes are
+/// replaced by U+FFFD so the rest of the file parses). A byte-order mark is skipped. A file whose
+/// header or most rows are not UTF-8 is in another encoding: one error naming the file and the
+/// `encoding` setting. An empty file (no header line) is an error too.
+fn decode_csv(
+    path: &str,
+    bytes: &[u8],
+    encoding: crate::manifest::TextEncoding,
+) -> Result<(Vec<u8>, BTreeMap<usize, String>), PipelineError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(PipelineError::Input(format!("{path} is empty: a table needs at least a header line")));
+    }
+    if encoding == crate::manifest::TextEncoding::Latin1 {
+        return Ok((bytes.iter().map(|&b| char::from(b)).collect::<String>().into_bytes(), BTreeMap::new()));
+    }
+    if std::str::from_utf8(bytes).is_ok() {
+        return Ok((bytes.to_vec(), BTreeMap::new()));
+    }
+    let other = |what: String| {
+        PipelineError::Input(format!(
+            "{path} is not UTF-8 text ({what}); if it is Latin-1 or Windows-1252, set `encoding = \"latin-1\"` in job.input"
+        ))
+    };
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
+    let (mut bad, mut rows) = (BTreeMap::new(), 0usize);
+    for (i, record) in reader.byte_records().enumerate() {
+        let Ok(record) = record else { continue };
+        rows = i;
+        let Some(column) = record.iter().position(|f| std::str::from_utf8(f).is_err()) else { continue };
+        if i == 0 {
+            return Err(other("the header line is not".into()));
+        }
+        let line = record.position().map_or(i + 1, |p| p.line() as usize);
+        bad.insert(i - 1, format!("{path}:{line}: not UTF-8 text (field {} of the row)", column + 1));
+    }
+    if bad.len() * 2 > rows {
+        return Err(other(format!("{} of {rows} rows are not", bad.len())));
+    }
+    Ok((String::from_utf8_lossy(bytes).into_owned().into_bytes(), bad))
 }
 
 /// Data rows of a CSV file (0-based, header excluded) whose field count differs from the
@@ -167,11 +218,13 @@ pub fn parse_table(
     let df = if name.ends_with(".parquet") {
         ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(bad)?
     } else if name.ends_with(".csv") {
-        ragged = ragged_rows(path, &bytes);
+        let (text, not_utf8) = decode_csv(path, &bytes, listing.encoding)?;
+        ragged = ragged_rows(path, &text);
+        ragged.extend(not_utf8);
         CsvReadOptions::default()
             .with_has_header(true)
             .with_parse_options(CsvParseOptions::default().with_truncate_ragged_lines(true))
-            .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+            .into_reader_with_file_handle(std::io::Cursor::new(text))
             .finish()
             .map_err(bad)?
     } else {
@@ -205,7 +258,14 @@ pub fn parse_table(
             Some(Value::Str(p)) if !p.trim().is_empty() => Some(p.trim().to_string()),
             _ => None,
         };
-        let mut error = raw_path.is_none().then(|| format!("{path}:{line}: empty `{}`", listing.path_column));
+        let mut error = match get(&listing.path_column) {
+            Some(v @ (Value::Bool(_) | Value::Int(_) | Value::Float(_))) => Some(format!(
+                "{path}:{line}: `{}` must be text (a path or URL), not {}",
+                listing.path_column,
+                v.field_type().map_or("null".into(), |t| t.to_string())
+            )),
+            _ => raw_path.is_none().then(|| format!("{path}:{line}: empty `{}`", listing.path_column)),
+        };
         if let Some(e) = ragged.get(&row) {
             error = Some(e.clone());
         }
@@ -460,5 +520,78 @@ mod tests {
         let err =
             list_inputs(&listing(None, Some(format!("{}/t.csv", d.display())), Some("sku_id"))).await.unwrap_err();
         assert!(err.to_string().contains("no column `sku_id`"), "{err}");
+    }
+
+    fn csv(text: &[u8]) -> Result<Vec<InputItem>, PipelineError> {
+        let listing =
+            InputListing { id_column: Some("id".into()), path_column: "image".into(), ..InputListing::default() };
+        parse_table("/c/catalog.csv", bytes::Bytes::copy_from_slice(text), &listing).map(|(items, _)| items)
+    }
+
+    fn errors(items: &[InputItem]) -> Vec<(&str, &str)> {
+        items.iter().filter_map(|i| i.error.as_deref().map(|e| (i.id.as_str(), e))).collect()
+    }
+
+    #[test]
+    fn a_row_that_is_not_utf8_is_an_error_record_naming_its_line() {
+        let items = csv(b"id,image,prompt\na,a.png,fine\nb,b.png,caf\xe9 au lait\nc,c.png,also fine\n").unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(errors(&items), [("b", "/c/catalog.csv:3: not UTF-8 text (field 3 of the row)")]);
+        assert_eq!(items[2].fields["prompt"], Value::Str("also fine".into()));
+    }
+
+    #[test]
+    fn a_file_in_another_encoding_is_one_error_naming_the_setting() {
+        let latin1 = b"id,image,prompt\na,a.png,caf\xe9\nb,b.png,cr\xe8me\n";
+        let e = csv(latin1).unwrap_err().to_string();
+        assert!(
+            e.contains("/c/catalog.csv is not UTF-8 text (2 of 2 rows are not)")
+                && e.contains("encoding = \"latin-1\""),
+            "{e}"
+        );
+        let listing = InputListing {
+            id_column: Some("id".into()),
+            path_column: "image".into(),
+            encoding: crate::manifest::TextEncoding::Latin1,
+            ..InputListing::default()
+        };
+        let (items, _) = parse_table("/c/catalog.csv", bytes::Bytes::from_static(latin1), &listing).unwrap();
+        assert_eq!(items[0].fields["prompt"], Value::Str("café".into()));
+    }
+
+    #[test]
+    fn bom_crlf_quoted_newlines_and_long_prompts_read_as_written() {
+        let long = "x".repeat(10_000);
+        let text = format!("\u{feff}id,image,prompt\r\na,a.png,\"two\r\nlines, and a comma\"\r\nb,b.png,{long}\r\n");
+        let items = csv(text.as_bytes()).unwrap();
+        assert_eq!(errors(&items), Vec::<(&str, &str)>::new());
+        assert_eq!(items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(items[0].fields["prompt"], Value::Str("two\r\nlines, and a comma".into()));
+        assert_eq!(items[1].fields["prompt"], Value::Str(long));
+        assert_eq!(items[1].fields["uri"], Value::Str("/c/b.png".into()));
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error_and_a_header_alone_lists_nothing() {
+        let e = csv(b"").unwrap_err().to_string();
+        assert!(e.contains("/c/catalog.csv is empty: a table needs at least a header line"), "{e}");
+        assert!(csv(b"id,image,prompt\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_parquet_path_column_of_the_wrong_type_gives_error_records() {
+        let mut df = df!("id" => ["a", "b"], "image" => [1i64, 2], "prompt" => ["p", "q"]).unwrap();
+        let mut buf = Vec::new();
+        ParquetWriter::new(&mut buf).finish(&mut df).unwrap();
+        let listing =
+            InputListing { id_column: Some("id".into()), path_column: "image".into(), ..InputListing::default() };
+        let (items, _) = parse_table("/c/catalog.parquet", bytes::Bytes::from(buf), &listing).unwrap();
+        assert_eq!(
+            errors(&items),
+            [
+                ("a", "/c/catalog.parquet:2: `image` must be text (a path or URL), not int"),
+                ("b", "/c/catalog.parquet:3: `image` must be text (a path or URL), not int")
+            ]
+        );
     }
 }

@@ -182,6 +182,28 @@ impl Location {
         Ok(names)
     }
 
+    /// Make the named objects of a local location durable: each file's data, then each folder
+    /// holding them, is fsynced (object stores are durable once a put returns: nothing to do).
+    /// The commit protocol calls this before it creates the journal entry that names them, so
+    /// a power cut cannot leave an entry naming a file the disk lost.
+    pub fn sync(&self, names: &[String]) -> Result<(), PipelineError> {
+        let Some(dir) = &self.local_dir else { return Ok(()) };
+        let mut folders = std::collections::BTreeSet::new();
+        for name in names {
+            let path = dir.join(name);
+            let io = |e| PipelineError::io(format!("cannot sync {}", path.display()), e);
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io)?;
+            folders.extend(path.parent().map(Path::to_path_buf));
+        }
+        for folder in folders {
+            // Directories are opened read-only to sync their entries (Linux, macOS).
+            std::fs::File::open(&folder)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| PipelineError::io(format!("cannot sync {}", folder.display()), e))?;
+        }
+        Ok(())
+    }
+
     /// Size, ETag and modification time of an object.
     pub async fn head(&self, name: &str) -> Result<object_store::ObjectMeta, PipelineError> {
         self.store.head(&self.key(name)).await.map_err(|e| PipelineError::storage(self.url_of(name), e))

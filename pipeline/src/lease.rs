@@ -55,12 +55,15 @@ impl Leases {
         format!("{}/shard-{shard:05}", self.dir)
     }
 
-    /// The newest lease generation of a shard, if any.
+    /// The newest lease generation of a shard, if any. A lease file that cannot be read is an
+    /// error naming it and the fix (no claim could ever succeed past it).
     pub async fn newest(&self, shard: usize) -> Result<Option<Lease>, PipelineError> {
         let names = self.out.list(&self.shard_dir(shard)).await?;
         let Some(last) = names.iter().filter(|n| n.ends_with(".json")).max() else { return Ok(None) };
         match self.out.read_opt(last).await? {
-            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| PipelineError::CorruptLease { location: self.out.url_of(last), detail: e.to_string() }),
             None => Ok(None),
         }
     }
@@ -134,5 +137,16 @@ mod tests {
             other.release(0).await.unwrap();
             assert!(other.newest(0).await.unwrap().is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_lease_file_is_an_error_naming_it() {
+        let out = Location::parse("memory://lease-corrupt/ds").unwrap();
+        let w = Leases::new(out.clone(), "p1", "w".into(), Duration::from_secs(60));
+        out.write("_leases/p1/shard-00003/gen-000000.json", b"{ half a lease".to_vec()).await.unwrap();
+        let e = w.try_claim(3).await.unwrap_err();
+        assert!(matches!(e, PipelineError::CorruptLease { .. }), "{e}");
+        assert!(e.to_string().contains("_leases/p1/shard-00003/gen-000000.json"), "{e}");
+        assert!(e.hint().unwrap().contains("delete"), "{e:?}");
     }
 }

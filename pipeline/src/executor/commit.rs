@@ -5,7 +5,7 @@
 //!    (`shards/<attempt>/shard-00003.parquet`, `videos/<attempt>/<id>.mp4`), so two attempts at
 //!    the same shard (a worker that lost its lease, a requeued task) never write the same name.
 //! 2. **Shard commit.** The shard's files are finished in local scratch, each uploaded with an
-//!    atomic put, then the journal entry `_journal/<plan>/shard-XXXXX.json` is created with a
+//!    atomic put (and, on local disk, fsynced with their folders), then the journal entry `_journal/<plan>/shard-XXXXX.json` is created with a
 //!    conditional put. The entry names its files and the input items it finished. An attempt
 //!    that loses the race deletes its own uploads; files no entry names are never read (and
 //!    `mugflow vacuum` removes what a killed attempt left).
@@ -47,6 +47,8 @@ pub(super) async fn commit_shard(
     for (local, name) in &files.files {
         out.upload(local, name).await?;
     }
+    let names: Vec<String> = files.files.iter().map(|(_, n)| n.clone()).collect();
+    tokio::task::block_in_place(|| out.sync(&names))?;
     let mut row_files: HashMap<&str, Vec<String>> = HashMap::new();
     for (row, name) in &files.row_files {
         row_files.entry(row.as_str()).or_default().push(name.clone());
@@ -79,7 +81,10 @@ pub(super) async fn commit_shard(
         done,
     };
     match journal::commit(out, &entry).await? {
-        journal::Commit::Committed => Ok(Some(entry)),
+        journal::Commit::Committed => {
+            tokio::task::block_in_place(|| out.sync(&[journal::entry_name(plan, shard)]))?;
+            Ok(Some(entry))
+        }
         journal::Commit::AlreadyCommitted => {
             for f in &entry.files {
                 out.delete(f).await?;
@@ -123,6 +128,7 @@ async fn carry(
         tokio::task::block_in_place(|| filter_table(bytes, &keep, &local))?
     };
     out.upload(&local, &table).await?;
+    tokio::task::block_in_place(|| out.sync(std::slice::from_ref(&table)))?;
     let _ = std::fs::remove_file(&local);
     files.retain(|f| *f != shard.table && !dropped_files.contains(f.as_str()));
     files.insert(0, table.clone());
@@ -164,7 +170,10 @@ pub(super) async fn commit_version(
     index.created_at = now();
     index.changes = planned.changes;
     match version::commit(out, &index).await? {
-        version::Commit::Committed => Ok(Some(index)),
+        version::Commit::Committed => {
+            tokio::task::block_in_place(|| out.sync(&[version::version_name(index.version)]))?;
+            Ok(Some(index))
+        }
         version::Commit::AlreadyCommitted => {
             // Another worker of this run committed it; our filtered copies are not named by it.
             for c in &copies {

@@ -264,6 +264,7 @@ where
                         }
                         continue;
                     }
+                    Event::SourceFailed(e) => break Err(e),
                     Event::ShardDone(k) => k,
                 };
                 let writer = match open.remove(&k) {

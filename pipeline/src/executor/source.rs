@@ -12,7 +12,7 @@ use super::worker::record;
 use crate::io::Location;
 use crate::journal;
 use crate::lease::{Lease, Leases};
-use crate::{Item, StageError};
+use crate::{Item, PipelineError, StageError};
 
 /// Feeds the items of this worker's shards into the first stage.
 pub(super) struct Source {
@@ -30,8 +30,10 @@ enum Claim {
     Claimed,
     /// Another worker committed it.
     Committed,
-    /// Another worker holds a live lease (or the store could not be asked).
+    /// Another worker holds a live lease (or the store could not be asked this time).
     Held,
+    /// The shard can never be claimed as things are (a corrupt lease file): the run stops.
+    Broken(PipelineError),
 }
 
 impl Source {
@@ -48,6 +50,7 @@ impl Source {
                     waiting.push((k, items));
                     continue;
                 }
+                Claim::Broken(e) => return self.tracker.source_failed(e),
             }
             if !self.feed(k, items).await {
                 return;
@@ -69,6 +72,7 @@ impl Source {
                         elsewhere.fetch_add(1, Ordering::Relaxed);
                     }
                     Claim::Held => still.push((k, items)),
+                    Claim::Broken(e) => return self.tracker.source_failed(e),
                 }
             }
             waiting = still;
@@ -88,6 +92,7 @@ impl Source {
                 self.held.lock().expect("lease lock").insert(k, lease);
                 Claim::Claimed
             }
+            Err(e @ PipelineError::CorruptLease { .. }) => Claim::Broken(e),
             Ok(None) | Err(_) => Claim::Held,
         }
     }

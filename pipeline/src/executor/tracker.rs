@@ -17,6 +17,8 @@ pub(super) enum Event {
     ShardDone(usize),
     /// The source has fed all the shards it will feed (this many).
     SourceFinished(usize),
+    /// The source cannot go on (a shard can never be claimed): the run stops with this error.
+    SourceFailed(crate::PipelineError),
 }
 
 /// Items finished and failed so far, and the counts when the error rate was first exceeded.
@@ -63,6 +65,11 @@ impl Tracker {
     pub(super) fn source_finished(&self, fed: usize) {
         // The receiver lives as long as the run; after it is gone nothing is committed anyway.
         let _ = self.done.send(Event::SourceFinished(fed));
+    }
+
+    /// The source stops the run with an error.
+    pub(super) fn source_failed(&self, e: crate::PipelineError) {
+        let _ = self.done.send(Event::SourceFailed(e));
     }
 
     pub(super) fn open(&self, shard: usize, items: usize) {

@@ -130,6 +130,23 @@ pub struct InputListing {
     /// A mugflow dataset (its folder or URL): one item per written row, with the row's fields
     /// and `dataset_tensors`, the URL of its shard's tensors (see the `load_tensors` stage).
     pub dataset: Option<String>,
+    /// Text encoding of a CSV `table` or `list` file: "utf-8" (a UTF-8 byte-order mark is
+    /// skipped; a row with bytes that are not UTF-8 becomes an error record naming its line) or
+    /// "latin-1" (ISO-8859-1, also right for the ASCII range of Windows-1252).
+    #[serde(default)]
+    pub encoding: TextEncoding,
+}
+
+/// The text encoding of a listing file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TextEncoding {
+    /// UTF-8.
+    #[default]
+    Utf8,
+    /// ISO-8859-1: every byte is the character of the same number.
+    #[serde(rename = "latin-1")]
+    Latin1,
 }
 
 impl Default for InputListing {
@@ -141,6 +158,7 @@ impl Default for InputListing {
             path_column: default_path_column(),
             id_column: None,
             dataset: None,
+            encoding: TextEncoding::Utf8,
         }
     }
 }
