@@ -281,8 +281,9 @@ fn twenty_incremental_runs_killed_at_random_moments_lose_duplicate_and_overwrite
         let out = dir.path().join(format!("out{round}"));
         let text = |input: &str| {
             format!(
-                "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}\"\nshard_size = 4\n\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
-                out.display()
+                "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}\"\nshard_size = 4\n{}\n\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
+                out.display(),
+                common::allowed_videos()
             )
         };
         let m1 = manifest(dir.path(), &format!("first{round}.toml"), &text(&first));
@@ -430,4 +431,30 @@ fn a_listing_row_that_is_not_utf8_is_an_error_record_and_the_rest_runs() {
     assert_eq!(errors.len(), 1);
     assert_eq!((errors[0].0.as_str(), errors[0].1.as_str()), ("latin", "0:input"));
     assert!(errors[0].2.ends_with("listing.csv:3: not UTF-8 text (field 3 of the row)"), "{errors:?}");
+}
+
+/// A listing row naming a file outside the job's roots (the listing's folder and
+/// job.allowed_roots), climbing out with `..`, or another URL scheme becomes an error record
+/// naming the rule; nothing outside is read.
+#[test]
+fn listing_rows_outside_the_allowed_roots_are_error_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = common::videos().join("hug_lego_movie.mp4");
+    let csv = format!(
+        "id,path\nok,{}\nsecret,/etc/hostname\nclimb,{}/../../etc/hostname\nweb,http://169.254.169.254/latest\n",
+        v.display(),
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("listing.csv"), csv).unwrap();
+    let input = format!("{{ table = \"{}/listing.csv\", id_column = \"id\" }}", dir.path().display());
+    let m = job(dir.path(), &input, 10, "");
+    let (code, _, err) = run(&["run", m.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(written_ids(&dir.path().join("out")), ["ok"]);
+    let errors = error_rows(&dir.path().join("out"));
+    let why: Vec<(&str, &str)> = errors.iter().map(|e| (e.0.as_str(), e.1.as_str())).collect();
+    assert_eq!(why, [("climb", "0:input"), ("secret", "0:input"), ("web", "0:input")]);
+    assert!(errors[0].2.contains("climbs out of the allowed roots"), "{errors:?}");
+    assert!(errors[1].2.contains("`/etc/hostname` is outside the allowed roots"), "{errors:?}");
+    assert!(errors[2].2.contains("the scheme `http://`"), "{errors:?}");
 }

@@ -5,6 +5,7 @@
 
 pub mod budget;
 pub mod cluster;
+pub mod confine;
 mod error;
 pub mod executor;
 pub mod format;

@@ -139,6 +139,11 @@ pub fn error_rows(out: &Path) -> Vec<(String, String, String)> {
     rows
 }
 
+/// The job setting that lets a listing outside tests/data/videos name the test videos.
+pub fn allowed_videos() -> String {
+    format!("allowed_roots = [\"{}\"]", videos().display())
+}
+
 /// A table listing of `n` rows (`id,path`) cycling over the test videos, with unique ids;
 /// returns the manifest's `input` value for it.
 pub fn big_listing(dir: &Path, n: usize) -> String {
@@ -154,8 +159,9 @@ pub fn big_listing(dir: &Path, n: usize) -> String {
 /// A probe -> write manifest `dir/job.toml` over `input`, writing to `dir/out`.
 pub fn probe_job(dir: &Path, input: &str, shard_size: usize, extra: &str) -> PathBuf {
     let text = format!(
-        "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}/out\"\nshard_size = {shard_size}\n{extra}\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
-        dir.display()
+        "[job]\nname = \"t\"\ninput = {input}\noutput = \"{}/out\"\nshard_size = {shard_size}\n{}\n{extra}\n[[stage]]\nkind = \"probe\"\n\n[[stage]]\nkind = \"write\"\n",
+        dir.display(),
+        allowed_videos()
     );
     manifest(dir, "job.toml", &text)
 }

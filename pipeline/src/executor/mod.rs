@@ -68,8 +68,14 @@ where
     let started = Instant::now();
     let job = &plan.job;
     let out = Location::parse(&job.output)?;
-    let inputs = list_inputs(&job.input).await?;
+    let mut inputs = list_inputs(&job.input).await?;
     plan.check_fields(&inputs.fields, registry)?;
+    let roots = crate::confine::Roots::for_job(&job.input, &job.allowed_roots);
+    for item in inputs.items.iter_mut().filter(|i| i.error.is_none()) {
+        if let Err(why) = roots.check(item.fields.get("uri").and_then(|v| v.as_str()).unwrap_or_default()) {
+            item.error = Some(why);
+        }
+    }
     let input_items = inputs.items.len();
     let lineage = lineage(plan).await?;
     let planned = incremental::plan(&out, inputs.items, &lineage, u64::from(job.shard_size), job.on_removed).await?;

@@ -54,6 +54,10 @@ pub struct JobConfig {
     /// How long a shard lease lasts without renewal (leases are renewed every third of it).
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: Duration,
+    /// Folders and URL prefixes (e.g. "s3://bucket/raw/") the input's paths may name besides the
+    /// list or table file's own folder and the glob's base (see the README: Confinement).
+    #[serde(default)]
+    pub allowed_roots: Vec<String>,
     /// What a new version does with items of the previous version that the input no longer
     /// lists: "drop" them, or "keep" them (carried over as they are).
     #[serde(default)]
