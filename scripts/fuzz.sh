@@ -9,7 +9,7 @@ secs=${1:-30}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz passes -Z flags to rustc; this machine has only a stable toolchain.
 export RUSTC_BOOTSTRAP=1
-for target in manifest listing; do
+for target in manifest listing checkpoint; do
   corpus=$(mktemp -d)
   cp fuzz/corpus/"$target"/* "$corpus"/
   cp fuzz/regressions/"$target"/* "$corpus"/ 2>/dev/null || true

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use pipeline::manifest::{InputListing, Manifest};
+use pipeline::manifest::{InputListing, Manifest, TextEncoding};
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -44,11 +44,27 @@ fn manifest_inputs_never_panic() {
 fn listing_inputs_never_panic() {
     for (name, data) in inputs("listing") {
         let Some((&mode, body)) = data.split_first() else { continue };
-        let listing = InputListing { id_column: (mode & 1 == 1).then(|| "id".to_string()), ..InputListing::default() };
+        let encoding = if mode & 4 == 4 { TextEncoding::Latin1 } else { TextEncoding::Utf8 };
+        let listing =
+            InputListing { id_column: (mode & 1 == 1).then(|| "id".to_string()), encoding, ..InputListing::default() };
         let file = if mode & 2 == 2 { "/fuzz/listing.parquet" } else { "/fuzz/listing.csv" };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pipeline::input::parse_table(file, bytes::Bytes::copy_from_slice(body), &listing).map(|r| r.0.len())
         }));
+        assert!(result.is_ok(), "{name} panics");
+    }
+}
+
+#[test]
+fn checkpoint_inputs_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, data) in inputs("checkpoint") {
+        let path = dir.path().join("model.pt");
+        std::fs::write(&path, &data).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            models::weights::Checkpoint::open(&path, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .map(|c| c.keys().len())
+        });
         assert!(result.is_ok(), "{name} panics");
     }
 }

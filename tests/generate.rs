@@ -369,3 +369,60 @@ fn the_readme_demo_runs_on_a_fresh_checkout_twice() {
     }
     assert_eq!(written_ids(&dir.path().join("out/demo")).len(), 7);
 }
+
+/// `--gpus`: SIGTERM to the parent (Slurm's preemption) reaches every worker; each stops as an
+/// interrupted run, and the parent exits with the preemption code; a re-run finishes the job.
+#[test]
+fn gpus_forwards_sigterm_to_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    // On this CPU-only machine the workers run on the CPU, as the manifest is told.
+    let sets: Vec<String> = [
+        "job.shard_size=1",
+        "stage.i2v_generate.device=cpu",
+        "stage.vae_decode.device=cpu",
+        "stage.i2v_generate.dtype=f32",
+        "stage.vae_decode.dtype=f32",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows: String = (0..40).map(|i| format!("p{i:02},images/coffee.png,Product {i},,,\n")).collect();
+    let cat = catalog(dir.path(), &rows);
+    let out = dir.path().join("out");
+    let mut args = generate_args(&cat, &out, &sets);
+    args.extend(["--gpus".into(), "0,0".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut parent = mugflow(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Read the workers' progress lines as they come, or a full pipe would stall them.
+    let mut stderr = parent.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
+    let start = Instant::now();
+    while common::journal_entries(&out) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(300), "no shard committed");
+        if let Some(status) = parent.try_wait().unwrap() {
+            panic!("mugflow exited with {status} before any commit: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: plain libc call on a child we own.
+    assert_eq!(unsafe { kill(parent.id() as i32, 15) }, 0);
+    let status = parent.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    for rank in 0..2 {
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("report-rank-{rank:05}.json"))).unwrap()).unwrap();
+        assert_eq!(report["status"], "interrupted", "worker {rank} stopped on the forwarded signal: {report}");
+    }
+    let args: Vec<&str> = args.into_iter().filter(|a| *a != "--gpus" && *a != "0,0").collect();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(written_ids(&out).len(), 40);
+}

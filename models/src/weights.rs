@@ -107,6 +107,13 @@ impl Checkpoint {
                 .filter_map(|v| v.as_str().map(|f| path.join(f)))
                 .collect();
             let files: Vec<PathBuf> = files.into_iter().collect();
+            if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+                return Err(read(format!(
+                    "{} names the shard {}, which is missing",
+                    index.display(),
+                    missing.display()
+                )));
+            }
             // SAFETY: the files are mapped read-only; mugflow never writes checkpoints it reads.
             Store::Safetensors(
                 unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
@@ -274,5 +281,49 @@ impl Weights<'_> {
     pub fn finish(self, ignored: &[&str]) -> Result<(), WeightsError> {
         let read = self.read.borrow();
         self.checkpoint.check(&read, ignored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_err(path: &Path) -> String {
+        match Checkpoint::open(path, DType::F32, &Device::Cpu) {
+            Ok(_) => panic!("{} opened", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A truncated or garbled checkpoint, or an index naming a missing shard, is one error that
+    /// names the file, never a panic.
+    #[test]
+    fn damaged_checkpoints_are_one_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wan_dit/weights.safetensors")).unwrap();
+        let truncated = dir.path().join("model.safetensors");
+        std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+        let e = open_err(&truncated);
+        assert!(e.starts_with(&format!("cannot read checkpoint {}", truncated.display())), "{e}");
+
+        let pt = dir.path().join("dit.pt");
+        std::fs::write(&pt, b"PK\x03\x04 not really a zip of pickles").unwrap();
+        let e = open_err(&pt);
+        assert!(e.starts_with(&format!("cannot read checkpoint {}", pt.display())), "{e}");
+
+        let sharded = dir.path().join("t5");
+        std::fs::create_dir(&sharded).unwrap();
+        std::fs::write(sharded.join("model-00001-of-00002.safetensors"), &good).unwrap();
+        std::fs::write(
+            sharded.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let e = open_err(&sharded);
+        assert!(
+            e.contains("names the shard") && e.contains("model-00002-of-00002.safetensors, which is missing"),
+            "{e}"
+        );
     }
 }

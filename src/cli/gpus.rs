@@ -36,9 +36,52 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<String>> {
     Ok(gpus)
 }
 
+extern "C" {
+    /// POSIX kill(2): forwards a signal to a worker process.
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Signals a scheduler sends to stop a job (Ctrl-C, Slurm's preemption and `--signal`, Kubernetes'
+/// termination), with the names the interruption error reports.
+const FORWARDED: [(i32, &str); 3] = [(2, "Ctrl-C"), (15, "SIGTERM"), (10, "SIGUSR1")];
+
+/// Forward SIGINT, SIGTERM and SIGUSR1 received by this process to every worker; returns the
+/// last signal received (0: none) as the workers wind down.
+fn forward_signals(pids: Vec<i32>) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicI32>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut streams = Vec::new();
+    for (sig, _) in FORWARDED {
+        // Registered before the thread starts, so no signal between here and there is lost.
+        streams.push((sig, rt.block_on(async { signal(SignalKind::from_raw(sig)) })?));
+    }
+    let seen = got.clone();
+    let [(a, mut sa), (b, mut sb), (c, mut sc)]: [_; 3] = streams.try_into().expect("three signals");
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            loop {
+                let sig = tokio::select! {
+                    _ = sa.recv() => a,
+                    _ = sb.recv() => b,
+                    _ = sc.recv() => c,
+                };
+                seen.store(sig, std::sync::atomic::Ordering::SeqCst);
+                for pid in &pids {
+                    // SAFETY: kill(2) with the pid of a child of ours; one that exited is harmless.
+                    unsafe { kill(*pid, sig) };
+                }
+            }
+        });
+    });
+    Ok(got)
+}
+
 /// Run `args` (this binary's command line without `--gpus`) once per GPU, in parallel, with
 /// `--rank i --world n` appended, `CUDA_VISIBLE_DEVICES` set to that GPU and `MUGFLOW_DEVICE=cuda`
-/// (which the bundled manifests read); fails with the first failing worker's exit code.
+/// (which the bundled manifests read); fails with the first failing worker's exit code. A stop
+/// signal (Ctrl-C, SIGTERM, SIGUSR1) is passed on to every worker, and the parent then exits as
+/// an interrupted run does (130, 143), once the workers have stopped.
 pub fn per_gpu(gpus: &[String], args: &[String]) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let world = gpus.len();
@@ -53,12 +96,17 @@ pub fn per_gpu(gpus: &[String], args: &[String]) -> anyhow::Result<()> {
             .spawn()?;
         children.push((rank, gpu, child));
     }
+    let signalled = forward_signals(children.iter().map(|(_, _, c)| c.id() as i32).collect())?;
     let mut failed = None;
     for (rank, gpu, mut child) in children {
         let status = child.wait()?;
         if !status.success() && failed.is_none() {
             failed = Some(format!("worker {rank} (GPU {gpu}) exited with {status}"));
         }
+    }
+    let sig = signalled.load(std::sync::atomic::Ordering::SeqCst);
+    if let Some((_, name)) = FORWARDED.iter().find(|(s, _)| *s == sig) {
+        return Err(pipeline::PipelineError::Interrupted(name, 0).into());
     }
     match failed {
         Some(f) => anyhow::bail!("{f}; run the same command again to resume"),
