@@ -12,7 +12,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 use crate::video::decode::{FrameFormat, Layout, VideoReader};
 use crate::video::pillow::clip_pixel_values;
 
@@ -30,7 +30,7 @@ pub struct AestheticConfig {
     pub mlp: PathBuf,
     /// Model sizes: "real" (ViT-L/14) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// Frames scored per clip.
     #[serde(default = "default_frames")]
     #[schemars(range(min = 1))]
@@ -92,16 +92,10 @@ impl Aesthetic {
     }
 }
 
-/// The clip's frame range, or the whole video when the item is not a clip.
-pub(crate) fn clip_range(item: &Item) -> (usize, Option<usize>) {
-    let frame = |name: &str| item.get(name).and_then(pipeline::Value::as_i64).map(|v| v.max(0) as usize);
-    (frame("clip_start_frame").unwrap_or(0), frame("clip_end_frame"))
-}
-
 #[async_trait]
 impl Stage for Aesthetic {
     async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
-        let (start, end) = clip_range(&item);
+        let (start, end) = crate::row::clip_range(&item);
         let local = fetch_local(item.uri()?, &ctx.scratch)
             .await
             .map_err(|e| StageError::from(e).context("cannot fetch the source video"))?;
@@ -149,7 +143,6 @@ impl StageConfig for AestheticConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        crate::ffmpeg_init();
         let config = self.preset.aesthetic();
         let placement = Placement::new(&self.device, self.dtype)?;
         let clip = placement.open("aesthetic `clip`", &self.clip)?;

@@ -94,7 +94,7 @@ impl Placement {
 /// Size presets: the released models, or the tiny random ones of `mugflow models init-tiny`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Preset {
+pub enum ModelPreset {
     /// The released model's sizes (MUG-V VideoVAE, T5-v1.1-XXL, CLIP ViT-L/14).
     #[default]
     Real,
@@ -102,28 +102,30 @@ pub enum Preset {
     Tiny,
 }
 
-impl Preset {
+impl ModelPreset {
     /// The VideoVAE sizes.
     pub fn vae(self) -> MugVaeConfig {
         match self {
-            Preset::Real => MugVaeConfig::mugv(),
-            Preset::Tiny => MugVaeConfig::golden(),
+            ModelPreset::Real => MugVaeConfig::mugv(),
+            ModelPreset::Tiny => MugVaeConfig::golden(),
         }
     }
 
     /// The T5 sizes (the tiny one keeps the real vocabulary so the real tokenizer fits it).
     pub fn t5(self) -> T5Config {
         match self {
-            Preset::Real => T5Config::xxl(),
-            Preset::Tiny => T5Config { vocab_size: T5Config::xxl().vocab_size, max_length: 300, ..T5Config::golden() },
+            ModelPreset::Real => T5Config::xxl(),
+            ModelPreset::Tiny => {
+                T5Config { vocab_size: T5Config::xxl().vocab_size, max_length: 300, ..T5Config::golden() }
+            }
         }
     }
 
     /// The MUG-DiT sizes (the tiny one takes the VideoVAE's 24 channels and the tiny T5's width).
     pub fn dit(self) -> MugDitConfig {
         match self {
-            Preset::Real => MugDitConfig::mugv_10b(),
-            Preset::Tiny => MugDitConfig {
+            ModelPreset::Real => MugDitConfig::mugv_10b(),
+            ModelPreset::Tiny => MugDitConfig {
                 in_channels: self.vae().temporal.latent_channels,
                 text_dim: self.t5().d_model,
                 ..MugDitConfig::golden()
@@ -134,8 +136,8 @@ impl Preset {
     /// The enhancer's Wan2.1 VAE sizes.
     pub fn wan_vae(self) -> WanVaeConfig {
         match self {
-            Preset::Real => WanVaeConfig::wan21(),
-            Preset::Tiny => WanVaeConfig::golden(),
+            ModelPreset::Real => WanVaeConfig::wan21(),
+            ModelPreset::Tiny => WanVaeConfig::golden(),
         }
     }
 
@@ -143,8 +145,8 @@ impl Preset {
     /// `init_tiny` writes fits it: the real UMT5 one is 4.5 MB more for plumbing runs).
     pub fn umt5(self) -> Umt5Config {
         match self {
-            Preset::Real => Umt5Config::xxl(),
-            Preset::Tiny => Umt5Config { vocab: T5Config::xxl().vocab_size, ..Umt5Config::golden() },
+            ModelPreset::Real => Umt5Config::xxl(),
+            ModelPreset::Tiny => Umt5Config { vocab: T5Config::xxl().vocab_size, ..Umt5Config::golden() },
         }
     }
 
@@ -152,24 +154,24 @@ impl Preset {
     /// not cut to the goldens' 16).
     pub fn wan_dit(self) -> WanDitConfig {
         match self {
-            Preset::Real => WanDitConfig::wan_1_3b(),
-            Preset::Tiny => WanDitConfig { text_len: 64, text_dim: self.umt5().dim, ..WanDitConfig::golden() },
+            ModelPreset::Real => WanDitConfig::wan_1_3b(),
+            ModelPreset::Tiny => WanDitConfig { text_len: 64, text_dim: self.umt5().dim, ..WanDitConfig::golden() },
         }
     }
 
     /// The enhancer's LoRA adapter (rank 256 real, 8 tiny; alpha 4, keys `pipe.dit.*`).
     pub fn enhancer_lora(self) -> LoraConfig {
         match self {
-            Preset::Real => LoraConfig::mugv_enhancer(),
-            Preset::Tiny => LoraConfig::golden(),
+            ModelPreset::Real => LoraConfig::mugv_enhancer(),
+            ModelPreset::Tiny => LoraConfig::golden(),
         }
     }
 
     /// The CLIP tower and aesthetic head sizes.
     pub fn aesthetic(self) -> AestheticConfig {
         match self {
-            Preset::Real => AestheticConfig::vit_l_14(),
-            Preset::Tiny => AestheticConfig::golden(),
+            ModelPreset::Real => AestheticConfig::vit_l_14(),
+            ModelPreset::Tiny => AestheticConfig::golden(),
         }
     }
 }
@@ -233,19 +235,19 @@ fn lora_keys(keys: &[(String, Vec<usize>)], config: &LoraConfig) -> Vec<(String,
 pub fn init_tiny(dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir.join("enhancer")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let keys = |r: Result<Vec<(String, Vec<usize>)>, WeightsError>| r.map_err(|e| e.to_string());
-    let aesthetic = Preset::Tiny.aesthetic();
-    let wan_dit = keys(model_keys(|c| WanDit::load(c, &Preset::Tiny.wan_dit(), None)))?;
-    let lora = lora_keys(&wan_dit, &Preset::Tiny.enhancer_lora());
+    let aesthetic = ModelPreset::Tiny.aesthetic();
+    let wan_dit = keys(model_keys(|c| WanDit::load(c, &ModelPreset::Tiny.wan_dit(), None)))?;
+    let lora = lora_keys(&wan_dit, &ModelPreset::Tiny.enhancer_lora());
     let sets = [
-        (TINY_FILES[0], keys(model_keys(|c| MugVae::load(c, &Preset::Tiny.vae())))?),
-        (TINY_FILES[1], keys(model_keys(|c| T5Encoder::load(c, &Preset::Tiny.t5())))?),
+        (TINY_FILES[0], keys(model_keys(|c| MugVae::load(c, &ModelPreset::Tiny.vae())))?),
+        (TINY_FILES[1], keys(model_keys(|c| T5Encoder::load(c, &ModelPreset::Tiny.t5())))?),
         (TINY_FILES[3], keys(model_keys(|c| ClipVision::load(c, &aesthetic.clip)))?),
         (TINY_FILES[4], keys(model_keys(|c| AestheticMlp::load(c, &aesthetic)))?),
-        (TINY_FILES[5], keys(model_keys(|c| MugDit::load(c, &Preset::Tiny.dit())))?),
+        (TINY_FILES[5], keys(model_keys(|c| MugDit::load(c, &ModelPreset::Tiny.dit())))?),
         (TINY_FILES[6], wan_dit),
         (TINY_FILES[7], lora),
-        (TINY_FILES[8], keys(model_keys(|c| WanVae::load(c, &Preset::Tiny.wan_vae())))?),
-        (TINY_FILES[9], keys(model_keys(|c| Umt5Encoder::load(c, &Preset::Tiny.umt5())))?),
+        (TINY_FILES[8], keys(model_keys(|c| WanVae::load(c, &ModelPreset::Tiny.wan_vae())))?),
+        (TINY_FILES[9], keys(model_keys(|c| Umt5Encoder::load(c, &ModelPreset::Tiny.umt5())))?),
     ];
     let mut written = Vec::new();
     for (seed, (name, keys)) in sets.into_iter().enumerate() {
@@ -268,14 +270,14 @@ mod tests {
     /// The tiny adapter holds the 10 targets of every block of the tiny DiT, and merges into it.
     #[test]
     fn tiny_lora_covers_every_target_and_loads() {
-        let config = Preset::Tiny.wan_dit();
+        let config = ModelPreset::Tiny.wan_dit();
         let keys = model_keys(|c| WanDit::load(c, &config, None)).unwrap();
-        let lora = lora_keys(&keys, &Preset::Tiny.enhancer_lora());
+        let lora = lora_keys(&keys, &ModelPreset::Tiny.enhancer_lora());
         assert_eq!(lora.len(), 2 * 10 * config.num_layers);
         assert!(lora.iter().any(|(k, s)| k == "pipe.dit.blocks.1.ffn.2.lora_B.default.weight" && s == &[64, 8]));
         let base = random_checkpoint(&keys);
         let adapter = random_checkpoint(&lora);
-        let lora = models::lora::Lora::new(&adapter, &Preset::Tiny.enhancer_lora());
+        let lora = models::lora::Lora::new(&adapter, &ModelPreset::Tiny.enhancer_lora());
         WanDit::load(&base, &config, Some(lora)).unwrap();
     }
 

@@ -21,7 +21,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 use crate::video::decode::ImageRef;
 use crate::video::pillow::{resize_plane, resize_to_fill_with, Filter};
 
@@ -53,7 +53,7 @@ pub struct EnhanceConfig {
     pub tokenizer: PathBuf,
     /// Model sizes: "real" (Wan2.1-T2V-1.3B, UMT5-XXL) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// Denoising steps (MUG-V: 1).
     #[serde(default = "default_steps")]
     #[schemars(range(min = 1))]

@@ -17,7 +17,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, to_payload, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, to_payload, ModelPreset, Placement, Precision};
 
 /// Generate each row's video latents as MUG-V's `infer_pipeline.py` does: prompt + `" aesthetic
 /// score: X.X."`, classifier-free guidance against MUG-V's negative prompt, the reference image
@@ -37,7 +37,7 @@ pub struct I2vGenerateConfig {
     pub tokenizer: PathBuf,
     /// Model sizes: "real" (MUG-DiT-10B, ...) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// Sampling steps.
     #[serde(default = "default_steps")]
     #[schemars(range(min = 1))]

@@ -203,7 +203,6 @@ impl StageConfig for LoadImageConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        crate::ffmpeg_init();
         Ok(Runnable::Transform(Arc::new(LoadImage(self.clone()))))
     }
 }

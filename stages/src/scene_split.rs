@@ -10,7 +10,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::video::decode::DecodeError;
+use crate::video::probe::DecodeError;
 use crate::video::scenes::{Detector, SceneList, Scores};
 
 /// Detect shot boundaries with PySceneDetect's content or adaptive detector (same cuts within a

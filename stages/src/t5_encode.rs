@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::checkpoints::{default_device, to_payload, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, to_payload, ModelPreset, Placement, Precision};
 
 /// Encode each item's caption with T5-v1.1 as MUG-V does (300 tokens, `</s>` last, right
 /// padding): tensors `text_y` `[300, 4096]` (f32) and `text_mask` `[300]` (bool). The caption is
@@ -28,7 +28,7 @@ pub struct T5EncodeConfig {
     pub tokenizer: PathBuf,
     /// Model sizes: "real" (XXL) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// A CSV or Parquet table of captions; unset reads each item's `caption` field.
     pub captions: Option<String>,
     /// Column of `captions` holding the item id.

@@ -13,7 +13,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 
 /// Decode each row's `latent` except latent frame 0 (the reference image's) into `num_frames - 1`
 /// frames, chunk by chunk, and put the reference image in front: the `video` tensor
@@ -27,7 +27,7 @@ pub struct VaeDecodeConfig {
     pub checkpoint: PathBuf,
     /// Model sizes: "real" or "tiny".
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// "cpu", "cuda" or "cuda:N".
     #[serde(default = "default_device")]
     pub device: String,
