@@ -12,7 +12,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, load_error, ModelPreset, Placement, Precision};
 use crate::video::decode::{FrameFormat, Layout, VideoReader};
 use crate::video::pillow::clip_pixel_values;
 
@@ -142,12 +142,12 @@ impl StageConfig for AestheticConfig {
         vec![self.clip.clone(), self.mlp.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let config = self.preset.aesthetic();
         let placement = Placement::new(&self.device, self.dtype)?;
-        let clip = placement.open("aesthetic `clip`", &self.clip)?;
-        let mlp = placement.open("aesthetic `mlp`", &self.mlp)?;
-        let scorer = AestheticScorer::load(&clip, &mlp, &config).map_err(|e| e.to_string())?;
+        let clip = placement.open(Self::KIND, "clip", &self.clip)?;
+        let mlp = placement.open(Self::KIND, "mlp", &self.mlp)?;
+        let scorer = AestheticScorer::load(&clip, &mlp, &config).map_err(load_error(Self::KIND, "clip` + `mlp"))?;
         Ok(Runnable::Transform(Arc::new(Aesthetic {
             frames: self.frames,
             min_score: self.min_score,

@@ -16,6 +16,7 @@ use models::umt5::{Umt5Config, Umt5Encoder};
 use models::wan_dit::{WanDit, WanDitConfig};
 use models::wan_vae::{WanVae, WanVaeConfig};
 use models::weights::{Checkpoint, WeightsError};
+use pipeline::BuildError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -51,19 +52,21 @@ pub enum Precision {
 impl Placement {
     /// The device named by `device` ("cpu", "cuda", "cuda:N") with `precision`, or why it cannot
     /// be used in this build.
-    pub fn new(device: &str, precision: Precision) -> Result<Placement, String> {
+    pub fn new(device: &str, precision: Precision) -> Result<Placement, BuildError> {
         let device = match device {
             "cpu" => Device::Cpu,
             d if d == "cuda" || d.starts_with("cuda:") => {
-                let ordinal = d
-                    .strip_prefix("cuda:")
-                    .map_or(Ok(0), str::parse::<usize>)
-                    .map_err(|_| format!("device `{d}`: expected \"cuda:N\" with N a GPU number, e.g. \"cuda:0\""))?;
+                let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse::<usize>).map_err(|_| {
+                    BuildError::new(format!("device `{d}`: expected \"cuda:N\" with N a GPU number, e.g. \"cuda:0\""))
+                })?;
                 Device::new_cuda(ordinal).map_err(|e| {
-                    format!("device `{d}` is not available ({e}); use device = \"cpu\" or a CUDA build of mugflow")
+                    BuildError::new(format!(
+                        "device `{d}` is not available; use device = \"cpu\" or a CUDA build of mugflow"
+                    ))
+                    .with_source(e)
                 })?
             }
-            d => return Err(format!("unknown device `{d}`: use \"cpu\", \"cuda\" or \"cuda:N\"")),
+            d => return Err(format!("unknown device `{d}`: use \"cpu\", \"cuda\" or \"cuda:N\"").into()),
         };
         let dtype = match precision {
             Precision::F32 => DType::F32,
@@ -73,22 +76,31 @@ impl Placement {
         if device.is_cpu() && dtype != DType::F32 {
             // candle's CPU backend has no bf16/f16 matrix products.
             let name = if dtype == DType::BF16 { "bf16" } else { "f16" };
-            return Err(format!("dtype \"{name}\" runs on GPUs only; on device \"cpu\" use dtype = \"f32\""));
+            return Err(format!("dtype \"{name}\" runs on GPUs only; on device \"cpu\" use dtype = \"f32\"").into());
         }
         Ok(Placement { device, dtype })
     }
 
-    /// Open a checkpoint onto this placement, the error naming what it is for.
-    pub fn open(&self, what: &str, path: &Path) -> Result<Checkpoint, String> {
+    /// Open the checkpoint that `stage`'s config key `key` names onto this placement; an error
+    /// names the stage and the key.
+    pub fn open(&self, stage: &str, key: &str, path: &Path) -> Result<Checkpoint, BuildError> {
         if !path.exists() {
-            return Err(format!(
-                "{what}: {} does not exist (point it at the checkpoint, or write tiny random test weights \
-                 with `mugflow models init-tiny DIR`)",
+            return Err(BuildError::new(format!(
+                "{stage} `{key}`: {} does not exist (point it at the checkpoint, or write tiny random test \
+                 weights with `mugflow models init-tiny DIR`)",
                 path.display()
-            ));
+            ))
+            .with_key(key));
         }
-        Checkpoint::open(path, self.dtype, &self.device).map_err(|e| format!("{what}: {e}"))
+        Checkpoint::open(path, self.dtype, &self.device).map_err(load_error(stage, key))
     }
+}
+
+/// The error of a model (or tokenizer) that could not be read from the file `stage`'s config key
+/// `key` names; the weights error stays its cause.
+pub fn load_error(stage: &str, key: &str) -> impl Fn(WeightsError) -> BuildError {
+    let (stage, key) = (stage.to_string(), key.to_string());
+    move |e| BuildError::new(format!("{stage} `{key}`: cannot load the file it names")).with_key(&key).with_source(e)
 }
 
 /// Size presets: the released models, or the tiny random ones of `mugflow models init-tiny`.

@@ -256,7 +256,7 @@ impl StageConfig for ClipFilterConfig {
         2
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         Ok(Runnable::Transform(Arc::new(ClipFilter(self.clone()))))
     }
 }

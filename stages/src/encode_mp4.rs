@@ -106,8 +106,8 @@ impl StageConfig for EncodeMp4Config {
         2
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        Mp4Writer::encoder(&self.codec).map_err(|e| e.to_string())?;
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
+        Mp4Writer::encoder(&self.codec).map_err(|e| pipeline::BuildError::new(e.to_string()).with_key("codec"))?;
         Ok(Runnable::Transform(Arc::new(EncodeMp4(self.clone()))))
     }
 }

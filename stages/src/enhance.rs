@@ -21,7 +21,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, load_error, ModelPreset, Placement, Precision};
 use crate::video::decode::ImageRef;
 use crate::video::pillow::{resize_plane, resize_to_fill_with, Filter};
 
@@ -344,11 +344,6 @@ impl Stage for Enhance {
     }
 }
 
-/// A loading error of the checkpoint named by config key `what`.
-fn err(what: &'static str) -> impl Fn(models::weights::WeightsError) -> String {
-    move |e| format!("enhance `{what}`: {e}")
-}
-
 /// The stage when `enabled` is false: every row as it came.
 struct PassThrough;
 
@@ -423,7 +418,7 @@ impl StageConfig for EnhanceConfig {
         vec![self.dit.clone(), self.lora.clone(), self.vae.clone(), self.umt5.clone(), self.tokenizer.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         if !self.enabled.on() {
             return Ok(Runnable::Transform(Arc::new(PassThrough)));
         }
@@ -435,30 +430,32 @@ impl StageConfig for EnhanceConfig {
             alpha: self.lora_alpha,
             ..self.preset.enhancer_lora()
         };
-        let adapter = placement.open("enhance `lora`", &self.lora)?;
+        let adapter = placement.open(Self::KIND, "lora", &self.lora)?;
         // The merge only complains about adapter keys it cannot place, so a file with none (the
         // DiT itself, say) would silently run the base model.
         let prefix = &lora_config.prefix;
         if !adapter.keys().iter().any(|k| k.starts_with(prefix.as_str()) && k.contains(".lora_A.")) {
-            return Err(format!(
+            return Err(pipeline::BuildError::new(format!(
                 "enhance `lora`: {} holds no LoRA tensors (`{prefix}...lora_A.default.weight`); point it at \
                  MUG-V-inference/enhancer/pytorch_model.bin",
                 self.lora.display()
-            ));
+            ))
+            .with_key("lora"));
         }
         let dit = WanDit::load(
-            &placement.open("enhance `dit`", &self.dit)?,
+            &placement.open(Self::KIND, "dit", &self.dit)?,
             &dit_config,
             Some(Lora::new(&adapter, &lora_config)),
         )
-        .map_err(err("dit` + `lora"))?;
+        .map_err(load_error(Self::KIND, "dit` + `lora"))?;
         let models = Models {
             dit,
-            vae: WanVae::load(&placement.open("enhance `vae`", &self.vae)?, &self.preset.wan_vae())
-                .map_err(err("vae"))?,
-            umt5: Umt5Encoder::load(&text_placement.open("enhance `umt5`", &self.umt5)?, &self.preset.umt5())
-                .map_err(err("umt5"))?,
-            tokenizer: T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len).map_err(err("tokenizer"))?,
+            vae: WanVae::load(&placement.open(Self::KIND, "vae", &self.vae)?, &self.preset.wan_vae())
+                .map_err(load_error(Self::KIND, "vae"))?,
+            umt5: Umt5Encoder::load(&text_placement.open(Self::KIND, "umt5", &self.umt5)?, &self.preset.umt5())
+                .map_err(load_error(Self::KIND, "umt5"))?,
+            tokenizer: T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len)
+                .map_err(load_error(Self::KIND, "tokenizer"))?,
             negative: OnceLock::new(),
         };
         let enhancer = Enhancer {
@@ -592,7 +589,10 @@ mod tests {
             "tokenizer": dir.path().join("t5_tokenizer.json"),
         }))
         .unwrap();
-        let build = |c: &EnhanceConfig| c.build(&pipeline::BuildContext { job_name: "t".into() }).err();
+        // The error with its cause chain, as the CLI shows it.
+        let build = |c: &EnhanceConfig| {
+            c.build(&pipeline::BuildContext { job_name: "t".into() }).err().map(|e| StageError::from(e).to_string())
+        };
         let e = build(&config).unwrap();
         assert!(e.contains("enhance `lora`") && e.contains("holds no LoRA tensors"), "{e}");
         config.lora = dir.path().join("enhancer/missing.bin");

@@ -152,8 +152,8 @@ impl StageConfig for ExportClipsConfig {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        Mp4Writer::encoder(&self.codec).map_err(|e| e.to_string())?;
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
+        Mp4Writer::encoder(&self.codec).map_err(|e| pipeline::BuildError::new(e.to_string()).with_key("codec"))?;
         Ok(Runnable::Transform(Arc::new(ExportClips(self.clone()))))
     }
 }

@@ -85,7 +85,7 @@ impl StageConfig for ProbeConfig {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         Ok(Runnable::Transform(std::sync::Arc::new(Probe { require_video: self.require_video })))
     }
 }

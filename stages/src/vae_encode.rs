@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoints::{default_device, to_payload, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, load_error, to_payload, ModelPreset, Placement, Precision};
 use crate::row::clip_range;
 use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Image, Layout, VideoReader};
 
@@ -335,10 +335,10 @@ impl StageConfig for VaeEncodeConfig {
         vec![self.checkpoint.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let checkpoint = placement.open("vae_encode `checkpoint`", &self.checkpoint)?;
-        let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(|e| e.to_string())?;
+        let checkpoint = placement.open(Self::KIND, "checkpoint", &self.checkpoint)?;
+        let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(load_error(Self::KIND, "checkpoint"))?;
         Ok(Runnable::Transform(Arc::new(VaeEncode {
             config: Arc::new(self.clone()),
             vae: Arc::new(vae),

@@ -66,7 +66,7 @@ impl StageConfig for WriteConfig {
         Vec::new()
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         match self.format {
             WriteFormat::Mugflow => Ok(Runnable::Sink(Arc::new(NativeSink))),
             WriteFormat::MugvMegatron => Ok(Runnable::Sink(Arc::new(MegatronSink { source: self.source }))),
