@@ -1,20 +1,19 @@
 //! What the model stages share: where a model runs (device, dtype), which size preset a
-//! checkpoint has, tensor payload conversion, and the tiny random-weight checkpoints that
-//! `mugflow models init-tiny` writes so the demo runs the whole chain on a laptop.
+//! checkpoint has (the tiny sizes and the tiny checkpoints themselves are `models::tiny`'s),
+//! checkpoint and load errors, and tensor payload conversion.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use models::aesthetic::{AestheticConfig, AestheticMlp};
-use models::clip::ClipVision;
+use models::aesthetic::AestheticConfig;
 use models::lora::LoraConfig;
-use models::mugdit::{MugDit, MugDitConfig};
-use models::mugvae::{MugVae, MugVaeConfig};
-use models::random::{model_keys, random_weights};
-use models::t5::{T5Config, T5Encoder};
-use models::umt5::{Umt5Config, Umt5Encoder};
-use models::wan_dit::{WanDit, WanDitConfig};
-use models::wan_vae::{WanVae, WanVaeConfig};
+use models::mugdit::MugDitConfig;
+use models::mugvae::MugVaeConfig;
+use models::t5::T5Config;
+use models::tiny;
+use models::umt5::Umt5Config;
+use models::wan_dit::WanDitConfig;
+use models::wan_vae::WanVaeConfig;
 use models::weights::{Checkpoint, WeightsError};
 use pipeline::BuildError;
 use schemars::JsonSchema;
@@ -119,29 +118,23 @@ impl ModelPreset {
     pub fn vae(self) -> MugVaeConfig {
         match self {
             ModelPreset::Real => MugVaeConfig::mugv(),
-            ModelPreset::Tiny => MugVaeConfig::golden(),
+            ModelPreset::Tiny => tiny::vae(),
         }
     }
 
-    /// The T5 sizes (the tiny one keeps the real vocabulary so the real tokenizer fits it).
+    /// The T5 sizes.
     pub fn t5(self) -> T5Config {
         match self {
             ModelPreset::Real => T5Config::xxl(),
-            ModelPreset::Tiny => {
-                T5Config { vocab_size: T5Config::xxl().vocab_size, max_length: 300, ..T5Config::golden() }
-            }
+            ModelPreset::Tiny => tiny::t5(),
         }
     }
 
-    /// The MUG-DiT sizes (the tiny one takes the VideoVAE's 24 channels and the tiny T5's width).
+    /// The MUG-DiT sizes.
     pub fn dit(self) -> MugDitConfig {
         match self {
             ModelPreset::Real => MugDitConfig::mugv_10b(),
-            ModelPreset::Tiny => MugDitConfig {
-                in_channels: self.vae().temporal.latent_channels,
-                text_dim: self.t5().d_model,
-                ..MugDitConfig::golden()
-            },
+            ModelPreset::Tiny => tiny::dit(),
         }
     }
 
@@ -149,33 +142,31 @@ impl ModelPreset {
     pub fn wan_vae(self) -> WanVaeConfig {
         match self {
             ModelPreset::Real => WanVaeConfig::wan21(),
-            ModelPreset::Tiny => WanVaeConfig::golden(),
+            ModelPreset::Tiny => tiny::wan_vae(),
         }
     }
 
-    /// The UMT5 sizes (the tiny one has the T5 tokenizer's vocabulary, so the tokenizer that
-    /// `init_tiny` writes fits it: the real UMT5 one is 4.5 MB more for plumbing runs).
+    /// The UMT5 sizes.
     pub fn umt5(self) -> Umt5Config {
         match self {
             ModelPreset::Real => Umt5Config::xxl(),
-            ModelPreset::Tiny => Umt5Config { vocab: T5Config::xxl().vocab_size, ..Umt5Config::golden() },
+            ModelPreset::Tiny => tiny::umt5(),
         }
     }
 
-    /// The enhancer's Wan DiT sizes (the tiny one reads 64 text tokens, so catalog prompts are
-    /// not cut to the goldens' 16).
+    /// The enhancer's Wan DiT sizes.
     pub fn wan_dit(self) -> WanDitConfig {
         match self {
             ModelPreset::Real => WanDitConfig::wan_1_3b(),
-            ModelPreset::Tiny => WanDitConfig { text_len: 64, text_dim: self.umt5().dim, ..WanDitConfig::golden() },
+            ModelPreset::Tiny => tiny::wan_dit(),
         }
     }
 
-    /// The enhancer's LoRA adapter (rank 256 real, 8 tiny; alpha 4, keys `pipe.dit.*`).
+    /// The enhancer's LoRA adapter (rank 256 real; alpha 4, keys `pipe.dit.*`).
     pub fn enhancer_lora(self) -> LoraConfig {
         match self {
             ModelPreset::Real => LoraConfig::mugv_enhancer(),
-            ModelPreset::Tiny => LoraConfig::golden(),
+            ModelPreset::Tiny => tiny::enhancer_lora(),
         }
     }
 
@@ -183,7 +174,7 @@ impl ModelPreset {
     pub fn aesthetic(self) -> AestheticConfig {
         match self {
             ModelPreset::Real => AestheticConfig::vit_l_14(),
-            ModelPreset::Tiny => AestheticConfig::golden(),
+            ModelPreset::Tiny => tiny::aesthetic(),
         }
     }
 }
@@ -194,106 +185,4 @@ pub fn to_payload(t: &Tensor) -> Result<pipeline::Tensor, candle_core::Error> {
     let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
     pipeline::Tensor::new(pipeline::DType::F32, t.dims().to_vec(), bytes.into())
         .ok_or_else(|| candle_core::Error::Msg("payload size does not match its shape".into()))
-}
-
-/// File names `init_tiny` writes, relative to its folder. The enhancer's are named like the
-/// released files they stand in for.
-pub const TINY_FILES: [&str; 10] = [
-    "vae.safetensors",
-    "t5.safetensors",
-    "t5_tokenizer.json",
-    "clip.safetensors",
-    "aesthetic_mlp.safetensors",
-    "dit.safetensors",
-    "enhancer/dit_i2v.safetensors",
-    "enhancer/lora.safetensors",
-    "enhancer/Wan2.1_VAE.safetensors",
-    "enhancer/umt5.safetensors",
-];
-
-/// The T5 vocabulary (Google's Apache-2.0 SentencePiece model as a HF tokenizer.json); the tiny
-/// UMT5 reads it too.
-const T5_TOKENIZER: &[u8] = include_bytes!("../../models/tests/data/t5/t5_tokenizer.json");
-
-/// peft's LoRA targets of the enhancer's DiT (`q,k,v,o,ffn.0,ffn.2`): the key stems
-/// `blocks.{i}.{self_attn|cross_attn}.{q|k|v|o}` and `blocks.{i}.ffn.{0|2}`.
-fn is_lora_target(stem: &str) -> bool {
-    let Some(rest) = stem.strip_prefix("blocks.") else { return false };
-    ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k"]
-        .into_iter()
-        .chain(["cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"])
-        .any(|t| rest.split_once('.').is_some_and(|(_, layer)| layer == t))
-}
-
-/// The `(key, shape)`s of a peft LoRA adapter for a model with `keys`: `lora_A` `[rank, in]` and
-/// `lora_B` `[out, rank]` of every target linear, under `config.prefix`.
-fn lora_keys(keys: &[(String, Vec<usize>)], config: &LoraConfig) -> Vec<(String, Vec<usize>)> {
-    let p = &config.prefix;
-    keys.iter()
-        .filter_map(|(key, shape)| {
-            let stem = key.strip_suffix(".weight").filter(|s| is_lora_target(s) && shape.len() == 2)?;
-            Some([
-                (format!("{p}{stem}.lora_A.default.weight"), vec![config.rank, shape[1]]),
-                (format!("{p}{stem}.lora_B.default.weight"), vec![shape[0], config.rank]),
-            ])
-        })
-        .flatten()
-        .collect()
-}
-
-/// Write tiny random-weight checkpoints with the real key names (VideoVAE, T5 encoder with its
-/// tokenizer, CLIP tower, aesthetic head, MUG-DiT, and the enhancer's Wan DiT, LoRA adapter, Wan
-/// VAE and UMT5) into `dir`, for the demo and plumbing tests.
-pub fn init_tiny(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    std::fs::create_dir_all(dir.join("enhancer")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let keys = |r: Result<Vec<(String, Vec<usize>)>, WeightsError>| r.map_err(|e| e.to_string());
-    let aesthetic = ModelPreset::Tiny.aesthetic();
-    let wan_dit = keys(model_keys(|c| WanDit::load(c, &ModelPreset::Tiny.wan_dit(), None)))?;
-    let lora = lora_keys(&wan_dit, &ModelPreset::Tiny.enhancer_lora());
-    let sets = [
-        (TINY_FILES[0], keys(model_keys(|c| MugVae::load(c, &ModelPreset::Tiny.vae())))?),
-        (TINY_FILES[1], keys(model_keys(|c| T5Encoder::load(c, &ModelPreset::Tiny.t5())))?),
-        (TINY_FILES[3], keys(model_keys(|c| ClipVision::load(c, &aesthetic.clip)))?),
-        (TINY_FILES[4], keys(model_keys(|c| AestheticMlp::load(c, &aesthetic)))?),
-        (TINY_FILES[5], keys(model_keys(|c| MugDit::load(c, &ModelPreset::Tiny.dit())))?),
-        (TINY_FILES[6], wan_dit),
-        (TINY_FILES[7], lora),
-        (TINY_FILES[8], keys(model_keys(|c| WanVae::load(c, &ModelPreset::Tiny.wan_vae())))?),
-        (TINY_FILES[9], keys(model_keys(|c| Umt5Encoder::load(c, &ModelPreset::Tiny.umt5())))?),
-    ];
-    let mut written = Vec::new();
-    for (seed, (name, keys)) in sets.into_iter().enumerate() {
-        let path = dir.join(name);
-        let tensors = random_weights(&keys, seed as u64).map_err(|e| e.to_string())?;
-        let tensors: std::collections::HashMap<_, _> = tensors.into_iter().collect();
-        candle_core::safetensors::save(&tensors, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        written.push(path);
-    }
-    let tokenizer = dir.join(TINY_FILES[2]);
-    std::fs::write(&tokenizer, T5_TOKENIZER).map_err(|e| format!("cannot write {}: {e}", tokenizer.display()))?;
-    written.push(tokenizer);
-    Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The tiny adapter holds the 10 targets of every block of the tiny DiT, and merges into it.
-    #[test]
-    fn tiny_lora_covers_every_target_and_loads() {
-        let config = ModelPreset::Tiny.wan_dit();
-        let keys = model_keys(|c| WanDit::load(c, &config, None)).unwrap();
-        let lora = lora_keys(&keys, &ModelPreset::Tiny.enhancer_lora());
-        assert_eq!(lora.len(), 2 * 10 * config.num_layers);
-        assert!(lora.iter().any(|(k, s)| k == "pipe.dit.blocks.1.ffn.2.lora_B.default.weight" && s == &[64, 8]));
-        let base = random_checkpoint(&keys);
-        let adapter = random_checkpoint(&lora);
-        let lora = models::lora::Lora::new(&adapter, &ModelPreset::Tiny.enhancer_lora());
-        WanDit::load(&base, &config, Some(lora)).unwrap();
-    }
-
-    fn random_checkpoint(keys: &[(String, Vec<usize>)]) -> Checkpoint {
-        models::random::random_checkpoint(keys, DType::F32, &Device::Cpu, &Device::Cpu).unwrap()
-    }
 }

@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn enhancing_changes_the_frames_and_repeats_for_a_seed() {
         let dir = tempfile::tempdir().unwrap();
-        crate::checkpoints::init_tiny(dir.path()).unwrap();
+        models::tiny::init_tiny(dir.path()).unwrap();
         let stage = tiny(dir.path(), serde_json::json!({}));
         let input = row(Some(7));
         let before = input.tensors["video"].clone();
@@ -562,7 +562,7 @@ mod tests {
     #[test]
     fn videos_the_enhancer_cannot_take_are_row_errors() {
         let dir = tempfile::tempdir().unwrap();
-        crate::checkpoints::init_tiny(dir.path()).unwrap();
+        models::tiny::init_tiny(dir.path()).unwrap();
         let long = tiny(dir.path(), serde_json::json!({"frames": 13}));
         let e = run(&long, row(Some(1))).unwrap_err().to_string();
         assert!(e.contains("the video has 10 frames; `frames` = 13"), "{e}");
@@ -579,7 +579,7 @@ mod tests {
     #[test]
     fn a_lora_file_without_adapter_tensors_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        crate::checkpoints::init_tiny(dir.path()).unwrap();
+        models::tiny::init_tiny(dir.path()).unwrap();
         let mut config: EnhanceConfig = serde_json::from_value(serde_json::json!({
             "preset": "tiny",
             "dit": dir.path().join("enhancer/dit_i2v.safetensors"),
