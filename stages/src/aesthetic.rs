@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use candle_core::Tensor;
-use models::aesthetic::AestheticScorer;
+use models::aesthetic::{AestheticMlp, AestheticScorer};
+use models::clip::ClipVision;
 use pipeline::io::fetch_local;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, load_error, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 use crate::video::decode::{FrameFormat, Layout, VideoReader};
 use crate::video::pillow::clip_pixel_values;
 
@@ -145,9 +146,10 @@ impl StageConfig for AestheticConfig {
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let config = self.preset.aesthetic();
         let placement = Placement::new(&self.device, self.dtype)?;
-        let clip = placement.open(Self::KIND, "clip", &self.clip)?;
-        let mlp = placement.open(Self::KIND, "mlp", &self.mlp)?;
-        let scorer = AestheticScorer::load(&clip, &mlp, &config).map_err(load_error(Self::KIND, "clip` + `mlp"))?;
+        let scorer = AestheticScorer {
+            clip: placement.load(Self::KIND, "clip", &self.clip, |c| ClipVision::load(c, &config.clip))?,
+            mlp: placement.load(Self::KIND, "mlp", &self.mlp, |c| AestheticMlp::load(c, &config))?,
+        };
         Ok(Runnable::Transform(Arc::new(Aesthetic {
             frames: self.frames,
             min_score: self.min_score,

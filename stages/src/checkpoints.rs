@@ -93,6 +93,18 @@ impl Placement {
         }
         Checkpoint::open(path, self.dtype, &self.device).map_err(load_error(stage, key))
     }
+
+    /// Open the checkpoint of `stage`'s key `key` and `load` a model from it: the one way a model
+    /// stage reads weights, so every failure names the stage and the key.
+    pub fn load<T>(
+        &self,
+        stage: &str,
+        key: &str,
+        path: &Path,
+        load: impl FnOnce(&Checkpoint) -> Result<T, WeightsError>,
+    ) -> Result<T, BuildError> {
+        load(&self.open(stage, key, path)?).map_err(load_error(stage, key))
+    }
 }
 
 /// The error of a model (or tokenizer) that could not be read from the file `stage`'s config key

@@ -450,10 +450,8 @@ impl StageConfig for EnhanceConfig {
         .map_err(load_error(Self::KIND, "dit` + `lora"))?;
         let models = Models {
             dit,
-            vae: WanVae::load(&placement.open(Self::KIND, "vae", &self.vae)?, &self.preset.wan_vae())
-                .map_err(load_error(Self::KIND, "vae"))?,
-            umt5: Umt5Encoder::load(&text_placement.open(Self::KIND, "umt5", &self.umt5)?, &self.preset.umt5())
-                .map_err(load_error(Self::KIND, "umt5"))?,
+            vae: placement.load(Self::KIND, "vae", &self.vae, |c| WanVae::load(c, &self.preset.wan_vae()))?,
+            umt5: text_placement.load(Self::KIND, "umt5", &self.umt5, |c| Umt5Encoder::load(c, &self.preset.umt5()))?,
             tokenizer: T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len)
                 .map_err(load_error(Self::KIND, "tokenizer"))?,
             negative: OnceLock::new(),

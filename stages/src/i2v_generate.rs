@@ -204,12 +204,9 @@ impl StageConfig for I2vGenerateConfig {
         let t5_placement = Placement::new(&self.t5_device, Precision::F32)?;
         let t5_config = self.preset.t5();
         let models = I2vModels::new(
-            MugDit::load(&placement.open(Self::KIND, "dit", &self.dit)?, &self.preset.dit())
-                .map_err(load_error(Self::KIND, "dit"))?,
-            MugVae::load(&placement.open(Self::KIND, "vae", &self.vae)?, &self.preset.vae())
-                .map_err(load_error(Self::KIND, "vae"))?,
-            T5Encoder::load(&t5_placement.open(Self::KIND, "t5", &self.t5)?, &t5_config)
-                .map_err(load_error(Self::KIND, "t5"))?,
+            placement.load(Self::KIND, "dit", &self.dit, |c| MugDit::load(c, &self.preset.dit()))?,
+            placement.load(Self::KIND, "vae", &self.vae, |c| MugVae::load(c, &self.preset.vae()))?,
+            t5_placement.load(Self::KIND, "t5", &self.t5, |c| T5Encoder::load(c, &t5_config))?,
             T5Tokenizer::from_file(&self.tokenizer, t5_config.max_length)
                 .map_err(load_error(Self::KIND, "tokenizer"))?,
         );

@@ -163,8 +163,7 @@ impl StageConfig for T5EncodeConfig {
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
         let config = self.preset.t5();
-        let checkpoint = placement.open(Self::KIND, "checkpoint", &self.checkpoint)?;
-        let encoder = T5Encoder::load(&checkpoint, &config).map_err(load_error(Self::KIND, "checkpoint"))?;
+        let encoder = placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| T5Encoder::load(c, &config))?;
         let tokenizer =
             T5Tokenizer::from_file(&self.tokenizer, config.max_length).map_err(load_error(Self::KIND, "tokenizer"))?;
         Ok(Runnable::Transform(Arc::new(T5Encode {

@@ -13,7 +13,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, load_error, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 
 /// Decode each row's `latent` except latent frame 0 (the reference image's) into `num_frames - 1`
 /// frames, chunk by chunk, and put the reference image in front: the `video` tensor
@@ -102,8 +102,8 @@ impl StageConfig for VaeDecodeConfig {
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let checkpoint = placement.open(Self::KIND, "checkpoint", &self.checkpoint)?;
-        let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(load_error(Self::KIND, "checkpoint"))?;
+        let vae =
+            placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.vae()))?;
         Ok(Runnable::Transform(Arc::new(VaeDecode {
             vae: Arc::new(vae),
             device: placement.device,

@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoints::{default_device, load_error, to_payload, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, to_payload, ModelPreset, Placement, Precision};
 use crate::row::clip_range;
 use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Image, Layout, VideoReader};
 
@@ -337,8 +337,8 @@ impl StageConfig for VaeEncodeConfig {
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let checkpoint = placement.open(Self::KIND, "checkpoint", &self.checkpoint)?;
-        let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(load_error(Self::KIND, "checkpoint"))?;
+        let vae =
+            placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.vae()))?;
         Ok(Runnable::Transform(Arc::new(VaeEncode {
             config: Arc::new(self.clone()),
             vae: Arc::new(vae),
