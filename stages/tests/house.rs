@@ -1,6 +1,6 @@
 //! The house rules of `stages/src`, read from the sources: no stage module imports another stage
-//! module (what two stages share lives in `video/`, `row.rs` or `checkpoints.rs`), and no two
-//! modules import each other, directly or around a longer circle.
+//! module (what two stages share lives in `video/`, `row.rs` or `checkpoints.rs`), no two
+//! modules import each other, directly or around a longer circle, and only `video/` uses FFmpeg.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -250,6 +250,19 @@ fn no_stage_imports_another_stage() {
 fn no_import_circle() {
     let found = source_tree().circles();
     assert!(found.is_empty(), "import circles in stages/src:\n{}", found.join("\n"));
+}
+
+/// Only `video/` talks to FFmpeg: stages call its decoder, encoder and probe instead.
+#[test]
+fn only_video_uses_ffmpeg() {
+    let tree = source_tree();
+    let outside: Vec<String> = tree
+        .files
+        .iter()
+        .filter(|(m, text)| m.first().is_none_or(|top| top != "video") && text.contains("ffmpeg"))
+        .map(|(m, _)| name(m))
+        .collect();
+    assert!(outside.is_empty(), "modules outside video/ that use FFmpeg: {outside:?}");
 }
 
 /// The checker sees grouped, nested, `super` and child imports, and the two faults it exists for.
