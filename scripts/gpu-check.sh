@@ -37,7 +37,7 @@ for part in ${PARTS:-tests bench generate}; do
       # on the CPU; the video goes to /tmp (too big to bring back).
       { time "$bin/gpu_bench" --preset real --height 1280 --width 720 --frames "${FRAMES:-105}" \
           --steps "${STEPS:-2}" --device cuda --dtype bf16 --t5-device cpu \
-          --tokenizer models/tests/data/t5/t5_tokenizer.json --out /tmp/mugflow-gpu ; } 2>&1 \
+          --tokenizer models/data/t5_tokenizer.json --out /tmp/mugflow-gpu ; } 2>&1 \
         | tee "$out/bench-generate.txt" || status=1
       ;;
     *) echo "gpu-check: unknown part $part (tests, bench, generate)"; exit 2 ;;

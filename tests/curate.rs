@@ -146,7 +146,7 @@ kind = "write"
     assert!(rows.len() >= 4, "{rows:?}");
     for r in &rows {
         let file = out.join(&r["clip_file"]);
-        let info = stages::probe::probe_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let info = stages::video::probe::probe_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert_eq!(info.codec, "h264");
         let landscape = r["width"].parse::<u32>().unwrap() > r["height"].parse::<u32>().unwrap();
         assert_eq!((info.width, info.height), if landscape { (160, 96) } else { (96, 160) }, "{r:?}");

@@ -12,6 +12,7 @@ pub mod mugvae;
 pub mod random;
 pub mod rflow;
 pub mod t5;
+pub mod tiny;
 pub mod umt5;
 pub mod wan_dit;
 pub mod wan_flow;

@@ -55,15 +55,20 @@ pub enum PipelineError {
         /// The version number both runs built.
         version: u64,
     },
-    /// A stage could not be built (model missing, bad device, ...).
-    #[error("stage {position} (`{kind}`) could not start: {message}")]
+    /// A stage could not be built (model missing, bad device, ...); the causes follow as the
+    /// error's source chain.
+    #[error(
+        "stage {position} (`{kind}`{}) could not start",
+        message.key.as_deref().map(|k| format!(", key `{k}`")).unwrap_or_default()
+    )]
     Build {
         /// 1-based position in the manifest.
         position: usize,
         /// Stage kind.
         kind: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong, with the manifest key to blame and the underlying cause.
+        #[source]
+        message: BuildError,
     },
     /// Writing a shard's files failed.
     #[error("cannot write shard {shard}: {message}")]
@@ -126,6 +131,56 @@ impl PipelineError {
     }
 }
 
+/// Why a stage's `build()` failed (a checkpoint missing, a device not available, a model that does
+/// not fit its weights): what failed in the user's words, the manifest key to blame when there is
+/// one, and the underlying error kept as a cause rather than flattened into the text.
+#[derive(Debug)]
+pub struct BuildError {
+    /// The stage's manifest key that holds the bad value (`checkpoint`, `device`), when one does.
+    pub key: Option<String>,
+    /// What failed.
+    pub message: String,
+    /// The underlying error, rendered as the next link of the cause chain.
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BuildError {
+    /// An error with a message and no key or cause yet.
+    pub fn new(message: impl Into<String>) -> Self {
+        BuildError { key: None, message: message.into(), source: None }
+    }
+
+    /// Name the manifest key whose value is to blame.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Keep `source` as the cause of this error.
+    pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+}
+
+impl From<String> for BuildError {
+    fn from(message: String) -> Self {
+        BuildError::new(message)
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
 /// Why one item failed in one stage; becomes a row in the shard's error table.
 #[derive(Debug, Clone)]
 pub struct StageError {
@@ -184,4 +239,33 @@ pub struct ErrorRecord {
     pub message: String,
     /// The cause chain joined with " <- ".
     pub causes: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build failure names the stage, its kind and the key, and keeps every cause as a link of
+    /// the chain the CLI prints under `Caused by:`.
+    #[test]
+    fn build_errors_keep_the_stage_the_key_and_the_cause_chain() {
+        let cause = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = PipelineError::Build {
+            position: 3,
+            kind: "vae_encode".into(),
+            message: BuildError::new("vae_encode `checkpoint`: cannot load the file it names")
+                .with_key("checkpoint")
+                .with_source(cause),
+        };
+        assert_eq!(e.to_string(), "stage 3 (`vae_encode`, key `checkpoint`) could not start");
+        let mut chain = Vec::new();
+        let mut next = std::error::Error::source(&e);
+        while let Some(c) = next {
+            chain.push(c.to_string());
+            next = c.source();
+        }
+        assert_eq!(chain, ["vae_encode `checkpoint`: cannot load the file it names", "no such file"]);
+        let keyless = PipelineError::Build { position: 1, kind: "probe".into(), message: "bad".to_string().into() };
+        assert_eq!(keyless.to_string(), "stage 1 (`probe`) could not start");
+    }
 }

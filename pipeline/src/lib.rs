@@ -24,7 +24,7 @@ pub mod torch_pt;
 pub mod vacuum;
 pub mod version;
 
-pub use error::{ErrorRecord, PipelineError, StageError};
+pub use error::{BuildError, ErrorRecord, PipelineError, StageError};
 pub use executor::{run, RunOptions};
 pub use item::{DType, Field, FieldType, Item, MissingField, Tensor, Value};
 pub use plan::Plan;

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{ErrorRecord, Field, Item, PipelineError, StageError};
+use crate::{BuildError, ErrorRecord, Field, Item, PipelineError, StageError};
 
 /// A transform: takes one item, returns zero (filtered), one, or many (fan-out) items.
 #[async_trait]
@@ -166,8 +166,8 @@ pub trait StageConfig: DeserializeOwned + Serialize + JsonSchema + Send + Sync +
     fn checkpoints(&self) -> Vec<PathBuf> {
         Vec::new()
     }
-    /// The runtime stage.
-    fn build(&self, ctx: &BuildContext) -> Result<Runnable, String>;
+    /// The runtime stage; a failure names what failed, the key to blame and its cause.
+    fn build(&self, ctx: &BuildContext) -> Result<Runnable, BuildError>;
 }
 
 /// A config after validation, with its type erased so the plan can hold any stage.
@@ -187,7 +187,7 @@ pub trait ConfiguredStage: Send + Sync {
     /// Model checkpoints read.
     fn checkpoints(&self) -> Vec<PathBuf>;
     /// Build the runtime stage.
-    fn build(&self, ctx: &BuildContext) -> Result<Runnable, String>;
+    fn build(&self, ctx: &BuildContext) -> Result<Runnable, BuildError>;
 }
 
 impl<C: StageConfig> ConfiguredStage for C {
@@ -213,7 +213,7 @@ impl<C: StageConfig> ConfiguredStage for C {
     fn checkpoints(&self) -> Vec<PathBuf> {
         StageConfig::checkpoints(self)
     }
-    fn build(&self, ctx: &BuildContext) -> Result<Runnable, String> {
+    fn build(&self, ctx: &BuildContext) -> Result<Runnable, BuildError> {
         StageConfig::build(self, ctx)
     }
 }

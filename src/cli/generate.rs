@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use models::tiny;
+
 use super::{gpus, run::execute, ProgressMode, WorkerArgs};
 
 /// The bundled manifest (also in the repository as manifests/catalog-generate.toml).
@@ -85,16 +87,16 @@ fn tiny_sets(m: &str) -> Vec<String> {
     .map(String::from)
     .to_vec();
     for (key, file) in [
-        ("i2v_generate.dit", "dit.safetensors"),
-        ("i2v_generate.vae", "vae.safetensors"),
-        ("i2v_generate.t5", "t5.safetensors"),
-        ("i2v_generate.tokenizer", "t5_tokenizer.json"),
-        ("vae_decode.checkpoint", "vae.safetensors"),
-        ("enhance.dit", "enhancer/dit_i2v.safetensors"),
-        ("enhance.lora", "enhancer/lora.safetensors"),
-        ("enhance.vae", "enhancer/Wan2.1_VAE.safetensors"),
-        ("enhance.umt5", "enhancer/umt5.safetensors"),
-        ("enhance.tokenizer", "t5_tokenizer.json"),
+        ("i2v_generate.dit", tiny::DIT),
+        ("i2v_generate.vae", tiny::VAE),
+        ("i2v_generate.t5", tiny::T5),
+        ("i2v_generate.tokenizer", tiny::T5_TOKENIZER),
+        ("vae_decode.checkpoint", tiny::VAE),
+        ("enhance.dit", tiny::ENHANCER_DIT),
+        ("enhance.lora", tiny::ENHANCER_LORA),
+        ("enhance.vae", tiny::ENHANCER_VAE),
+        ("enhance.umt5", tiny::ENHANCER_UMT5),
+        ("enhance.tokenizer", tiny::T5_TOKENIZER),
     ] {
         sets.push(format!("stage.{key}={m}/{file}"));
     }

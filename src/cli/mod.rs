@@ -224,7 +224,7 @@ pub fn main() -> ExitCode {
 
 /// `mugflow models init-tiny`.
 fn init_tiny(dir: &std::path::Path) -> anyhow::Result<()> {
-    for path in ::stages::checkpoints::init_tiny(dir).map_err(anyhow::Error::msg)? {
+    for path in models::tiny::init_tiny(dir)? {
         println!("wrote {}", path.display());
     }
     println!("tiny random weights, for plumbing only: manifests use them with preset = \"tiny\"");

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use candle_core::Tensor;
-use models::aesthetic::AestheticScorer;
+use models::aesthetic::{AestheticMlp, AestheticScorer};
+use models::clip::ClipVision;
 use pipeline::io::fetch_local;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 use crate::video::decode::{FrameFormat, Layout, VideoReader};
 use crate::video::pillow::clip_pixel_values;
 
@@ -30,7 +31,7 @@ pub struct AestheticConfig {
     pub mlp: PathBuf,
     /// Model sizes: "real" (ViT-L/14) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// Frames scored per clip.
     #[serde(default = "default_frames")]
     #[schemars(range(min = 1))]
@@ -92,16 +93,10 @@ impl Aesthetic {
     }
 }
 
-/// The clip's frame range, or the whole video when the item is not a clip.
-pub(crate) fn clip_range(item: &Item) -> (usize, Option<usize>) {
-    let frame = |name: &str| item.get(name).and_then(pipeline::Value::as_i64).map(|v| v.max(0) as usize);
-    (frame("clip_start_frame").unwrap_or(0), frame("clip_end_frame"))
-}
-
 #[async_trait]
 impl Stage for Aesthetic {
     async fn process(&self, mut item: Item, ctx: &StageContext) -> Result<Vec<Item>, StageError> {
-        let (start, end) = clip_range(&item);
+        let (start, end) = crate::row::clip_range(&item);
         let local = fetch_local(item.uri()?, &ctx.scratch)
             .await
             .map_err(|e| StageError::from(e).context("cannot fetch the source video"))?;
@@ -148,13 +143,13 @@ impl StageConfig for AestheticConfig {
         vec![self.clip.clone(), self.mlp.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        crate::ffmpeg_init();
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let config = self.preset.aesthetic();
         let placement = Placement::new(&self.device, self.dtype)?;
-        let clip = placement.open("aesthetic `clip`", &self.clip)?;
-        let mlp = placement.open("aesthetic `mlp`", &self.mlp)?;
-        let scorer = AestheticScorer::load(&clip, &mlp, &config).map_err(|e| e.to_string())?;
+        let scorer = AestheticScorer {
+            clip: placement.load(Self::KIND, "clip", &self.clip, |c| ClipVision::load(c, &config.clip))?,
+            mlp: placement.load(Self::KIND, "mlp", &self.mlp, |c| AestheticMlp::load(c, &config))?,
+        };
         Ok(Runnable::Transform(Arc::new(Aesthetic {
             frames: self.frames,
             min_score: self.min_score,

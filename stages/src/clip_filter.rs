@@ -11,8 +11,9 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::video::decode::{DecodeError, VideoReader};
+use crate::video::decode::VideoReader;
 use crate::video::motion::{clip_stats, ClipStats};
+use crate::video::probe::DecodeError;
 
 /// Trim shot edges, split long shots into windows, and drop clips outside the bounds, static
 /// clips and black clips. Unset bounds are not checked. Motion and brightness are measured (by
@@ -255,7 +256,7 @@ impl StageConfig for ClipFilterConfig {
         2
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         Ok(Runnable::Transform(Arc::new(ClipFilter(self.clone()))))
     }
 }

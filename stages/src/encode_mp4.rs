@@ -8,9 +8,8 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::export_clips::Preset;
 use crate::video::decode::Image;
-use crate::video::encode::{EncodeOptions, Mp4Writer};
+use crate::video::encode::{EncodeOptions, Mp4Writer, X264Preset};
 
 /// Encode the `video` tensor `[T, H, W, 3]` (u8 RGB) of each row as `videos/<id>.mp4` (ids made
 /// file-safe) with libx264 at `fps` and `crf`; MUG-V saves at 20 fps, CRF 17. The row gets
@@ -27,7 +26,7 @@ pub struct EncodeMp4Config {
     pub crf: u32,
     /// x264 speed/size trade-off.
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: X264Preset,
     /// FFmpeg encoder.
     #[serde(default = "default_codec")]
     pub codec: String,
@@ -107,8 +106,8 @@ impl StageConfig for EncodeMp4Config {
         2
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        Mp4Writer::encoder(&self.codec).map_err(|e| e.to_string())?;
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
+        Mp4Writer::encoder(&self.codec).map_err(|e| pipeline::BuildError::new(e.to_string()).with_key("codec"))?;
         Ok(Runnable::Transform(Arc::new(EncodeMp4(self.clone()))))
     }
 }

@@ -21,7 +21,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, load_error, ModelPreset, Placement, Precision};
 use crate::video::decode::ImageRef;
 use crate::video::pillow::{resize_plane, resize_to_fill_with, Filter};
 
@@ -53,7 +53,7 @@ pub struct EnhanceConfig {
     pub tokenizer: PathBuf,
     /// Model sizes: "real" (Wan2.1-T2V-1.3B, UMT5-XXL) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// Denoising steps (MUG-V: 1).
     #[serde(default = "default_steps")]
     #[schemars(range(min = 1))]
@@ -344,11 +344,6 @@ impl Stage for Enhance {
     }
 }
 
-/// A loading error of the checkpoint named by config key `what`.
-fn err(what: &'static str) -> impl Fn(models::weights::WeightsError) -> String {
-    move |e| format!("enhance `{what}`: {e}")
-}
-
 /// The stage when `enabled` is false: every row as it came.
 struct PassThrough;
 
@@ -423,7 +418,7 @@ impl StageConfig for EnhanceConfig {
         vec![self.dit.clone(), self.lora.clone(), self.vae.clone(), self.umt5.clone(), self.tokenizer.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         if !self.enabled.on() {
             return Ok(Runnable::Transform(Arc::new(PassThrough)));
         }
@@ -435,30 +430,30 @@ impl StageConfig for EnhanceConfig {
             alpha: self.lora_alpha,
             ..self.preset.enhancer_lora()
         };
-        let adapter = placement.open("enhance `lora`", &self.lora)?;
+        let adapter = placement.open(Self::KIND, "lora", &self.lora)?;
         // The merge only complains about adapter keys it cannot place, so a file with none (the
         // DiT itself, say) would silently run the base model.
         let prefix = &lora_config.prefix;
         if !adapter.keys().iter().any(|k| k.starts_with(prefix.as_str()) && k.contains(".lora_A.")) {
-            return Err(format!(
+            return Err(pipeline::BuildError::new(format!(
                 "enhance `lora`: {} holds no LoRA tensors (`{prefix}...lora_A.default.weight`); point it at \
                  MUG-V-inference/enhancer/pytorch_model.bin",
                 self.lora.display()
-            ));
+            ))
+            .with_key("lora"));
         }
         let dit = WanDit::load(
-            &placement.open("enhance `dit`", &self.dit)?,
+            &placement.open(Self::KIND, "dit", &self.dit)?,
             &dit_config,
             Some(Lora::new(&adapter, &lora_config)),
         )
-        .map_err(err("dit` + `lora"))?;
+        .map_err(load_error(Self::KIND, "dit` + `lora"))?;
         let models = Models {
             dit,
-            vae: WanVae::load(&placement.open("enhance `vae`", &self.vae)?, &self.preset.wan_vae())
-                .map_err(err("vae"))?,
-            umt5: Umt5Encoder::load(&text_placement.open("enhance `umt5`", &self.umt5)?, &self.preset.umt5())
-                .map_err(err("umt5"))?,
-            tokenizer: T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len).map_err(err("tokenizer"))?,
+            vae: placement.load(Self::KIND, "vae", &self.vae, |c| WanVae::load(c, &self.preset.wan_vae()))?,
+            umt5: text_placement.load(Self::KIND, "umt5", &self.umt5, |c| Umt5Encoder::load(c, &self.preset.umt5()))?,
+            tokenizer: T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len)
+                .map_err(load_error(Self::KIND, "tokenizer"))?,
             negative: OnceLock::new(),
         };
         let enhancer = Enhancer {
@@ -536,7 +531,7 @@ mod tests {
     #[test]
     fn enhancing_changes_the_frames_and_repeats_for_a_seed() {
         let dir = tempfile::tempdir().unwrap();
-        crate::checkpoints::init_tiny(dir.path()).unwrap();
+        models::tiny::init_tiny(dir.path()).unwrap();
         let stage = tiny(dir.path(), serde_json::json!({}));
         let input = row(Some(7));
         let before = input.tensors["video"].clone();
@@ -565,7 +560,7 @@ mod tests {
     #[test]
     fn videos_the_enhancer_cannot_take_are_row_errors() {
         let dir = tempfile::tempdir().unwrap();
-        crate::checkpoints::init_tiny(dir.path()).unwrap();
+        models::tiny::init_tiny(dir.path()).unwrap();
         let long = tiny(dir.path(), serde_json::json!({"frames": 13}));
         let e = run(&long, row(Some(1))).unwrap_err().to_string();
         assert!(e.contains("the video has 10 frames; `frames` = 13"), "{e}");
@@ -582,7 +577,7 @@ mod tests {
     #[test]
     fn a_lora_file_without_adapter_tensors_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        crate::checkpoints::init_tiny(dir.path()).unwrap();
+        models::tiny::init_tiny(dir.path()).unwrap();
         let mut config: EnhanceConfig = serde_json::from_value(serde_json::json!({
             "preset": "tiny",
             "dit": dir.path().join("enhancer/dit_i2v.safetensors"),
@@ -592,7 +587,10 @@ mod tests {
             "tokenizer": dir.path().join("t5_tokenizer.json"),
         }))
         .unwrap();
-        let build = |c: &EnhanceConfig| c.build(&pipeline::BuildContext { job_name: "t".into() }).err();
+        // The error with its cause chain, as the CLI shows it.
+        let build = |c: &EnhanceConfig| {
+            c.build(&pipeline::BuildContext { job_name: "t".into() }).err().map(|e| StageError::from(e).to_string())
+        };
         let e = build(&config).unwrap();
         assert!(e.contains("enhance `lora`") && e.contains("holds no LoRA tensors"), "{e}");
         config.lora = dir.path().join("enhancer/missing.bin");

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Layout, VideoReader};
-use crate::video::encode::{EncodeError, EncodeOptions, Mp4Writer};
+use crate::video::encode::{EncodeError, EncodeOptions, Mp4Writer, X264Preset};
 
 /// Encode each clip (frames `clip_start_frame..clip_end_frame` of its source) as an MP4 file
 /// `clips/<clip id>.mp4` in the output, optionally at another frame rate and resized to fill a
@@ -34,7 +34,7 @@ pub struct ExportClipsConfig {
     pub crf: u32,
     /// x264 speed/size trade-off: slower presets make smaller files at the same quality.
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: X264Preset,
     /// FFmpeg encoder; libx264 unless your FFmpeg has a reason to use another.
     #[serde(default = "default_codec")]
     pub codec: String,
@@ -45,38 +45,6 @@ fn default_crf() -> u32 {
 }
 fn default_codec() -> String {
     "libx264".into()
-}
-
-/// libx264's presets, fastest first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Preset {
-    /// Fastest, largest files.
-    Ultrafast,
-    /// Next to fastest.
-    Superfast,
-    /// Fast, good for previews.
-    Veryfast,
-    /// Faster than the default.
-    Faster,
-    /// Slightly faster than the default.
-    Fast,
-    /// x264's default.
-    #[default]
-    Medium,
-    /// Smaller files, slower.
-    Slow,
-    /// Smaller still.
-    Slower,
-    /// Smallest files, slowest.
-    Veryslow,
-}
-
-impl Preset {
-    /// The name libx264 knows it by.
-    pub(crate) fn name(self) -> String {
-        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-    }
 }
 
 /// What encoding one clip produced.
@@ -184,8 +152,8 @@ impl StageConfig for ExportClipsConfig {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        Mp4Writer::encoder(&self.codec).map_err(|e| e.to_string())?;
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
+        Mp4Writer::encoder(&self.codec).map_err(|e| pipeline::BuildError::new(e.to_string()).with_key("codec"))?;
         Ok(Runnable::Transform(Arc::new(ExportClips(self.clone()))))
     }
 }

@@ -17,7 +17,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, to_payload, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, load_error, to_payload, ModelPreset, Placement, Precision};
 
 /// Generate each row's video latents as MUG-V's `infer_pipeline.py` does: prompt + `" aesthetic
 /// score: X.X."`, classifier-free guidance against MUG-V's negative prompt, the reference image
@@ -37,7 +37,7 @@ pub struct I2vGenerateConfig {
     pub tokenizer: PathBuf,
     /// Model sizes: "real" (MUG-DiT-10B, ...) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// Sampling steps.
     #[serde(default = "default_steps")]
     #[schemars(range(min = 1))]
@@ -199,17 +199,16 @@ impl StageConfig for I2vGenerateConfig {
         vec![self.dit.clone(), self.vae.clone(), self.t5.clone(), self.tokenizer.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
         let t5_placement = Placement::new(&self.t5_device, Precision::F32)?;
-        let err = |e: models::weights::WeightsError| e.to_string();
         let t5_config = self.preset.t5();
         let models = I2vModels::new(
-            MugDit::load(&placement.open("i2v_generate `dit`", &self.dit)?, &self.preset.dit()).map_err(err)?,
-            MugVae::load(&placement.open("i2v_generate `vae`", &self.vae)?, &self.preset.vae()).map_err(err)?,
-            T5Encoder::load(&t5_placement.open("i2v_generate `t5`", &self.t5)?, &t5_config).map_err(err)?,
+            placement.load(Self::KIND, "dit", &self.dit, |c| MugDit::load(c, &self.preset.dit()))?,
+            placement.load(Self::KIND, "vae", &self.vae, |c| MugVae::load(c, &self.preset.vae()))?,
+            t5_placement.load(Self::KIND, "t5", &self.t5, |c| T5Encoder::load(c, &t5_config))?,
             T5Tokenizer::from_file(&self.tokenizer, t5_config.max_length)
-                .map_err(|e| format!("i2v_generate `tokenizer`: {e}"))?,
+                .map_err(load_error(Self::KIND, "tokenizer"))?,
         );
         let on = I2vPlacement { device: placement.device, dtype: placement.dtype, t5_device: t5_placement.device };
         Ok(Runnable::Transform(Arc::new(Generator::new(self, models, on))))

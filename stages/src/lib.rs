@@ -11,7 +11,6 @@ pub mod export_clips;
 pub mod i2v_generate;
 pub mod load_image;
 pub mod load_tensors;
-pub mod megatron;
 pub mod probe;
 mod row;
 pub mod scene_split;
@@ -41,17 +40,6 @@ pub fn registry() -> Registry {
         .register::<encode_mp4::EncodeMp4Config>()
         .register::<write::WriteConfig>();
     r
-}
-
-/// Initialise FFmpeg once per process and keep its own logging quiet: failures reach the user
-/// as error records, not as interleaved stderr lines.
-pub(crate) fn ffmpeg_init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        // Initialisation only registers codecs; it cannot fail on supported FFmpeg versions.
-        let _ = ffmpeg_next::init();
-        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
-    });
 }
 
 #[cfg(test)]

@@ -202,8 +202,7 @@ impl StageConfig for LoadImageConfig {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        crate::ffmpeg_init();
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         Ok(Runnable::Transform(Arc::new(LoadImage(self.clone()))))
     }
 }

@@ -138,7 +138,7 @@ impl StageConfig for LoadTensorsConfig {
         8
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         Ok(Runnable::Transform(Arc::new(LoadTensors { names: self.tensors.clone(), headers: Mutex::default() })))
     }
 }

@@ -1,4 +1,5 @@
-//! The catalog columns every generation stage reads the same way: the prompt and the seed.
+//! Row fields several stages read the same way: a clip's frame range, a catalog row's prompt and
+//! seed. Stages share these here instead of importing each other.
 
 use pipeline::{Item, StageError};
 
@@ -19,4 +20,10 @@ pub(crate) fn seed(item: &Item, default: u64) -> Result<u64, StageError> {
         }
         _ => Ok(default),
     }
+}
+
+/// The clip's frame range, or the whole video when the item is not a clip.
+pub(crate) fn clip_range(item: &Item) -> (usize, Option<usize>) {
+    let frame = |name: &str| item.get(name).and_then(pipeline::Value::as_i64).map(|v| v.max(0) as usize);
+    (frame("clip_start_frame").unwrap_or(0), frame("clip_end_frame"))
 }

@@ -10,7 +10,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::video::decode::DecodeError;
+use crate::video::probe::DecodeError;
 use crate::video::scenes::{Detector, SceneList, Scores};
 
 /// Detect shot boundaries with PySceneDetect's content or adaptive detector (same cuts within a
@@ -160,7 +160,7 @@ impl StageConfig for SceneSplitConfig {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         Ok(Runnable::Transform(Arc::new(SceneSplit(self.clone()))))
     }
 }

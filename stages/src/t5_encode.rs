@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::checkpoints::{default_device, to_payload, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, load_error, to_payload, ModelPreset, Placement, Precision};
 
 /// Encode each item's caption with T5-v1.1 as MUG-V does (300 tokens, `</s>` last, right
 /// padding): tensors `text_y` `[300, 4096]` (f32) and `text_mask` `[300]` (bool). The caption is
@@ -28,7 +28,7 @@ pub struct T5EncodeConfig {
     pub tokenizer: PathBuf,
     /// Model sizes: "real" (XXL) or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// A CSV or Parquet table of captions; unset reads each item's `caption` field.
     pub captions: Option<String>,
     /// Column of `captions` holding the item id.
@@ -160,13 +160,12 @@ impl StageConfig for T5EncodeConfig {
         vec![self.checkpoint.clone(), self.tokenizer.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
         let config = self.preset.t5();
-        let checkpoint = placement.open("t5_encode `checkpoint`", &self.checkpoint)?;
-        let encoder = T5Encoder::load(&checkpoint, &config).map_err(|e| e.to_string())?;
-        let tokenizer = T5Tokenizer::from_file(&self.tokenizer, config.max_length)
-            .map_err(|e| format!("t5_encode `tokenizer`: {e}"))?;
+        let encoder = placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| T5Encoder::load(c, &config))?;
+        let tokenizer =
+            T5Tokenizer::from_file(&self.tokenizer, config.max_length).map_err(load_error(Self::KIND, "tokenizer"))?;
         Ok(Runnable::Transform(Arc::new(T5Encode {
             config: Arc::new(self.clone()),
             encoder: Arc::new(encoder),

@@ -13,7 +13,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 
 /// Decode each row's `latent` except latent frame 0 (the reference image's) into `num_frames - 1`
 /// frames, chunk by chunk, and put the reference image in front: the `video` tensor
@@ -27,7 +27,7 @@ pub struct VaeDecodeConfig {
     pub checkpoint: PathBuf,
     /// Model sizes: "real" or "tiny".
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// "cpu", "cuda" or "cuda:N".
     #[serde(default = "default_device")]
     pub device: String,
@@ -100,10 +100,10 @@ impl StageConfig for VaeDecodeConfig {
         vec![self.checkpoint.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let checkpoint = placement.open("vae_decode `checkpoint`", &self.checkpoint)?;
-        let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(|e| e.to_string())?;
+        let vae =
+            placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.vae()))?;
         Ok(Runnable::Transform(Arc::new(VaeDecode {
             vae: Arc::new(vae),
             device: placement.device,

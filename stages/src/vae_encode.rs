@@ -15,8 +15,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::aesthetic::clip_range;
-use crate::checkpoints::{default_device, to_payload, Placement, Precision, Preset};
+use crate::checkpoints::{default_device, to_payload, ModelPreset, Placement, Precision};
+use crate::row::clip_range;
 use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Image, Layout, VideoReader};
 
 /// Encode each clip with the MUG-V VideoVAE: frames selected at `fps`, the first `frames` of
@@ -30,7 +30,7 @@ pub struct VaeEncodeConfig {
     pub checkpoint: PathBuf,
     /// Model sizes: "real" or "tiny" (`mugflow models init-tiny`).
     #[serde(default)]
-    pub preset: Preset,
+    pub preset: ModelPreset,
     /// Resize to cover this size, then crop the centre; unset keeps the source size.
     pub size: Option<Resolution>,
     /// Aspect-ratio buckets: each clip fills the bucket nearest its aspect ratio (before `size`).
@@ -335,11 +335,10 @@ impl StageConfig for VaeEncodeConfig {
         vec![self.checkpoint.clone()]
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
-        crate::ffmpeg_init();
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let checkpoint = placement.open("vae_encode `checkpoint`", &self.checkpoint)?;
-        let vae = MugVae::load(&checkpoint, &self.preset.vae()).map_err(|e| e.to_string())?;
+        let vae =
+            placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.vae()))?;
         Ok(Runnable::Transform(Arc::new(VaeEncode {
             config: Arc::new(self.clone()),
             vae: Arc::new(vae),

@@ -6,10 +6,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use stages::probe::probe_file;
 use stages::video::decode::{uniform_indices, FrameFormat, Image, Layout, VideoReader};
 use stages::video::encode::{EncodeOptions, Mp4Writer};
 use stages::video::motion::clip_stats;
+use stages::video::probe::probe_file;
 
 fn videos() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/videos");

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use stages::probe::probe_file;
-use stages::video::decode::DecodeError;
+use stages::video::probe::probe_file;
+use stages::video::probe::DecodeError;
 
 fn data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data")

@@ -543,7 +543,7 @@ mod tests {
         fn adds(&self) -> Vec<Field> {
             vec![Field::new("part", FieldType::Int, "")]
         }
-        fn build(&self, _: &BuildContext) -> Result<Runnable, String> {
+        fn build(&self, _: &BuildContext) -> Result<Runnable, crate::BuildError> {
             Ok(Runnable::Transform(Arc::new(Split(self.n, self.forget_part))))
         }
     }
@@ -571,7 +571,7 @@ mod tests {
         fn adds(&self) -> Vec<Field> {
             Vec::new()
         }
-        fn build(&self, _: &BuildContext) -> Result<Runnable, String> {
+        fn build(&self, _: &BuildContext) -> Result<Runnable, crate::BuildError> {
             Ok(Runnable::Sink(Arc::new(Native)))
         }
     }

@@ -9,6 +9,8 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
+use super::probe::{display_rotation, DecodeError};
+
 /// One decoded picture, packed 8-bit, 3 channels, rows without padding.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -138,38 +140,15 @@ pub struct VideoReader {
     pub rotation: i64,
 }
 
-/// Why a video could not be probed or decoded.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// The container could not be opened.
-    #[error("cannot open {0} as a media file")]
-    Open(String, #[source] ffmpeg::Error),
-    /// There is no video stream.
-    #[error("no video stream")]
-    NoVideo,
-    /// The decoder could not be set up.
-    #[error("cannot set up the video decoder")]
-    Decoder(#[source] ffmpeg::Error),
-    /// The pixel converter could not be set up for this format.
-    #[error("cannot convert {0:?} frames to RGB")]
-    Convert(Pixel, #[source] ffmpeg::Error),
-    /// Not a single frame could be decoded.
-    #[error("no frame could be decoded")]
-    NoFrames,
-    /// The video stream declares no frame size.
-    #[error("the video stream has no frame size")]
-    NoSize,
-}
-
 impl VideoReader {
     /// Open the best video stream of a file; `threads` decoder threads (0 lets FFmpeg choose).
     pub fn open(path: &Path, threads: usize) -> Result<VideoReader, DecodeError> {
-        crate::ffmpeg_init();
+        super::ffmpeg_init();
         let input = ffmpeg::format::input(&path).map_err(|e| DecodeError::Open(path.display().to_string(), e))?;
         let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or(DecodeError::NoVideo)?;
         let r = stream.avg_frame_rate();
         let fps = if r.denominator() != 0 && r.numerator() != 0 { f64::from(r) } else { f64::from(stream.rate()) };
-        let rotation = crate::probe::display_rotation(&stream);
+        let rotation = display_rotation(&stream);
         let mut ctx = ffmpeg::codec::Context::from_parameters(stream.parameters()).map_err(DecodeError::Decoder)?;
         ctx.set_threading(ffmpeg::codec::threading::Config {
             kind: ffmpeg::codec::threading::Type::Frame,

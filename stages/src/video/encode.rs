@@ -6,6 +6,8 @@ use std::path::Path;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::decode::Image;
 
@@ -36,6 +38,38 @@ pub struct EncodeOptions {
     pub preset: String,
 }
 
+/// libx264's presets, fastest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum X264Preset {
+    /// Fastest, largest files.
+    Ultrafast,
+    /// Next to fastest.
+    Superfast,
+    /// Fast, good for previews.
+    Veryfast,
+    /// Faster than the default.
+    Faster,
+    /// Slightly faster than the default.
+    Fast,
+    /// x264's default.
+    #[default]
+    Medium,
+    /// Smaller files, slower.
+    Slow,
+    /// Smaller still.
+    Slower,
+    /// Smallest files, slowest.
+    Veryslow,
+}
+
+impl X264Preset {
+    /// The name libx264 knows it by.
+    pub(crate) fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+}
+
 /// A video file being written frame by frame; `finish` completes it.
 pub struct Mp4Writer {
     output: ffmpeg::format::context::Output,
@@ -56,7 +90,7 @@ impl Mp4Writer {
     /// 4:2:0 video needs even sizes).
     /// This FFmpeg's `codec` encoder; stages call it at build time to fail before any work.
     pub fn encoder(codec: &str) -> Result<ffmpeg::Codec, EncodeError> {
-        crate::ffmpeg_init();
+        super::ffmpeg_init();
         ffmpeg::encoder::find_by_name(codec).ok_or_else(|| EncodeError::NoEncoder(codec.to_string()))
     }
 

@@ -8,7 +8,8 @@
 
 use serde::Serialize;
 
-use super::decode::{DecodeError, FrameFormat, Image, Layout, VideoReader};
+use super::decode::{FrameFormat, Image, Layout, VideoReader};
+use super::probe::DecodeError;
 
 /// Long side, in pixels, of the grey images the statistics are computed on.
 pub const STATS_SIZE: u32 = 64;

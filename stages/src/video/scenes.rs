@@ -9,8 +9,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::decode::{DecodeError, FrameFormat, ImageRef, Layout, VideoReader};
+use super::decode::{FrameFormat, ImageRef, Layout, VideoReader};
 use super::opencv::{bgr_to_hsv_planes, resize_linear};
+use super::probe::DecodeError;
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.
 pub const DETECT_SIZE: usize = 256;

@@ -1,5 +1,7 @@
 //! `write`: the sink that stores each shard in the chosen dataset layout.
 
+pub mod megatron;
+
 use std::sync::Arc;
 
 use pipeline::format::NativeShardWriter;
@@ -7,7 +9,7 @@ use pipeline::{Field, FieldType, PipelineError, Runnable, ShardSink, ShardTarget
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::megatron::{MegatronSink, SampleSource};
+use megatron::{MegatronSink, SampleSource};
 
 /// Write each shard: a Parquet table of all metadata fields (one row per item), an error table,
 /// the dataset's index.json, and the tensors in the chosen layout: one safetensors file per shard
@@ -64,7 +66,7 @@ impl StageConfig for WriteConfig {
         Vec::new()
     }
 
-    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, String> {
+    fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         match self.format {
             WriteFormat::Mugflow => Ok(Runnable::Sink(Arc::new(NativeSink))),
             WriteFormat::MugvMegatron => Ok(Runnable::Sink(Arc::new(MegatronSink { source: self.source }))),
