@@ -9,8 +9,8 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use half::bf16;
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
-const MODULE: &str = "mugflow_kernels";
+pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+pub(crate) const MODULE: &str = "mugflow_kernels";
 
 /// Head dims the flash-attention kernel is compiled for (MUG-DiT 72, WAN 128, test models 24/64).
 pub const FLASH_HEAD_DIMS: [usize; 4] = [24, 64, 72, 128];
@@ -28,7 +28,7 @@ pub fn set_poison_outputs(on: bool) {
 }
 
 /// A new output buffer of `n` elements, poisoned when [`set_poison_outputs`] is on.
-fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+pub(crate) fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: the launching kernel writes every element (the poison test checks it).
     let mut out = unsafe { dev.alloc::<T>(n)? };
     if POISON.load(Ordering::SeqCst) {
@@ -45,7 +45,7 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
 }
 
 /// The kernel-name suffix and the candle dtype of `T`.
-trait Element: CudaDType + DeviceRepr {
+pub(crate) trait Element: CudaDType + DeviceRepr {
     const SUFFIX: &'static str;
 }
 impl Element for f32 {
@@ -85,18 +85,18 @@ impl<K: Kernel> CustomOp1 for Op<K> {
 }
 
 /// The elements of `storage` from `layout`'s offset on.
-fn view<'a, T: CudaDType>(storage: &'a CudaStorage, layout: &Layout) -> Result<CudaView<'a, T>> {
+pub(crate) fn view<'a, T: CudaDType>(storage: &'a CudaStorage, layout: &Layout) -> Result<CudaView<'a, T>> {
     Ok(storage.as_cuda_slice::<T>()?.slice(layout.start_offset()..))
 }
 
 /// A contiguous tensor's CUDA storage, read-locked for a launch.
-struct Aux<'a> {
+pub(crate) struct Aux<'a> {
     guard: std::sync::RwLockReadGuard<'a, Storage>,
     layout: &'a Layout,
 }
 
 impl<'a> Aux<'a> {
-    fn new(t: &'a Tensor, what: &str) -> Result<Self> {
+    pub(crate) fn new(t: &'a Tensor, what: &str) -> Result<Self> {
         let (guard, layout) = t.storage_and_layout();
         if !layout.is_contiguous() {
             bail!("{what} must be contiguous");
@@ -104,7 +104,7 @@ impl<'a> Aux<'a> {
         Ok(Aux { guard, layout })
     }
 
-    fn view<T: CudaDType>(&self) -> Result<CudaView<'_, T>> {
+    pub(crate) fn view<T: CudaDType>(&self) -> Result<CudaView<'_, T>> {
         match &*self.guard {
             Storage::Cuda(s) => view(s, self.layout),
             _ => bail!("kernels: every input must be on the CUDA device"),

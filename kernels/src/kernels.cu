@@ -12,6 +12,7 @@
 // - group_norm_*: GroupNorm over contiguous (B, C, ...) with affine weight/bias, optional SiLU.
 // - channel_norm_*: x / max(||x||_C, 1e-12) * gamma[c] over the channel axis of (N, C, S), optional
 //   SiLU (the Wan VAE's RMS_norm).
+// - conv_epilogue_*: y += bias[channel] + residual in place after a cuDNN convolution.
 // - poison_u8: fills a buffer with 0xFF bytes (NaN in bf16 and f32) before a test launch.
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -409,6 +410,22 @@ DEVICE void channel_norm(const T *x, const T *gamma, T *out, int64_t outer, int 
   }
 }
 
+// In place over `rows` rows of `inner` contiguous elements (row r holds channel r % c):
+// y += bias[c] (if any) + residual (if any), one rounding. Grid: x over a row, y over rows.
+template <typename T>
+DEVICE void conv_epilogue(T *y, const T *bias, const T *res, int64_t rows, int c, int64_t inner) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float b = bias ? to_f32(bias[r % c]) : 0.f;
+    T *yr = y + r * inner;
+    const T *rr = res ? res + r * inner : nullptr;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < inner; j += (int64_t)gridDim.x * blockDim.x) {
+      float v = to_f32(yr[j]) + b;
+      if (rr) v += to_f32(rr[j]);
+      yr[j] = from_f32<T>(v);
+    }
+  }
+}
+
 #define ROW_KERNELS(NAME, T)                                                                                    \
   extern "C" __global__ void ln_modulate_##NAME(const T *x, const T *shift, const T *scale, const uint32_t *rows, \
                                                 int r, T *out, int l, int d, int64_t tb, float one, float eps) {\
@@ -430,6 +447,10 @@ DEVICE void channel_norm(const T *x, const T *gamma, T *out, int64_t outer, int 
   extern "C" __global__ void channel_norm_##NAME(const T *x, const T *gamma, T *out, int64_t outer, int c,      \
                                                  int64_t s, int act) {                                          \
     channel_norm<T>(x, gamma, out, outer, c, s, act);                                                           \
+  }                                                                                                             \
+  extern "C" __global__ void conv_epilogue_##NAME(T *y, const T *bias, const T *res, int64_t rows, int c,       \
+                                                  int64_t inner) {                                              \
+    conv_epilogue<T>(y, bias, res, rows, c, inner);                                                             \
   }
 ROW_KERNELS(f32, float)
 ROW_KERNELS(bf16, __nv_bfloat16)

@@ -11,6 +11,7 @@ use models::aesthetic::{AestheticConfig, AestheticScorer};
 use models::mugdit::{DitInput, MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
 use models::t5::{T5Config, T5Encoder};
+use models::wan_vae::{WanVae, WanVaeConfig};
 use models::weights::Checkpoint;
 
 mod common;
@@ -94,6 +95,26 @@ fn mugvae_on_cuda() {
         eprintln!("vae {dtype:?}: {:?}", results.iter().map(|r| r.0).zip(&errors).collect::<Vec<_>>());
         for ((k, _), err) in results.iter().zip(errors) {
             assert!(err < tol, "vae {k} {dtype:?}: rel-L2 {err} (tolerance {tol})");
+        }
+    }
+}
+
+#[test]
+fn wan_vae_on_cuda() {
+    let dev = cuda();
+    let (enc, dec) = (case("wan_vae", "case_encode.safetensors"), case("wan_vae", "case_decode.safetensors"));
+    for (dtype, tol) in PRECISIONS {
+        let ckpt = Checkpoint::open(&data("wan_vae", "weights.safetensors"), dtype, &dev).unwrap();
+        let vae = WanVae::load(&ckpt, &WanVaeConfig::golden()).unwrap();
+        let tol = if dtype == DType::BF16 { VAE_BF16_TOL } else { tol };
+        let results = [
+            ("latent", &enc, vae.encode(&on(&enc["video"], &dev, dtype)).unwrap()),
+            ("video", &dec, vae.decode(&on(&dec["latent"], &dev, dtype)).unwrap()),
+        ];
+        let errors: Vec<f32> = results.iter().map(|(k, c, x)| common::rel_l2(&back(x), &c[*k])).collect();
+        eprintln!("wan vae {dtype:?}: {:?}", results.iter().map(|r| r.0).zip(&errors).collect::<Vec<_>>());
+        for ((k, _, _), err) in results.iter().zip(errors) {
+            assert!(err < tol, "wan vae {k} {dtype:?}: rel-L2 {err} (tolerance {tol})");
         }
     }
 }
