@@ -1,9 +1,9 @@
 //! Native 2-D and 3-D convolutions through cuDNN for the VAEs: tensor-op math, the algorithm found
 //! by measuring every candidate once per shape (`cudnnFindConvolutionForwardAlgorithmEx`), the
 //! descriptors and the chosen algorithm cached per shape, one workspace per device reused by every
-//! call, and the bias (and a residual) added by one fused epilogue kernel. Inputs may be any
-//! strided view, so a model can convolve `(B, T, C, H, W)` activations as `(B, C, T, H, W)`
-//! without a copy ([`ConvOutput::FramesFirst`] writes the output in that order too).
+//! call, cuDNN's tensor-core kernels fed channels-last copies, and the bias (and a residual) added
+//! in the pass that copies the output back. Frames-first activations `(B, T, C, H, W)` (the Wan
+//! VAE's) are convolved as `(B, C, T, H, W)` without a layout change ([`ConvLayout::FramesFirst`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,24 +23,25 @@ use crate::cuda::{output, view, Aux, Element, MODULE, PTX};
 
 /// Workspace offered to the algorithm search: candidates needing more (FFT variants on large
 /// frames) are not timed.
-const FIND_WORKSPACE: usize = 512 << 20;
+const FIND_WORKSPACE: usize = 1 << 30;
 
-/// Where the output's axes lie in memory.
+/// Where the axes of a convolution's input and output lie in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConvOutput {
-    /// Contiguous `(N, Cout, spatial...)`, as PyTorch lays it out.
+pub enum ConvLayout {
+    /// `(N, C, spatial...)`, as PyTorch lays it out (the input in any strides).
     Standard,
-    /// A 3-D convolution's output as contiguous `(N, D, Cout, H, W)`: the frames-first layout of
-    /// the Wan VAE, whose activations are `(B, T, C, H, W)`.
+    /// A 3-D convolution over contiguous `(N, D, C, H, W)`: the frames-first layout of the Wan
+    /// VAE, whose activations are `(B, T, C, H, W)`; the output is `(N, D', Cout, H', W')`.
     FramesFirst,
 }
 
 /// A convolution `y = conv(x, w) + bias + residual` (cross-correlation, as PyTorch's `Conv2d`
-/// and `Conv3d`) on `x` `(N, Cin, spatial...)` in any strides and `w` `(Cout, Cin, k...)`, with
-/// symmetric zero `padding` and `stride` per spatial axis; f32 or bf16 (f32 accumulation).
-/// `bias` is `[Cout]`; `residual` has the output's shape and layout and is added in the same
-/// pass. Returns `(N, Cout, out...)` contiguous, or `(N, D', Cout, H', W')` for
-/// [`ConvOutput::FramesFirst`].
+/// and `Conv3d`) with `w` `(Cout, Cin, k...)`, symmetric zero `padding` and `stride` per spatial
+/// axis, f32 or bf16 (f32 accumulation); `x` and the output in `layout`. `bias` is `[Cout]`;
+/// `residual` has the output's shape and is added in the same pass. cuDNN convolves channels-last
+/// (NHWC / NDHWC) copies, the layout its tensor-core kernels read, made and undone by batched
+/// transposes (the output's fused with the bias and residual); `MUGFLOW_CONV_LAYOUT=strided`
+/// hands cuDNN the tensors in place through their strides instead, to measure one against the other.
 pub fn conv(
     x: &Tensor,
     w: &Tensor,
@@ -48,45 +49,31 @@ pub fn conv(
     residual: Option<&Tensor>,
     padding: &[usize],
     stride: &[usize],
-    output: ConvOutput,
+    layout: ConvLayout,
 ) -> Result<Tensor> {
-    let op = |bias: Option<&Tensor>, residual: Option<&Tensor>, output| Conv {
+    let channels_last = !strided_only();
+    let x = if channels_last || layout == ConvLayout::FramesFirst { x.contiguous()? } else { x.clone() };
+    let op = Conv {
         bias: bias.cloned(),
-        residual: residual.cloned(),
+        residual: residual.map(Tensor::contiguous).transpose()?,
         padding: padding.to_vec(),
         stride: stride.to_vec(),
-        output,
+        layout,
+        channels_last,
     };
-    let residual = residual.map(Tensor::contiguous).transpose()?;
-    let residual = residual.as_ref();
-    let packed = x.is_contiguous() && output == ConvOutput::Standard;
-    if !packed && !packed_only() {
-        match x.apply_op2_no_bwd(w, &op(bias, residual, output)) {
-            Ok(y) => return Ok(y),
-            // cuDNN may have no algorithm for these strides: convolve packed copies instead.
-            Err(e) if e.to_string().contains("cuDNN") => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if packed {
-        return x.apply_op2_no_bwd(w, &op(bias, residual, output));
-    }
-    let y = x.contiguous()?.apply_op2_no_bwd(w, &op(bias, None, ConvOutput::Standard))?;
-    let y = match output {
-        ConvOutput::Standard => y,
-        ConvOutput::FramesFirst => y.permute((0, 2, 1, 3, 4))?.contiguous()?,
-    };
-    match residual {
-        Some(r) => y + r,
-        None => Ok(y),
-    }
+    x.apply_op2_no_bwd(w, &op)
 }
 
-/// `MUGFLOW_CONV_PACKED=1`: give cuDNN only packed `(N, C, spatial...)` operands (copies in and
-/// out of strided layouts), to measure against the strided descriptors.
-fn packed_only() -> bool {
-    static PACKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PACKED.get_or_init(|| std::env::var("MUGFLOW_CONV_PACKED").is_ok_and(|v| v == "1"))
+/// `MUGFLOW_CONV_LAYOUT=strided`: no channels-last copies (see [`conv`]).
+fn strided_only() -> bool {
+    static STRIDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STRIDED.get_or_init(|| std::env::var("MUGFLOW_CONV_LAYOUT").is_ok_and(|v| v == "strided"))
+}
+
+/// `MUGFLOW_CONV_LOG=1`: print each new shape's measured candidates to stderr.
+fn log_plans() -> bool {
+    static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOG.get_or_init(|| std::env::var("MUGFLOW_CONV_LOG").is_ok_and(|v| v == "1"))
 }
 
 struct Conv {
@@ -94,7 +81,8 @@ struct Conv {
     residual: Option<Tensor>,
     padding: Vec<usize>,
     stride: Vec<usize>,
-    output: ConvOutput,
+    layout: ConvLayout,
+    channels_last: bool,
 }
 
 /// An `i32` for cuDNN's descriptors, or an error naming what overflowed.
@@ -128,17 +116,18 @@ struct Plan {
     workspace: usize,
 }
 
-/// What identifies a [`Plan`]: dtype, input dims and strides, filter dims, padding, stride and
-/// output layout.
+/// What identifies a [`Plan`]: dtype, the dims and strides of input and output as cuDNN sees them
+/// (`(N, C, spatial...)`), filter dims, padding and stride.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     dtype: DType,
     x_dims: Vec<usize>,
     x_strides: Vec<usize>,
+    y_dims: Vec<usize>,
+    y_strides: Vec<usize>,
     w_dims: Vec<usize>,
     padding: Vec<usize>,
     stride: Vec<usize>,
-    output: ConvOutput,
 }
 
 macro_rules! descriptor {
@@ -237,19 +226,12 @@ struct Operands {
 impl Plan {
     /// Builds the descriptors and finds the fastest algorithm by timing the candidates on the
     /// real operands (`y` is overwritten).
-    fn find(
-        key: &Key,
-        y_dims: &[usize],
-        y_strides: &[usize],
-        cudnn: &mut Cudnn,
-        dev: &CudaDevice,
-        ops: &Operands,
-    ) -> Result<Plan> {
+    fn find(key: &Key, cudnn: &mut Cudnn, dev: &CudaDevice, ops: &Operands) -> Result<Plan> {
         let (data, math) = types(key.dtype)?;
         let dims = |v: &[usize], what: &str| v.iter().map(|&d| int(d, what)).collect::<Result<Vec<_>>>();
         let (x, w, conv, y) = (TensorDesc::new()?, FilterDesc::new()?, ConvDesc::new()?, TensorDesc::new()?);
         let (xd, xs) = (dims(&key.x_dims, "input size")?, dims(&key.x_strides, "input stride")?);
-        let (yd, ys) = (dims(y_dims, "output size")?, dims(y_strides, "output stride")?);
+        let (yd, ys) = (dims(&key.y_dims, "output size")?, dims(&key.y_strides, "output stride")?);
         let wd = dims(&key.w_dims, "filter size")?;
         let (pad, stride) = (dims(&key.padding, "padding")?, dims(&key.stride, "stride")?);
         let dilation = vec![1i32; pad.len()];
@@ -309,17 +291,26 @@ impl Plan {
             .result()
             .map_err(cudnn_err("algorithm search"))?;
         }
+        let perf = &perf[..returned.max(0) as usize];
+        if log_plans() {
+            eprintln!(
+                "conv plan {:?} x {:?} {:?} w {:?} -> y {:?} {:?}",
+                key.dtype, key.x_dims, key.x_strides, key.w_dims, key.y_dims, key.y_strides
+            );
+            for p in perf.iter().take(4) {
+                let ms = p.time;
+                eprintln!("  {:?} {:?} {:?} {ms:.3} ms {} MiB", p.algo, p.mathType, p.status, p.memory >> 20);
+            }
+        }
         // Results come fastest first; an f32 convolution never takes one that rounds to 16 bits.
-        let best = perf[..returned.max(0) as usize]
+        let best = perf
             .iter()
             .find(|p| {
                 p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
                     && !(key.dtype == DType::F32
                         && p.mathType == sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)
             })
-            .ok_or_else(|| {
-                candle_core::Error::Msg(format!("conv: cuDNN has no algorithm for {key:?} (output {y_dims:?})"))
-            })?;
+            .ok_or_else(|| candle_core::Error::Msg(format!("conv: cuDNN has no algorithm for {key:?}")))?;
         // SAFETY: the descriptor created above.
         unsafe { result::set_convolution_math_type(conv.0, best.mathType) }.map_err(cudnn_err("math type"))?;
         Ok(Plan { x, w, conv, y, algo: best.algo, workspace: best.memory })
@@ -358,10 +349,17 @@ impl Conv {
         ws: &CudaStorage,
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (xd, wd) = (xl.dims(), wl.dims());
-        let rank = xd.len();
+        let wd = wl.dims();
+        let rank = wd.len();
         let spatial = rank.saturating_sub(2);
-        if !(rank == 4 || rank == 5) || wd.len() != rank || xd[1] != wd[1] || !wl.is_contiguous() {
+        // The input's dims and strides as (N, C, spatial...).
+        let frames_first = self.layout == ConvLayout::FramesFirst;
+        let to_ncdhw = |v: &[usize]| if frames_first { vec![v[0], v[2], v[1], v[3], v[4]] } else { v.to_vec() };
+        if xl.dims().len() != rank || (frames_first && rank != 5) {
+            bail!("conv: input {:?} ({:?}) does not fit the filter {wd:?}", xl.dims(), self.layout);
+        }
+        let (xd, xst) = (to_ncdhw(xl.dims()), to_ncdhw(xl.stride()));
+        if !(rank == 4 || rank == 5) || xd[1] != wd[1] || !wl.is_contiguous() {
             bail!("conv: input {xd:?} and contiguous filter {wd:?} must be (N, C, 2 or 3 axes), (Cout, C, k...)");
         }
         if self.padding.len() != spatial || self.stride.len() != spatial || self.stride.contains(&0) {
@@ -371,26 +369,15 @@ impl Conv {
                 self.stride
             );
         }
-        if self.output == ConvOutput::FramesFirst && rank != 5 {
-            bail!("conv: the frames-first output is for 3-D convolutions, got input {xd:?}");
-        }
-        let mut y_dims = vec![xd[0], wd[0]];
+        let mut yd = vec![xd[0], wd[0]];
         for i in 0..spatial {
             let padded = xd[2 + i] + 2 * self.padding[i];
             if padded < wd[2 + i] {
                 bail!("conv: axis {} of input {xd:?} is smaller than the filter {wd:?}", 2 + i);
             }
-            y_dims.push((padded - wd[2 + i]) / self.stride[i] + 1);
+            yd.push((padded - wd[2 + i]) / self.stride[i] + 1);
         }
-        let (y_strides, shape) = match self.output {
-            ConvOutput::Standard => {
-                (strides_in_order(&y_dims, &(0..rank).collect::<Vec<_>>()), Shape::from(y_dims.clone()))
-            }
-            ConvOutput::FramesFirst => (
-                strides_in_order(&y_dims, &[0, 2, 1, 3, 4]),
-                Shape::from(vec![y_dims[0], y_dims[2], y_dims[1], y_dims[3], y_dims[4]]),
-            ),
-        };
+        let shape = Shape::from(to_ncdhw(&yd));
         if let Some(b) = &self.bias {
             if b.dims() != [wd[0]] || b.dtype() != xs.dtype() {
                 bail!("conv: bias {:?} {:?} for {} output channels", b.dims(), b.dtype(), wd[0]);
@@ -401,30 +388,83 @@ impl Conv {
                 bail!("conv: residual {:?} for an output of {:?}", r.dims(), shape.dims());
             }
         }
+        // Memory order of the axes, outermost first.
+        let channels_last: Vec<usize> = std::iter::once(0).chain(2..rank).chain([1]).collect();
+        let model_order: Vec<usize> = if frames_first { vec![0, 2, 1, 3, 4] } else { (0..rank).collect() };
+        let (x_strides, y_strides) = if self.channels_last {
+            (strides_in_order(&xd, &channels_last), strides_in_order(&yd, &channels_last))
+        } else {
+            (xst, strides_in_order(&yd, &model_order))
+        };
         let key = Key {
             dtype: xs.dtype(),
-            x_dims: xd.to_vec(),
-            x_strides: xl.stride().to_vec(),
+            x_dims: xd.clone(),
+            x_strides,
+            y_dims: yd.clone(),
+            y_strides,
             w_dims: wd.to_vec(),
             padding: self.padding.clone(),
             stride: self.stride.clone(),
-            output: self.output,
         };
+        // Batches of [C, inner] blocks of the model's layout: (batches, inner) of input and output.
+        let blocks =
+            |d: &[usize]| if frames_first { (d[0] * d[2], d[3] * d[4]) } else { (d[0], d[2..].iter().product()) };
         let dev = xs.device();
-        let stream = dev.cuda_stream();
         let x = view::<T>(xs, xl)?;
         let w = view::<T>(ws, wl)?;
-        let n = shape.elem_count();
-        let mut y = output::<T>(dev, n)?;
+        let n_out = shape.elem_count();
+        if !self.channels_last {
+            let mut y = output::<T>(dev, n_out)?;
+            self.convolve(dev, &key, &x, &w, &mut y)?;
+            if self.bias.is_some() || self.residual.is_some() {
+                let (outer, inner) = blocks(&yd);
+                self.epilogue::<T>(dev, &mut y, (outer * yd[1], yd[1], inner))?;
+            }
+            return Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape));
+        }
+        // SAFETY: written in full by the transpose below.
+        let mut x_cl = unsafe { dev.alloc::<T>(xl.shape().elem_count())? };
+        let (outer, inner) = blocks(&xd);
+        transpose::<T>(dev, (&x, &mut x_cl), (None, None), (outer, xd[1], inner), true)?;
+        // SAFETY: written in full by the convolution.
+        let mut y_cl = unsafe { dev.alloc::<T>(n_out)? };
+        self.convolve(dev, &key, &x_cl.slice(..), &w, &mut y_cl)?;
+        drop(x_cl);
+        let mut y = output::<T>(dev, n_out)?;
+        let bias = self.bias.as_ref().map(|b| Aux::new(b, "bias")).transpose()?;
+        let residual = self.residual.as_ref().map(|r| Aux::new(r, "residual")).transpose()?;
+        let bias = bias.as_ref().map(|b| b.view::<T>()).transpose()?;
+        let residual = residual.as_ref().map(|r| r.view::<T>()).transpose()?;
+        let (outer, inner) = blocks(&yd);
+        transpose::<T>(
+            dev,
+            (&y_cl.slice(..), &mut y),
+            (bias.as_ref(), residual.as_ref()),
+            (outer, yd[1], inner),
+            false,
+        )?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+    }
+
+    /// `y = conv(x, w)` with the plan of `key` (found and cached on first use).
+    fn convolve<T: Element>(
+        &self,
+        dev: &CudaDevice,
+        key: &Key,
+        x: &CudaView<'_, T>,
+        w: &CudaView<'_, T>,
+        y: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let stream = dev.cuda_stream();
         with_cudnn(dev, |cudnn| {
             let (xp, _sx) = x.device_ptr(&stream);
             let (wp, _sw) = w.device_ptr(&stream);
             let (yp, _sy) = y.device_ptr_mut(&stream);
             let ops = Operands { x: xp as *const c_void, w: wp as *const c_void, y: yp as *mut c_void };
-            let plan = match cudnn.plans.get(&key) {
+            let plan = match cudnn.plans.get(key) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = Rc::new(Plan::find(&key, &y_dims, &y_strides, cudnn, dev, &ops)?);
+                    let p = Rc::new(Plan::find(key, cudnn, dev, &ops)?);
                     cudnn.plans.insert(key.clone(), p.clone());
                     p
                 }
@@ -440,7 +480,7 @@ impl Conv {
             let (sp, _ss) = scratch.device_ptr_mut(&stream);
             let (alpha, beta) = (1f32, 0f32);
             // SAFETY: the plan's descriptors were made for exactly these dtypes, dims and strides
-            // (the key), the output buffer holds the output's elements and the workspace at least
+            // (the key), the buffers hold the elements they describe and the workspace at least
             // the algorithm's bytes; f32 scaling factors for f32 and bf16 data, as cuDNN requires.
             unsafe {
                 result::convolution_forward(
@@ -460,16 +500,7 @@ impl Conv {
                 )
             }
             .map_err(cudnn_err("convolution"))
-        })?;
-        if self.bias.is_some() || self.residual.is_some() {
-            // The channel of each output row of `inner` contiguous elements is `row % Cout`.
-            let inner: usize = match self.output {
-                ConvOutput::Standard => y_dims[2..].iter().product(),
-                ConvOutput::FramesFirst => y_dims[3] * y_dims[4],
-            };
-            self.epilogue::<T>(dev, &mut y, (n / inner.max(1), y_dims[1], inner))?;
-        }
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+        })
     }
 
     /// `y += bias[row % c] + residual` over `rows` rows of `inner` elements, in place.
@@ -505,10 +536,46 @@ impl Conv {
     }
 }
 
+/// Batched transposes between `outer` blocks of `[c, inner]` (the model's layout) and of
+/// `[inner, c]` (channels-last): `to_cl` moves `src` to channels-last; otherwise `src` is
+/// channels-last and `dst` gets `src + bias[c] + residual` in the model's layout.
+fn transpose<T: Element>(
+    dev: &CudaDevice,
+    (src, dst): (&CudaView<'_, T>, &mut CudaSlice<T>),
+    (bias, residual): (Option<&CudaView<'_, T>>, Option<&CudaView<'_, T>>),
+    (outer, c, inner): (usize, usize, usize),
+    to_cl: bool,
+) -> Result<()> {
+    if outer > 65535 || c.div_ceil(32) > 65535 {
+        bail!("conv: {outer} blocks of {c} channels exceed the transpose's grid");
+    }
+    let null = 0u64;
+    let (c32, inner64, to_cl32) = (c as i32, inner as i64, i32::from(to_cl));
+    let func = dev.get_or_load_custom_func(&format!("cl_transpose_{}", T::SUFFIX), MODULE, PTX)?;
+    let mut a = func.builder();
+    a.arg(src);
+    a.arg(dst);
+    push_optional(&mut a, bias, &null);
+    push_optional(&mut a, residual, &null);
+    a.arg(&c32);
+    a.arg(&inner64);
+    a.arg(&to_cl32);
+    let cfg = LaunchConfig {
+        grid_dim: (inner.div_ceil(32) as u32, c.div_ceil(32) as u32, outer as u32),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: src and dst hold outer * c * inner elements (the caller's tensors and buffers of the
+    // convolution's input or output), the residual likewise, the bias c; the kernel guards the
+    // edges of every tile.
+    unsafe { a.launch(cfg) }.w()?;
+    Ok(())
+}
+
 /// Pushes `v` as a kernel argument, or a null pointer when absent.
 fn push_optional<'a, T>(
     a: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>,
-    v: Option<&'a CudaView<'a, T>>,
+    v: Option<&'a CudaView<'_, T>>,
     null: &'a u64,
 ) {
     match v {

@@ -13,6 +13,8 @@
 // - channel_norm_*: x / max(||x||_C, 1e-12) * gamma[c] over the channel axis of (N, C, S), optional
 //   SiLU (the Wan VAE's RMS_norm).
 // - conv_epilogue_*: y += bias[channel] + residual in place after a cuDNN convolution.
+// - cl_transpose_*: batched [C, inner] <-> [inner, C] transposes around a channels-last cuDNN
+//   convolution, the way back adding bias and residual.
 // - poison_u8: fills a buffer with 0xFF bytes (NaN in bf16 and f32) before a test launch.
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -426,6 +428,49 @@ DEVICE void conv_epilogue(T *y, const T *bias, const T *res, int64_t rows, int c
   }
 }
 
+// Batched transpose between `gridDim.z` blocks of [c][inner] and of [inner][c] through a 32x32
+// shared tile (both sides coalesced). to_cl: dst[o][j][k] = src[o][k][j]; otherwise
+// dst[o][k][j] = src[o][j][k] + bias[k] + res[o][k][j] (bias, res optional), one rounding.
+template <typename T>
+DEVICE void cl_transpose(const T *src, T *dst, const T *bias, const T *res, int c, int64_t inner, int to_cl) {
+  __shared__ float tile[32][33];
+  const int64_t base = (int64_t)blockIdx.z * c * inner;
+  const int64_t j0 = (int64_t)blockIdx.x * 32;
+  const int k0 = blockIdx.y * 32;
+  src += base;
+  dst += base;
+  if (to_cl) {
+    for (int dk = threadIdx.y; dk < 32; dk += 8) {
+      const int k = k0 + dk;
+      const int64_t j = j0 + threadIdx.x;
+      tile[dk][threadIdx.x] = (k < c && j < inner) ? to_f32(src[(int64_t)k * inner + j]) : 0.f;
+    }
+    __syncthreads();
+    for (int dj = threadIdx.y; dj < 32; dj += 8) {
+      const int64_t j = j0 + dj;
+      const int k = k0 + threadIdx.x;
+      if (j < inner && k < c) dst[j * c + k] = from_f32<T>(tile[threadIdx.x][dj]);
+    }
+  } else {
+    for (int dj = threadIdx.y; dj < 32; dj += 8) {
+      const int64_t j = j0 + dj;
+      const int k = k0 + threadIdx.x;
+      tile[dj][threadIdx.x] = (j < inner && k < c) ? to_f32(src[j * c + k]) : 0.f;
+    }
+    __syncthreads();
+    for (int dk = threadIdx.y; dk < 32; dk += 8) {
+      const int k = k0 + dk;
+      const int64_t j = j0 + threadIdx.x;
+      if (k < c && j < inner) {
+        float v = tile[threadIdx.x][dk];
+        if (bias) v += to_f32(bias[k]);
+        if (res) v += to_f32(res[base + (int64_t)k * inner + j]);
+        dst[(int64_t)k * inner + j] = from_f32<T>(v);
+      }
+    }
+  }
+}
+
 #define ROW_KERNELS(NAME, T)                                                                                    \
   extern "C" __global__ void ln_modulate_##NAME(const T *x, const T *shift, const T *scale, const uint32_t *rows, \
                                                 int r, T *out, int l, int d, int64_t tb, float one, float eps) {\
@@ -451,6 +496,10 @@ DEVICE void conv_epilogue(T *y, const T *bias, const T *res, int64_t rows, int c
   extern "C" __global__ void conv_epilogue_##NAME(T *y, const T *bias, const T *res, int64_t rows, int c,       \
                                                   int64_t inner) {                                              \
     conv_epilogue<T>(y, bias, res, rows, c, inner);                                                             \
+  }                                                                                                             \
+  extern "C" __global__ void cl_transpose_##NAME(const T *src, T *dst, const T *bias, const T *res, int c,     \
+                                                 int64_t inner, int to_cl) {                                    \
+    cl_transpose<T>(src, dst, bias, res, c, inner, to_cl);                                                      \
   }
 ROW_KERNELS(f32, float)
 ROW_KERNELS(bf16, __nv_bfloat16)

@@ -9,7 +9,7 @@ mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cuda")]
-pub use conv::{conv, ConvOutput};
+pub use conv::{conv, ConvLayout};
 #[cfg(feature = "cuda")]
 pub use cuda::{
     channel_norm, flash_attention, gated_residual, group_norm, ln_modulate, rms_norm_rope, set_poison_outputs,

@@ -23,7 +23,7 @@ pub(crate) fn conv2d(
     #[cfg(feature = "cuda")]
     if fast(x) {
         let (p, s) = ([padding; 2], [stride; 2]);
-        return kernels::conv(x, weight, bias, residual, &p, &s, kernels::ConvOutput::Standard);
+        return kernels::conv(x, weight, bias, residual, &p, &s, kernels::ConvLayout::Standard);
     }
     let y = x.conv2d(weight, padding, stride, 1, 1)?;
     let y = match bias {

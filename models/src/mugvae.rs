@@ -431,7 +431,7 @@ impl CausalConv3d {
                 residual,
                 &p,
                 &s,
-                kernels::ConvOutput::Standard,
+                kernels::ConvLayout::Standard,
             );
         }
         let (b, c, t, h, w) = x.dims5()?;

@@ -174,19 +174,10 @@ impl CausalConv3d {
         }
         #[cfg(feature = "cuda")]
         if conv::fast(&x) {
-            // (B, T, C, H, W) read as (B, C, T, H, W) through its strides, the output written
-            // frames-first: no layout copies.
+            // One 3-D convolution over (B, C, T, H, W) read from and written to (B, T, C, H, W).
             let (p, s) = ([0, self.pad_s, self.pad_s], [self.stride_t, 1, 1]);
-            let xt = x.permute((0, 2, 1, 3, 4))?;
-            return kernels::conv(
-                &xt,
-                &self.weight,
-                Some(&self.bias),
-                residual,
-                &p,
-                &s,
-                kernels::ConvOutput::FramesFirst,
-            );
+            let layout = kernels::ConvLayout::FramesFirst;
+            return kernels::conv(&x, &self.weight, Some(&self.bias), residual, &p, &s, layout);
         }
         let t_out = (t - kt) / self.stride_t + 1;
         let mut y: Option<Tensor> = None;
