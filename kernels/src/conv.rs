@@ -6,6 +6,7 @@
 //! VAE's) are convolved as `(B, C, T, H, W)` without a layout change ([`ConvLayout::FramesFirst`]).
 
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
@@ -52,7 +53,11 @@ pub fn conv(
     layout: ConvLayout,
 ) -> Result<Tensor> {
     let channels_last = !strided_only();
-    let x = if channels_last || layout == ConvLayout::FramesFirst { x.contiguous()? } else { x.clone() };
+    // A channels-last view (a `(B, spatial..., C)` tensor permuted to `(B, C, spatial...)`, such as
+    // `group_norm_channels_last` gives) goes to cuDNN as it is; anything else is made contiguous.
+    let cl_view =
+        layout == ConvLayout::Standard && x.stride() == strides_in_order(x.dims(), &channels_last_order(x.rank()));
+    let x = if cl_view || !(channels_last || layout == ConvLayout::FramesFirst) { x.clone() } else { x.contiguous()? };
     let op = Conv {
         bias: bias.cloned(),
         residual: residual.map(Tensor::contiguous).transpose()?,
@@ -93,6 +98,11 @@ fn int(v: usize, what: &str) -> Result<i32> {
 /// A cuDNN failure with what was being done.
 fn cudnn_err(what: &str) -> impl Fn(CudnnError) -> candle_core::Error + '_ {
     move |e| candle_core::Error::Msg(format!("conv: cuDNN {what}: {e:?}"))
+}
+
+/// The memory order of `(N, C, spatial...)` axes in a channels-last layout, outermost first.
+fn channels_last_order(rank: usize) -> Vec<usize> {
+    std::iter::once(0).chain(2..rank).chain([1]).collect()
 }
 
 /// Row-major strides of `dims` laid out in the memory order `order` (outermost first).
@@ -192,15 +202,19 @@ fn with_cudnn<R>(dev: &CudaDevice, f: impl FnOnce(&mut Cudnn) -> Result<R>) -> R
     let key = stream.cu_stream() as usize;
     CUDNN.with(|map| {
         let mut map = map.borrow_mut();
-        if !map.contains_key(&key) {
-            stream.context().bind_to_thread().w()?;
-            let handle = result::create_handle().map_err(cudnn_err("create handle"))?;
-            // SAFETY: a fresh handle and candle's live stream of this device.
-            unsafe { result::set_stream(handle, stream.cu_stream() as sys::cudaStream_t) }
-                .map_err(cudnn_err("set stream"))?;
-            map.insert(key, Cudnn { handle, plans: HashMap::new(), workspace: None });
-        }
-        let state = map.get_mut(&key).expect("inserted above");
+        let state = match map.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                stream.context().bind_to_thread().w()?;
+                let handle = result::create_handle().map_err(cudnn_err("create handle"))?;
+                // Owned from here on: dropped (destroyed) if binding the stream fails.
+                let state = Cudnn { handle, plans: HashMap::new(), workspace: None };
+                // SAFETY: a fresh handle and candle's live stream of this device.
+                unsafe { result::set_stream(state.handle, stream.cu_stream() as sys::cudaStream_t) }
+                    .map_err(cudnn_err("set stream"))?;
+                e.insert(state)
+            }
+        };
         f(state)
     })
 }
@@ -389,7 +403,8 @@ impl Conv {
             }
         }
         // Memory order of the axes, outermost first.
-        let channels_last: Vec<usize> = std::iter::once(0).chain(2..rank).chain([1]).collect();
+        let channels_last = channels_last_order(rank);
+        let input_cl = xst == strides_in_order(&xd, &channels_last);
         let model_order: Vec<usize> = if frames_first { vec![0, 2, 1, 3, 4] } else { (0..rank).collect() };
         let (x_strides, y_strides) = if self.channels_last {
             (strides_in_order(&xd, &channels_last), strides_in_order(&yd, &channels_last))
@@ -422,14 +437,17 @@ impl Conv {
             }
             return Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape));
         }
-        // SAFETY: written in full by the transpose below.
-        let mut x_cl = unsafe { dev.alloc::<T>(xl.shape().elem_count())? };
-        let (outer, inner) = blocks(&xd);
-        transpose::<T>(dev, (&x, &mut x_cl), (None, None), (outer, xd[1], inner), true)?;
         // SAFETY: written in full by the convolution.
         let mut y_cl = unsafe { dev.alloc::<T>(n_out)? };
-        self.convolve(dev, &key, &x_cl.slice(..), &w, &mut y_cl)?;
-        drop(x_cl);
+        if input_cl {
+            self.convolve(dev, &key, &x, &w, &mut y_cl)?;
+        } else {
+            // SAFETY: written in full by the transpose.
+            let mut x_cl = unsafe { dev.alloc::<T>(xl.shape().elem_count())? };
+            let (outer, inner) = blocks(&xd);
+            transpose::<T>(dev, (&x, &mut x_cl), (None, None), (outer, xd[1], inner), true)?;
+            self.convolve(dev, &key, &x_cl.slice(..), &w, &mut y_cl)?;
+        }
         let mut y = output::<T>(dev, n_out)?;
         let bias = self.bias.as_ref().map(|b| Aux::new(b, "bias")).transpose()?;
         let residual = self.residual.as_ref().map(|r| Aux::new(r, "residual")).transpose()?;

@@ -12,6 +12,6 @@ mod cuda;
 pub use conv::{conv, ConvLayout};
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    channel_norm, flash_attention, gated_residual, group_norm, ln_modulate, rms_norm_rope, set_poison_outputs,
-    FLASH_HEAD_DIMS,
+    channel_norm, flash_attention, gated_residual, group_norm, group_norm_channels_last, ln_modulate, rms_norm_rope,
+    set_poison_outputs, FLASH_HEAD_DIMS,
 };

@@ -231,6 +231,17 @@ fn group_norm_matches_f32_reference() {
         check(&format!("group_norm {dtype:?}"), &ours, &r, tol);
         let ours = kernels::group_norm(&x, &weight, &bias, groups, 1e-6, true).unwrap();
         check(&format!("group_norm + silu {dtype:?}"), &ours, &r.silu().unwrap(), tol);
+        // Channels-last output (B, T, H, W, C).
+        let ours = kernels::group_norm_channels_last(&x, &weight, &bias, groups, 1e-6, true).unwrap();
+        let ours = ours.permute((0, 4, 1, 2, 3)).unwrap();
+        check(&format!("group_norm + silu, channels-last {dtype:?}"), &ours, &r.silu().unwrap(), tol);
+        // A large group spread over many blocks, with an offset that a one-pass variance would lose.
+        let big = randn(&mut rng, &[1, 64, 4, 96, 160], dtype, &dev).affine(0.5, 3.0).unwrap();
+        let xf = big.to_dtype(DType::F32).unwrap().reshape((1, groups, ())).unwrap();
+        let r = layer_norm_ref(&xf, 1e-6).reshape((1, 64, 4, 96, 160)).unwrap();
+        let r = r.broadcast_mul(&f(&weight)).unwrap().broadcast_add(&f(&bias)).unwrap();
+        let ours = kernels::group_norm(&big, &weight, &bias, groups, 1e-6, false).unwrap();
+        check(&format!("group_norm, large groups {dtype:?}"), &ours, &r, tol);
     }
 }
 
@@ -310,7 +321,11 @@ fn conv_matches_f32_reference() {
                     let res = randn(&mut rng, r.dims(), dtype, &dev);
                     let out = kernels::ConvLayout::Standard;
                     let ours = kernels::conv(&x, &wt, Some(&bias), Some(&res), &[ps, ps], &[ss, ss], out).unwrap();
-                    vec![(ours, add_bias_residual(&r, &bias, &res))]
+                    // The input as a channels-last view (what group_norm_channels_last gives).
+                    let x_cl = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap().permute((0, 3, 1, 2)).unwrap();
+                    let cl = kernels::conv(&x_cl, &wt, Some(&bias), Some(&res), &[ps, ps], &[ss, ss], out).unwrap();
+                    let expected = add_bias_residual(&r, &bias, &res);
+                    vec![(ours, expected.clone()), (cl, expected)]
                 } else {
                     let x = randn(&mut rng, &[n, c, t, h, w], dtype, &dev);
                     let wt = randn(&mut rng, &[co, c, kt, k, k], dtype, &dev);
@@ -328,7 +343,11 @@ fn conv_matches_f32_reference() {
                     vec![(ours, expected), (frames_first, r_ff)]
                 };
                 for (i, (ours, r)) in ours_and_ref.iter().enumerate() {
-                    let layout = if i == 0 { "" } else { ", frames-first" };
+                    let layout = match (i, t) {
+                        (0, _) => "",
+                        (_, 0) => ", channels-last input",
+                        _ => ", frames-first",
+                    };
                     let ours = ours.to_device(&Device::Cpu).unwrap();
                     check(&format!("conv {what}{layout} {dtype:?} run {run}"), &ours, r, tol);
                 }

@@ -104,7 +104,13 @@ fn profiler(dev: &Device, on: bool) {
         use candle_core::cuda_backend::cudarc::driver::sys;
         // SAFETY: plain driver calls on the current context; a failure (no profiler attached)
         // changes nothing, so the result is ignored.
-        let _ = unsafe { if on { sys::cuProfilerStart() } else { sys::cuProfilerStop() } };
+        let _ = unsafe {
+            if on {
+                sys::cuProfilerStart()
+            } else {
+                sys::cuProfilerStop()
+            }
+        };
     }
     let _ = (dev, on);
 }

@@ -177,11 +177,19 @@ impl GroupNorm {
         g.broadcast_mul(&self.weight.reshape(shape.as_slice())?)?.broadcast_add(&self.bias.reshape(shape.as_slice())?)
     }
 
-    /// `silu(self.forward(x))`, one fused kernel on CUDA.
+    /// `silu(self.forward(x))`, one fused kernel on CUDA. Every use feeds a convolution: with
+    /// `kernels::conv` the result is a channels-last view, the layout cuDNN reads.
     fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            return kernels::group_norm(&x.contiguous()?, &self.weight, &self.bias, self.groups, self.eps as f32, true);
+            let (x, eps) = (x.contiguous()?, self.eps as f32);
+            if conv::fast(&x) {
+                let y = kernels::group_norm_channels_last(&x, &self.weight, &self.bias, self.groups, eps, true)?;
+                let rank = y.rank();
+                let back: Vec<usize> = [0, rank - 1].into_iter().chain(1..rank - 1).collect();
+                return y.permute(back);
+            }
+            return kernels::group_norm(&x, &self.weight, &self.bias, self.groups, eps, true);
         }
         self.forward(x)?.silu()
     }
@@ -421,8 +429,11 @@ impl CausalConv3d {
         #[cfg(feature = "cuda")]
         if conv::fast(x) {
             // cuDNN pads symmetrically: an odd time padding (front pad/2, back the rest) is explicit.
-            let (x, pad_t) =
-                if pad % 2 == 0 { (x.clone(), pad / 2) } else { (x.pad_with_zeros(2, pad / 2, pad - pad / 2)?, 0) };
+            let (x, pad_t) = if pad.is_multiple_of(2) {
+                (x.clone(), pad / 2)
+            } else {
+                (x.pad_with_zeros(2, pad / 2, pad - pad / 2)?, 0)
+            };
             let (p, s) = ([pad_t, self.k / 2, self.k / 2], [self.stride_t, 1, 1]);
             return kernels::conv(
                 &x,
