@@ -6,6 +6,7 @@
 #
 #   PARTS="tests bench generate" bash .cache/gpu/gpu-check.sh     # the default: all three
 #   PARTS=bench BENCH="dit attention" ITERS=2 bash .cache/gpu/gpu-check.sh
+#   PARTS=bench BENCH="vae-encode vae-decode wan-vae-encode wan-vae-decode" ITERS=1 bash .cache/gpu/gpu-check.sh
 #   PARTS=generate STEPS=1 FRAMES=105 bash .cache/gpu/gpu-check.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,15 +22,16 @@ for part in ${PARTS:-tests bench generate}; do
   case $part in
     tests)
       # Test binaries find their data through CARGO_MANIFEST_DIR-relative paths: run from the crates.
-      (cd kernels && "$bin/test-kernels-kernels" --test-threads 1 --nocapture) 2>&1 | tee "$out/test-kernels.txt" || status=1
       # cuDNN runs f32 convolutions in TF32 unless told otherwise (as PyTorch does by default): off
-      # here, so the f32 parity is the f32 model's.
+      # here, so the f32 results are f32 arithmetic (the convolution kernels and the models).
+      (cd kernels && NVIDIA_TF32_OVERRIDE=0 "$bin/test-kernels-kernels" --test-threads 1 --nocapture) 2>&1 \
+        | tee "$out/test-kernels.txt" || status=1
       (cd models && NVIDIA_TF32_OVERRIDE=0 "$bin/test-models-gpu" --test-threads 1 --nocapture) 2>&1 \
         | tee "$out/test-gpu-parity.txt" || status=1
       ;;
     bench)
       for b in ${BENCH:-attention dit vae-encode t5}; do
-        "$bin/gpu_bench" --bench "$b" --iters "${ITERS:-2}" 2>&1 | tee "$out/bench-$b.txt" || status=1
+        "$bin/gpu_bench" --bench "$b" --iters "${ITERS:-2}" --frames "${FRAMES:-105}" 2>&1 | tee "$out/bench-$b.txt" || status=1
       done
       ;;
     generate)

@@ -9,8 +9,8 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use half::bf16;
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
-const MODULE: &str = "mugflow_kernels";
+pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+pub(crate) const MODULE: &str = "mugflow_kernels";
 
 /// Head dims the flash-attention kernel is compiled for (MUG-DiT 72, WAN 128, test models 24/64).
 pub const FLASH_HEAD_DIMS: [usize; 4] = [24, 64, 72, 128];
@@ -28,7 +28,7 @@ pub fn set_poison_outputs(on: bool) {
 }
 
 /// A new output buffer of `n` elements, poisoned when [`set_poison_outputs`] is on.
-fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+pub(crate) fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: the launching kernel writes every element (the poison test checks it).
     let mut out = unsafe { dev.alloc::<T>(n)? };
     if POISON.load(Ordering::SeqCst) {
@@ -45,7 +45,7 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
 }
 
 /// The kernel-name suffix and the candle dtype of `T`.
-trait Element: CudaDType + DeviceRepr {
+pub(crate) trait Element: CudaDType + DeviceRepr {
     const SUFFIX: &'static str;
 }
 impl Element for f32 {
@@ -85,18 +85,18 @@ impl<K: Kernel> CustomOp1 for Op<K> {
 }
 
 /// The elements of `storage` from `layout`'s offset on.
-fn view<'a, T: CudaDType>(storage: &'a CudaStorage, layout: &Layout) -> Result<CudaView<'a, T>> {
+pub(crate) fn view<'a, T: CudaDType>(storage: &'a CudaStorage, layout: &Layout) -> Result<CudaView<'a, T>> {
     Ok(storage.as_cuda_slice::<T>()?.slice(layout.start_offset()..))
 }
 
 /// A contiguous tensor's CUDA storage, read-locked for a launch.
-struct Aux<'a> {
+pub(crate) struct Aux<'a> {
     guard: std::sync::RwLockReadGuard<'a, Storage>,
     layout: &'a Layout,
 }
 
 impl<'a> Aux<'a> {
-    fn new(t: &'a Tensor, what: &str) -> Result<Self> {
+    pub(crate) fn new(t: &'a Tensor, what: &str) -> Result<Self> {
         let (guard, layout) = t.storage_and_layout();
         if !layout.is_contiguous() {
             bail!("{what} must be contiguous");
@@ -104,7 +104,7 @@ impl<'a> Aux<'a> {
         Ok(Aux { guard, layout })
     }
 
-    fn view<T: CudaDType>(&self) -> Result<CudaView<'_, T>> {
+    pub(crate) fn view<T: CudaDType>(&self) -> Result<CudaView<'_, T>> {
         match &*self.guard {
             Storage::Cuda(s) => view(s, self.layout),
             _ => bail!("kernels: every input must be on the CUDA device"),
@@ -438,7 +438,23 @@ impl Kernel for RmsNormRope {
 /// GroupNorm over contiguous `x` `(B, C, ...)` with `groups` groups and per-channel `weight`/`bias`
 /// `[C]`, statistics in f32, SiLU after it when `silu` (the norm-then-activation of VAE blocks).
 pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f32, silu: bool) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&Op(GroupNorm { weight: weight.clone(), bias: bias.clone(), groups, eps, silu }))
+    let op = GroupNorm { weight: weight.clone(), bias: bias.clone(), groups, eps, silu, channels_last: false };
+    x.apply_op1_no_bwd(&Op(op))
+}
+
+/// [`group_norm`] written channels-last: `(B, spatial..., C)` contiguous, the layout [`crate::conv`]
+/// hands cuDNN, so a norm feeding a convolution saves the convolution its input transpose (pass the
+/// result permuted back to `(B, C, spatial...)`).
+pub fn group_norm_channels_last(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+) -> Result<Tensor> {
+    let op = GroupNorm { weight: weight.clone(), bias: bias.clone(), groups, eps, silu, channels_last: true };
+    x.apply_op1_no_bwd(&Op(op))
 }
 
 struct GroupNorm {
@@ -447,14 +463,18 @@ struct GroupNorm {
     groups: usize,
     eps: f32,
     silu: bool,
+    channels_last: bool,
 }
+
+/// Blocks the statistics of all groups spread over: a few waves of the H100/H200's 132 SMs.
+const GROUP_NORM_BLOCKS: usize = 4 * 132;
 
 impl Kernel for GroupNorm {
     const NAME: &'static str = "group_norm";
 
     fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let dims = xl.dims();
-        if !xl.is_contiguous() || dims.len() < 2 || !dims[1].is_multiple_of(self.groups.max(1)) {
+        if !xl.is_contiguous() || dims.len() < 2 || self.groups == 0 || !dims[1].is_multiple_of(self.groups) {
             bail!("group_norm: x {dims:?} must be contiguous (B, C, ...) with C divisible by {}", self.groups);
         }
         let (b, c) = (dims[0], dims[1]);
@@ -465,25 +485,88 @@ impl Kernel for GroupNorm {
         let (w, bias) = (Aux::new(&self.weight, "weight")?, Aux::new(&self.bias, "bias")?);
         let x = view::<T>(xs, xl)?;
         let (w, bias) = (w.view::<T>()?, bias.view::<T>()?);
-        let mut out = output::<T>(dev, xl.shape().elem_count())?;
-        let (c32, g32, spatial) = (c as i32, self.groups as i32, (xl.shape().elem_count() / (b * c).max(1)) as i64);
-        let act = i32::from(self.silu);
-        let func = dev.get_or_load_custom_func(&format!("group_norm_{}", T::SUFFIX), MODULE, PTX)?;
+        let n = xl.shape().elem_count();
+        let spatial = n / (b * c).max(1);
+        let groups = b * self.groups;
+        // Chunks of at least 16k elements per block.
+        let splits = GROUP_NORM_BLOCKS.div_ceil(groups).min((n / groups).div_ceil(16384)).max(1);
+        // SAFETY: every partial sum and statistic is written by the two launches below.
+        let mut part = unsafe { dev.alloc::<f32>(2 * groups * splits)? };
+        let mut stats = unsafe { dev.alloc::<f32>(2 * groups)? };
+        let mut out = output::<T>(dev, n)?;
+        let (c32, g32, s64, act) = (c as i32, self.groups as i32, spatial as i64, i32::from(self.silu));
+        let func = dev.get_or_load_custom_func(&format!("group_norm_stats_{}", T::SUFFIX), MODULE, PTX)?;
         let mut a = func.builder();
         a.arg(&x);
+        a.arg(&mut part);
+        a.arg(&c32);
+        a.arg(&g32);
+        a.arg(&s64);
+        let cfg =
+            LaunchConfig { grid_dim: (groups as u32, splits as u32, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x is contiguous (B, C, S); block (group, chunk) reads its chunk of its group and
+        // writes its two partial sums.
+        unsafe { a.launch(cfg) }.w()?;
+        let (groups32, splits32) = (groups as i32, splits as i32);
+        let func = dev.get_or_load_custom_func(&format!("group_norm_finish_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&x);
+        a.arg(&part);
+        a.arg(&mut stats);
+        a.arg(&groups32);
+        a.arg(&splits32);
+        a.arg(&c32);
+        a.arg(&g32);
+        a.arg(&s64);
+        a.arg(&self.eps);
+        let cfg =
+            LaunchConfig { grid_dim: (groups.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: one thread per group reads its partial sums and writes its mean and rstd.
+        unsafe { a.launch(cfg) }.w()?;
+        let kernel = if self.channels_last { "group_norm_apply_cl" } else { "group_norm_apply" };
+        let func = dev.get_or_load_custom_func(&format!("{kernel}_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&x);
+        a.arg(&stats);
         a.arg(&w);
         a.arg(&bias);
         a.arg(&mut out);
+        let rows = (b * c) as i64;
+        if !self.channels_last {
+            a.arg(&rows);
+        }
         a.arg(&c32);
         a.arg(&g32);
-        a.arg(&spatial);
-        a.arg(&self.eps);
+        a.arg(&s64);
         a.arg(&act);
-        let cfg =
-            LaunchConfig { grid_dim: ((b * self.groups) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: x is contiguous (B, C, S); each block reads and writes its own group.
+        let cfg = if self.channels_last {
+            if b > 65535 || c.div_ceil(32) > 65535 {
+                bail!("group_norm: {b} samples of {c} channels exceed the channels-last grid");
+            }
+            LaunchConfig {
+                grid_dim: (spatial.div_ceil(32) as u32, c.div_ceil(32) as u32, b as u32),
+                block_dim: (32, 8, 1),
+                shared_mem_bytes: 0,
+            }
+        } else {
+            LaunchConfig {
+                grid_dim: (spatial.div_ceil(256).clamp(1, 64) as u32, (b * c).clamp(1, 65535) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        };
+        // SAFETY: x and out hold B * C * S elements, stats 2 per (sample, group); the kernels
+        // guard every edge and loop over rows beyond the grid.
         unsafe { a.launch(cfg) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
+        let shape = if self.channels_last {
+            let mut d = vec![b];
+            d.extend_from_slice(&dims[2..]);
+            d.push(c);
+            Shape::from(d)
+        } else {
+            xl.shape().clone()
+        };
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
     }
 }
 

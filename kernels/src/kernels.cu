@@ -9,9 +9,13 @@
 //   with per-token rows of shift/scale tables (adaLN; clean frames pick another row).
 // - gated_residual_*: `x + gate[row] * y`.
 // - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention).
-// - group_norm_*: GroupNorm over contiguous (B, C, ...) with affine weight/bias, optional SiLU.
+// - group_norm_{stats,finish,apply,apply_cl}_*: GroupNorm over contiguous (B, C, ...) with affine
+//   weight/bias, optional SiLU, output in the input's layout or channels-last.
 // - channel_norm_*: x / max(||x||_C, 1e-12) * gamma[c] over the channel axis of (N, C, S), optional
 //   SiLU (the Wan VAE's RMS_norm).
+// - conv_epilogue_*: y += bias[channel] + residual in place after a cuDNN convolution.
+// - cl_transpose_*: batched [C, inner] <-> [inner, C] transposes around a channels-last cuDNN
+//   convolution, the way back adding bias and residual.
 // - poison_u8: fills a buffer with 0xFF bytes (NaN in bf16 and f32) before a test launch.
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -368,26 +372,83 @@ DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float 
 
 DEVICE float silu(float v) { return v / (1.f + __expf(-v)); }
 
-// One block per (sample, group) of contiguous (B, C, S) data: statistics in f32 over the group's
-// C/G channels x S positions, then (x - mean) * rstd * w[c] + b[c], SiLU if `act`.
+// GroupNorm over contiguous (B, C, S) data in three launches, so that a large group spreads over
+// many blocks: partial sums of each (sample, group) over `gridDim.y` chunks, shifted by the group's
+// first element (a pivot, for a well-conditioned variance); per-group mean and rstd; then
+// (x - mean) * rstd * w[c] + b[c] (SiLU if `act`), written in the input's layout or channels-last.
 template <typename T>
-DEVICE void group_norm(const T *x, const T *w, const T *b, T *out, int c, int g, int64_t s, float eps, int act) {
-  const int cg = c / g;
-  const int64_t n = (int64_t)cg * s, base = (int64_t)blockIdx.x * n;
-  const int c0 = (blockIdx.x % g) * cg;
-  float sum = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += to_f32(x[base + i]);
-  const float mean = block_sum(sum) / n;
-  float var = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    float e = to_f32(x[base + i]) - mean;
-    var += e * e;
+DEVICE void group_norm_stats(const T *x, float *part, int c, int g, int64_t s) {
+  const int64_t n = (int64_t)(c / g) * s, base = (int64_t)blockIdx.x * n;
+  const float pivot = to_f32(x[base]);
+  const int64_t chunk = (n + gridDim.y - 1) / gridDim.y, lo = blockIdx.y * chunk, hi = min(n, lo + chunk);
+  float s1 = 0.f, s2 = 0.f;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const float d = to_f32(x[base + i]) - pivot;
+    s1 += d;
+    s2 += d * d;
   }
-  const float rstd = rsqrtf(block_sum(var) / n + eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    int ch = c0 + (int)(i / s);
-    float y = (to_f32(x[base + i]) - mean) * rstd * to_f32(w[ch]) + to_f32(b[ch]);
-    out[base + i] = from_f32<T>(act ? silu(y) : y);
+  s1 = block_sum(s1);
+  s2 = block_sum(s2);
+  if (threadIdx.x == 0) {
+    part[2 * ((int64_t)blockIdx.x * gridDim.y + blockIdx.y)] = s1;
+    part[2 * ((int64_t)blockIdx.x * gridDim.y + blockIdx.y) + 1] = s2;
+  }
+}
+
+template <typename T>
+DEVICE void group_norm_finish(const T *x, const float *part, float *stats, int groups, int splits, int c, int g,
+                              int64_t s, float eps) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= groups) return;
+  const int64_t n = (int64_t)(c / g) * s;
+  float s1 = 0.f, s2 = 0.f;
+  for (int k = 0; k < splits; ++k) {
+    s1 += part[2 * ((int64_t)i * splits + k)];
+    s2 += part[2 * ((int64_t)i * splits + k) + 1];
+  }
+  const float m = s1 / n;
+  stats[2 * i] = to_f32(x[(int64_t)i * n]) + m;
+  stats[2 * i + 1] = rsqrtf(fmaxf(s2 / n - m * m, 0.f) + eps);
+}
+
+template <typename T>
+DEVICE float group_norm_value(float v, const float *stats, const T *w, const T *b, int bi, int ch, int c, int g,
+                              int act) {
+  const int grp = bi * g + ch / (c / g);
+  const float y = (v - stats[2 * grp]) * stats[2 * grp + 1] * to_f32(w[ch]) + to_f32(b[ch]);
+  return act ? silu(y) : y;
+}
+
+// Same layout: grid.y over the B * C rows of S elements, grid.x over a row.
+template <typename T>
+DEVICE void group_norm_apply(const T *x, const float *stats, const T *w, const T *b, T *out, int64_t rows, int c,
+                             int g, int64_t s, int act) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const int bi = r / c, ch = r % c;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < s; j += (int64_t)gridDim.x * blockDim.x)
+      out[r * s + j] = from_f32<T>(group_norm_value(to_f32(x[r * s + j]), stats, w, b, bi, ch, c, g, act));
+  }
+}
+
+// Channels-last output (B, S, C): 32 x 32 tiles through shared memory, grid (S/32, C/32, B).
+template <typename T>
+DEVICE void group_norm_apply_cl(const T *x, const float *stats, const T *w, const T *b, T *out, int c, int g,
+                                int64_t s, int act) {
+  __shared__ float tile[32][33];
+  const int bi = blockIdx.z;
+  const int64_t base = (int64_t)bi * c * s, j0 = (int64_t)blockIdx.x * 32;
+  const int k0 = blockIdx.y * 32;
+  for (int dk = threadIdx.y; dk < 32; dk += 8) {
+    const int k = k0 + dk;
+    const int64_t j = j0 + threadIdx.x;
+    tile[dk][threadIdx.x] =
+        (k < c && j < s) ? group_norm_value(to_f32(x[base + (int64_t)k * s + j]), stats, w, b, bi, k, c, g, act) : 0.f;
+  }
+  __syncthreads();
+  for (int dj = threadIdx.y; dj < 32; dj += 8) {
+    const int64_t j = j0 + dj;
+    const int k = k0 + threadIdx.x;
+    if (j < s && k < c) out[base + j * c + k] = from_f32<T>(tile[threadIdx.x][dj]);
   }
 }
 
@@ -409,6 +470,65 @@ DEVICE void channel_norm(const T *x, const T *gamma, T *out, int64_t outer, int 
   }
 }
 
+// In place over `rows` rows of `inner` contiguous elements (row r holds channel r % c):
+// y += bias[c] (if any) + residual (if any), one rounding. Grid: x over a row, y over rows.
+template <typename T>
+DEVICE void conv_epilogue(T *y, const T *bias, const T *res, int64_t rows, int c, int64_t inner) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float b = bias ? to_f32(bias[r % c]) : 0.f;
+    T *yr = y + r * inner;
+    const T *rr = res ? res + r * inner : nullptr;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < inner; j += (int64_t)gridDim.x * blockDim.x) {
+      float v = to_f32(yr[j]) + b;
+      if (rr) v += to_f32(rr[j]);
+      yr[j] = from_f32<T>(v);
+    }
+  }
+}
+
+// Batched transpose between `gridDim.z` blocks of [c][inner] and of [inner][c] through a 32x32
+// shared tile (both sides coalesced). to_cl: dst[o][j][k] = src[o][k][j]; otherwise
+// dst[o][k][j] = src[o][j][k] + bias[k] + res[o][k][j] (bias, res optional), one rounding.
+template <typename T>
+DEVICE void cl_transpose(const T *src, T *dst, const T *bias, const T *res, int c, int64_t inner, int to_cl) {
+  __shared__ float tile[32][33];
+  const int64_t base = (int64_t)blockIdx.z * c * inner;
+  const int64_t j0 = (int64_t)blockIdx.x * 32;
+  const int k0 = blockIdx.y * 32;
+  src += base;
+  dst += base;
+  if (to_cl) {
+    for (int dk = threadIdx.y; dk < 32; dk += 8) {
+      const int k = k0 + dk;
+      const int64_t j = j0 + threadIdx.x;
+      tile[dk][threadIdx.x] = (k < c && j < inner) ? to_f32(src[(int64_t)k * inner + j]) : 0.f;
+    }
+    __syncthreads();
+    for (int dj = threadIdx.y; dj < 32; dj += 8) {
+      const int64_t j = j0 + dj;
+      const int k = k0 + threadIdx.x;
+      if (j < inner && k < c) dst[j * c + k] = from_f32<T>(tile[threadIdx.x][dj]);
+    }
+  } else {
+    for (int dj = threadIdx.y; dj < 32; dj += 8) {
+      const int64_t j = j0 + dj;
+      const int k = k0 + threadIdx.x;
+      tile[dj][threadIdx.x] = (j < inner && k < c) ? to_f32(src[j * c + k]) : 0.f;
+    }
+    __syncthreads();
+    for (int dk = threadIdx.y; dk < 32; dk += 8) {
+      const int k = k0 + dk;
+      const int64_t j = j0 + threadIdx.x;
+      if (k < c && j < inner) {
+        float v = tile[threadIdx.x][dk];
+        if (bias) v += to_f32(bias[k]);
+        if (res) v += to_f32(res[base + (int64_t)k * inner + j]);
+        dst[(int64_t)k * inner + j] = from_f32<T>(v);
+      }
+    }
+  }
+}
+
 #define ROW_KERNELS(NAME, T)                                                                                    \
   extern "C" __global__ void ln_modulate_##NAME(const T *x, const T *shift, const T *scale, const uint32_t *rows, \
                                                 int r, T *out, int l, int d, int64_t tb, float one, float eps) {\
@@ -423,13 +543,32 @@ DEVICE void channel_norm(const T *x, const T *gamma, T *out, int64_t outer, int 
                                                   int64_t sl, int64_t sh, float eps) {                          \
     rms_norm_rope<T>(x, w, cos, sin, out, vectors, l, h, hd, sb, sl, sh, eps);                                  \
   }                                                                                                             \
-  extern "C" __global__ void group_norm_##NAME(const T *x, const T *w, const T *b, T *out, int c, int g,        \
-                                               int64_t s, float eps, int act) {                                \
-    group_norm<T>(x, w, b, out, c, g, s, eps, act);                                                             \
+  extern "C" __global__ void group_norm_stats_##NAME(const T *x, float *part, int c, int g, int64_t s) {      \
+    group_norm_stats<T>(x, part, c, g, s);                                                                      \
+  }                                                                                                             \
+  extern "C" __global__ void group_norm_finish_##NAME(const T *x, const float *part, float *stats, int groups,   \
+                                                      int splits, int c, int g, int64_t s, float eps) {         \
+    group_norm_finish<T>(x, part, stats, groups, splits, c, g, s, eps);                                         \
+  }                                                                                                             \
+  extern "C" __global__ void group_norm_apply_##NAME(const T *x, const float *stats, const T *w, const T *b,    \
+                                                     T *out, int64_t rows, int c, int g, int64_t s, int act) {  \
+    group_norm_apply<T>(x, stats, w, b, out, rows, c, g, s, act);                                               \
+  }                                                                                                             \
+  extern "C" __global__ void group_norm_apply_cl_##NAME(const T *x, const float *stats, const T *w, const T *b, \
+                                                        T *out, int c, int g, int64_t s, int act) {             \
+    group_norm_apply_cl<T>(x, stats, w, b, out, c, g, s, act);                                                  \
   }                                                                                                             \
   extern "C" __global__ void channel_norm_##NAME(const T *x, const T *gamma, T *out, int64_t outer, int c,      \
                                                  int64_t s, int act) {                                          \
     channel_norm<T>(x, gamma, out, outer, c, s, act);                                                           \
+  }                                                                                                             \
+  extern "C" __global__ void conv_epilogue_##NAME(T *y, const T *bias, const T *res, int64_t rows, int c,       \
+                                                  int64_t inner) {                                              \
+    conv_epilogue<T>(y, bias, res, rows, c, inner);                                                             \
+  }                                                                                                             \
+  extern "C" __global__ void cl_transpose_##NAME(const T *src, T *dst, const T *bias, const T *res, int c,     \
+                                                 int64_t inner, int to_cl) {                                    \
+    cl_transpose<T>(src, dst, bias, res, c, inner, to_cl);                                                      \
   }
 ROW_KERNELS(f32, float)
 ROW_KERNELS(bf16, __nv_bfloat16)

@@ -231,6 +231,17 @@ fn group_norm_matches_f32_reference() {
         check(&format!("group_norm {dtype:?}"), &ours, &r, tol);
         let ours = kernels::group_norm(&x, &weight, &bias, groups, 1e-6, true).unwrap();
         check(&format!("group_norm + silu {dtype:?}"), &ours, &r.silu().unwrap(), tol);
+        // Channels-last output (B, T, H, W, C).
+        let ours = kernels::group_norm_channels_last(&x, &weight, &bias, groups, 1e-6, true).unwrap();
+        let ours = ours.permute((0, 4, 1, 2, 3)).unwrap();
+        check(&format!("group_norm + silu, channels-last {dtype:?}"), &ours, &r.silu().unwrap(), tol);
+        // A large group spread over many blocks, with an offset that a one-pass variance would lose.
+        let big = randn(&mut rng, &[1, 64, 4, 96, 160], dtype, &dev).affine(0.5, 3.0).unwrap();
+        let xf = big.to_dtype(DType::F32).unwrap().reshape((1, groups, ())).unwrap();
+        let r = layer_norm_ref(&xf, 1e-6).reshape((1, 64, 4, 96, 160)).unwrap();
+        let r = r.broadcast_mul(&f(&weight)).unwrap().broadcast_add(&f(&bias)).unwrap();
+        let ours = kernels::group_norm(&big, &weight, &bias, groups, 1e-6, false).unwrap();
+        check(&format!("group_norm, large groups {dtype:?}"), &ours, &r, tol);
     }
 }
 
@@ -250,5 +261,97 @@ fn channel_norm_matches_f32_reference() {
         check(&format!("channel_norm {dtype:?}"), &ours, &r, tol);
         let ours = kernels::channel_norm(&x, &gamma, 2, true).unwrap();
         check(&format!("channel_norm + silu {dtype:?}"), &ours, &r.silu().unwrap(), tol);
+    }
+}
+
+/// f32 reference of a 3-D convolution on the CPU: `x` `(N, C, T, H, W)`, `w` `(Co, C, kt, k, k)`,
+/// time padding `pt` and stride `st`, square spatial padding `ps` and stride `ss`; each output
+/// frame is the sum over taps of candle's 2-D convolution of the input frames.
+fn conv3d_ref(x: &Tensor, w: &Tensor, (pt, st): (usize, usize), (ps, ss): (usize, usize)) -> Tensor {
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+    let (x, w) = (f(x).pad_with_zeros(2, pt, pt).unwrap(), f(w));
+    let (t, kt) = (x.dim(2).unwrap(), w.dim(2).unwrap());
+    let frames: Vec<Tensor> = (0..(t - kt) / st + 1)
+        .map(|o| {
+            let taps: Vec<Tensor> = (0..kt)
+                .map(|k| {
+                    let frame = x.narrow(2, o * st + k, 1).unwrap().squeeze(2).unwrap().contiguous().unwrap();
+                    let tap = w.narrow(2, k, 1).unwrap().squeeze(2).unwrap().contiguous().unwrap();
+                    frame.conv2d(&tap, ps, ss, 1, 1).unwrap()
+                })
+                .collect();
+            taps.into_iter().reduce(|a, b| (a + b).unwrap()).unwrap()
+        })
+        .collect();
+    Tensor::stack(&frames, 2).unwrap()
+}
+
+/// `y + bias[c] + residual` of a reference `(N, Co, ...)` output.
+fn add_bias_residual(y: &Tensor, bias: &Tensor, residual: &Tensor) -> Tensor {
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+    let mut shape = vec![1; y.rank()];
+    shape[1] = y.dim(1).unwrap();
+    y.broadcast_add(&f(bias).reshape(shape).unwrap()).unwrap().add(&f(residual)).unwrap()
+}
+
+/// Each case runs twice with fresh inputs: the first call measures the algorithms (and writes the
+/// output while doing so), the second runs the cached plan on a freshly poisoned output.
+#[test]
+fn conv_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("conv");
+    // (what, N, C, Co, T (0: 2-D), H, W, kt, k, (pt, st), (ps, ss))
+    let cases = [
+        ("2-D 3x3", 2, 20, 24, 0, 17, 23, 0, 3, (0, 1), (1, 1)),
+        ("2-D 3x3 stride 2", 2, 16, 8, 0, 18, 21, 0, 3, (0, 1), (0, 2)),
+        ("2-D 1x1", 3, 24, 40, 0, 9, 11, 0, 1, (0, 1), (0, 1)),
+        ("3-D 3x3x3", 1, 16, 8, 5, 12, 14, 3, 3, (1, 1), (1, 1)),
+        ("3-D 3x3x3 time stride 2", 2, 8, 16, 7, 10, 9, 3, 3, (0, 2), (1, 1)),
+        ("3-D 3x1x1 time conv", 1, 16, 32, 6, 8, 10, 3, 1, (0, 1), (0, 1)),
+    ];
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, BF16_TOL)] {
+        for (what, n, c, co, t, h, w, kt, k, (pt, st), (ps, ss)) in cases {
+            for run in 0..2 {
+                let bias = randn(&mut rng, &[co], dtype, &dev);
+                let ours_and_ref = if t == 0 {
+                    let x = randn(&mut rng, &[n, c, h, w], dtype, &dev);
+                    let wt = randn(&mut rng, &[co, c, k, k], dtype, &dev);
+                    let r = conv3d_ref(&x.unsqueeze(2).unwrap(), &wt.unsqueeze(2).unwrap(), (0, 1), (ps, ss));
+                    let r = r.squeeze(2).unwrap();
+                    let res = randn(&mut rng, r.dims(), dtype, &dev);
+                    let out = kernels::ConvLayout::Standard;
+                    let ours = kernels::conv(&x, &wt, Some(&bias), Some(&res), &[ps, ps], &[ss, ss], out).unwrap();
+                    // The input as a channels-last view (what group_norm_channels_last gives).
+                    let x_cl = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap().permute((0, 3, 1, 2)).unwrap();
+                    let cl = kernels::conv(&x_cl, &wt, Some(&bias), Some(&res), &[ps, ps], &[ss, ss], out).unwrap();
+                    let expected = add_bias_residual(&r, &bias, &res);
+                    vec![(ours, expected.clone()), (cl, expected)]
+                } else {
+                    let x = randn(&mut rng, &[n, c, t, h, w], dtype, &dev);
+                    let wt = randn(&mut rng, &[co, c, kt, k, k], dtype, &dev);
+                    let r = conv3d_ref(&x, &wt, (pt, st), (ps, ss));
+                    let res = randn(&mut rng, r.dims(), dtype, &dev);
+                    let (p, s) = ([pt, ps, ps], [st, ss, ss]);
+                    let std = kernels::ConvLayout::Standard;
+                    let ours = kernels::conv(&x, &wt, Some(&bias), Some(&res), &p, &s, std).unwrap();
+                    let expected = add_bias_residual(&r, &bias, &res);
+                    // Frames-first: (N, T, C, H, W) in, (N, T', Co, H', W') out.
+                    let ft = |t: &Tensor| t.permute((0, 2, 1, 3, 4)).unwrap().contiguous().unwrap();
+                    let ff = kernels::ConvLayout::FramesFirst;
+                    let frames_first = kernels::conv(&ft(&x), &wt, Some(&bias), Some(&ft(&res)), &p, &s, ff).unwrap();
+                    let r_ff = ft(&expected);
+                    vec![(ours, expected), (frames_first, r_ff)]
+                };
+                for (i, (ours, r)) in ours_and_ref.iter().enumerate() {
+                    let layout = match (i, t) {
+                        (0, _) => "",
+                        (_, 0) => ", channels-last input",
+                        _ => ", frames-first",
+                    };
+                    let ours = ours.to_device(&Device::Cpu).unwrap();
+                    check(&format!("conv {what}{layout} {dtype:?} run {run}"), &ours, r, tol);
+                }
+            }
+        }
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! Besides end-to-end generation (the default), `--bench` times one part at the sizes of
 //! docs/PERFORMANCE.md: `dit` (MUG-DiT-10B forward, 720p x 105 frames, CFG batch 2), `attention`
-//! (one self-attention layer at that size, fused kernel), `vae-encode` (105-frame 1280x720 clip),
-//! `t5` (T5-XXL over 64 x 300 tokens), `enhance` (the WAN enhancer on one such video), with TFLOP/s where the count is well defined.
+//! (one self-attention layer at that size, fused kernel), `vae-encode` / `vae-decode` (the
+//! VideoVAE on a `--frames` 1280x720 clip, 105 by default), `wan-vae-encode` / `wan-vae-decode`
+//! (the Wan VAE likewise), `t5` (T5-XXL over 64 x 300 tokens), `enhance` (the WAN enhancer on one
+//! such video), with TFLOP/s where the count is well defined.
 //!
 //!   cargo run --release --features cuda --example gpu_bench -- --steps 2
 //!   gpu_bench --preset tiny --device cpu --dtype f32 --height 48 --width 64 --frames 17
@@ -64,7 +66,8 @@ struct Args {
     /// Folder for the decoded video (`bench.y4m`).
     #[arg(long, default_value = "out/gpu-bench")]
     out: PathBuf,
-    /// Time one part instead of generating: dit, attention, vae-encode or t5.
+    /// Time one part instead of generating: dit, attention, vae-encode, vae-decode,
+    /// wan-vae-encode, wan-vae-decode, t5 or enhance.
     #[arg(long)]
     bench: Option<String>,
     /// Timed runs of `--bench` (after one warm-up run).
@@ -80,6 +83,7 @@ fn time_runs(
 ) -> Result<(f64, Option<u64>), Box<dyn std::error::Error>> {
     f()?;
     dev.synchronize()?;
+    profiler(dev, true);
     let (r, peak) = with_peak_memory(|| -> candle_core::Result<f64> {
         let t = Instant::now();
         for _ in 0..iters {
@@ -88,7 +92,27 @@ fn time_runs(
         dev.synchronize()?;
         Ok(t.elapsed().as_secs_f64() / iters as f64)
     });
+    profiler(dev, false);
     Ok((r?, peak))
+}
+
+/// Starts or stops the CUDA profiler around the timed runs, so that `ncu --profile-from-start off`
+/// sees them and not the warm-up (model making, cuDNN's algorithm search).
+fn profiler(dev: &Device, on: bool) {
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        // SAFETY: plain driver calls on the current context; a failure (no profiler attached)
+        // changes nothing, so the result is ignored.
+        let _ = unsafe {
+            if on {
+                sys::cuProfilerStart()
+            } else {
+                sys::cuProfilerStop()
+            }
+        };
+    }
+    let _ = (dev, on);
 }
 
 /// A standard-normal tensor made on `dev` in `dtype`.
@@ -184,11 +208,29 @@ fn bench(a: &Args, what: &str, p: &I2vPlacement) -> Result<(), Box<dyn std::erro
                 time_runs(dev, a.iters, || kernels::flash_attention(&q, &k, &v, None, scale).map(|_| ()))?;
             (secs, peak, Some(4.0 * 2.0 * heads as f64 * (n * n) as f64 * hd as f64))
         }
-        "vae-encode" => {
+        "vae-encode" | "vae-decode" => {
             let c = MugVaeConfig::mugv();
             let vae = random_model(|k| MugVae::load(k, &c), dtype, dev, dev)?;
-            let video = randn(&[1, 3, 105, 720, 1280], dtype, dev)?;
-            let (secs, peak) = time_runs(dev, a.iters, || vae.encode(&video, None).map(|_| ()))?;
+            let (secs, peak) = if what == "vae-encode" {
+                let video = randn(&[1, 3, a.frames, 720, 1280], dtype, dev)?;
+                time_runs(dev, a.iters, || vae.encode(&video, None).map(|_| ()))?
+            } else {
+                let (n, h, w) = c.latent_size(a.frames, 720, 1280);
+                let z = randn(&[1, c.temporal.latent_channels, n, h, w], dtype, dev)?;
+                time_runs(dev, a.iters, || vae.decode_chunks(&z, a.frames, &mut |_| Ok(())))?
+            };
+            (secs, peak, None)
+        }
+        "wan-vae-encode" | "wan-vae-decode" => {
+            let c = WanVaeConfig::wan21();
+            let vae = random_model(|k| WanVae::load(k, &c), dtype, dev, dev)?;
+            let (secs, peak) = if what == "wan-vae-encode" {
+                let video = Tensor::rand(-1f32, 1f32, (1, 3, a.frames, 720, 1280), dev)?.to_dtype(dtype)?;
+                time_runs(dev, a.iters, || vae.encode(&video).map(|_| ()))?
+            } else {
+                let z = randn(&[1, c.z_dim, c.latent_frames(a.frames), 90, 160], dtype, dev)?;
+                time_runs(dev, a.iters, || vae.decode_chunks(&z, &mut |_, _| {}, &mut |_| Ok(())))?
+            };
             (secs, peak, None)
         }
         "t5" => {
@@ -202,7 +244,10 @@ fn bench(a: &Args, what: &str, p: &I2vPlacement) -> Result<(), Box<dyn std::erro
             (secs, peak, None)
         }
         "enhance" => return bench_enhance(p),
-        other => return Err(format!("--bench {other}: not one of dit, attention, vae-encode, t5, enhance").into()),
+        other => {
+            let known = "dit, attention, vae-encode, vae-decode, wan-vae-encode, wan-vae-decode, t5, enhance";
+            return Err(format!("--bench {other}: not one of {known}").into());
+        }
     };
     let tflops = flops.map_or(String::new(), |f| format!("   {:.1} TFLOP/s", f / secs / 1e12));
     println!("{what:<18} {secs:>8.3} s   peak GPU {}{tflops}   ({:?}, mean of {})", mib(peak), dtype, a.iters);

@@ -5,6 +5,7 @@
 pub mod aesthetic;
 pub mod attention;
 pub mod clip;
+mod conv;
 pub mod i2v;
 pub mod lora;
 pub mod mugdit;

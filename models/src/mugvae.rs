@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Tensor, D};
 
+use crate::conv;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of the per-frame 2D autoencoder (diffusers `AutoencoderKL`, SDXL layout).
@@ -131,11 +132,12 @@ impl Conv2d {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        conv::conv2d(x, &self.weight, self.bias.as_ref(), None, self.padding, self.stride)
+    }
+
+    /// `self.forward(x) + residual`, the addition fused into the convolution on CUDA.
+    fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        conv::conv2d(x, &self.weight, self.bias.as_ref(), Some(residual), self.padding, self.stride)
     }
 }
 
@@ -175,11 +177,19 @@ impl GroupNorm {
         g.broadcast_mul(&self.weight.reshape(shape.as_slice())?)?.broadcast_add(&self.bias.reshape(shape.as_slice())?)
     }
 
-    /// `silu(self.forward(x))`, one fused kernel on CUDA.
+    /// `silu(self.forward(x))`, one fused kernel on CUDA. Every use feeds a convolution: with
+    /// `kernels::conv` the result is a channels-last view, the layout cuDNN reads.
     fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            return kernels::group_norm(&x.contiguous()?, &self.weight, &self.bias, self.groups, self.eps as f32, true);
+            let (x, eps) = (x.contiguous()?, self.eps as f32);
+            if conv::fast(&x) {
+                let y = kernels::group_norm_channels_last(&x, &self.weight, &self.bias, self.groups, eps, true)?;
+                let rank = y.rank();
+                let back: Vec<usize> = [0, rank - 1].into_iter().chain(1..rank - 1).collect();
+                return y.permute(back);
+            }
+            return kernels::group_norm(&x, &self.weight, &self.bias, self.groups, eps, true);
         }
         self.forward(x)?.silu()
     }
@@ -211,11 +221,11 @@ impl ResnetBlock2D {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
-        match &self.conv_shortcut {
-            Some(c) => c.forward(x)? + h,
-            None => x + h,
-        }
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        self.conv2.forward_add(&self.norm2.forward_silu(&h)?, &shortcut)
     }
 }
 
@@ -392,7 +402,7 @@ impl SpatialDecoder {
 /// is `k/2` on each side; the temporal padding `(kt-1) - (stride-1)` is split front `p/2`, back
 /// the rest, so a 3-tap stride-1 conv is centred (not causal, despite the name).
 struct CausalConv3d {
-    /// `(cout, kt * cin, k, k)`: the taps laid side by side along input channels.
+    /// `(cout, cin, kt, k, k)`.
     weight: Tensor,
     bias: Option<Tensor>,
     kt: usize,
@@ -404,18 +414,38 @@ impl CausalConv3d {
     fn load(w: &Weights, cin: usize, cout: usize, k: usize, stride_t: usize, bias: bool) -> Result<Self, WeightsError> {
         let w = w.pp("conv");
         let weight = w.get("weight", &[cout, cin, k, k, k])?;
-        // Convolving the taps at once as one 2D conv over (kt * cin) channels: one large GEMM.
-        let weight = weight
-            .permute((0, 2, 1, 3, 4))
-            .and_then(|t| t.reshape((cout, k * cin, k, k)))
-            .map_err(|e| w.error("weight", e))?;
         let bias = if bias { Some(w.get("bias", &[cout])?) } else { None };
         Ok(CausalConv3d { weight, bias, kt: k, k, stride_t })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, t, h, w) = x.dims5()?;
+        self.forward_add(x, None)
+    }
+
+    /// `self.forward(x) + residual`: on CUDA one native 3D convolution with the bias and the
+    /// residual fused; elsewhere the taps side by side as one 2D convolution.
+    fn forward_add(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let pad = (self.kt - 1) - (self.stride_t - 1);
+        #[cfg(feature = "cuda")]
+        if conv::fast(x) {
+            // cuDNN pads symmetrically: an odd time padding (front pad/2, back the rest) is explicit.
+            let (x, pad_t) = if pad.is_multiple_of(2) {
+                (x.clone(), pad / 2)
+            } else {
+                (x.pad_with_zeros(2, pad / 2, pad - pad / 2)?, 0)
+            };
+            let (p, s) = ([pad_t, self.k / 2, self.k / 2], [self.stride_t, 1, 1]);
+            return kernels::conv(
+                &x,
+                &self.weight,
+                self.bias.as_ref(),
+                residual,
+                &p,
+                &s,
+                kernels::ConvLayout::Standard,
+            );
+        }
+        let (b, c, t, h, w) = x.dims5()?;
         let x = x.pad_with_zeros(2, pad / 2, pad - pad / 2)?;
         let tp = t + pad;
         let t_out = (tp - self.kt) / self.stride_t + 1;
@@ -427,13 +457,16 @@ impl CausalConv3d {
                 xt.index_select(&Tensor::new(idx, x.device())?, 1)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        // Convolving the taps at once as one 2D conv over (kt * cin) channels: one large GEMM.
         let stacked = Tensor::cat(&taps, 2)?.reshape((b * t_out, self.kt * c, h, w))?;
-        let mut y = stacked.conv2d(&self.weight, self.k / 2, 1, 1, 1)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+        let cout = self.weight.dim(0)?;
+        let weight = self.weight.permute((0, 2, 1, 3, 4))?.reshape((cout, self.kt * c, self.k, self.k))?;
+        let y = conv::conv2d(&stacked, &weight, self.bias.as_ref(), None, self.k / 2, 1)?;
+        let y = y.reshape((b, t_out, cout, h, w))?.permute((0, 2, 1, 3, 4))?.contiguous()?;
+        match residual {
+            Some(r) => y + r,
+            None => Ok(y),
         }
-        let cout = y.dim(1)?;
-        y.reshape((b, t_out, cout, h, w))?.permute((0, 2, 1, 3, 4))?.contiguous()
     }
 }
 
@@ -460,11 +493,11 @@ impl ResBlock {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
-        match &self.conv3 {
-            Some(c) => h + c.forward(x)?,
-            None => h + x,
-        }
+        let shortcut = match &self.conv3 {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        self.conv2.forward_add(&self.norm2.forward_silu(&h)?, Some(&shortcut))
     }
 }
 

@@ -9,6 +9,7 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::attention::attention;
+use crate::conv;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of the VAE and its latent normalisation.
@@ -116,10 +117,11 @@ fn remember(x: &Tensor, before: &Slot) -> candle_core::Result<Slot> {
 
 /// A 3D convolution with causal time padding (`2 p_t` zero frames in front, or the cached frames
 /// of the previous chunk and fewer zeros) and symmetric zero padding in space. Activations are
-/// `(B, T, C, H, W)`; each time tap is one 2D convolution over all frames.
+/// `(B, T, C, H, W)`; on CUDA one native 3D convolution reads and writes that layout, elsewhere
+/// each time tap is one 2D convolution over all frames.
 struct CausalConv3d {
-    /// `(cout, cin, kh, kw)` per time tap.
-    taps: Vec<Tensor>,
+    /// `(cout, cin, kt, kh, kw)`.
+    weight: Tensor,
     bias: Tensor,
     pad_t: usize,
     pad_s: usize,
@@ -136,11 +138,7 @@ impl CausalConv3d {
         stride_t: usize,
     ) -> Result<Self, WeightsError> {
         let weight = w.get("weight", &[cout, cin, kt, k, k])?;
-        let taps = (0..kt)
-            .map(|i| weight.narrow(2, i, 1)?.squeeze(2)?.contiguous())
-            .collect::<candle_core::Result<_>>()
-            .map_err(|e| w.error("weight", e))?;
-        Ok(CausalConv3d { taps, bias: w.get("bias", &[cout])?, pad_t: 2 * p_t, pad_s: p_s, stride_t })
+        Ok(CausalConv3d { weight, bias: w.get("bias", &[cout])?, pad_t: 2 * p_t, pad_s: p_s, stride_t })
     }
 
     /// A `3 x 3 x 3` convolution with padding 1.
@@ -154,26 +152,44 @@ impl CausalConv3d {
     }
 
     fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.forward_add(x, cache, None)
+    }
+
+    /// `self.forward(x, cache) + residual`, the addition fused into the convolution on CUDA.
+    fn forward_add(
+        &self,
+        x: &Tensor,
+        cache: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (x, cached) = match cache {
             Some(c) if self.pad_t > 0 => (Tensor::cat(&[c, x], 1)?, c.dim(1)?),
             _ => (x.clone(), 0),
         };
         let x = x.pad_with_zeros(1, self.pad_t.saturating_sub(cached), 0)?;
         let (b, t, c, h, w) = x.dims5()?;
-        let kt = self.taps.len();
+        let kt = self.weight.dim(2)?;
         if t < kt {
             candle_core::bail!("a temporal convolution of {kt} taps got {t} frames");
         }
+        #[cfg(feature = "cuda")]
+        if conv::fast(&x) {
+            // One 3-D convolution over (B, C, T, H, W) read from and written to (B, T, C, H, W).
+            let (p, s) = ([0, self.pad_s, self.pad_s], [self.stride_t, 1, 1]);
+            let layout = kernels::ConvLayout::FramesFirst;
+            return kernels::conv(&x, &self.weight, Some(&self.bias), residual, &p, &s, layout);
+        }
         let t_out = (t - kt) / self.stride_t + 1;
         let mut y: Option<Tensor> = None;
-        for (k, tap) in self.taps.iter().enumerate() {
+        for k in 0..kt {
+            let tap = self.weight.narrow(2, k, 1)?.squeeze(2)?.contiguous()?;
             let frames = if self.stride_t == 1 {
                 x.narrow(1, k, t_out)?
             } else {
                 let idx: Vec<u32> = (0..t_out).map(|o| (o * self.stride_t + k) as u32).collect();
                 x.index_select(&Tensor::new(idx, x.device())?, 1)?
             };
-            let out = frames.contiguous()?.reshape((b * t_out, c, h, w))?.conv2d(tap, self.pad_s, 1, 1, 1)?;
+            let out = frames.contiguous()?.reshape((b * t_out, c, h, w))?.conv2d(&tap, self.pad_s, 1, 1, 1)?;
             y = Some(match y {
                 Some(acc) => (acc + out)?,
                 None => out,
@@ -182,13 +198,22 @@ impl CausalConv3d {
         let y = y.ok_or_else(|| candle_core::Error::Msg("a convolution without taps".into()))?;
         let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
         let (_, cout, ho, wo) = y.dims4()?;
-        y.reshape((b, t_out, cout, ho, wo))
+        let y = y.reshape((b, t_out, cout, ho, wo))?;
+        match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        }
     }
 
     /// The convolution on `x` continuing the previous chunk kept in `cache`'s next slot.
     fn cached(&self, x: &Tensor, cache: &mut Cache) -> candle_core::Result<Tensor> {
+        self.cached_add(x, cache, None)
+    }
+
+    /// [`CausalConv3d::cached`] plus `residual`, fused on CUDA.
+    fn cached_add(&self, x: &Tensor, cache: &mut Cache, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let slot = cache.slot();
-        let y = self.forward(x, if let Slot::Frames(p) = &*slot { Some(p) } else { None })?;
+        let y = self.forward_add(x, if let Slot::Frames(p) = &*slot { Some(p) } else { None }, residual)?;
         *slot = remember(x, slot)?;
         Ok(y)
     }
@@ -257,8 +282,7 @@ impl ResidualBlock {
             None => x.clone(),
         };
         let r = self.conv1.cached(&self.norm1.forward_silu(x)?, cache)?;
-        let r = self.conv2.cached(&self.norm2.forward_silu(&r)?, cache)?;
-        r + h
+        self.conv2.cached_add(&self.norm2.forward_silu(&r)?, cache, Some(&h))
     }
 }
 
@@ -311,8 +335,7 @@ impl Conv2d {
     /// On every frame of `(B, T, C, H, W)`.
     fn forward(&self, x: &Tensor, padding: usize, stride: usize) -> candle_core::Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        let y = x.reshape((b * t, c, h, w))?.conv2d(&self.weight, padding, stride, 1, 1)?;
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        let y = conv::conv2d(&x.reshape((b * t, c, h, w))?, &self.weight, Some(&self.bias), None, padding, stride)?;
         let (_, cout, ho, wo) = y.dims4()?;
         y.reshape((b, t, cout, ho, wo))
     }
