@@ -6,6 +6,7 @@ pub mod aesthetic;
 pub mod attention;
 pub mod clip;
 mod conv;
+pub mod enhancer;
 pub mod i2v;
 pub mod lora;
 pub mod mugdit;
