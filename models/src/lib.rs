@@ -8,6 +8,7 @@ pub mod clip;
 mod conv;
 pub mod enhancer;
 pub mod i2v;
+mod layers;
 pub mod lora;
 pub mod mugdit;
 pub mod mugvae;
