@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
+use models::enhancer::WanEnhancer;
 use models::i2v::{decode_video, generate, I2vModels, I2vPlacement, I2vSettings};
 use models::mugdit::{DitInput, MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
@@ -133,36 +134,42 @@ fn random_model<T>(
 }
 
 /// `--bench enhance`: MUG-V's enhancer on one 105-frame 1280x720 video with random bf16 weights
-/// (Wan DiT 1.3B, Wan VAE; random text features stand in for UMT5's): VAE encode, the one CFG
-/// step, chunked decode, each timed once (a warm-up run would double a minutes-long benchmark).
+/// (Wan DiT 1.3B, Wan VAE; random text features stand in for UMT5's), through the stage's own
+/// [`WanEnhancer`]: VAE encode, the one CFG step, chunked decode, each timed once (a warm-up run
+/// would double a minutes-long benchmark).
 fn bench_enhance(p: &I2vPlacement) -> Result<(), Box<dyn std::error::Error>> {
     let (dev, dtype) = (&p.device, p.dtype);
     let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
     let (dit_c, vae_c) = (WanDitConfig::wan_1_3b(), WanVaeConfig::wan21());
-    let dit = random_model(|k| WanDit::load(k, &dit_c, None), dtype, dev, dev)?;
-    let vae = random_model(|k| WanVae::load(k, &vae_c), dtype, dev, dev)?;
+    let enhancer = WanEnhancer {
+        dit: random_model(|k| WanDit::load(k, &dit_c, None), dtype, dev, dev)?,
+        vae: random_model(|k| WanVae::load(k, &vae_c), dtype, dev, dev)?,
+        sampler: Enhancer::mugv(),
+        device: dev.clone(),
+        dtype,
+    };
     let video = Tensor::rand(-1f32, 1f32, (1, 3, 105, 720, 1280), dev)?.to_dtype(dtype)?;
     let (pos, neg) = (randn(&[60, dit_c.text_dim], dtype, dev)?, randn(&[40, dit_c.text_dim], dtype, dev)?);
     dev.synchronize()?;
     let (r, peak) = with_peak_memory(|| -> candle_core::Result<()> {
-        let t = Instant::now();
-        let origin = vae.encode(&video)?;
-        dev.synchronize()?;
-        println!("enhance vae encode {:>8.1} s   latent {:?}", t.elapsed().as_secs_f64(), origin.dims());
-        let t = Instant::now();
-        let noise = randn(origin.dims(), dtype, dev)?;
-        let out = Enhancer::mugv().enhance(&dit, &origin, &noise, &pos, &neg, &mut |_, _| {})?;
-        dev.synchronize()?;
-        println!("enhance dit        {:>8.1} s   (1 step x CFG 2)", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let mut frames = 0;
-        vae.decode_chunks(&out, &mut |_, _| {}, &mut |chunk| {
-            frames += chunk.dim(2)?;
+        // Counted by the sink, read by the progress line of the decode.
+        let frames = std::cell::Cell::new(0);
+        let mut lap = Instant::now();
+        // Each part's time as it ends (synchronised, so it is the GPU's time too).
+        let mut progress = |part: &str| {
+            let _ = dev.synchronize();
+            let detail = match part {
+                "vae encode" => format!("latent {:?}", [1, vae_c.z_dim, vae_c.latent_frames(105), 90, 160]),
+                "dit" => "(1 step x CFG 2)".into(),
+                _ => format!("({} frames)", frames.get()),
+            };
+            println!("enhance {part:<10} {:>8.1} s   {detail}", lap.elapsed().as_secs_f64());
+            lap = Instant::now();
+        };
+        enhancer.enhance(&video, &pos, &neg, 42, &mut progress, &mut |chunk| {
+            frames.set(frames.get() + chunk.dim(2)?);
             Ok(())
-        })?;
-        dev.synchronize()?;
-        println!("enhance vae decode {:>8.1} s   ({frames} frames)", t.elapsed().as_secs_f64());
-        Ok(())
+        })
     });
     r?;
     println!("enhance            peak GPU {}", mib(peak));

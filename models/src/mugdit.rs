@@ -9,6 +9,7 @@ use candle_nn::Linear;
 use crate::attention::attention;
 #[cfg(feature = "cuda")]
 use crate::attention::attention_tokens;
+use crate::layers::linear;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of a MUG-DiT.
@@ -52,10 +53,6 @@ impl MugDitConfig {
     fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
-}
-
-fn linear(w: &Weights, cin: usize, cout: usize) -> Result<Linear, WeightsError> {
-    Ok(Linear::new(w.get("weight", &[cout, cin])?, Some(w.get("bias", &[cout])?)))
 }
 
 /// LayerNorm over the last axis without affine parameters, statistics in f32.

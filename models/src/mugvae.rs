@@ -7,6 +7,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::conv;
+use crate::layers::linear;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of the per-frame 2D autoencoder (diffusers `AutoencoderKL`, SDXL layout).
@@ -236,10 +237,6 @@ struct Attention {
     to_k: candle_nn::Linear,
     to_v: candle_nn::Linear,
     to_out: candle_nn::Linear,
-}
-
-fn linear(w: &Weights, cin: usize, cout: usize) -> Result<candle_nn::Linear, WeightsError> {
-    Ok(candle_nn::Linear::new(w.get("weight", &[cout, cin])?, Some(w.get("bias", &[cout])?)))
 }
 
 impl Attention {

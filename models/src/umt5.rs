@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
+use crate::layers::linear_no_bias;
 use crate::t5::relative_position_bucket;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
@@ -93,10 +94,6 @@ struct Block {
     pos_embedding: Tensor,
 }
 
-fn linear(w: &Weights, cin: usize, cout: usize) -> Result<Linear, WeightsError> {
-    Ok(Linear::new(w.get("weight", &[cout, cin])?, None))
-}
-
 impl Block {
     fn load(w: &Weights, c: &Umt5Config) -> Result<Self, WeightsError> {
         let (d, a, f) = (c.dim, c.dim_attn, c.dim_ffn);
@@ -104,14 +101,14 @@ impl Block {
         let ffn = w.pp("ffn");
         Ok(Block {
             norm1: w.pp("norm1").get("weight", &[d])?,
-            q: linear(&attn.pp("q"), d, a)?,
-            k: linear(&attn.pp("k"), d, a)?,
-            v: linear(&attn.pp("v"), d, a)?,
-            o: linear(&attn.pp("o"), a, d)?,
+            q: linear_no_bias(&attn.pp("q"), d, a)?,
+            k: linear_no_bias(&attn.pp("k"), d, a)?,
+            v: linear_no_bias(&attn.pp("v"), d, a)?,
+            o: linear_no_bias(&attn.pp("o"), a, d)?,
             norm2: w.pp("norm2").get("weight", &[d])?,
-            gate: linear(&ffn.pp("gate").pp(0), d, f)?,
-            fc1: linear(&ffn.pp("fc1"), d, f)?,
-            fc2: linear(&ffn.pp("fc2"), f, d)?,
+            gate: linear_no_bias(&ffn.pp("gate").pp(0), d, f)?,
+            fc1: linear_no_bias(&ffn.pp("fc1"), d, f)?,
+            fc2: linear_no_bias(&ffn.pp("fc2"), f, d)?,
             pos_embedding: w.pp("pos_embedding").pp("embedding").get("weight", &[c.num_buckets, c.num_heads])?,
         })
     }

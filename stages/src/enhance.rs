@@ -1,21 +1,23 @@
 //! `enhance`: MUG-V's video enhancer on each decoded video: the Wan2.1 VAE's latent of the
 //! frames, partly noised, one guided flow-matching step of the LoRA-merged Wan DiT between the
 //! prompt and a fixed negative prompt (both through UMT5), and the Wan VAE back to frames. It
-//! sits between `vae_decode` and `encode_mp4` and hands on the same `video` tensor.
+//! sits between `vae_decode` and `encode_mp4` and hands on the same `video` tensor. The models'
+//! composition is `models::enhancer`; this stage reads the row, prepares the frames (size, blur)
+//! and records the settings.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+use models::enhancer::{EnhancerModels, PromptEncoder, WanEnhancer};
 use models::lora::{Lora, LoraConfig};
-use models::random::{noise_stream, standard_normal};
 use models::t5::T5Tokenizer;
 use models::umt5::Umt5Encoder;
 use models::wan_dit::WanDit;
 use models::wan_flow::{Enhancer, FlowMatchSchedule, NEGATIVE_PROMPT};
-use models::wan_vae::{to_frames_u8, WanVae};
+use models::wan_vae::WanVae;
 use pipeline::manifest::Resolution;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
@@ -169,28 +171,11 @@ impl Switch {
     }
 }
 
-/// The noise stream of the enhancer, apart from the generator's streams of the same seed.
-const NOISE_STREAM: u64 = 0x0065_6e68_616e_6365; // "enhance" in ASCII
-
-/// The loaded models.
-struct Models {
-    dit: WanDit,
-    vae: WanVae,
-    umt5: Umt5Encoder,
-    tokenizer: T5Tokenizer,
-    /// The negative prompt's features, encoded once per worker.
-    negative: OnceLock<Tensor>,
-}
-
 /// The runnable stage; cheap to clone into a worker thread.
 #[derive(Clone)]
 struct Enhance {
-    models: Arc<Models>,
+    models: Arc<EnhancerModels>,
     config: Arc<EnhanceConfig>,
-    enhancer: Enhancer,
-    device: Device,
-    dtype: DType,
-    umt5_device: Device,
 }
 
 /// Frames `[T, H, W, 3]` (u8) of one video.
@@ -202,27 +187,6 @@ struct Frames<D> {
 }
 
 impl Enhance {
-    /// UMT5 features `[L, dim]` of a text's valid tokens (text cleaned as Wan's prompter does,
-    /// up to its whitespace collapse), on the DiT's device.
-    fn text(&self, text: &str) -> candle_core::Result<Tensor> {
-        let clean = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        let (ids, mask) =
-            self.models.tokenizer.encode(&clean).map_err(|e| candle_core::Error::Msg(format!("tokenizer: {e}")))?;
-        let len = ids.len();
-        let ids = Tensor::from_vec(ids, (1, len), &self.umt5_device)?;
-        let mask = Tensor::from_vec(mask, (1, len), &self.umt5_device)?;
-        let states = self.models.umt5.encode(&ids, &mask)?.remove(0);
-        states.to_dtype(DType::F32)?.to_device(&self.device)
-    }
-
-    fn negative(&self) -> candle_core::Result<Tensor> {
-        if let Some(t) = self.models.negative.get() {
-            return Ok(t.clone());
-        }
-        let t = self.text(&self.config.negative_prompt)?;
-        Ok(self.models.negative.get_or_init(|| t).clone())
-    }
-
     /// The first `n` frames, resized to `size` when set, as `[1, 3, n, H, W]` in [-1, 1], blurred
     /// when asked.
     fn input(&self, video: &Frames<impl AsRef<[u8]>>, n: usize) -> Result<(Tensor, usize, usize), StageError> {
@@ -275,24 +239,8 @@ impl Enhance {
         seed: u64,
     ) -> Result<Frames<Vec<u8>>, StageError> {
         let (input, height, width) = self.input(video, n)?;
-        let m = &self.models;
-        let run = || -> candle_core::Result<Vec<u8>> {
-            let positive = self.text(prompt)?;
-            let negative = self.negative()?;
-            let x = input.to_device(&self.device)?.to_dtype(self.dtype)?;
-            let origin = m.vae.encode(&x)?.to_dtype(DType::F32)?;
-            drop(x);
-            let noise = standard_normal(origin.dims(), noise_stream(seed, NOISE_STREAM))?.to_device(&self.device)?;
-            let latents = self.enhancer.enhance(&m.dit, &origin, &noise, &positive, &negative, &mut |_, _| {})?;
-            let mut bytes = Vec::with_capacity(n * height * width * 3);
-            m.vae.decode_chunks(&latents, &mut |_, _| {}, &mut |chunk| {
-                let frames = to_frames_u8(&chunk.squeeze(0)?)?.to_device(&Device::Cpu)?;
-                bytes.extend(frames.flatten_all()?.to_vec1::<u8>()?);
-                Ok(())
-            })?;
-            Ok(bytes)
-        };
-        let data = run().map_err(|e| StageError::from(e).context("enhancement failed"))?;
+        let data =
+            self.models.enhance(&input, prompt, seed).map_err(|e| StageError::from(e).context("enhancement failed"))?;
         Ok(Frames { count: data.len() / (3 * height * width), data, height, width })
     }
 
@@ -448,15 +396,12 @@ impl StageConfig for EnhanceConfig {
             Some(Lora::new(&adapter, &lora_config)),
         )
         .map_err(load_error(Self::KIND, "dit` + `lora"))?;
-        let models = Models {
-            dit,
-            vae: placement.load(Self::KIND, "vae", &self.vae, |c| WanVae::load(c, &self.preset.wan_vae()))?,
-            umt5: text_placement.load(Self::KIND, "umt5", &self.umt5, |c| Umt5Encoder::load(c, &self.preset.umt5()))?,
-            tokenizer: T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len)
-                .map_err(load_error(Self::KIND, "tokenizer"))?,
-            negative: OnceLock::new(),
-        };
-        let enhancer = Enhancer {
+        let vae = placement.load(Self::KIND, "vae", &self.vae, |c| WanVae::load(c, &self.preset.wan_vae()))?;
+        let umt5 =
+            text_placement.load(Self::KIND, "umt5", &self.umt5, |c| Umt5Encoder::load(c, &self.preset.umt5()))?;
+        let tokenizer = T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len)
+            .map_err(load_error(Self::KIND, "tokenizer"))?;
+        let sampler = Enhancer {
             schedule: FlowMatchSchedule {
                 shift: self.shift as f32,
                 sigma_max: self.noise_level as f32,
@@ -465,14 +410,11 @@ impl StageConfig for EnhanceConfig {
             steps: self.steps,
             cfg_scale: self.cfg_scale as f32,
         };
-        Ok(Runnable::Transform(Arc::new(Enhance {
-            models: Arc::new(models),
-            config: Arc::new(self.clone()),
-            enhancer,
-            device: placement.device,
-            dtype: placement.dtype,
-            umt5_device: text_placement.device,
-        })))
+        let models = EnhancerModels {
+            wan: WanEnhancer { dit, vae, sampler, device: placement.device, dtype: placement.dtype },
+            text: PromptEncoder::new(umt5, tokenizer, text_placement.device, self.negative_prompt.clone()),
+        };
+        Ok(Runnable::Transform(Arc::new(Enhance { models: Arc::new(models), config: Arc::new(self.clone()) })))
     }
 }
 
