@@ -3,11 +3,10 @@
 //! aesthetic score: patch convolution, class token, learned positions, pre-norm blocks with
 //! quick-GELU MLPs, and the class token's post-norm projected to the joint embedding space.
 
-use std::collections::BTreeSet;
-
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
+use crate::layers::{layer_norm, linear, linear_no_bias};
 use crate::weights::{Checkpoint, WeightsError};
 
 /// Sizes of a CLIP ViT image tower.
@@ -63,41 +62,6 @@ impl ClipVisionConfig {
     fn num_positions(&self) -> usize {
         1 + (self.image_size / self.patch_size).pow(2)
     }
-
-    /// Every checkpoint key the tower reads, with its shape.
-    fn needed_keys(&self) -> Vec<(String, Vec<usize>)> {
-        let (w, f, p) = (self.hidden_size, self.intermediate_size, self.patch_size);
-        let e = "vision_model.embeddings";
-        let mut keys = vec![
-            (format!("{e}.class_embedding"), vec![w]),
-            (format!("{e}.patch_embedding.weight"), vec![w, 3, p, p]),
-            (format!("{e}.position_embedding.weight"), vec![self.num_positions(), w]),
-            ("visual_projection.weight".to_string(), vec![self.projection_dim, w]),
-        ];
-        let norm = |keys: &mut Vec<(String, Vec<usize>)>, name: &str| {
-            keys.extend([(format!("{name}.weight"), vec![w]), (format!("{name}.bias"), vec![w])]);
-        };
-        norm(&mut keys, "vision_model.pre_layrnorm");
-        norm(&mut keys, "vision_model.post_layernorm");
-        for i in 0..self.num_layers {
-            let l = format!("vision_model.encoder.layers.{i}");
-            norm(&mut keys, &format!("{l}.layer_norm1"));
-            norm(&mut keys, &format!("{l}.layer_norm2"));
-            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                keys.extend([
-                    (format!("{l}.self_attn.{proj}.weight"), vec![w, w]),
-                    (format!("{l}.self_attn.{proj}.bias"), vec![w]),
-                ]);
-            }
-            keys.extend([
-                (format!("{l}.mlp.fc1.weight"), vec![f, w]),
-                (format!("{l}.mlp.fc1.bias"), vec![f]),
-                (format!("{l}.mlp.fc2.weight"), vec![w, f]),
-                (format!("{l}.mlp.fc2.bias"), vec![w]),
-            ]);
-        }
-        keys
-    }
 }
 
 /// Key prefixes of a full `CLIPModel` file that the image tower does not use.
@@ -151,48 +115,38 @@ impl ClipVision {
     /// text tower, `logit_scale` and `position_ids` are ignored); every missing or unexpected key
     /// is named.
     pub fn load(checkpoint: &Checkpoint, config: &ClipVisionConfig) -> Result<ClipVision, WeightsError> {
-        let needed = config.needed_keys();
-        let names: BTreeSet<String> = needed.iter().map(|(k, _)| k.clone()).collect();
-        checkpoint.check(&names, &IGNORED_PREFIXES)?;
-        let tensor = |k: &str| {
-            let shape = needed.iter().find(|(n, _)| n == k).map(|(_, s)| s.as_slice()).unwrap_or_default();
-            checkpoint.get(k, shape)
-        };
-        let linear = |k: &str| {
-            Ok::<_, WeightsError>(Linear::new(tensor(&format!("{k}.weight"))?, Some(tensor(&format!("{k}.bias"))?)))
-        };
-        let norm = |k: &str| {
-            Ok::<_, WeightsError>(LayerNorm::new(
-                tensor(&format!("{k}.weight"))?,
-                tensor(&format!("{k}.bias"))?,
-                config.eps,
-            ))
-        };
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let l = format!("vision_model.encoder.layers.{i}");
-            layers.push(EncoderLayer {
-                layer_norm1: norm(&format!("{l}.layer_norm1"))?,
-                q_proj: linear(&format!("{l}.self_attn.q_proj"))?,
-                k_proj: linear(&format!("{l}.self_attn.k_proj"))?,
-                v_proj: linear(&format!("{l}.self_attn.v_proj"))?,
-                out_proj: linear(&format!("{l}.self_attn.out_proj"))?,
-                layer_norm2: norm(&format!("{l}.layer_norm2"))?,
-                fc1: linear(&format!("{l}.mlp.fc1"))?,
-                fc2: linear(&format!("{l}.mlp.fc2"))?,
-            });
-        }
-        let e = "vision_model.embeddings";
-        Ok(ClipVision {
+        let (w, f, eps) = (config.hidden_size, config.intermediate_size, config.eps);
+        let root = checkpoint.weights();
+        let v = root.pp("vision_model");
+        let layers = (0..config.num_layers)
+            .map(|i| {
+                let l = v.pp("encoder").pp("layers").pp(i);
+                let (a, m) = (l.pp("self_attn"), l.pp("mlp"));
+                Ok(EncoderLayer {
+                    layer_norm1: layer_norm(&l.pp("layer_norm1"), w, eps)?,
+                    q_proj: linear(&a.pp("q_proj"), w, w)?,
+                    k_proj: linear(&a.pp("k_proj"), w, w)?,
+                    v_proj: linear(&a.pp("v_proj"), w, w)?,
+                    out_proj: linear(&a.pp("out_proj"), w, w)?,
+                    layer_norm2: layer_norm(&l.pp("layer_norm2"), w, eps)?,
+                    fc1: linear(&m.pp("fc1"), w, f)?,
+                    fc2: linear(&m.pp("fc2"), f, w)?,
+                })
+            })
+            .collect::<Result<_, WeightsError>>()?;
+        let (e, p) = (v.pp("embeddings"), config.patch_size);
+        let model = ClipVision {
             config: config.clone(),
-            class_embedding: tensor(&format!("{e}.class_embedding"))?,
-            patch_embedding: tensor(&format!("{e}.patch_embedding.weight"))?,
-            position_embedding: tensor(&format!("{e}.position_embedding.weight"))?,
-            pre_layrnorm: norm("vision_model.pre_layrnorm")?,
+            class_embedding: e.get("class_embedding", &[w])?,
+            patch_embedding: e.pp("patch_embedding").get("weight", &[w, 3, p, p])?,
+            position_embedding: e.pp("position_embedding").get("weight", &[config.num_positions(), w])?,
+            pre_layrnorm: layer_norm(&v.pp("pre_layrnorm"), w, eps)?,
             layers,
-            post_layernorm: norm("vision_model.post_layernorm")?,
-            visual_projection: Linear::new(tensor("visual_projection.weight")?, None),
-        })
+            post_layernorm: layer_norm(&v.pp("post_layernorm"), w, eps)?,
+            visual_projection: linear_no_bias(&root.pp("visual_projection"), w, config.projection_dim)?,
+        };
+        root.finish(&IGNORED_PREFIXES)?;
+        Ok(model)
     }
 
     /// Embed normalised images `[B, 3, S, S]` (see the CLIP preprocessing in `stages`) into

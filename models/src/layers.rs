@@ -1,7 +1,7 @@
-//! Layers several models load alike: a linear map read from `{weight, bias}` under a key, so each
-//! model file names its keys and not the tensors' shapes again.
+//! Layers several models load alike: a linear map or a LayerNorm read from `{weight, bias}` under
+//! a key, so each model file names its keys and not the tensors' shapes again.
 
-use candle_nn::Linear;
+use candle_nn::{LayerNorm, Linear};
 
 use crate::weights::{Weights, WeightsError};
 
@@ -13,4 +13,9 @@ pub(crate) fn linear(w: &Weights, cin: usize, cout: usize) -> Result<Linear, Wei
 /// A linear layer from `weight` `[cout, cin]` under `w`, without a bias (T5-style models).
 pub(crate) fn linear_no_bias(w: &Weights, cin: usize, cout: usize) -> Result<Linear, WeightsError> {
     Ok(Linear::new(w.get("weight", &[cout, cin])?, None))
+}
+
+/// A LayerNorm from `weight` and `bias` `[dim]` under `w`.
+pub(crate) fn layer_norm(w: &Weights, dim: usize, eps: f64) -> Result<LayerNorm, WeightsError> {
+    Ok(LayerNorm::new(w.get("weight", &[dim])?, w.get("bias", &[dim])?, eps))
 }
