@@ -2,12 +2,12 @@
 //! with its SentencePiece tokenizer: pre-norm blocks with RMS norms, un-scaled attention with a
 //! bucketed relative position bias shared by all blocks, and a gated tanh-GELU feed-forward.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 
+use crate::layers::linear_no_bias;
 use crate::weights::{Checkpoint, WeightsError};
 
 /// Sizes of a T5-v1.1 encoder.
@@ -65,33 +65,6 @@ impl T5Config {
             ..T5Config::xxl()
         }
     }
-
-    /// Every checkpoint key the encoder reads (the embedding is checked apart: either name works).
-    fn needed_keys(&self) -> Vec<(String, Vec<usize>)> {
-        let (d, inner, f) = (self.d_model, self.num_heads * self.d_kv, self.d_ff);
-        let mut keys = vec![
-            (
-                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".to_string(),
-                vec![self.num_buckets, self.num_heads],
-            ),
-            ("encoder.final_layer_norm.weight".to_string(), vec![d]),
-        ];
-        for i in 0..self.num_layers {
-            let p = format!("encoder.block.{i}.layer");
-            keys.extend([
-                (format!("{p}.0.layer_norm.weight"), vec![d]),
-                (format!("{p}.0.SelfAttention.q.weight"), vec![inner, d]),
-                (format!("{p}.0.SelfAttention.k.weight"), vec![inner, d]),
-                (format!("{p}.0.SelfAttention.v.weight"), vec![inner, d]),
-                (format!("{p}.0.SelfAttention.o.weight"), vec![d, inner]),
-                (format!("{p}.1.layer_norm.weight"), vec![d]),
-                (format!("{p}.1.DenseReluDense.wi_0.weight"), vec![f, d]),
-                (format!("{p}.1.DenseReluDense.wi_1.weight"), vec![f, d]),
-                (format!("{p}.1.DenseReluDense.wo.weight"), vec![d, f]),
-            ]);
-        }
-        keys
-    }
 }
 
 /// The two names the token embedding goes by (a tied alias; checkpoints hold one or both).
@@ -148,39 +121,39 @@ impl T5Encoder {
     /// Load the encoder from a checkpoint with the HF T5 key names (decoder and LM head keys,
     /// present in full T5 checkpoints, are ignored); every missing or unexpected key is named.
     pub fn load(checkpoint: &Checkpoint, config: &T5Config) -> Result<T5Encoder, WeightsError> {
-        let needed = config.needed_keys();
-        let embedding = EMBEDDING_KEYS.iter().find(|k| checkpoint.keys().contains(**k)).copied();
-        let mut names: BTreeSet<String> = needed.iter().map(|(k, _)| k.clone()).collect();
-        names.insert(embedding.unwrap_or(EMBEDDING_KEYS[0]).to_string());
-        checkpoint.check(&names, &["decoder.", "lm_head.", EMBEDDING_KEYS[0], EMBEDDING_KEYS[1]])?;
-        let get = |k: &str, shape: &[usize]| checkpoint.get(k, shape);
-        let shape = |k: &str| needed.iter().find(|(n, _)| n == k).map(|(_, s)| s.clone()).unwrap_or_default();
-        let tensor = |k: String| get(&k, &shape(&k));
-        let linear = |k: String| tensor(k).map(|w| Linear::new(w, None));
-        let mut blocks = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let p = format!("encoder.block.{i}.layer");
-            blocks.push(Block {
-                attn_norm: tensor(format!("{p}.0.layer_norm.weight"))?,
-                q: linear(format!("{p}.0.SelfAttention.q.weight"))?,
-                k: linear(format!("{p}.0.SelfAttention.k.weight"))?,
-                v: linear(format!("{p}.0.SelfAttention.v.weight"))?,
-                o: linear(format!("{p}.0.SelfAttention.o.weight"))?,
-                ff_norm: tensor(format!("{p}.1.layer_norm.weight"))?,
-                wi_0: linear(format!("{p}.1.DenseReluDense.wi_0.weight"))?,
-                wi_1: linear(format!("{p}.1.DenseReluDense.wi_1.weight"))?,
-                wo: linear(format!("{p}.1.DenseReluDense.wo.weight"))?,
-            });
-        }
-        Ok(T5Encoder {
+        let (d, inner, f) = (config.d_model, config.num_heads * config.d_kv, config.d_ff);
+        let w = checkpoint.weights();
+        let encoder = w.pp("encoder");
+        let blocks = (0..config.num_layers)
+            .map(|i| {
+                let l = encoder.pp("block").pp(i).pp("layer");
+                let (a, m) = (l.pp(0).pp("SelfAttention"), l.pp(1).pp("DenseReluDense"));
+                Ok(Block {
+                    attn_norm: l.pp(0).pp("layer_norm").get("weight", &[d])?,
+                    q: linear_no_bias(&a.pp("q"), d, inner)?,
+                    k: linear_no_bias(&a.pp("k"), d, inner)?,
+                    v: linear_no_bias(&a.pp("v"), d, inner)?,
+                    o: linear_no_bias(&a.pp("o"), inner, d)?,
+                    ff_norm: l.pp(1).pp("layer_norm").get("weight", &[d])?,
+                    wi_0: linear_no_bias(&m.pp("wi_0"), d, f)?,
+                    wi_1: linear_no_bias(&m.pp("wi_1"), d, f)?,
+                    wo: linear_no_bias(&m.pp("wo"), f, d)?,
+                })
+            })
+            .collect::<Result<_, WeightsError>>()?;
+        let embedding = EMBEDDING_KEYS.into_iter().find(|k| w.contains(k)).unwrap_or(EMBEDDING_KEYS[0]);
+        let attention = encoder.pp("block").pp(0).pp("layer").pp(0).pp("SelfAttention");
+        let model = T5Encoder {
             config: config.clone(),
-            shared: get(embedding.unwrap_or(EMBEDDING_KEYS[0]), &[config.vocab_size, config.d_model])?,
-            relative_attention_bias: tensor(
-                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".to_string(),
-            )?,
+            shared: w.get(embedding, &[config.vocab_size, d])?,
+            relative_attention_bias: attention
+                .pp("relative_attention_bias")
+                .get("weight", &[config.num_buckets, config.num_heads])?,
             blocks,
-            final_layer_norm: tensor("encoder.final_layer_norm.weight".to_string())?,
-        })
+            final_layer_norm: encoder.pp("final_layer_norm").get("weight", &[d])?,
+        };
+        w.finish(&["decoder.", "lm_head.", EMBEDDING_KEYS[0], EMBEDDING_KEYS[1]])?;
+        Ok(model)
     }
 
     /// The relative position bias `[1, H, L, L]` for `len` positions.
