@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::attention::attention_tokens;
+use crate::layers::linear;
 use crate::lora::Lora;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
@@ -143,35 +144,11 @@ pub struct WanDitInput<'a> {
     pub context: &'a [Tensor],
 }
 
-/// Reads tensors by their full key through the optional LoRA adapter.
-struct Loader<'a> {
-    w: Weights<'a>,
-    lora: Option<&'a Lora<'a>>,
-}
-
-impl Loader<'_> {
-    fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
-        let t = self.w.get(key, shape)?;
-        match self.lora {
-            Some(lora) => lora.apply(key, t),
-            None => Ok(t),
-        }
-    }
-
-    fn linear(&self, key: &str, cin: usize, cout: usize) -> Result<Linear, WeightsError> {
-        Ok(Linear::new(
-            self.get(&format!("{key}.weight"), &[cout, cin])?,
-            Some(self.get(&format!("{key}.bias"), &[cout])?),
-        ))
-    }
-
-    /// A `(1, 2, 2)` patch conv as a linear map of the patch's `(c, i, j)` values.
-    fn patch_embedding(&self, key: &str, cin: usize, dim: usize) -> Result<Linear, WeightsError> {
-        let name = format!("{key}.weight");
-        let weight = self.get(&name, &[dim, cin, 1, PATCH, PATCH])?;
-        let weight = weight.reshape((dim, cin * PATCH * PATCH)).map_err(|e| self.w.error(&name, e))?;
-        Ok(Linear::new(weight, Some(self.get(&format!("{key}.bias"), &[dim])?)))
-    }
+/// A `(1, 2, 2)` patch conv under `w` as a linear map of the patch's `(c, i, j)` values.
+fn patch_embedding(w: &Weights, cin: usize, dim: usize) -> Result<Linear, WeightsError> {
+    let weight = w.get("weight", &[dim, cin, 1, PATCH, PATCH])?;
+    let weight = weight.reshape((dim, cin * PATCH * PATCH)).map_err(|e| w.error("weight", e))?;
+    Ok(Linear::new(weight, Some(w.get("bias", &[dim])?)))
 }
 
 /// Attention projections with whole-width q/k RMS norms (`self_attn`, `cross_attn`).
@@ -185,14 +162,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(l: &Loader, key: &str, dim: usize) -> Result<Self, WeightsError> {
+    fn load(w: &Weights, dim: usize) -> Result<Self, WeightsError> {
         Ok(Attention {
-            q: l.linear(&format!("{key}.q"), dim, dim)?,
-            k: l.linear(&format!("{key}.k"), dim, dim)?,
-            v: l.linear(&format!("{key}.v"), dim, dim)?,
-            o: l.linear(&format!("{key}.o"), dim, dim)?,
-            norm_q: l.get(&format!("{key}.norm_q.weight"), &[dim])?,
-            norm_k: l.get(&format!("{key}.norm_k.weight"), &[dim])?,
+            q: linear(&w.pp("q"), dim, dim)?,
+            k: linear(&w.pp("k"), dim, dim)?,
+            v: linear(&w.pp("v"), dim, dim)?,
+            o: linear(&w.pp("o"), dim, dim)?,
+            norm_q: w.pp("norm_q").get("weight", &[dim])?,
+            norm_k: w.pp("norm_k").get("weight", &[dim])?,
         })
     }
 }
@@ -279,34 +256,35 @@ impl WanDit {
     /// `lora` merged into its target linears when given; every missing or unexpected key of the
     /// checkpoint, and every adapter key that matched nothing, is named.
     pub fn load(checkpoint: &Checkpoint, config: &WanDitConfig, lora: Option<Lora>) -> Result<WanDit, WeightsError> {
-        let w = checkpoint.weights();
-        let l = Loader { w: w.clone(), lora: lora.as_ref() };
+        let w = checkpoint.weights().with_lora(lora.as_ref());
         let (d, c) = (config.dim, config.in_dim);
         let blocks = (0..config.num_layers)
             .map(|i| {
-                let p = format!("blocks.{i}");
+                let b = w.pp("blocks").pp(i);
+                let (norm3, ffn) = (b.pp("norm3"), b.pp("ffn"));
                 Ok(Block {
-                    modulation: l.get(&format!("{p}.modulation"), &[1, 6, d])?,
-                    self_attn: Attention::load(&l, &format!("{p}.self_attn"), d)?,
-                    norm3: (l.get(&format!("{p}.norm3.weight"), &[d])?, l.get(&format!("{p}.norm3.bias"), &[d])?),
-                    cross_attn: Attention::load(&l, &format!("{p}.cross_attn"), d)?,
-                    ffn0: l.linear(&format!("{p}.ffn.0"), d, config.ffn_dim)?,
-                    ffn2: l.linear(&format!("{p}.ffn.2"), config.ffn_dim, d)?,
+                    modulation: b.get("modulation", &[1, 6, d])?,
+                    self_attn: Attention::load(&b.pp("self_attn"), d)?,
+                    norm3: (norm3.get("weight", &[d])?, norm3.get("bias", &[d])?),
+                    cross_attn: Attention::load(&b.pp("cross_attn"), d)?,
+                    ffn0: linear(&ffn.pp(0), d, config.ffn_dim)?,
+                    ffn2: linear(&ffn.pp(2), config.ffn_dim, d)?,
                 })
             })
             .collect::<Result<_, WeightsError>>()?;
         let dtype = checkpoint.dtype;
         let device = &checkpoint.device;
         let ones = Tensor::ones(d, dtype, device).and_then(|o| Ok((o.clone(), o.zeros_like()?)));
+        let (text, time, head) = (w.pp("text_embedding"), w.pp("time_embedding"), w.pp("head"));
         let model = WanDit {
-            patch_embedding: l.patch_embedding("patch_embedding", c, d)?,
-            patch_embedding2: l.patch_embedding("patch_embedding2", c, d)?,
-            text_embedding: (l.linear("text_embedding.0", config.text_dim, d)?, l.linear("text_embedding.2", d, d)?),
-            time_embedding: (l.linear("time_embedding.0", config.freq_dim, d)?, l.linear("time_embedding.2", d, d)?),
-            time_projection: l.linear("time_projection.1", d, 6 * d)?,
+            patch_embedding: patch_embedding(&w.pp("patch_embedding"), c, d)?,
+            patch_embedding2: patch_embedding(&w.pp("patch_embedding2"), c, d)?,
+            text_embedding: (linear(&text.pp(0), config.text_dim, d)?, linear(&text.pp(2), d, d)?),
+            time_embedding: (linear(&time.pp(0), config.freq_dim, d)?, linear(&time.pp(2), d, d)?),
+            time_projection: linear(&w.pp("time_projection").pp(1), d, 6 * d)?,
             blocks,
-            head_modulation: l.get("head.modulation", &[1, 2, d])?,
-            head: l.linear("head.head", d, PATCH * PATCH * config.out_dim)?,
+            head_modulation: head.get("modulation", &[1, 2, d])?,
+            head: linear(&head.pp("head"), d, PATCH * PATCH * config.out_dim)?,
             norm_one: ones.map_err(|e| w.error("(norm)", e))?,
             config: config.clone(),
         };

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::lora::Lora;
+
 /// Why a checkpoint could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -220,26 +222,34 @@ impl Checkpoint {
 impl Checkpoint {
     /// A view of the whole checkpoint that records the keys a model reads while it is built.
     pub fn weights(&self) -> Weights<'_> {
-        Weights { checkpoint: self, prefix: String::new(), read: Rc::default() }
+        Weights { checkpoint: self, prefix: String::new(), read: Rc::default(), lora: None }
     }
 }
 
 /// A checkpoint seen under a key prefix (`w.pp("encoder").pp(0)` reads `encoder.0.*`) that records
 /// every key read, so that [`Weights::finish`] names every missing and unexpected key in one error
 /// for models whose key list is easiest to derive by building them. Missing keys load as zeros
-/// until then, so building goes on.
+/// until then, so building goes on. A view may carry a LoRA adapter merged into every tensor it
+/// reads (see [`Weights::with_lora`]).
 #[derive(Clone)]
 pub struct Weights<'a> {
     checkpoint: &'a Checkpoint,
     prefix: String,
     read: Rc<RefCell<BTreeSet<String>>>,
+    lora: Option<&'a Lora<'a>>,
 }
 
-impl Weights<'_> {
+impl<'a> Weights<'a> {
     /// The view one level down, under `prefix.name`.
     pub fn pp(&self, name: impl Display) -> Self {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Weights { checkpoint: self.checkpoint, prefix, read: self.read.clone() }
+        Weights { checkpoint: self.checkpoint, prefix, read: self.read.clone(), lora: self.lora }
+    }
+
+    /// The same view with `lora` (when given) applied to every tensor read through it and the
+    /// views below it, by full key (see [`Lora::apply`]).
+    pub fn with_lora(self, lora: Option<&'a Lora<'a>>) -> Self {
+        Weights { lora, ..self }
     }
 
     fn key(&self, name: &str) -> String {
@@ -256,19 +266,24 @@ impl Weights<'_> {
     }
 
     /// The tensor `name` under this prefix with shape `shape` (zeros, recorded as missing, when
-    /// the checkpoint lacks it).
+    /// the checkpoint lacks it), with the view's LoRA adapter applied if it has one.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
         let key = self.key(name);
         self.read.borrow_mut().insert(key.clone());
-        if !self.checkpoint.keys.contains(&key) && !matches!(self.checkpoint.store, Store::Dry(_)) {
-            let c = self.checkpoint;
-            return Tensor::zeros(shape, c.dtype, &c.device).map_err(|source| WeightsError::Tensor {
+        let c = self.checkpoint;
+        let t = if !c.keys.contains(&key) && !matches!(c.store, Store::Dry(_)) {
+            Tensor::zeros(shape, c.dtype, &c.device).map_err(|source| WeightsError::Tensor {
                 path: c.path.clone(),
-                key,
+                key: key.clone(),
                 source: Box::new(source),
-            });
+            })?
+        } else {
+            c.get(&key, shape)?
+        };
+        match self.lora {
+            Some(lora) => lora.apply(&key, t),
+            None => Ok(t),
         }
-        self.checkpoint.get(&key, shape)
     }
 
     /// A tensor error while preparing `name` under this prefix (e.g. re-laying a weight out).
