@@ -3,12 +3,11 @@
 //! "improved aesthetic predictor" MLP (`sac+logos+ava1-l14-linearMSE.pth`); a clip scores the
 //! mean of its frames' scores.
 
-use std::collections::BTreeSet;
-
 use candle_core::{Module, Tensor, D};
 use candle_nn::Linear;
 
 use crate::clip::{ClipVision, ClipVisionConfig};
+use crate::layers::linear;
 use crate::weights::{Checkpoint, WeightsError};
 
 /// Output widths of the MLP's Linears (Open-Sora's `MLP(input_size)` fixes them).
@@ -34,18 +33,6 @@ impl AestheticConfig {
     pub fn golden() -> AestheticConfig {
         AestheticConfig { clip: ClipVisionConfig::golden() }
     }
-
-    /// Every MLP checkpoint key, with its shape.
-    fn mlp_keys(&self) -> Vec<(String, Vec<usize>)> {
-        let inputs = std::iter::once(self.clip.projection_dim).chain(MLP_WIDTHS);
-        MLP_LAYERS
-            .iter()
-            .zip(MLP_WIDTHS.iter().zip(inputs))
-            .flat_map(|(k, (&out, inp))| {
-                [(format!("layers.{k}.weight"), vec![out, inp]), (format!("layers.{k}.bias"), vec![out])]
-            })
-            .collect()
-    }
 }
 
 /// The LAION aesthetic MLP: five Linears with no activation between them (the Dropouts are
@@ -59,16 +46,14 @@ impl AestheticMlp {
     /// Load the MLP from a checkpoint with the LAION key names (`layers.0.weight` ...); every
     /// missing or unexpected key is named.
     pub fn load(checkpoint: &Checkpoint, config: &AestheticConfig) -> Result<AestheticMlp, WeightsError> {
-        let needed = config.mlp_keys();
-        checkpoint.check(&needed.iter().map(|(k, _)| k.clone()).collect::<BTreeSet<_>>(), &[])?;
-        let layers = needed
-            .chunks_exact(2)
-            .zip(MLP_LAYERS)
-            .map(|(pair, k)| {
-                let (w, b) = (&pair[0], &pair[1]);
-                Ok((k, Linear::new(checkpoint.get(&w.0, &w.1)?, Some(checkpoint.get(&b.0, &b.1)?))))
-            })
+        let w = checkpoint.weights();
+        let inputs = std::iter::once(config.clip.projection_dim).chain(MLP_WIDTHS);
+        let layers = MLP_LAYERS
+            .into_iter()
+            .zip(inputs.zip(MLP_WIDTHS))
+            .map(|(k, (cin, cout))| Ok((k, linear(&w.pp("layers").pp(k), cin, cout)?)))
             .collect::<Result<_, WeightsError>>()?;
+        w.finish(&[])?;
         Ok(AestheticMlp { layers })
     }
 
