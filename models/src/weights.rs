@@ -127,7 +127,18 @@ impl Checkpoint {
                 unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| read(e.to_string()))?,
             )
         } else {
-            let tensors = candle_core::pickle::read_all_with_key(path, None).map_err(|e| read(e.to_string()))?;
+            // candle's pickle reader panics on some malformed files (an index out of bounds in a
+            // tuple): a damaged checkpoint must be an error naming the file, not a crash.
+            let tensors = std::panic::catch_unwind(|| candle_core::pickle::read_all_with_key(path, None))
+                .map_err(|panic| {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    read(format!("not a readable PyTorch checkpoint (the pickle reader failed: {why})"))
+                })?
+                .map_err(|e| read(e.to_string()))?;
             Store::Pth(tensors.into_iter().collect())
         };
         let keys = match &store {
