@@ -94,16 +94,18 @@ pub(super) async fn commit_shard(
     }
 }
 
-/// A shard of the previous version as the new version holds it: only the rows of `kept`
-/// inputs, no error table (failed items are redone). Writes a filtered copy of the table
-/// (under this attempt's name, in `scratch` first) when rows are dropped.
+/// A shard of the previous version as the new version holds it: only the rows of the inputs
+/// `keep` flags (one per entry of `shard.done`), no error table (failed items are redone).
+/// Writes a filtered copy of the table (under this attempt's name, in `scratch` first) when
+/// rows are dropped.
 async fn carry(
     out: &Location,
     shard: &ShardEntry,
-    kept: Vec<Done>,
+    keep: &[bool],
     attempt: &str,
     scratch: &Path,
 ) -> Result<(ShardEntry, Option<String>), PipelineError> {
+    let kept: Vec<Done> = shard.done.iter().zip(keep).filter(|(_, k)| **k).map(|(d, _)| d.clone()).collect();
     let rows: usize = kept.iter().map(|d| d.row_ids().len()).sum();
     let error_file = shard.error_file.as_deref();
     let mut files: Vec<String> = shard.files.iter().filter(|f| Some(f.as_str()) != error_file).cloned().collect();
@@ -156,15 +158,15 @@ pub(super) async fn commit_version(
     }
     let mut shards = Vec::new();
     let mut copies = Vec::new();
-    for (shard, kept) in &planned.carried {
-        let (carried, copy) = carry(out, shard, kept.clone(), attempt, scratch).await?;
+    for (shard, keep) in &planned.carried {
+        let (carried, copy) = carry(out, shard, keep, attempt, scratch).await?;
         shards.push(carried);
         copies.extend(copy);
     }
     shards.extend(entries.into_values());
     let mut index = DatasetIndex::new(job, shards, lineage.pipeline.clone());
     index.derived_from = lineage.derived_from.clone();
-    index.parent = planned.base.as_ref().map(|b| b.version);
+    index.parent = planned.base_version;
     index.version = index.parent.unwrap_or(0) + 1;
     index.plan = planned.plan.clone();
     index.created_at = now();

@@ -12,15 +12,15 @@
 //! `memory_budget`, `queue_depth`, timeouts, balancing), the progress display, the output
 //! location. Files a stage reads besides `uri` and the checkpoints (none today) are not in it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::format::{DatasetIndex, Lineage};
+use crate::format::Lineage;
 use crate::input::InputItem;
 use crate::io::Location;
-use crate::journal::{Done, ShardEntry};
+use crate::journal::ShardEntry;
 use crate::manifest::OnRemoved;
 use crate::version::{self, Changes};
 use crate::PipelineError;
@@ -37,13 +37,14 @@ pub struct WorkItem {
 /// What an incremental run does: the version it builds on, what it computes, what it carries.
 pub struct Planned {
     /// The latest version when the run started.
-    pub base: Option<DatasetIndex>,
+    pub base_version: Option<u64>,
     /// Id of the plan: `v<base version>-<hash of the pipeline and the (id, key) list of the work>`.
     pub plan: String,
     /// New and changed items (and items that failed before), sorted by id.
     pub work: Vec<WorkItem>,
-    /// Per shard of the base version, the finished inputs it still contributes.
-    pub carried: Vec<(ShardEntry, Vec<Done>)>,
+    /// The shards of the base version the new version keeps, each with a flag per entry of its
+    /// `done` list: whether that input is carried over.
+    pub carried: Vec<(ShardEntry, Vec<bool>)>,
     /// The counts printed before the run and recorded in the version.
     pub changes: Changes,
 }
@@ -125,59 +126,50 @@ pub async fn plan(
     let pipeline = pipeline_fingerprint(lineage);
     let keys = content_keys(&inputs, &pipeline).await;
     let base = version::latest(out).await?;
-    // Every finished input of the base version: id -> (shard position, key).
-    let mut held: HashMap<&str, (usize, &str)> = HashMap::new();
-    if let Some(b) = &base {
-        for (s, shard) in b.shards.iter().enumerate() {
-            for d in &shard.done {
-                held.insert(d.id.as_str(), (s, d.key.as_str()));
-            }
-        }
-    }
+    let base_version = base.as_ref().map(|b| b.version);
+    let shards: Vec<ShardEntry> = base.map(|b| b.shards).unwrap_or_default();
+    // Per shard of the base version, which of its finished inputs the new version keeps.
+    let mut keep: Vec<Vec<bool>> = shards.iter().map(|s| vec![false; s.done.len()]).collect();
     let mut changes = Changes::default();
-    let mut kept: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
     let mut work = Vec::new();
-    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for (input, key) in inputs.iter().zip(&keys) {
-        seen.insert(input.id.as_str());
-        match held.get(input.id.as_str()) {
-            Some((s, k)) if *k == key.as_str() && input.error.is_none() => {
-                changes.unchanged += 1;
-                kept.entry(*s).or_default().push(input.id.as_str());
-                continue;
+    {
+        // Every finished input of the base version: id -> (shard, position in its `done`, key,
+        // whether the input still lists it).
+        let mut held: HashMap<&str, (usize, usize, &str, bool)> = HashMap::new();
+        for (s, shard) in shards.iter().enumerate() {
+            for (d, done) in shard.done.iter().enumerate() {
+                held.insert(done.id.as_str(), (s, d, done.key.as_str(), false));
             }
-            Some(_) => changes.changed += 1,
-            None => changes.new += 1,
         }
-        work.push(WorkItem { input: input.clone(), key: key.clone() });
-    }
-    for (id, (s, _)) in &held {
-        if !seen.contains(id) {
-            match on_removed {
-                OnRemoved::Drop => changes.removed += 1,
-                OnRemoved::Keep => {
+        for (input, key) in inputs.into_iter().zip(keys) {
+            match held.get_mut(input.id.as_str()) {
+                Some((s, d, k, seen)) => {
+                    *seen = true;
+                    if *k == key.as_str() && input.error.is_none() {
+                        changes.unchanged += 1;
+                        keep[*s][*d] = true;
+                        continue;
+                    }
+                    changes.changed += 1;
+                }
+                None => changes.new += 1,
+            }
+            work.push(WorkItem { input, key });
+        }
+        for (s, d, _, seen) in held.into_values() {
+            match (seen, on_removed) {
+                (true, _) => {}
+                (false, OnRemoved::Drop) => changes.removed += 1,
+                (false, OnRemoved::Keep) => {
                     changes.kept += 1;
-                    kept.entry(*s).or_default().push(id);
+                    keep[s][d] = true;
                 }
             }
         }
     }
-    let carried = match &base {
-        Some(b) => kept
-            .into_iter()
-            .map(|(s, ids)| {
-                let ids: std::collections::HashSet<&str> = ids.into_iter().collect();
-                let shard = &b.shards[s];
-                (shard.clone(), shard.done.iter().filter(|d| ids.contains(d.id.as_str())).cloned().collect())
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    let carried = shards.into_iter().zip(keep).filter(|(_, k)| k.contains(&true)).collect();
     let mut h = Sha256::new();
-    h.update(format!(
-        "base={:?} pipeline={pipeline} shard_size={shard_size} on_removed={on_removed:?}\n",
-        base.as_ref().map(|b| b.version)
-    ));
+    h.update(format!("base={base_version:?} pipeline={pipeline} shard_size={shard_size} on_removed={on_removed:?}\n"));
     for w in &work {
         h.update(w.input.id.as_bytes());
         h.update([0]);
@@ -186,13 +178,15 @@ pub async fn plan(
     }
     // The base version leads the name: `mugflow vacuum` tells plans that can still be committed
     // (built on the latest version) from abandoned ones.
-    let plan = format!("v{:05}-{}", base.as_ref().map_or(0, |b| b.version), hex::encode(&h.finalize()[..8]));
-    Ok(Planned { base, plan, work, carried, changes })
+    let plan = format!("v{:05}-{}", base_version.unwrap_or(0), hex::encode(&h.finalize()[..8]));
+    Ok(Planned { base_version, plan, work, carried, changes })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
     use crate::Value;
 
     fn item(id: &str, uri: &str, prompt: &str) -> InputItem {

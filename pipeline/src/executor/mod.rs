@@ -113,7 +113,7 @@ where
         errors: 0,
         stages: Vec::new(),
         changes: planned.changes,
-        base_version: planned.base.as_ref().map(|b| b.version),
+        base_version: planned.base_version,
         version: None,
     };
     opts.reporter.start(&RunStart {
@@ -124,7 +124,7 @@ where
         changes: planned.changes,
         base_version: report.base_version,
     });
-    if planned.changes.is_empty() && planned.base.is_some() {
+    if planned.changes.is_empty() && planned.base_version.is_some() {
         // The latest version already is this job's output: nothing is read, nothing is written.
         report.wall_s = started.elapsed().as_secs_f64();
         opts.reporter.finish(&report);
