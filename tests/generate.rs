@@ -299,11 +299,10 @@ fn a_generation_killed_mid_way_resumes_with_every_row_exactly_once() {
     assert_eq!(videos, expected.iter().map(|i| format!("{i}.mp4")).collect::<Vec<_>>());
 }
 
-/// `--gpus 0,0`: two worker processes (sharing GPU 0; on this CPU-only machine they run on the
-/// CPU as the manifest says) split the shards, and together write every row once.
-#[test]
-fn gpus_runs_one_worker_per_listed_gpu_over_disjoint_shards() {
-    let dir = tempfile::tempdir().unwrap();
+/// The output folder and the `generate` arguments of a `--gpus 0,0` job over `rows` catalog rows
+/// (`p0`, `p1`, ...; one per shard), its stages told to run on the CPU (this machine has no GPU),
+/// with `--gpus 0,0` as the last two arguments.
+fn gpus_on_this_cpu(dir: &Path, rows: usize) -> (PathBuf, Vec<String>) {
     let sets: Vec<String> = [
         "job.shard_size=1",
         "stage.i2v_generate.device=cpu",
@@ -313,11 +312,20 @@ fn gpus_runs_one_worker_per_listed_gpu_over_disjoint_shards() {
     ]
     .map(String::from)
     .to_vec();
-    let rows: String = (0..4).map(|i| format!("p{i},images/coffee.png,Product {i},,,\n")).collect();
-    let cat = catalog(dir.path(), &rows);
-    let out = dir.path().join("out");
+    let rows: String = (0..rows).map(|i| format!("p{i},images/coffee.png,Product {i},,,\n")).collect();
+    let cat = catalog(dir, &rows);
+    let out = dir.join("out");
     let mut args = generate_args(&cat, &out, &sets);
     args.extend(["--gpus".into(), "0,0".into()]);
+    (out, args)
+}
+
+/// `--gpus 0,0`: two worker processes (sharing GPU 0; on this CPU-only machine they run on the
+/// CPU as the manifest says) split the shards, and together write every row once.
+#[test]
+fn gpus_runs_one_worker_per_listed_gpu_over_disjoint_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, args) = gpus_on_this_cpu(dir.path(), 4);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
@@ -375,21 +383,7 @@ fn the_readme_demo_runs_on_a_fresh_checkout_twice() {
 #[test]
 fn gpus_forwards_sigterm_to_its_workers() {
     let dir = tempfile::tempdir().unwrap();
-    // On this CPU-only machine the workers run on the CPU, as the manifest is told.
-    let sets: Vec<String> = [
-        "job.shard_size=1",
-        "stage.i2v_generate.device=cpu",
-        "stage.vae_decode.device=cpu",
-        "stage.i2v_generate.dtype=f32",
-        "stage.vae_decode.dtype=f32",
-    ]
-    .map(String::from)
-    .to_vec();
-    let rows: String = (0..40).map(|i| format!("p{i:02},images/coffee.png,Product {i},,,\n")).collect();
-    let cat = catalog(dir.path(), &rows);
-    let out = dir.path().join("out");
-    let mut args = generate_args(&cat, &out, &sets);
-    args.extend(["--gpus".into(), "0,0".into()]);
+    let (out, args) = gpus_on_this_cpu(dir.path(), 40);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut parent = mugflow(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Read the workers' progress lines as they come, or a full pipe would stall them.
@@ -421,8 +415,7 @@ fn gpus_forwards_sigterm_to_its_workers() {
             serde_json::from_slice(&std::fs::read(out.join(format!("report-rank-{rank:05}.json"))).unwrap()).unwrap();
         assert_eq!(report["status"], "interrupted", "worker {rank} stopped on the forwarded signal: {report}");
     }
-    let args: Vec<&str> = args.into_iter().filter(|a| *a != "--gpus" && *a != "0,0").collect();
-    let (code, _, err) = run(&args);
+    let (code, _, err) = run(&args[..args.len() - 2]); // the same job without `--gpus 0,0`
     assert_eq!(code, 0, "{err}");
     assert_eq!(written_ids(&out).len(), 40);
 }

@@ -119,17 +119,13 @@ async fn glob(pattern: &str) -> Result<Vec<String>, PipelineError> {
 /// Relative paths are relative to the list file's directory.
 async fn list_file(list: &str, encoding: crate::manifest::TextEncoding) -> Result<Vec<String>, PipelineError> {
     let (dir, name) = split_parent(list);
-    let bytes = Location::parse(dir)?.read(name).await?;
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    let text = match encoding {
-        crate::manifest::TextEncoding::Latin1 => bytes.iter().map(|&b| char::from(b)).collect(),
-        crate::manifest::TextEncoding::Utf8 => String::from_utf8(bytes.to_vec()).map_err(|e| {
-            PipelineError::Input(format!(
-                "{list} is not UTF-8 text (at byte {}); if it is Latin-1, set `encoding = \"latin-1\"` in job.input",
-                e.utf8_error().valid_up_to()
-            ))
-        })?,
-    };
+    let raw = Location::parse(dir)?.read(name).await?;
+    let text = String::from_utf8(as_utf8(&raw, encoding).into_owned()).map_err(|e| {
+        PipelineError::Input(format!(
+            "{list} is not UTF-8 text (at byte {}); if it is Latin-1, set `encoding = \"latin-1\"` in job.input",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| resolve(dir, l)).collect())
 }
 
@@ -138,6 +134,18 @@ async fn table(path: &str, listing: &InputListing) -> Result<(Vec<InputItem>, Ve
     let (dir, name) = split_parent(path);
     let bytes = Location::parse(dir)?.read(name).await?;
     parse_table(path, bytes, listing)
+}
+
+/// A listing file's bytes with a UTF-8 byte-order mark dropped and, for Latin-1, converted to
+/// UTF-8; UTF-8 bytes come back as they are (their callers check them).
+fn as_utf8(bytes: &[u8], encoding: crate::manifest::TextEncoding) -> std::borrow::Cow<'_, [u8]> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match encoding {
+        crate::manifest::TextEncoding::Utf8 => std::borrow::Cow::Borrowed(bytes),
+        crate::manifest::TextEncoding::Latin1 => {
+            std::borrow::Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect::<String>().into_bytes())
+        }
+    }
 }
 
 /// The UTF-8 text of a CSV listing, and the data rows (0-based, header excluded) that were not
@@ -150,12 +158,10 @@ fn decode_csv(
     bytes: &[u8],
     encoding: crate::manifest::TextEncoding,
 ) -> Result<(Vec<u8>, BTreeMap<usize, String>), PipelineError> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = as_utf8(bytes, encoding);
+    let bytes = bytes.as_ref();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(PipelineError::Input(format!("{path} is empty: a table needs at least a header line")));
-    }
-    if encoding == crate::manifest::TextEncoding::Latin1 {
-        return Ok((bytes.iter().map(|&b| char::from(b)).collect::<String>().into_bytes(), BTreeMap::new()));
     }
     if std::str::from_utf8(bytes).is_ok() {
         return Ok((bytes.to_vec(), BTreeMap::new()));

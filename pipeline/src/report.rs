@@ -145,18 +145,23 @@ impl RunReport {
     /// The summary table printed on stderr at the end of a run.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        if self.stages.is_empty() && self.shards_total == 0 {
-            if let Some(v) = self.base_version.filter(|_| self.version.is_none()) {
-                let _ = write!(out, "nothing to do: version {v} of {} already holds this job's output", self.output);
-                return out;
-            }
-        }
         if self.stages.is_empty() {
-            let mine = self.shards_total - self.shards_other_workers;
-            let _ =
-                write!(out, "nothing to do: all {mine} shard(s) of {} for {} are committed", self.output, self.worker);
-            if let Some(v) = self.version {
-                let _ = write!(out, "\nversion {v} committed ({})", self.changes);
+            match self.base_version {
+                Some(v) if self.shards_total == 0 && self.version.is_none() => {
+                    let _ =
+                        write!(out, "nothing to do: version {v} of {} already holds this job's output", self.output);
+                }
+                _ => {
+                    let mine = self.shards_total - self.shards_other_workers;
+                    let _ = write!(
+                        out,
+                        "nothing to do: all {mine} shard(s) of {} for {} are committed",
+                        self.output, self.worker
+                    );
+                    if let Some(v) = self.version {
+                        let _ = write!(out, "\nversion {v} committed ({})", self.changes);
+                    }
+                }
             }
             return out;
         }
