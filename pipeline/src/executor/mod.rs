@@ -71,9 +71,15 @@ where
     let mut inputs = list_inputs(&job.input).await?;
     plan.check_fields(&inputs.fields, registry)?;
     let roots = crate::confine::Roots::for_job(&job.input, &job.allowed_roots);
+    // Many rows name one file (a product image, a video cut into clips): check each path once.
+    let mut verdicts: HashMap<String, Result<(), String>> = HashMap::new();
     for item in inputs.items.iter_mut().filter(|i| i.error.is_none()) {
-        if let Err(why) = roots.check(item.fields.get("uri").and_then(|v| v.as_str()).unwrap_or_default()) {
-            item.error = Some(why);
+        let uri = item.fields.get("uri").and_then(|v| v.as_str()).unwrap_or_default();
+        if !verdicts.contains_key(uri) {
+            verdicts.insert(uri.to_string(), roots.check(uri));
+        }
+        if let Err(why) = &verdicts[uri] {
+            item.error = Some(why.clone());
         }
     }
     let input_items = inputs.items.len();
