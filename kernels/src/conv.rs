@@ -5,9 +5,6 @@
 //! in the pass that copies the output back. Frames-first activations `(B, T, C, H, W)` (the Wan
 //! VAE's) are convolved as `(B, C, T, H, W)` without a layout change ([`ConvLayout::FramesFirst`]).
 
-use std::cell::RefCell;
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
 
@@ -21,6 +18,7 @@ use candle_core::{bail, CudaDevice, CudaStorage, CustomOp2, DType, Layout, Resul
 use half::bf16;
 
 use crate::cuda::{output, view, Aux, Element, MODULE, PTX};
+use crate::cudnn::{with_cudnn, Cudnn};
 
 /// Workspace offered to the algorithm search: candidates needing more (FFT variants on large
 /// frames) are not timed.
@@ -95,9 +93,9 @@ fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("conv: {what} {v} exceeds cuDNN's 32-bit sizes")))
 }
 
-/// A cuDNN failure with what was being done.
+/// A cuDNN failure of a convolution with what was being done.
 fn cudnn_err(what: &str) -> impl Fn(CudnnError) -> candle_core::Error + '_ {
-    move |e| candle_core::Error::Msg(format!("conv: cuDNN {what}: {e:?}"))
+    crate::cudnn::cudnn_err("conv", what)
 }
 
 /// The memory order of `(N, C, spatial...)` axes in a channels-last layout, outermost first.
@@ -117,7 +115,7 @@ fn strides_in_order(dims: &[usize], order: &[usize]) -> Vec<usize> {
 }
 
 /// The cached descriptors and measured algorithm of one convolution shape.
-struct Plan {
+pub(crate) struct Plan {
     x: TensorDesc,
     w: FilterDesc,
     conv: ConvDesc,
@@ -129,7 +127,7 @@ struct Plan {
 /// What identifies a [`Plan`]: dtype, the dims and strides of input and output as cuDNN sees them
 /// (`(N, C, spatial...)`), filter dims, padding and stride.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
+pub(crate) struct Key {
     dtype: DType,
     x_dims: Vec<usize>,
     x_strides: Vec<usize>,
@@ -176,48 +174,6 @@ descriptor!(
     result::create_convolution_descriptor,
     result::destroy_convolution_descriptor
 );
-
-/// A cuDNN handle bound to one device's stream, with the plans and workspace of that device.
-struct Cudnn {
-    handle: sys::cudnnHandle_t,
-    plans: HashMap<Key, Rc<Plan>>,
-    workspace: Option<CudaSlice<u8>>,
-}
-
-impl Drop for Cudnn {
-    fn drop(&mut self) {
-        // SAFETY: created in `with_cudnn` and destroyed only here.
-        let _ = unsafe { result::destroy_handle(self.handle) };
-    }
-}
-
-thread_local! {
-    /// cuDNN handles are not thread-safe: one per thread and device (keyed by the stream).
-    static CUDNN: RefCell<HashMap<usize, Cudnn>> = RefCell::new(HashMap::new());
-}
-
-/// Runs `f` with this thread's cuDNN state for `dev`'s stream, creating it on first use.
-fn with_cudnn<R>(dev: &CudaDevice, f: impl FnOnce(&mut Cudnn) -> Result<R>) -> Result<R> {
-    let stream = dev.cuda_stream();
-    let key = stream.cu_stream() as usize;
-    CUDNN.with(|map| {
-        let mut map = map.borrow_mut();
-        let state = match map.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                stream.context().bind_to_thread().w()?;
-                let handle = result::create_handle().map_err(cudnn_err("create handle"))?;
-                // Owned from here on: dropped (destroyed) if binding the stream fails.
-                let state = Cudnn { handle, plans: HashMap::new(), workspace: None };
-                // SAFETY: a fresh handle and candle's live stream of this device.
-                unsafe { result::set_stream(state.handle, stream.cu_stream() as sys::cudaStream_t) }
-                    .map_err(cudnn_err("set stream"))?;
-                e.insert(state)
-            }
-        };
-        f(state)
-    })
-}
 
 /// The cuDNN data type of a supported dtype, and the math type its convolutions may use.
 fn types(dtype: DType) -> Result<(sys::cudnnDataType_t, sys::cudnnMathType_t)> {
@@ -479,21 +435,16 @@ impl Conv {
             let (wp, _sw) = w.device_ptr(&stream);
             let (yp, _sy) = y.device_ptr_mut(&stream);
             let ops = Operands { x: xp as *const c_void, w: wp as *const c_void, y: yp as *mut c_void };
-            let plan = match cudnn.plans.get(key) {
+            let plan = match cudnn.conv_plans.get(key) {
                 Some(p) => p.clone(),
                 None => {
                     let p = Rc::new(Plan::find(key, cudnn, dev, &ops)?);
-                    cudnn.plans.insert(key.clone(), p.clone());
+                    cudnn.conv_plans.insert(key.clone(), p.clone());
                     p
                 }
             };
-            if cudnn.workspace.as_ref().is_none_or(|s| s.len() < plan.workspace) {
-                // Release the old workspace before allocating the larger one.
-                cudnn.workspace = None;
-                // SAFETY: scratch memory for cuDNN, which only writes before it reads.
-                cudnn.workspace = Some(unsafe { dev.alloc::<u8>(plan.workspace.max(1))? });
-            }
-            let scratch = cudnn.workspace.as_mut().expect("allocated above");
+            let handle = cudnn.handle;
+            let scratch = cudnn.workspace(dev, plan.workspace)?;
             let bytes = scratch.len();
             let (sp, _ss) = scratch.device_ptr_mut(&stream);
             let (alpha, beta) = (1f32, 0f32);
@@ -502,7 +453,7 @@ impl Conv {
             // the algorithm's bytes; f32 scaling factors for f32 and bf16 data, as cuDNN requires.
             unsafe {
                 result::convolution_forward(
-                    cudnn.handle,
+                    handle,
                     &alpha as *const f32 as *const c_void,
                     plan.x.0,
                     ops.x,

@@ -1,7 +1,7 @@
 //! Launchers for the fused kernels of `kernels.cu` as candle custom ops. Inputs are checked here
 //! (shapes, dtypes, strides, alignment) so a kernel never reads out of bounds.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -20,6 +20,37 @@ const FLASH_BLOCK_ROWS: usize = 128;
 const FLASH_THREADS: u32 = 256;
 
 static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Which implementation [`flash_attention`] runs for self-attention (no key lengths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBackend {
+    /// cuDNN's fused SDPA where it has an engine for the shape, else [`AttentionBackend::Kernel`].
+    Cudnn,
+    /// The FlashAttention-2 kernel of `kernels.cu` (also every call with key lengths).
+    Kernel,
+}
+
+/// 0: not chosen yet (read `MUGFLOW_ATTENTION`), 1: cuDNN, 2: the kernel.
+static ATTENTION: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the attention implementation for this process (the default: `MUGFLOW_ATTENTION=kernel`
+/// picks the kernel, anything else cuDNN), so benchmarks and tests can run both.
+pub fn set_attention_backend(backend: AttentionBackend) {
+    ATTENTION.store(if backend == AttentionBackend::Cudnn { 1 } else { 2 }, Ordering::SeqCst);
+}
+
+fn attention_backend() -> AttentionBackend {
+    match ATTENTION.load(Ordering::SeqCst) {
+        1 => AttentionBackend::Cudnn,
+        2 => AttentionBackend::Kernel,
+        _ => {
+            let kernel = std::env::var("MUGFLOW_ATTENTION").is_ok_and(|v| v == "kernel");
+            let backend = if kernel { AttentionBackend::Kernel } else { AttentionBackend::Cudnn };
+            set_attention_backend(backend);
+            backend
+        }
+    }
+}
 
 /// Test aid: when on, every output buffer is filled with 0xFF bytes (NaN in bf16 and f32) before
 /// the kernel runs, so an element a kernel fails to write shows up as NaN.
@@ -132,14 +163,33 @@ fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usi
 /// `softmax(q k^T * scale) v` per batch and head without the score matrix, in bf16 with f32
 /// accumulation. `q` `[B, Lq, H, D]`, `k`/`v` `[B, Lk, H, D]` in any strides with a contiguous last
 /// axis (e.g. views into a fused qkv projection); `k_lens` limits each batch's keys (cross-attention
-/// over padded text). Returns `[B, Lq, H, D]` contiguous.
+/// over padded text). Returns `[B, Lq, H, D]` contiguous. Self-attention runs cuDNN's fused SDPA
+/// where it takes the shape (see [`set_attention_backend`]), everything else the kernel of
+/// `kernels.cu` (head dims [`FLASH_HEAD_DIMS`]).
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, k_lens: Option<&[u32]>, scale: f32) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec) })
+    let cudnn = k_lens.is_none() && attention_backend() == AttentionBackend::Cudnn;
+    let route = if cudnn { Route::CudnnOrKernel } else { Route::Kernel };
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route })
+}
+
+/// [`flash_attention`] through cuDNN's fused SDPA only (no key lengths): an error when cuDNN has no
+/// engine for the shape, instead of the kernel. For tests and benchmarks of that path.
+pub fn cudnn_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route: Route::Cudnn })
+}
+
+/// Which implementations a [`FlashAttention`] may run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Cudnn,
+    CudnnOrKernel,
+    Kernel,
 }
 
 struct FlashAttention {
     scale: f32,
     k_lens: Option<Vec<u32>>,
+    route: Route,
 }
 
 /// Strides `[batch, head, row]` of a `[B, L, H, D]` layout, each a multiple of 8 elements (16 bytes).
@@ -182,9 +232,6 @@ impl CustomOp3 for FlashAttention {
         if (kb, kh, kd) != (b, h, d) || vl.dims() != kl.dims() {
             bail!("flash_attention: q {:?}, k {:?}, v {:?} do not match", ql.dims(), kl.dims(), vl.dims());
         }
-        if !FLASH_HEAD_DIMS.contains(&d) {
-            bail!("flash_attention: head dim {d} is not one of {FLASH_HEAD_DIMS:?}");
-        }
         if let Some(lens) = &self.k_lens {
             if lens.len() != b {
                 bail!("flash_attention: {} key lengths for a batch of {b}", lens.len());
@@ -197,6 +244,18 @@ impl CustomOp3 for FlashAttention {
         let v = view::<bf16>(vs, vl)?;
         let mut o = output::<bf16>(dev, b * lq * h * d)?;
         let ost = [(lq * h * d) as i64, d as i64, (h * d) as i64];
+        if self.route != Route::Kernel && d % 8 == 0 && d <= 256 {
+            let key = crate::sdpa::Key { dims: (b, h, lq, lk, d), strides: [qst, kst, vst, ost] };
+            if crate::sdpa::forward(dev, &key, (&q, &k, &v), &mut o, self.scale)? {
+                return Ok((CudaStorage::wrap_cuda_slice(o, dev.clone()), Shape::from((b, lq, h, d))));
+            }
+        }
+        if self.route == Route::Cudnn {
+            bail!("cudnn_attention: cuDNN has no fused SDPA engine for q {:?}, k {:?}", ql.dims(), kl.dims());
+        }
+        if !FLASH_HEAD_DIMS.contains(&d) {
+            bail!("flash_attention: head dim {d} is not one of {FLASH_HEAD_DIMS:?} (and cuDNN has no engine for it)");
+        }
         let lens = self.k_lens.as_ref().map(|l| dev.clone_htod(l.as_slice())).transpose()?;
         let null = 0u64;
         let (lq32, lk32) = (lq as i32, lk as i32);
@@ -349,6 +408,101 @@ impl Kernel for GatedResidual {
         // SAFETY: x and y are contiguous [B, L, D], gate and rows were checked against them.
         unsafe { a.launch(cfg) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
+    }
+}
+
+/// T5's RMSNorm over the last axis of contiguous `x`: `round(x * rsqrt(mean(x^2) + eps)) * w`
+/// with `w` `[D]`, statistics in f32; one pass instead of six.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op(RmsNorm { w: w.clone(), eps }))
+}
+
+struct RmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl Kernel for RmsNorm {
+    const NAME: &'static str = "rms_norm";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let d = *xl.dims().last().unwrap_or(&0);
+        if !xl.is_contiguous() || d == 0 || self.w.dims() != [d] || self.w.dtype() != xs.dtype() {
+            bail!("rms_norm: x {:?} must be contiguous and w {:?} [{d}] of its dtype", xl.dims(), self.w.dims());
+        }
+        let rows = xl.shape().elem_count() / d;
+        let dev = xs.device();
+        let w = Aux::new(&self.w, "w")?;
+        let (x, w) = (view::<T>(xs, xl)?, w.view::<T>()?);
+        let mut out = output::<T>(dev, rows * d)?;
+        let d32 = d as i32;
+        let func = dev.get_or_load_custom_func(&format!("rms_norm_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&x);
+        a.arg(&w);
+        a.arg(&mut out);
+        a.arg(&d32);
+        a.arg(&self.eps);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x is contiguous with rows of d elements, w holds d.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
+    }
+}
+
+/// `softmax(scores + pos[h])` over the last axis of contiguous scores `[B, H, Lq, Lk]`, with the
+/// per-head position bias `pos` `[H, Lq, Lk]` (scores' dtype) and `keep` `[B, Lk]` (f32, 0 for a
+/// masked key, which gets probability 0); the sum rounded to the dtype before an f32 softmax, as
+/// T5 computes it, in one pass instead of a broadcast add and a softmax.
+pub fn softmax_bias(scores: &Tensor, pos: &Tensor, keep: &Tensor) -> Result<Tensor> {
+    scores.apply_op1_no_bwd(&Op(SoftmaxBias { pos: pos.clone(), keep: keep.clone() }))
+}
+
+struct SoftmaxBias {
+    pos: Tensor,
+    keep: Tensor,
+}
+
+impl Kernel for SoftmaxBias {
+    const NAME: &'static str = "softmax_bias";
+
+    fn launch<T: Element>(&self, ss: &CudaStorage, sl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (b, h, lq, lk) = sl.shape().dims4()?;
+        if !sl.is_contiguous()
+            || self.pos.dims() != [h, lq, lk]
+            || self.pos.dtype() != ss.dtype()
+            || self.keep.dims() != [b, lk]
+            || self.keep.dtype() != DType::F32
+        {
+            bail!(
+                "softmax_bias: scores {:?} (contiguous), pos {:?} [{h}, {lq}, {lk}] of their dtype, keep {:?} f32 [{b}, {lk}]",
+                sl.dims(),
+                self.pos.dims(),
+                self.keep.dims()
+            );
+        }
+        let dev = ss.device();
+        let (pos, keep) = (Aux::new(&self.pos, "pos")?, Aux::new(&self.keep, "keep")?);
+        let (s, pos, keep) = (view::<T>(ss, sl)?, pos.view::<T>()?, keep.view::<f32>()?);
+        let rows = (b * h * lq) as i64;
+        let mut out = output::<T>(dev, b * h * lq * lk)?;
+        let (h32, lq32, lk32) = (h as i32, lq as i32, lk as i32);
+        let func = dev.get_or_load_custom_func(&format!("softmax_bias_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&s);
+        a.arg(&pos);
+        a.arg(&keep);
+        a.arg(&mut out);
+        a.arg(&rows);
+        a.arg(&h32);
+        a.arg(&lq32);
+        a.arg(&lk32);
+        // 8 warps per block, one row each.
+        let cfg =
+            LaunchConfig { grid_dim: ((rows as u32).div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: scores are contiguous [B, H, Lq, Lk]; pos and keep were checked against them.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), sl.shape().clone()))
     }
 }
 

@@ -8,6 +8,9 @@
 // - ln_modulate_*: LayerNorm without affine over the last axis, then `n * (scale + one) + shift`
 //   with per-token rows of shift/scale tables (adaLN; clean frames pick another row).
 // - gated_residual_*: `x + gate[row] * y`.
+// - rms_norm_*: T5's RMSNorm over the last axis (f32 statistics, rounded, then times the weight).
+// - softmax_bias_*: softmax over keys of scores + a per-head position bias, masked keys excluded
+//   (T5's self-attention).
 // - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention).
 // - group_norm_{stats,finish,apply,apply_cl}_*: GroupNorm over contiguous (B, C, ...) with affine
 //   weight/bias, optional SiLU, output in the input's layout or channels-last.
@@ -330,6 +333,51 @@ DEVICE void gated_residual(const T *x, const T *y, const T *gate, const uint32_t
   }
 }
 
+// One block per row of d elements: out = from(x * rsqrt(mean(x^2) + eps)) * w, the statistics in
+// f32 and the normalised value rounded to T before the weight, as T5's LayerNorm does.
+template <typename T>
+DEVICE void rms_norm(const T *x, const T *w, T *out, int d, float eps) {
+  const T *xr = x + (int64_t)blockIdx.x * d;
+  T *o = out + (int64_t)blockIdx.x * d;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = to_f32(xr[i]);
+    s += v * v;
+  }
+  const float r = rsqrtf(block_sum(s) / d + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = from_f32<T>(to_f32(from_f32<T>(to_f32(xr[i]) * r)) * to_f32(w[i]));
+}
+
+// One warp per row of scores [B, H, Lq, Lk]: p = softmax(round(s + pos[h, q, k])) over the keys
+// with keep[b, k] != 0 (the others get probability 0; a row without any key is all zeros), the
+// sum rounded as the reference rounds scores + bias to T before its f32 softmax.
+template <typename T>
+DEVICE void softmax_bias(const T *s, const T *pos, const float *keep, T *out, int64_t rows, int h, int lq, int lk) {
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const int q = row % lq;
+  const int64_t bh = row / lq;
+  const int head = bh % h, b = bh / h;
+  const T *sr = s + row * lk;
+  const T *pr = pos + ((int64_t)head * lq + q) * lk;
+  const float *kr = keep + (int64_t)b * lk;
+  T *o = out + row * lk;
+  float m = -INFINITY;
+  for (int k = lane; k < lk; k += 32)
+    if (kr[k] != 0.f) m = fmaxf(m, to_f32(from_f32<T>(to_f32(sr[k]) + to_f32(pr[k]))));
+  for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off));
+  float sum = 0.f;
+  for (int k = lane; k < lk; k += 32)
+    if (kr[k] != 0.f) sum += __expf(to_f32(from_f32<T>(to_f32(sr[k]) + to_f32(pr[k]))) - m);
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int k = lane; k < lk; k += 32) {
+    float e = kr[k] != 0.f ? __expf(to_f32(from_f32<T>(to_f32(sr[k]) + to_f32(pr[k]))) - m) : 0.f;
+    o[k] = from_f32<T>(e * inv);
+  }
+}
+
 // One warp per (b, l, h) head vector of hd <= 128 elements read through strides (sb, sl, sh):
 // out[b, l, h] = rope(x * rsqrt(mean(x^2) + eps) * w) with interleaved pairs and cos/sin [L, hd/2]
 // (f32; null: no rotation). Output contiguous [B, L, H, hd].
@@ -537,6 +585,13 @@ DEVICE void cl_transpose(const T *src, T *dst, const T *bias, const T *res, int 
   extern "C" __global__ void gated_residual_##NAME(const T *x, const T *y, const T *gate, const uint32_t *rows,  \
                                                    int r, T *out, int64_t n, int l, int d, int64_t tb) {        \
     gated_residual<T>(x, y, gate, rows, r, out, n, l, d, tb);                                                   \
+  }                                                                                                             \
+  extern "C" __global__ void rms_norm_##NAME(const T *x, const T *w, T *out, int d, float eps) {              \
+    rms_norm<T>(x, w, out, d, eps);                                                                             \
+  }                                                                                                             \
+  extern "C" __global__ void softmax_bias_##NAME(const T *s, const T *pos, const float *keep, T *out,           \
+                                                 int64_t rows, int h, int lq, int lk) {                        \
+    softmax_bias<T>(s, pos, keep, out, rows, h, lq, lk);                                                        \
   }                                                                                                             \
   extern "C" __global__ void rms_norm_rope_##NAME(const T *x, const T *w, const float *cos, const float *sin,    \
                                                   T *out, int64_t vectors, int l, int h, int hd, int64_t sb,    \

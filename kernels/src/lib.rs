@@ -1,5 +1,6 @@
-//! Fused CUDA kernels: flash attention (bf16 tensor cores, head dims of [`FLASH_HEAD_DIMS`]),
-//! LayerNorm + adaLN modulation, per-head RMSNorm + RoPE and the gated residual of the DiTs, the
+//! Fused CUDA kernels: attention (cuDNN's fused SDPA, or our flash kernel on bf16 tensor cores for
+//! head dims of [`FLASH_HEAD_DIMS`] and cross-attention with key lengths),
+//! linear layers with the bias and GELU in cuBLASLt's epilogue, LayerNorm + adaLN modulation, per-head RMSNorm + RoPE and the gated residual of the DiTs, the
 //! VAEs' GroupNorm and channel norm (with SiLU), as candle ops; the VAEs' 2-D and 3-D convolutions
 //! through cuDNN (measured algorithms, tensor-op math, channels-last, fused bias and residual).
 //! Built only with the `cuda` feature; models fall back to plain candle ops elsewhere. Correctness
@@ -10,9 +11,18 @@ mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cuda")]
+mod cudnn;
+#[cfg(feature = "cuda")]
+mod linear;
+#[cfg(feature = "cuda")]
+mod sdpa;
+#[cfg(feature = "cuda")]
 pub use conv::{conv, ConvLayout};
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    channel_norm, flash_attention, gated_residual, group_norm, group_norm_channels_last, ln_modulate, rms_norm_rope,
-    set_poison_outputs, FLASH_HEAD_DIMS,
+    channel_norm, cudnn_attention, flash_attention, gated_residual, group_norm, group_norm_channels_last, ln_modulate,
+    rms_norm, rms_norm_rope, set_attention_backend, set_poison_outputs, softmax_bias, AttentionBackend,
+    FLASH_HEAD_DIMS,
 };
+#[cfg(feature = "cuda")]
+pub use linear::linear;

@@ -67,10 +67,14 @@ fn flash_attention_matches_f32_reference() {
         let qkv = randn(&mut rng, &[b, l, 3, h, hd], DType::BF16, &dev);
         let (q, k, v) = (qkv.i((.., .., 0)).unwrap(), qkv.i((.., .., 1)).unwrap(), qkv.i((.., .., 2)).unwrap());
         let scale = 1.0 / (hd as f64).sqrt();
-        let ours = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
+        kernels::set_attention_backend(kernels::AttentionBackend::Kernel);
+        let kernel = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
+        kernels::set_attention_backend(kernels::AttentionBackend::Cudnn);
+        let cudnn = kernels::cudnn_attention(&q, &k, &v, scale as f32).unwrap();
         for i in 0..b {
             let r = attention_ref(&q.get(i).unwrap(), &k.get(i).unwrap(), &v.get(i).unwrap(), scale);
-            check(&format!("self-attention hd {hd} batch {i}"), &ours.get(i).unwrap(), &r, BF16_TOL);
+            check(&format!("self-attention hd {hd} batch {i}, kernel"), &kernel.get(i).unwrap(), &r, BF16_TOL);
+            check(&format!("self-attention hd {hd} batch {i}, cuDNN"), &cudnn.get(i).unwrap(), &r, BF16_TOL);
         }
         // Cross-attention: 150 queries, padded keys with a length per batch element.
         let (lq, lk) = (150, 77);
@@ -98,9 +102,13 @@ fn flash_attention_long_sequence() {
     let k = randn(&mut rng, &[1, l, h, hd], DType::BF16, &dev);
     let v = randn(&mut rng, &[1, l, h, hd], DType::BF16, &dev);
     let scale = 1.0 / (hd as f64).sqrt();
-    let ours = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
+    kernels::set_attention_backend(kernels::AttentionBackend::Kernel);
+    let kernel = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
+    kernels::set_attention_backend(kernels::AttentionBackend::Cudnn);
+    let cudnn = kernels::cudnn_attention(&q, &k, &v, scale as f32).unwrap();
     let r = attention_ref(&q.get(0).unwrap(), &k.get(0).unwrap(), &v.get(0).unwrap(), scale);
-    check("attention 4133 tokens hd 72", &ours.get(0).unwrap(), &r, BF16_TOL);
+    check("attention 4133 tokens hd 72, kernel", &kernel.get(0).unwrap(), &r, BF16_TOL);
+    check("attention 4133 tokens hd 72, cuDNN", &cudnn.get(0).unwrap(), &r, BF16_TOL);
 }
 
 /// f32 LayerNorm without affine over the last axis.
@@ -353,5 +361,68 @@ fn conv_matches_f32_reference() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn linear_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("linear");
+    // Rows that are not a multiple of any tile, a batch axis, both epilogues.
+    let (b, l, k, n) = (2, 333, 136, 200);
+    let x = randn(&mut rng, &[b, l, k], DType::BF16, &dev);
+    let w = (randn(&mut rng, &[n, k], DType::BF16, &dev) * 0.1).unwrap();
+    let bias = randn(&mut rng, &[n], DType::BF16, &dev);
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let reference = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap().broadcast_add(&f(&bias)).unwrap();
+    let no_bias = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap();
+    for gelu in [false, true] {
+        let ours = kernels::linear(&x, &w, Some(&bias), gelu).unwrap();
+        let r = if gelu { reference.gelu().unwrap() } else { reference.clone() };
+        check(&format!("linear + bias, gelu {gelu}"), &ours, &r, BF16_TOL);
+        let ours = kernels::linear(&x, &w, None, gelu).unwrap();
+        let r = if gelu { no_bias.gelu().unwrap() } else { no_bias.clone() };
+        check(&format!("linear, gelu {gelu}"), &ours, &r, BF16_TOL);
+    }
+}
+
+#[test]
+fn rms_norm_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("rms_norm");
+    for dtype in [DType::F32, DType::BF16] {
+        // A row length that is not a multiple of the block.
+        let (rows, d) = (37, 1000);
+        let x = randn(&mut rng, &[rows, d], dtype, &dev);
+        let w = randn(&mut rng, &[d], dtype, &dev);
+        let ours = kernels::rms_norm(&x, &w, 1e-6).unwrap();
+        let x32 = x.to_dtype(DType::F32).unwrap();
+        let r = x32.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let r = x32.broadcast_div(&(r + 1e-6).unwrap().sqrt().unwrap()).unwrap();
+        let r = r.broadcast_mul(&w.to_dtype(DType::F32).unwrap()).unwrap();
+        check(&format!("rms_norm {dtype:?}"), &ours, &r, if dtype == DType::F32 { 1e-5 } else { BF16_TOL });
+    }
+}
+
+#[test]
+fn softmax_bias_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("softmax_bias");
+    for dtype in [DType::F32, DType::BF16] {
+        let (b, h, lq, lk) = (2, 3, 37, 45);
+        let s = randn(&mut rng, &[b, h, lq, lk], dtype, &dev);
+        let pos = randn(&mut rng, &[h, lq, lk], dtype, &dev);
+        // Batch 1 keeps only its first 20 keys.
+        let keep: Vec<f32> = (0..b * lk).map(|i| if i / lk == 1 && i % lk >= 20 { 0.0 } else { 1.0 }).collect();
+        let keep = Tensor::from_vec(keep, (b, lk), &dev).unwrap();
+        let ours = kernels::softmax_bias(&s, &pos, &keep).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let masked = ((f(&keep) - 1.0).unwrap() * 1e30).unwrap().reshape((b, 1, 1, lk)).unwrap();
+        let logits = f(&s).broadcast_add(&f(&pos).unsqueeze(0).unwrap()).unwrap().broadcast_add(&masked).unwrap();
+        let e = logits.broadcast_sub(&logits.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+        let r = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        check(&format!("softmax_bias {dtype:?}"), &ours, &r, if dtype == DType::F32 { 1e-5 } else { BF16_TOL });
+        let dropped = ours.i((1, .., .., 20..)).unwrap().to_dtype(DType::F32).unwrap().abs().unwrap();
+        assert_eq!(dropped.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "masked keys get probability 0");
     }
 }

@@ -1,7 +1,8 @@
 //! Layers several models load alike: a linear map or a LayerNorm read from `{weight, bias}` under
 //! a key, so each model file names its keys and not the tensors' shapes again.
 
-use candle_nn::{LayerNorm, Linear};
+use candle_core::Tensor;
+use candle_nn::{LayerNorm, Linear, Module};
 
 use crate::weights::{Weights, WeightsError};
 
@@ -18,4 +19,24 @@ pub(crate) fn linear_no_bias(w: &Weights, cin: usize, cout: usize) -> Result<Lin
 /// A LayerNorm from `weight` and `bias` `[dim]` under `w`.
 pub(crate) fn layer_norm(w: &Weights, dim: usize, eps: f64) -> Result<LayerNorm, WeightsError> {
     Ok(LayerNorm::new(w.get("weight", &[dim])?, w.get("bias", &[dim])?, eps))
+}
+
+/// `l(x)`, then GELU (tanh approximation) with `gelu`. On CUDA in bf16 this is one cuBLASLt
+/// product over all leading axes with the bias and GELU in its epilogue (`MUGFLOW_LINEAR=candle`
+/// keeps candle's batched matmul + bias + GELU, to compare the two).
+pub(crate) fn linear_forward(l: &Linear, x: &Tensor, gelu: bool) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let candle = *CANDLE.get_or_init(|| std::env::var("MUGFLOW_LINEAR").is_ok_and(|v| v == "candle"));
+        if !candle && x.device().is_cuda() && x.dtype() == candle_core::DType::BF16 {
+            return kernels::linear(&x.contiguous()?, l.weight(), l.bias(), gelu);
+        }
+    }
+    let y = l.forward(x)?;
+    if gelu {
+        y.gelu()
+    } else {
+        Ok(y)
+    }
 }

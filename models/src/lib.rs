@@ -12,6 +12,7 @@ mod layers;
 pub mod lora;
 pub mod mugdit;
 pub mod mugvae;
+pub mod profile;
 pub mod random;
 pub mod rflow;
 pub mod t5;

@@ -9,7 +9,8 @@ use candle_nn::Linear;
 use crate::attention::attention;
 #[cfg(feature = "cuda")]
 use crate::attention::attention_tokens;
-use crate::layers::linear;
+use crate::layers::{linear, linear_forward};
+use crate::profile;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of a MUG-DiT.
@@ -204,7 +205,7 @@ impl Block {
 
         // Self-attention.
         let h = layer_norm0(x)?.broadcast_mul(&(m(1)? + 1.0)?)?.broadcast_add(&m(0)?)?;
-        let qkv = self.attn.qkv.forward(&h)?.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = linear_forward(&self.attn.qkv, &h, false)?.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = rms_norm(&qkv.get(0)?, &self.attn.q_norm)?.contiguous()?;
         let k = rms_norm(&qkv.get(1)?, &self.attn.k_norm)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -231,7 +232,7 @@ impl Block {
 
         // MLP.
         let h = layer_norm0(&x)?.broadcast_mul(&(m(4)? + 1.0)?)?.broadcast_add(&m(3)?)?;
-        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu()?)?;
+        let h = self.fc2.forward(&linear_forward(&self.fc1, &h, true)?)?;
         x + m(5)?.mul(&h)?
     }
 }
@@ -246,33 +247,46 @@ impl Block {
         let hd = d / nh;
         let eps = EPS as f32;
         let scale = 1.0 / (hd as f64).sqrt();
+        let dev = x.device();
+        let span = |name, f: &dyn Fn() -> candle_core::Result<Tensor>| profile::span(dev, name, f);
         let sst = self.scale_shift_table.unsqueeze(0)?;
         // [B, 2, 6, D]: row 0 for noisy tokens, row 1 for clean ones.
-        let table = Tensor::stack(&[sst.broadcast_add(&cx.mods.0)?, sst.broadcast_add(&cx.mods.1)?], 1)?;
+        let table = span("modulation tables", &|| {
+            Tensor::stack(&[sst.broadcast_add(&cx.mods.0)?, sst.broadcast_add(&cx.mods.1)?], 1)
+        })?;
         let m = |i| table.narrow(2, i, 1)?.squeeze(2)?.contiguous();
         let rows = Some(&f.rows);
 
-        let h = kernels::ln_modulate(x, &m(0)?, &m(1)?, rows, 1.0, eps)?;
-        let qkv = self.attn.qkv.forward(&h)?.reshape((b, l, 3, nh, hd))?;
+        let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(x, &m(0)?, &m(1)?, rows, 1.0, eps))?;
+        let qkv = span("qkv linear", &|| linear_forward(&self.attn.qkv, &h, false)?.reshape((b, l, 3, nh, hd)))?;
         let rope = Some((&f.cos, &f.sin));
-        let q = kernels::rms_norm_rope(&qkv.i((.., .., 0))?, &self.attn.q_norm, rope, eps)?;
-        let k = kernels::rms_norm_rope(&qkv.i((.., .., 1))?, &self.attn.k_norm, rope, eps)?;
-        let o = attention_tokens(&q, &k, &qkv.i((.., .., 2))?, None, scale)?.reshape((b, l, d))?;
-        let x = kernels::gated_residual(x, &self.attn.proj.forward(&o)?, &m(2)?, rows)?;
+        let q = span("RMSNorm + RoPE", &|| kernels::rms_norm_rope(&qkv.i((.., .., 0))?, &self.attn.q_norm, rope, eps))?;
+        let k = span("RMSNorm + RoPE", &|| kernels::rms_norm_rope(&qkv.i((.., .., 1))?, &self.attn.k_norm, rope, eps))?;
+        let o = span("self-attention", &|| attention_tokens(&q, &k, &qkv.i((.., .., 2))?, None, scale))?;
+        let o = o.reshape((b, l, d))?;
+        let a = span("attention proj linear", &|| linear_forward(&self.attn.proj, &o, false))?;
+        let x = span("gated residual", &|| kernels::gated_residual(x, &a, &m(2)?, rows))?;
 
         let (w, bias) = &self.cross_attn_norm;
-        let h = kernels::ln_modulate(&x, &bias.reshape((1, 1, d))?, &w.reshape((1, 1, d))?, None, 0.0, eps)?;
+        let h = span("LayerNorm (cross)", &|| {
+            kernels::ln_modulate(&x, &bias.reshape((1, 1, d))?, &w.reshape((1, 1, d))?, None, 0.0, eps)
+        })?;
         let ca = &self.cross_attn;
-        let q = kernels::rms_norm_rope(&ca.q_linear.forward(&h)?.reshape((b, l, nh, hd))?, &ca.q_norm, None, eps)?;
+        let q = span("cross q linear", &|| linear_forward(&ca.q_linear, &h, false)?.reshape((b, l, nh, hd)))?;
+        let q = span("RMSNorm (cross)", &|| kernels::rms_norm_rope(&q, &ca.q_norm, None, eps))?;
         let lt = f.text.dim(1)?;
-        let kv = ca.kv_linear.forward(&f.text)?.reshape((b, lt, 2, nh, hd))?;
-        let k = kernels::rms_norm_rope(&kv.i((.., .., 0))?, &ca.k_norm, None, eps)?;
-        let o = attention_tokens(&q, &k, &kv.i((.., .., 1))?, Some(&f.text_lens), scale)?.reshape((b, l, d))?;
-        let x = (&x + ca.proj.forward(&o)?)?;
+        let kv =
+            span("cross kv linear", &|| linear_forward(&ca.kv_linear, &f.text, false)?.reshape((b, lt, 2, nh, hd)))?;
+        let k = span("RMSNorm (cross)", &|| kernels::rms_norm_rope(&kv.i((.., .., 0))?, &ca.k_norm, None, eps))?;
+        let o = span("cross-attention", &|| attention_tokens(&q, &k, &kv.i((.., .., 1))?, Some(&f.text_lens), scale))?;
+        let o = o.reshape((b, l, d))?;
+        let c = span("cross proj linear", &|| linear_forward(&ca.proj, &o, false))?;
+        let x = span("residual add", &|| &x + &c)?;
 
-        let h = kernels::ln_modulate(&x, &m(3)?, &m(4)?, rows, 1.0, eps)?;
-        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu()?)?;
-        kernels::gated_residual(&x, &h, &m(5)?, rows)
+        let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(&x, &m(3)?, &m(4)?, rows, 1.0, eps))?;
+        let h = span("fc1 linear + GELU", &|| linear_forward(&self.fc1, &h, true))?;
+        let h = span("fc2 linear", &|| linear_forward(&self.fc2, &h, false))?;
+        span("gated residual", &|| kernels::gated_residual(&x, &h, &m(5)?, rows))
     }
 }
 
@@ -516,6 +530,9 @@ impl MugDit {
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &cx, nh)?;
             hook(DitPoint::Block(i), &x);
+        }
+        if let Some(report) = profile::take_report("the MUG-DiT blocks") {
+            eprint!("{report}");
         }
 
         // 5. Final layer on the video tokens with the raw (t, t0) embeddings.

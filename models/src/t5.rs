@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::Linear;
 
-use crate::layers::linear_no_bias;
+use crate::layers::{linear_forward, linear_no_bias};
+use crate::profile;
 use crate::weights::{Checkpoint, WeightsError};
 
 /// Sizes of a T5-v1.1 encoder.
@@ -92,8 +93,16 @@ pub struct T5Encoder {
     final_layer_norm: Tensor,
 }
 
-/// `x * rsqrt(mean(x^2) + eps) * w`, the variance in f32 whatever the working dtype.
+/// Attention scores `[B, H, L, L]` to probabilities (see `T5Encoder::attention_softmax`).
+type ScoresToProbs = dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+
+/// `x * rsqrt(mean(x^2) + eps) * w`, the variance in f32 whatever the working dtype (one fused
+/// kernel on CUDA).
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return kernels::rms_norm(&x.contiguous()?, w, eps as f32);
+    }
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
     let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
@@ -170,6 +179,33 @@ impl T5Encoder {
             .unsqueeze(0)
     }
 
+    /// The attention probabilities from raw scores `[B, H, L, L]`: softmax over the keys of scores
+    /// plus the relative position bias, masked keys at probability 0. On CUDA one fused kernel
+    /// (`kernels::softmax_bias`); elsewhere a bias tensor with the most negative float at masked
+    /// keys, added before candle's softmax.
+    fn attention_softmax(
+        &self,
+        mask: &Tensor,
+        len: usize,
+        dtype: DType,
+    ) -> candle_core::Result<impl Fn(&Tensor) -> candle_core::Result<Tensor>> {
+        let b = mask.dim(0)?;
+        let pos = self.position_bias(len, mask.device())?;
+        #[cfg(feature = "cuda")]
+        if mask.device().is_cuda() {
+            let pos = pos.squeeze(0)?.to_dtype(dtype)?.contiguous()?;
+            let keep = mask.to_dtype(DType::F32)?.contiguous()?;
+            let fused: Box<ScoresToProbs> = Box::new(move |scores: &Tensor| kernels::softmax_bias(scores, &pos, &keep));
+            return Ok(fused);
+        }
+        let mask_bias =
+            mask.to_dtype(DType::F32)?.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
+        let bias = pos.to_dtype(DType::F32)?.broadcast_add(&mask_bias)?.to_dtype(dtype)?;
+        let plain: Box<ScoresToProbs> =
+            Box::new(move |scores: &Tensor| candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&bias)?));
+        Ok(plain)
+    }
+
     /// Encode token ids `[B, L]` with attention mask `[B, L]` (1 = token, 0 = padding) into the
     /// last hidden state `[B, L, d_model]`; `hook` sees the residual stream after each block.
     pub fn forward_with(
@@ -183,24 +219,32 @@ impl T5Encoder {
         let dtype = self.shared.dtype();
         let mut x =
             self.shared.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?.reshape((b, len, c.d_model))?;
-        // Masked keys get the most negative float: probability exactly 0 after the softmax.
-        let mask_bias =
-            mask.to_dtype(DType::F32)?.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
-        let bias =
-            self.position_bias(len, ids.device())?.to_dtype(DType::F32)?.broadcast_add(&mask_bias)?.to_dtype(dtype)?;
+        let softmax = self.attention_softmax(mask, len, dtype)?;
         let heads = |t: Tensor| t.reshape((b, len, c.num_heads, c.d_kv))?.transpose(1, 2)?.contiguous();
+        let dev = ids.device();
+        let span = |name, f: &dyn Fn() -> candle_core::Result<Tensor>| profile::span(dev, name, f);
         for (i, blk) in self.blocks.iter().enumerate() {
-            let a = rms_norm(&x, &blk.attn_norm, c.eps)?;
-            let (q, k, v) = (heads(blk.q.forward(&a)?)?, heads(blk.k.forward(&a)?)?, heads(blk.v.forward(&a)?)?);
+            let a = span("RMSNorm", &|| rms_norm(&x, &blk.attn_norm, c.eps))?;
+            let q = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.q, &a, false)?))?;
+            let k = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.k, &a, false)?))?;
+            let v = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.v, &a, false)?))?;
             // T5 does not scale the scores by 1/sqrt(d_kv): its initialisation absorbs it.
-            let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(&bias)?;
-            let p = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, c.num_heads * c.d_kv))?;
-            x = (x + blk.o.forward(&o)?)?;
-            let f = rms_norm(&x, &blk.ff_norm, c.eps)?;
-            let h = (blk.wi_0.forward(&f)?.gelu()? * blk.wi_1.forward(&f)?)?;
-            x = (x + blk.wo.forward(&h)?)?;
+            let scores = span("scores q k^T", &|| q.matmul(&k.t()?.contiguous()?))?;
+            let p = span("softmax(+ position bias)", &|| softmax(&scores))?;
+            let o =
+                span("p v + merge heads", &|| p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, c.num_heads * c.d_kv)))?;
+            let o = span("o linear", &|| linear_forward(&blk.o, &o, false))?;
+            x = span("residual add", &|| &x + &o)?;
+            let f = span("RMSNorm", &|| rms_norm(&x, &blk.ff_norm, c.eps))?;
+            let h = span("wi_0 linear + GELU", &|| linear_forward(&blk.wi_0, &f, true))?;
+            let g = span("wi_1 linear", &|| linear_forward(&blk.wi_1, &f, false))?;
+            let h = span("gate multiply", &|| &h * &g)?;
+            let h = span("wo linear", &|| linear_forward(&blk.wo, &h, false))?;
+            x = span("residual add", &|| &x + &h)?;
             hook(i, &x);
+        }
+        if let Some(report) = profile::take_report("the T5 encoder blocks") {
+            eprint!("{report}");
         }
         rms_norm(&x, &self.final_layer_norm, c.eps)
     }
