@@ -82,11 +82,14 @@ pub struct GpuBenchArgs {
 pub enum BenchError {
     /// A CUDA device was asked of a build without CUDA.
     #[error(
-        "device `{0}`: this build has no CUDA; build with the `cuda` feature (`cargo build --release \
-         --features cuda`, see scripts/build-cuda.sh), or smoke-test on the CPU with `--preset tiny \
-         --device cpu --dtype f32`"
+        "`{0}` needs CUDA, which this build lacks: build with the `cuda` feature (`cargo build \
+         --release --features cuda`, see scripts/build-cuda.sh), or smoke-test on the CPU with \
+         `--preset tiny --device cpu --dtype f32`"
     )]
-    NoCuda(String),
+    NoCuda(
+        /// The argument that asked for it (`--device cuda`).
+        String,
+    ),
     /// An argument has a value the benchmarks do not know.
     #[error("{0}")]
     Usage(String),
@@ -301,7 +304,7 @@ fn device(name: &str) -> Result<Device, BenchError> {
         "cpu" => Ok(Device::Cpu),
         d if d == "cuda" || d.starts_with("cuda:") => {
             if !cfg!(feature = "cuda") {
-                return Err(BenchError::NoCuda(d.into()));
+                return Err(BenchError::NoCuda(format!("--device {d}")));
             }
             let ordinal = d
                 .strip_prefix("cuda:")
@@ -347,6 +350,10 @@ pub fn gpu_bench(a: &GpuBenchArgs) -> Result<(), BenchError> {
         "bf16" => DType::BF16,
         other => return Err(BenchError::Usage(format!("--dtype {other}: use \"bf16\" or \"f32\""))),
     };
+    if a.device == "cpu" && dtype != DType::F32 {
+        // candle's CPU backend has no bf16 matrix products.
+        return Err(BenchError::Usage("--dtype bf16 runs on GPUs only; with --device cpu use --dtype f32".into()));
+    }
     let p = I2vPlacement { device: device(&a.device)?, dtype, t5_device: device(&a.t5_device)? };
     if let Some(what) = &a.bench {
         return bench(a, what, &p);
