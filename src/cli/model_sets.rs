@@ -20,7 +20,7 @@ pub enum ModelsCommand {
         dir: PathBuf,
     },
     /// Write random weights with the real key names: at the released sizes, file layout,
-    /// formats and dtypes (`--preset real`, about 62 GB for all models; the bundled manifests run
+    /// formats and dtypes (`--preset real`, 62.5 GB for all models; the bundled manifests run
     /// against them with MUGFLOW_MODELS=DIR), or at the tiny test sizes. For benchmarks and
     /// end-to-end runs without downloads; the outputs mean nothing.
     InitRandom {
