@@ -266,13 +266,16 @@ fn lora_keys(keys: &[(String, Vec<usize>)], config: &LoraConfig) -> Vec<(String,
         .collect()
 }
 
-/// Every `(key, shape)` `part`'s loader reads at `preset`'s sizes (the dry-load of
-/// [`model_keys`]), in reading order.
+/// Every `(key, shape)` of `part`'s file at `preset`'s sizes: those its loader reads (the
+/// dry-load of [`model_keys`]), in reading order, and those the release holds besides.
 pub fn part_keys(preset: Preset, part: Part) -> Result<Vec<(String, Vec<usize>)>, WeightsError> {
     let aesthetic = preset.aesthetic();
     match part {
         Part::Dit => model_keys(|c| MugDit::load(c, &preset.dit())),
-        Part::Vae => model_keys(|c| MugVae::load(c, &preset.vae())),
+        Part::Vae => {
+            let keys = model_keys(|c| MugVae::load(c, &preset.vae()))?;
+            Ok(keys.into_iter().chain(MugVae::unread_keys(&preset.vae())).collect())
+        }
         Part::T5 => model_keys(|c| T5Encoder::load(c, &preset.t5())),
         Part::Clip => model_keys(|c| ClipVision::load(c, &aesthetic.clip)),
         Part::Aesthetic => model_keys(|c| AestheticMlp::load(c, &aesthetic)),

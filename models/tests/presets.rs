@@ -64,6 +64,10 @@ fn the_real_set_loads_in_every_model_at_the_released_sizes() {
     assert_eq!(dtypes(d, "Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth"), [DType::BF16]);
     assert_eq!(dtypes(d, "t5-v1_1-xxl"), [DType::F32]);
     assert_eq!(dtypes(d, "MUG-V-inference/vae.pt"), [DType::F32]);
+    // The release's key counts (goldens/mugdit and goldens/mugvae READMEs).
+    let keys = |rel: &str| Checkpoint::open(&d.join(rel), DType::F32, &Device::Cpu).unwrap().stored().len();
+    assert_eq!(keys("MUG-V-inference/dit.pt"), 1197);
+    assert_eq!(keys("MUG-V-inference/vae.pt"), 522);
     // T5-XXL's 19 GB in two shards, as the release has them.
     assert!(d.join("t5-v1_1-xxl/model-00002-of-00002.safetensors").is_file());
 }
