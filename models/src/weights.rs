@@ -78,7 +78,7 @@ enum Store {
     Memory(BTreeMap<String, Tensor>),
     /// The stored shapes only: every read is checked against them and answered with zeros (see
     /// [`Checkpoint::open_shapes`]).
-    Shapes(BTreeMap<String, Vec<usize>>),
+    Shapes(BTreeMap<String, (Vec<usize>, DType)>),
     /// No tensors: every read is answered with zeros and recorded (see [`Checkpoint::dry`]).
     Dry(Mutex<Vec<(String, Vec<usize>)>>),
 }
@@ -162,8 +162,7 @@ impl Checkpoint {
     /// data (how a real-size checkpoint is checked against a model in milliseconds).
     pub fn open_shapes(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoint, WeightsError> {
         let file = Checkpoint::open(path, dtype, device)?;
-        let shapes = file.stored().into_iter().map(|(key, (shape, _))| (key, shape)).collect();
-        Ok(Checkpoint { store: Store::Shapes(shapes), ..file })
+        Ok(Checkpoint { store: Store::Shapes(file.stored()), ..file })
     }
 
     /// The stored shape and data type of every tensor, from the file's header (no data read).
@@ -179,7 +178,7 @@ impl Checkpoint {
                 pth.tensor_infos().iter().map(|(k, i)| (k.clone(), (i.layout.dims().to_vec(), i.dtype))).collect()
             }
             Store::Memory(map) => map.iter().map(|(k, t)| (k.clone(), (t.dims().to_vec(), t.dtype()))).collect(),
-            Store::Shapes(map) => map.iter().map(|(k, s)| (k.clone(), (s.clone(), self.dtype))).collect(),
+            Store::Shapes(map) => map.clone(),
             Store::Dry(_) => BTreeMap::new(),
         }
     }
@@ -254,7 +253,7 @@ impl Checkpoint {
             Store::Pth(pth) => pth.get(key).map_err(err)?.ok_or_else(missing)?.to_device(&self.device).map_err(err)?,
             Store::Memory(map) => map.get(key).ok_or_else(missing)?.to_device(&self.device).map_err(err)?,
             Store::Shapes(map) => {
-                let stored = map.get(key).ok_or_else(missing)?;
+                let (stored, _) = map.get(key).ok_or_else(missing)?;
                 Tensor::zeros((), self.dtype, &self.device)
                     .and_then(|z| z.broadcast_as(stored.as_slice()))
                     .map_err(err)?

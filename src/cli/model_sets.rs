@@ -68,7 +68,7 @@ fn write_set(dir: &Path, preset: Preset, parts: &[Part], seed: u64) -> anyhow::R
     let start = Instant::now();
     let mut total = 0u64;
     init_random(dir, preset, parts, Fill::Random { seed }, |path| {
-        let bytes = dir_size(path);
+        let bytes = file_size(path);
         total += bytes;
         println!("wrote {} ({:.2} GB)", path.display(), bytes as f64 / 1e9);
     })?;
@@ -86,6 +86,6 @@ fn write_set(dir: &Path, preset: Preset, parts: &[Part], seed: u64) -> anyhow::R
 }
 
 /// The size of a written file (0 if it cannot be read back).
-fn dir_size(path: &Path) -> u64 {
+fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
