@@ -68,6 +68,10 @@ fn the_real_set_loads_in_every_model_at_the_released_sizes() {
     let keys = |rel: &str| Checkpoint::open(&d.join(rel), DType::F32, &Device::Cpu).unwrap().stored().len();
     assert_eq!(keys("MUG-V-inference/dit.pt"), 1197);
     assert_eq!(keys("MUG-V-inference/vae.pt"), 522);
+    // Data past 4 GB of a zip64 `.pt` reads back (offsets and the zeros' CRC right).
+    let dit = Checkpoint::open(&d.join("MUG-V-inference/dit.pt"), DType::F32, &Device::Cpu).unwrap();
+    let bias = dit.get("blocks.55.mlp.fc2.bias", &[3456]).unwrap();
+    assert_eq!(bias.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     // T5-XXL's 19 GB in two shards, as the release has them.
     assert!(d.join("t5-v1_1-xxl/model-00002-of-00002.safetensors").is_file());
 }
