@@ -4,6 +4,8 @@
 
 pub mod aesthetic;
 pub mod attention;
+pub mod bench;
+pub mod checkpoint_files;
 pub mod clip;
 mod conv;
 pub mod enhancer;
@@ -12,6 +14,7 @@ mod layers;
 pub mod lora;
 pub mod mugdit;
 pub mod mugvae;
+pub mod presets;
 pub mod profile;
 pub mod random;
 pub mod rflow;

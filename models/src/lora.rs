@@ -93,6 +93,11 @@ impl<'a> Lora<'a> {
         let r = self.config.rank;
         let a = self.read(&a_key, &[r, inp])?;
         let b = self.read(&b_key, &[out, r])?;
+        if !self.checkpoint.has_values() {
+            // Shapes only (zeros): the update is zero, and the product would cost seconds per
+            // layer at the real sizes.
+            return Ok(base);
+        }
         let merge = || -> candle_core::Result<candle_core::Tensor> {
             let update = b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)?;
             (base.to_dtype(DType::F32)? + (update * self.config.scale())?)?.to_dtype(base.dtype())

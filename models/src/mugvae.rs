@@ -662,7 +662,29 @@ fn per_frame(
     y.reshape((b, t, c2, h2, w2))?.permute((0, 2, 1, 3, 4))?.contiguous()
 }
 
+/// Channels of the SDXL VAE's KL latent, whose head the released file keeps (MUG-V exchanges the
+/// mid-block features instead).
+const KL_CHANNELS: usize = 4;
+
 impl MugVae {
+    /// The keys (with shapes) the released `vae.pt` holds and [`MugVae::load`] never reads: the
+    /// 2D encoder's KL head (`conv_norm_out`, `conv_out`), the 2D decoder's `conv_in` and the
+    /// training-only `logvar`. `load` accepts them; random checkpoints write them, so that they
+    /// have the release's whole key set.
+    pub fn unread_keys(config: &MugVaeConfig) -> Vec<(String, Vec<usize>)> {
+        let top = config.spatial.block_out_channels.last().copied().unwrap_or(0);
+        let s = "spatial_vae.module";
+        vec![
+            ("logvar".to_string(), vec![]),
+            (format!("{s}.encoder.conv_norm_out.weight"), vec![top]),
+            (format!("{s}.encoder.conv_norm_out.bias"), vec![top]),
+            (format!("{s}.encoder.conv_out.weight"), vec![2 * KL_CHANNELS, top, 3, 3]),
+            (format!("{s}.encoder.conv_out.bias"), vec![2 * KL_CHANNELS]),
+            (format!("{s}.decoder.conv_in.weight"), vec![top, KL_CHANNELS, 3, 3]),
+            (format!("{s}.decoder.conv_in.bias"), vec![top]),
+        ]
+    }
+
     /// Load from an official-layout checkpoint (`vae.pt` or a safetensors copy): keys
     /// `spatial_vae.module.*`, `temporal_vae.*`, `shift`, `scale`; every missing or unexpected key
     /// is named. The 2D encoder's head and the 2D decoder's `conv_in`, which MUG-V never runs, and
@@ -683,12 +705,8 @@ impl MugVae {
             scale: w.get("scale", &[1, latent, 1, 1, 1])?,
             config: config.clone(),
         };
-        w.finish(&[
-            "logvar",
-            "spatial_vae.module.encoder.conv_norm_out.",
-            "spatial_vae.module.encoder.conv_out.",
-            "spatial_vae.module.decoder.conv_in.",
-        ])?;
+        let unread = MugVae::unread_keys(config);
+        w.finish(&unread.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())?;
         Ok(vae)
     }
 

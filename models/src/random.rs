@@ -18,41 +18,80 @@ pub fn model_keys<T>(
     Ok(dry.read_keys())
 }
 
-/// Seeded random tensors for `keys`: matrices and kernels `N(0, 1/fan_in)`, vectors (norm
-/// weights and biases) near their neutral values, and the latent `scale`/`shift` buffers 1 and 0
-/// so that normalisation stays finite.
-pub fn random_weights(keys: &[(String, Vec<usize>)], seed: u64) -> candle_core::Result<BTreeMap<String, Tensor>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = BTreeMap::new();
-    for (key, shape) in keys {
-        let n: usize = shape.iter().product();
-        let mut normal = |std: f32, mean: f32| -> Vec<f32> {
-            (0..n).map(|_| mean + std * rng.sample::<f32, _>(StandardNormal)).collect()
-        };
-        let values = if key.ends_with("scale") {
-            vec![1.0; n]
-        } else if key.ends_with("shift") {
-            vec![0.0; n]
-        } else if shape.len() <= 1 {
-            // Norm weights around 1, everything else (biases, embeddings of one vector) near 0.
-            let is_norm = key.ends_with(".weight") && (key.contains("norm") || key.contains("layrnorm"));
-            if is_norm {
-                normal(0.05, 1.0)
-            } else {
-                normal(0.02, 0.0)
-            }
-        } else {
-            let fan_in: usize = shape[1..].iter().product();
-            normal(1.0 / (fan_in.max(1) as f32).sqrt(), 0.0)
-        };
-        out.insert(key.clone(), Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?);
-    }
-    Ok(out)
+/// How one tensor of a random checkpoint is drawn: a constant, or values of mean `mean` and
+/// standard deviation `std`. One rule for every random checkpoint, in memory or on disk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Every value the same.
+    Const(f32),
+    /// Values of this mean and standard deviation.
+    Spread {
+        /// The mean.
+        mean: f32,
+        /// The standard deviation.
+        std: f32,
+    },
 }
 
-/// A checkpoint of random tensors for `keys` in `dtype`, made on `make` with the same scheme as
-/// [`random_weights`] (but that device's generator) and served on `device`: how benchmarks get a
-/// 10B model without a 20 GB file (a GPU makes T5-XXL's 19 GB for the CPU in seconds).
+/// The rule for the tensor `key` of `shape`: matrices and kernels spread `1/sqrt(fan_in)`, norm
+/// weights around 1, other vectors (biases, embeddings of one vector) near 0, and the latent
+/// `scale`/`shift` buffers 1 and 0, so that a forward pass stays finite.
+pub fn init_rule(key: &str, shape: &[usize]) -> Init {
+    if key.ends_with("scale") {
+        Init::Const(1.0)
+    } else if key.ends_with("shift") {
+        Init::Const(0.0)
+    } else if shape.len() <= 1 {
+        let is_norm = key.ends_with(".weight") && (key.contains("norm") || key.contains("layrnorm"));
+        if is_norm {
+            Init::Spread { mean: 1.0, std: 0.05 }
+        } else {
+            Init::Spread { mean: 0.0, std: 0.02 }
+        }
+    } else {
+        let fan_in: usize = shape[1..].iter().product();
+        Init::Spread { mean: 0.0, std: 1.0 / (fan_in.max(1) as f32).sqrt() }
+    }
+}
+
+impl Init {
+    /// Fill `out` with values of this rule, uniform for a spread (bounded, and cheap enough to
+    /// write a 10B model at disk speed), from a generator seeded with `seed`: the same seed gives
+    /// the same values on every machine and with any number of threads.
+    pub fn fill(self, seed: u64, out: &mut [f32]) {
+        match self {
+            Init::Const(v) => out.fill(v),
+            Init::Spread { mean, std } => {
+                // A uniform on [-a, a) has standard deviation a / sqrt(3).
+                let a = std * 3f32.sqrt();
+                let mut state = seed;
+                for pair in out.chunks_mut(2) {
+                    let bits = splitmix64(&mut state);
+                    for (v, half) in pair.iter_mut().zip([bits as u32, (bits >> 32) as u32]) {
+                        // 24 random bits -> [-1, 1).
+                        let u = (half >> 8) as f32 * (2.0 / (1u32 << 24) as f32) - 1.0;
+                        *v = mean + a * u;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The SplitMix64 generator: one step of `state`, a well-mixed 64-bit output. Fast, and good
+/// enough for weights that only have to be random-looking.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A checkpoint of random tensors for `keys` in `dtype`, made on `make` with the rule of
+/// [`init_rule`] (normal values from that device's generator) and served on `device`: how
+/// benchmarks get a 10B model without a 20 GB file (a GPU makes T5-XXL's 19 GB for the CPU in
+/// seconds).
 pub fn random_checkpoint(
     keys: &[(String, Vec<usize>)],
     dtype: DType,
@@ -61,20 +100,9 @@ pub fn random_checkpoint(
 ) -> candle_core::Result<Checkpoint> {
     let mut tensors = BTreeMap::new();
     for (key, shape) in keys {
-        let t = if key.ends_with("scale") {
-            Tensor::ones(shape.as_slice(), DType::F32, make)?
-        } else if key.ends_with("shift") {
-            Tensor::zeros(shape.as_slice(), DType::F32, make)?
-        } else if shape.len() <= 1 {
-            let is_norm = key.ends_with(".weight") && (key.contains("norm") || key.contains("layrnorm"));
-            if is_norm {
-                Tensor::randn(1f32, 0.05, shape.as_slice(), make)?
-            } else {
-                Tensor::randn(0f32, 0.02, shape.as_slice(), make)?
-            }
-        } else {
-            let fan_in: usize = shape[1..].iter().product();
-            Tensor::randn(0f32, 1.0 / (fan_in.max(1) as f32).sqrt(), shape.as_slice(), make)?
+        let t = match init_rule(key, shape) {
+            Init::Const(v) => Tensor::full(v, shape.as_slice(), make)?,
+            Init::Spread { mean, std } => Tensor::randn(mean, std, shape.as_slice(), make)?,
         };
         tensors.insert(key.clone(), t.to_dtype(dtype)?);
     }

@@ -266,7 +266,18 @@ pub struct T5Tokenizer {
 /// Id of `</s>`.
 pub const EOS_ID: u32 = 1;
 
+/// The T5 vocabulary (Google's Apache-2.0 SentencePiece model as a HF tokenizer.json, see
+/// `models/data/PROVENANCE.md`), built in so that benchmarks and random-weight sets need no file.
+pub const T5_VOCABULARY: &[u8] = include_bytes!("../data/t5_tokenizer.json");
+
 impl T5Tokenizer {
+    /// The tokenizer of the built-in T5 vocabulary ([`T5_VOCABULARY`]).
+    pub fn bundled(max_length: usize) -> T5Tokenizer {
+        // The built-in file is the one the T5 parity tests read: it always parses.
+        let tokenizer = tokenizers::Tokenizer::from_bytes(T5_VOCABULARY).expect("the built-in T5 vocabulary parses");
+        T5Tokenizer { tokenizer, max_length }
+    }
+
     /// Load `tokenizer.json`.
     pub fn from_file(path: &Path, max_length: usize) -> Result<T5Tokenizer, WeightsError> {
         let tokenizer = tokenizers::Tokenizer::from_file(path)

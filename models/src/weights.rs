@@ -72,7 +72,13 @@ fn describe_keys(missing: &[String], unexpected: &[String]) -> String {
 /// Where a checkpoint's tensors live.
 enum Store {
     Safetensors(candle_core::safetensors::MmapedSafetensors),
-    Pth(BTreeMap<String, Tensor>),
+    /// A `torch.save` zip, each tensor read from it when asked for.
+    Pth(candle_core::pickle::PthTensors),
+    /// Tensors already in memory.
+    Memory(BTreeMap<String, Tensor>),
+    /// The stored shapes only: every read is checked against them and answered with zeros (see
+    /// [`Checkpoint::open_shapes`]).
+    Shapes(BTreeMap<String, (Vec<usize>, DType)>),
     /// No tensors: every read is answered with zeros and recorded (see [`Checkpoint::dry`]).
     Dry(Mutex<Vec<(String, Vec<usize>)>>),
 }
@@ -128,8 +134,10 @@ impl Checkpoint {
             )
         } else {
             // candle's pickle reader panics on some malformed files (an index out of bounds in a
-            // tuple): a damaged checkpoint must be an error naming the file, not a crash.
-            let tensors = std::panic::catch_unwind(|| candle_core::pickle::read_all_with_key(path, None))
+            // tuple): a damaged checkpoint must be an error naming the file, not a crash. Only
+            // the pickle is read here; each tensor is read when a model asks for it, so a 20 GB
+            // file is never in memory twice.
+            let tensors = std::panic::catch_unwind(|| candle_core::pickle::PthTensors::new(path, None))
                 .map_err(|panic| {
                     let why = panic
                         .downcast_ref::<&str>()
@@ -139,14 +147,40 @@ impl Checkpoint {
                     read(format!("not a readable PyTorch checkpoint (the pickle reader failed: {why})"))
                 })?
                 .map_err(|e| read(e.to_string()))?;
-            Store::Pth(tensors.into_iter().collect())
+            Store::Pth(tensors)
         };
         let keys = match &store {
             Store::Safetensors(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
-            Store::Pth(map) => map.keys().cloned().collect(),
-            Store::Dry(_) => BTreeSet::new(),
+            Store::Pth(pth) => pth.tensor_infos().keys().cloned().collect(),
+            Store::Memory(_) | Store::Shapes(_) | Store::Dry(_) => BTreeSet::new(),
         };
         Ok(Checkpoint { path: path.to_path_buf(), store, keys, dtype, device: device.clone() })
+    }
+
+    /// Open `path` as [`Checkpoint::open`] does, but keep only the stored shapes: a model loads
+    /// from it with every key and shape checked and zeros for values, without reading any tensor
+    /// data (how a real-size checkpoint is checked against a model in milliseconds).
+    pub fn open_shapes(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoint, WeightsError> {
+        let file = Checkpoint::open(path, dtype, device)?;
+        Ok(Checkpoint { store: Store::Shapes(file.stored()), ..file })
+    }
+
+    /// The stored shape and data type of every tensor, from the file's header (no data read).
+    pub fn stored(&self) -> BTreeMap<String, (Vec<usize>, DType)> {
+        match &self.store {
+            Store::Safetensors(st) => st
+                .tensors()
+                .into_iter()
+                // A dtype candle lacks (bool, ints it has no type for) is listed as u8.
+                .map(|(k, v)| (k, (v.shape().to_vec(), DType::try_from(v.dtype()).unwrap_or(DType::U8))))
+                .collect(),
+            Store::Pth(pth) => {
+                pth.tensor_infos().iter().map(|(k, i)| (k.clone(), (i.layout.dims().to_vec(), i.dtype))).collect()
+            }
+            Store::Memory(map) => map.iter().map(|(k, t)| (k.clone(), (t.dims().to_vec(), t.dtype()))).collect(),
+            Store::Shapes(map) => map.clone(),
+            Store::Dry(_) => BTreeMap::new(),
+        }
     }
 
     /// A checkpoint without tensors that accepts every key, answers each read with zeros and
@@ -165,7 +199,7 @@ impl Checkpoint {
     /// A checkpoint made of tensors already in memory (random weights for benchmarks).
     pub fn from_tensors(name: &str, tensors: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Checkpoint {
         let keys = tensors.keys().cloned().collect();
-        Checkpoint { path: PathBuf::from(name), store: Store::Pth(tensors), keys, dtype, device: device.clone() }
+        Checkpoint { path: PathBuf::from(name), store: Store::Memory(tensors), keys, dtype, device: device.clone() }
     }
 
     /// The keys and shapes read from a [`Checkpoint::dry`] checkpoint, in reading order.
@@ -174,6 +208,12 @@ impl Checkpoint {
             Store::Dry(read) => read.lock().map(|r| r.clone()).unwrap_or_default(),
             _ => Vec::new(),
         }
+    }
+
+    /// Whether reads return the stored values (false for [`Checkpoint::open_shapes`] and
+    /// [`Checkpoint::dry`], whose reads are zeros).
+    pub fn has_values(&self) -> bool {
+        !matches!(self.store, Store::Shapes(_) | Store::Dry(_))
     }
 
     /// Every key in the checkpoint.
@@ -200,6 +240,8 @@ impl Checkpoint {
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
         let err =
             |source| WeightsError::Tensor { path: self.path.clone(), key: key.to_string(), source: Box::new(source) };
+        let missing =
+            || WeightsError::Keys { path: self.path.clone(), missing: vec![key.to_string()], unexpected: Vec::new() };
         let t = match &self.store {
             Store::Dry(read) => {
                 // A poisoned lock only means another loader panicked; the list is still usable.
@@ -208,15 +250,14 @@ impl Checkpoint {
                 return Tensor::zeros((), self.dtype, &self.device).and_then(|z| z.broadcast_as(shape)).map_err(err);
             }
             Store::Safetensors(st) => st.load(key, &self.device).map_err(err)?,
-            Store::Pth(map) => map
-                .get(key)
-                .ok_or_else(|| WeightsError::Keys {
-                    path: self.path.clone(),
-                    missing: vec![key.to_string()],
-                    unexpected: Vec::new(),
-                })?
-                .to_device(&self.device)
-                .map_err(err)?,
+            Store::Pth(pth) => pth.get(key).map_err(err)?.ok_or_else(missing)?.to_device(&self.device).map_err(err)?,
+            Store::Memory(map) => map.get(key).ok_or_else(missing)?.to_device(&self.device).map_err(err)?,
+            Store::Shapes(map) => {
+                let (stored, _) = map.get(key).ok_or_else(missing)?;
+                Tensor::zeros((), self.dtype, &self.device)
+                    .and_then(|z| z.broadcast_as(stored.as_slice()))
+                    .map_err(err)?
+            }
         };
         if t.dims() != shape {
             return Err(WeightsError::Shape {

@@ -4,6 +4,7 @@ mod bench;
 mod generate;
 mod gpus;
 mod inspect;
+mod model_sets;
 mod progress;
 mod run;
 mod scenes;
@@ -115,20 +116,7 @@ enum Command {
     },
     /// Model checkpoints.
     #[command(subcommand)]
-    Models(ModelsCommand),
-}
-
-/// Checkpoint helpers.
-#[derive(Subcommand)]
-enum ModelsCommand {
-    /// Write tiny random-weight checkpoints with the real key names (VideoVAE, T5 + tokenizer,
-    /// CLIP, aesthetic head) for the demo and plumbing tests. Their outputs mean nothing: point
-    /// manifests at the real checkpoints (preset = "real") for real data.
-    InitTiny {
-        /// Folder to write them into.
-        #[arg(default_value = "checkpoints/tiny")]
-        dir: PathBuf,
-    },
+    Models(model_sets::ModelsCommand),
 }
 
 /// The benchmarks.
@@ -144,6 +132,12 @@ enum BenchCommand {
         #[arg(long)]
         pyscenedetect: Option<PathBuf>,
     },
+    /// MUG-V on this machine's GPU with random weights (no checkpoint files): end-to-end
+    /// image-to-video generation, or with `--bench` one part (dit, attention, vae-encode,
+    /// vae-decode, wan-vae-encode, wan-vae-decode, t5, enhance) at MUG-V's 720p x 105-frame sizes,
+    /// printing the rows of docs/PERFORMANCE.md. Needs a CUDA build (`--features cuda`); `--preset
+    /// tiny --device cpu --dtype f32` smoke-tests it anywhere.
+    Gpu(models::bench::GpuBenchArgs),
 }
 
 /// Arguments shared by commands that read a manifest.
@@ -205,10 +199,11 @@ pub fn main() -> ExitCode {
         },
         Command::Vacuum { output, keep, older_than, dry_run } => inspect::vacuum(&output, keep, &older_than, dry_run),
         Command::Generate { args, worker, progress } => generate::generate(&args, &worker, progress),
-        Command::Models(ModelsCommand::InitTiny { dir }) => init_tiny(&dir),
+        Command::Models(command) => model_sets::models(command),
         Command::Bench(BenchCommand::Scenes { videos, pyscenedetect }) => {
             bench::scenes(&videos, pyscenedetect.as_deref())
         }
+        Command::Bench(BenchCommand::Gpu(args)) => models::bench::gpu_bench(&args).map_err(Into::into),
         Command::Scenes { video, detector, threshold, min_scene_len, format } => {
             scenes::scenes(&video, detector, threshold, &min_scene_len, format)
         }
@@ -220,15 +215,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
-}
-
-/// `mugflow models init-tiny`.
-fn init_tiny(dir: &std::path::Path) -> anyhow::Result<()> {
-    for path in models::tiny::init_tiny(dir)? {
-        println!("wrote {}", path.display());
-    }
-    println!("tiny random weights, for plumbing only: manifests use them with preset = \"tiny\"");
-    Ok(())
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {

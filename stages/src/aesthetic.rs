@@ -144,7 +144,7 @@ impl StageConfig for AestheticConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
-        let config = self.preset.aesthetic();
+        let config = self.preset.sizes().aesthetic();
         let placement = Placement::new(&self.device, self.dtype)?;
         let scorer = AestheticScorer {
             clip: placement.load(Self::KIND, "clip", &self.clip, |c| ClipVision::load(c, &config.clip))?,

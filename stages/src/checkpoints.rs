@@ -1,19 +1,11 @@
 //! What the model stages share: where a model runs (device, dtype), which size preset a
-//! checkpoint has (the tiny sizes and the tiny checkpoints themselves are `models::tiny`'s),
+//! checkpoint has (the sizes themselves are `models::presets`'),
 //! checkpoint and load errors, and tensor payload conversion.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use models::aesthetic::AestheticConfig;
-use models::lora::LoraConfig;
-use models::mugdit::MugDitConfig;
-use models::mugvae::MugVaeConfig;
-use models::t5::T5Config;
-use models::tiny;
-use models::umt5::Umt5Config;
-use models::wan_dit::WanDitConfig;
-use models::wan_vae::WanVaeConfig;
+use models::presets::Preset;
 use models::weights::{Checkpoint, WeightsError};
 use pipeline::BuildError;
 use schemars::JsonSchema;
@@ -85,8 +77,8 @@ impl Placement {
     pub fn open(&self, stage: &str, key: &str, path: &Path) -> Result<Checkpoint, BuildError> {
         if !path.exists() {
             return Err(BuildError::new(format!(
-                "{stage} `{key}`: {} does not exist (point it at the checkpoint, or write tiny random test \
-                 weights with `mugflow models init-tiny DIR`)",
+                "{stage} `{key}`: {} does not exist (point it at the checkpoint, or write random weights \
+                 with `mugflow models init-random DIR --preset real|tiny`)",
                 path.display()
             ))
             .with_key(key));
@@ -126,67 +118,11 @@ pub enum ModelPreset {
 }
 
 impl ModelPreset {
-    /// The VideoVAE sizes.
-    pub fn vae(self) -> MugVaeConfig {
+    /// The model sizes of this preset.
+    pub fn sizes(self) -> Preset {
         match self {
-            ModelPreset::Real => MugVaeConfig::mugv(),
-            ModelPreset::Tiny => tiny::vae(),
-        }
-    }
-
-    /// The T5 sizes.
-    pub fn t5(self) -> T5Config {
-        match self {
-            ModelPreset::Real => T5Config::xxl(),
-            ModelPreset::Tiny => tiny::t5(),
-        }
-    }
-
-    /// The MUG-DiT sizes.
-    pub fn dit(self) -> MugDitConfig {
-        match self {
-            ModelPreset::Real => MugDitConfig::mugv_10b(),
-            ModelPreset::Tiny => tiny::dit(),
-        }
-    }
-
-    /// The enhancer's Wan2.1 VAE sizes.
-    pub fn wan_vae(self) -> WanVaeConfig {
-        match self {
-            ModelPreset::Real => WanVaeConfig::wan21(),
-            ModelPreset::Tiny => tiny::wan_vae(),
-        }
-    }
-
-    /// The UMT5 sizes.
-    pub fn umt5(self) -> Umt5Config {
-        match self {
-            ModelPreset::Real => Umt5Config::xxl(),
-            ModelPreset::Tiny => tiny::umt5(),
-        }
-    }
-
-    /// The enhancer's Wan DiT sizes.
-    pub fn wan_dit(self) -> WanDitConfig {
-        match self {
-            ModelPreset::Real => WanDitConfig::wan_1_3b(),
-            ModelPreset::Tiny => tiny::wan_dit(),
-        }
-    }
-
-    /// The enhancer's LoRA adapter (rank 256 real; alpha 4, keys `pipe.dit.*`).
-    pub fn enhancer_lora(self) -> LoraConfig {
-        match self {
-            ModelPreset::Real => LoraConfig::mugv_enhancer(),
-            ModelPreset::Tiny => tiny::enhancer_lora(),
-        }
-    }
-
-    /// The CLIP tower and aesthetic head sizes.
-    pub fn aesthetic(self) -> AestheticConfig {
-        match self {
-            ModelPreset::Real => AestheticConfig::vit_l_14(),
-            ModelPreset::Tiny => tiny::aesthetic(),
+            ModelPreset::Real => Preset::Real,
+            ModelPreset::Tiny => Preset::Tiny,
         }
     }
 }

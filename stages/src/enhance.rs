@@ -372,11 +372,11 @@ impl StageConfig for EnhanceConfig {
         }
         let placement = Placement::new(&self.device, self.dtype)?;
         let text_placement = Placement::new(&self.umt5_device, self.umt5_dtype)?;
-        let dit_config = self.preset.wan_dit();
+        let dit_config = self.preset.sizes().wan_dit();
         let lora_config = LoraConfig {
-            rank: self.lora_rank.unwrap_or(self.preset.enhancer_lora().rank),
+            rank: self.lora_rank.unwrap_or(self.preset.sizes().enhancer_lora().rank),
             alpha: self.lora_alpha,
-            ..self.preset.enhancer_lora()
+            ..self.preset.sizes().enhancer_lora()
         };
         let adapter = placement.open(Self::KIND, "lora", &self.lora)?;
         // The merge only complains about adapter keys it cannot place, so a file with none (the
@@ -396,9 +396,9 @@ impl StageConfig for EnhanceConfig {
             Some(Lora::new(&adapter, &lora_config)),
         )
         .map_err(load_error(Self::KIND, "dit` + `lora"))?;
-        let vae = placement.load(Self::KIND, "vae", &self.vae, |c| WanVae::load(c, &self.preset.wan_vae()))?;
-        let umt5 =
-            text_placement.load(Self::KIND, "umt5", &self.umt5, |c| Umt5Encoder::load(c, &self.preset.umt5()))?;
+        let vae = placement.load(Self::KIND, "vae", &self.vae, |c| WanVae::load(c, &self.preset.sizes().wan_vae()))?;
+        let umt5 = text_placement
+            .load(Self::KIND, "umt5", &self.umt5, |c| Umt5Encoder::load(c, &self.preset.sizes().umt5()))?;
         let tokenizer = T5Tokenizer::from_file(&self.tokenizer, dit_config.text_len)
             .map_err(load_error(Self::KIND, "tokenizer"))?;
         let sampler = Enhancer {
@@ -422,7 +422,13 @@ impl StageConfig for EnhanceConfig {
 mod tests {
     use super::*;
 
-    /// A tiny-weights enhance stage reading the checkpoints `init_tiny` wrote into `dir`.
+    /// Write the tiny random checkpoints of `mugflow models init-tiny` into `dir`.
+    fn init_tiny(dir: &std::path::Path) {
+        use models::presets::{init_random, Part, Preset};
+        init_random(dir, Preset::Tiny, &Part::ALL, models::checkpoint_files::Fill::Random { seed: 0 }, |_| {}).unwrap();
+    }
+
+    /// A tiny-weights enhance stage reading the checkpoints [`init_tiny`] wrote into `dir`.
     fn tiny(dir: &std::path::Path, extra: serde_json::Value) -> Arc<dyn Stage> {
         let mut config = serde_json::json!({
             "preset": "tiny",
@@ -473,7 +479,7 @@ mod tests {
     #[test]
     fn enhancing_changes_the_frames_and_repeats_for_a_seed() {
         let dir = tempfile::tempdir().unwrap();
-        models::tiny::init_tiny(dir.path()).unwrap();
+        init_tiny(dir.path());
         let stage = tiny(dir.path(), serde_json::json!({}));
         let input = row(Some(7));
         let before = input.tensors["video"].clone();
@@ -502,7 +508,7 @@ mod tests {
     #[test]
     fn videos_the_enhancer_cannot_take_are_row_errors() {
         let dir = tempfile::tempdir().unwrap();
-        models::tiny::init_tiny(dir.path()).unwrap();
+        init_tiny(dir.path());
         let long = tiny(dir.path(), serde_json::json!({"frames": 13}));
         let e = run(&long, row(Some(1))).unwrap_err().to_string();
         assert!(e.contains("the video has 10 frames; `frames` = 13"), "{e}");
@@ -519,7 +525,7 @@ mod tests {
     #[test]
     fn a_lora_file_without_adapter_tensors_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        models::tiny::init_tiny(dir.path()).unwrap();
+        init_tiny(dir.path());
         let mut config: EnhanceConfig = serde_json::from_value(serde_json::json!({
             "preset": "tiny",
             "dit": dir.path().join("enhancer/dit_i2v.safetensors"),

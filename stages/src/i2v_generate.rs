@@ -202,10 +202,10 @@ impl StageConfig for I2vGenerateConfig {
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
         let t5_placement = Placement::new(&self.t5_device, Precision::F32)?;
-        let t5_config = self.preset.t5();
+        let t5_config = self.preset.sizes().t5();
         let models = I2vModels::new(
-            placement.load(Self::KIND, "dit", &self.dit, |c| MugDit::load(c, &self.preset.dit()))?,
-            placement.load(Self::KIND, "vae", &self.vae, |c| MugVae::load(c, &self.preset.vae()))?,
+            placement.load(Self::KIND, "dit", &self.dit, |c| MugDit::load(c, &self.preset.sizes().dit()))?,
+            placement.load(Self::KIND, "vae", &self.vae, |c| MugVae::load(c, &self.preset.sizes().vae()))?,
             t5_placement.load(Self::KIND, "t5", &self.t5, |c| T5Encoder::load(c, &t5_config))?,
             T5Tokenizer::from_file(&self.tokenizer, t5_config.max_length)
                 .map_err(load_error(Self::KIND, "tokenizer"))?,

@@ -162,7 +162,7 @@ impl StageConfig for T5EncodeConfig {
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let config = self.preset.t5();
+        let config = self.preset.sizes().t5();
         let encoder = placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| T5Encoder::load(c, &config))?;
         let tokenizer =
             T5Tokenizer::from_file(&self.tokenizer, config.max_length).map_err(load_error(Self::KIND, "tokenizer"))?;

@@ -102,8 +102,8 @@ impl StageConfig for VaeDecodeConfig {
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let vae =
-            placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.vae()))?;
+        let vae = placement
+            .load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.sizes().vae()))?;
         Ok(Runnable::Transform(Arc::new(VaeDecode {
             vae: Arc::new(vae),
             device: placement.device,

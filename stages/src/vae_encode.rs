@@ -337,8 +337,8 @@ impl StageConfig for VaeEncodeConfig {
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let placement = Placement::new(&self.device, self.dtype)?;
-        let vae =
-            placement.load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.vae()))?;
+        let vae = placement
+            .load(Self::KIND, "checkpoint", &self.checkpoint, |c| MugVae::load(c, &self.preset.sizes().vae()))?;
         Ok(Runnable::Transform(Arc::new(VaeEncode {
             config: Arc::new(self.clone()),
             vae: Arc::new(vae),
