@@ -43,8 +43,9 @@ trap 'rm -rf "$build"' EXIT
 start=$SECONDS
 
 # --- Sources, from Debian's archive -------------------------------------------------------------
-# A private apt state: deb-src for the sources, deb for libx264-dev (whose libx264.a is PIC).
-apt_dir=$cache/apt-$suite
+# A private apt state in the build tree (deleted with it): deb-src for the sources, deb for
+# libx264-dev (whose libx264.a is PIC).
+apt_dir=$build/apt
 mkdir -p "$apt_dir"/{lists/partial,cache/archives/partial}
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 cat > "$apt_dir/sources.list" <<EOF

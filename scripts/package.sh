@@ -88,7 +88,7 @@ with open(os.path.join(stage, "THIRD-PARTY.md"), "w") as f:
             "of these versions, built by scripts/ffmpeg-static.sh of the mugflow repository:\n\n")
     f.write("".join(f"- {line}\n" for line in native.splitlines()))
     f.write("\nLicences: FFmpeg in LICENSES/ffmpeg (GPL-2.0-or-later as built), x264 in LICENSES/x264\n"
-            "(GPL-2.0-or-later), dav1d in LICENSES/dav1d (BSD-2-Clause).\n\n"
+            "(GPL-2.0-or-later), dav1d in LICENSES/dav1d (BSD-2-Clause), zlib in LICENSES/zlib (Zlib).\n\n"
             f"## Rust crates ({len(crates)}; licence files in LICENSES/rust/<crate>-<version>)\n\n"
             "| crate | version | licence | source |\n|---|---|---|---|\n")
     for p in crates:
