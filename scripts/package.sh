@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the self-contained mugflow archive: one tar.xz that runs on any x86-64 Linux with glibc
-# (a GPU node with only the NVIDIA driver included), FFmpeg linked in statically (the minimal build
-# of scripts/ffmpeg-static.sh: H.264/HEVC/VP8/VP9/AV1/MPEG-4/MPEG-2 decoding, libx264 encoding,
-# MP4/MOV, MKV/WebM, AVI, MPEG-PS/TS), with the licences of everything bundled. Prints the archive's
-# path on the last line.
+# 2.35 or newer (a GPU node with only the NVIDIA driver included), FFmpeg linked in statically (the
+# minimal build of scripts/ffmpeg-static.sh: H.264/HEVC/VP8/VP9/AV1/MPEG-4/MPEG-2 decoding, libx264
+# encoding, MP4/MOV, MKV/WebM, AVI, MPEG-PS/TS), with the licences of everything bundled. Prints
+# the archive's path on the last line.
 #
 #   scripts/package.sh                  # CPU variant, release profile -> out/package/mugflow-<v>-x86_64-linux.tar.xz
 #   scripts/package.sh --cuda           # with --features cuda (CUDA toolchain of scripts/cuda-env.sh);
