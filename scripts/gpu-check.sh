@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (the device tool) with the .cache/gpu folder made by scripts/build-cuda.sh:
 # the kernel correctness tests, the GPU parity tests, the benchmarks and end-to-end generation.
-# Results go to $OUT (or out/gpu). Needs the CUDA runtime libraries (cuBLAS, cuRAND): taken from a
-# CUDA install or from PyTorch's nvidia/* wheels.
+# Results go to $OUT (or out/gpu). Needs the CUDA runtime libraries (cuBLAS, cuRAND, cuDNN): taken
+# from PyTorch's nvidia-* wheels or a CUDA install (cuda-lib-path.sh, beside this script).
 #
 #   PARTS="tests bench generate" bash .cache/gpu/gpu-check.sh     # the default: all three
 #   PARTS=bench BENCH="dit attention" ITERS=2 bash .cache/gpu/gpu-check.sh
@@ -14,8 +14,7 @@ out=${OUT:-out/gpu}
 bin=/tmp/mugflow-gpu
 mkdir -p "$out" "$bin"
 for f in "$here"/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
-libs=$(python3 -c 'import nvidia, os; p = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(r) for r, d, f in os.walk(os.path.join(p, "nvidia")) if r.endswith("/lib")))' 2>/dev/null || true)
-export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}:/usr/local/nvidia/lib64:/usr/local/cuda/lib64
+export LD_LIBRARY_PATH=$(bash "$here/cuda-lib-path.sh")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 status=0
 for part in ${PARTS:-tests bench generate}; do

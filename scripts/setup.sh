@@ -10,7 +10,9 @@ packages=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil
 # MUGFLOW_SETUP_TESTS=0 installs only what building and running need (the quickstart); the
 # tests also need Slurm and munge (a real one-node cluster) and a Python venv.
 tests=${MUGFLOW_SETUP_TESTS:-1}
-if [ "$tests" = 1 ]; then packages+=(slurm-wlm munge ffmpeg); fi
+# CI also packs the self-contained archive, whose static FFmpeg (scripts/ffmpeg-static.sh) is
+# assembled with nasm and dav1d's meson/ninja.
+if [ "$tests" = 1 ]; then packages+=(slurm-wlm munge ffmpeg nasm meson ninja-build); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
