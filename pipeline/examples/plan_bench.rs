@@ -112,7 +112,7 @@ async fn phase(phase: &str, dir: &std::path::Path, rows: usize, changed: usize) 
                 .zip(keys)
                 .map(|(i, key)| Done {
                     id: i.id.clone(),
-                    key: key.clone(),
+                    key: key.to_string(),
                     rows: None,
                     files: vec![format!("videos/a/{}.mp4", i.id)],
                 })

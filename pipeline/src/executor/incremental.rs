@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 use crate::format::Lineage;
 use crate::input::InputItem;
 use crate::io::Location;
-use crate::journal::ShardEntry;
 use crate::manifest::OnRemoved;
 use crate::version::{self, Changes};
 use crate::PipelineError;
@@ -42,11 +41,30 @@ pub struct Planned {
     pub plan: String,
     /// New and changed items (and items that failed before), sorted by id.
     pub work: Vec<WorkItem>,
-    /// The shards of the base version the new version keeps, each with a flag per entry of its
-    /// `done` list: whether that input is carried over.
-    pub carried: Vec<(ShardEntry, Vec<bool>)>,
+    /// The shards of the base version the new version keeps, by position in the base version,
+    /// each with a flag per entry of its `done` list: whether that input is carried over.
+    pub carried: Vec<(usize, Vec<bool>)>,
     /// The counts printed before the run and recorded in the version.
     pub changes: Changes,
+}
+
+/// A content key: the first 16 bytes of the sha256 described in the module docs. Journals and
+/// versions write it as 32 hex digits; planning compares the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentKey(pub [u8; 16]);
+
+impl ContentKey {
+    /// The key written as `text` (32 hex digits), if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut key = [0u8; 16];
+        hex::decode_to_slice(text, &mut key).ok().map(|()| ContentKey(key))
+    }
+}
+
+impl std::fmt::Display for ContentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
 }
 
 /// Hash of how the dataset is made: stage kinds, parameters and checkpoint digests.
@@ -85,7 +103,7 @@ async fn identity(uri: &str) -> String {
 }
 
 /// Content keys of `items` (in order) under the pipeline fingerprint `pipeline`.
-pub async fn content_keys(items: &[InputItem], pipeline: &str) -> Vec<String> {
+pub async fn content_keys(items: &[InputItem], pipeline: &str) -> Vec<ContentKey> {
     // Many rows often share a file (one product image, one video cut into clips): ask once.
     let mut uris: Vec<&str> = items.iter().filter_map(|i| i.fields.get("uri").and_then(|v| v.as_str())).collect();
     uris.sort_unstable();
@@ -103,9 +121,10 @@ pub async fn content_keys(items: &[InputItem], pipeline: &str) -> Vec<String> {
             // Field maps are sorted by name, so the JSON text is canonical.
             h.update(serde_json::to_string(&item.fields).expect("fields serialize").as_bytes());
             h.update([0]);
-            let uri = item.fields.get("uri").and_then(|v| v.as_str()).unwrap_or("");
-            h.update(identities.get(uri).map_or("", String::as_str).as_bytes());
-            hex::encode(&h.finalize()[..16])
+            h.update(identities.get(item.fields.uri()).map_or("", String::as_str).as_bytes());
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&h.finalize()[..16]);
+            ContentKey(key)
         })
         .collect()
 }
@@ -113,6 +132,15 @@ pub async fn content_keys(items: &[InputItem], pipeline: &str) -> Vec<String> {
 /// The base version a plan id names (0: none).
 pub fn plan_base(plan: &str) -> Option<u64> {
     plan.strip_prefix('v')?.split_once('-')?.0.parse().ok()
+}
+
+/// A finished input of the base version, as planning keeps it.
+struct Held {
+    id: Box<str>,
+    shard: u32,
+    position: u32,
+    /// `None` when the version holds no key this run could have made.
+    key: Option<ContentKey>,
 }
 
 /// Plan a run over `inputs` on top of the output's latest version.
@@ -125,49 +153,61 @@ pub async fn plan(
 ) -> Result<Planned, PipelineError> {
     let pipeline = pipeline_fingerprint(lineage);
     let keys = content_keys(&inputs, &pipeline).await;
-    let base = version::latest(out).await?;
-    let base_version = base.as_ref().map(|b| b.version);
-    let shards: Vec<ShardEntry> = base.map(|b| b.shards).unwrap_or_default();
+    let base_version = version::list(out).await?.last().copied();
+    // Every finished input of the base version, sorted by id (for a repeated id, the last one
+    // listed stands), read as a stream: the version's file and index are never held whole.
+    let (mut held, done_lengths) = match base_version {
+        None => (Vec::new(), Vec::new()),
+        Some(v) => {
+            let acc = (Vec::new(), Vec::new());
+            let each = |(held, lengths): &mut (Vec<Held>, Vec<u32>), s: usize, d: usize, done: crate::journal::Done| {
+                if lengths.len() <= s {
+                    lengths.resize(s + 1, 0);
+                }
+                lengths[s] = d as u32 + 1;
+                let key = ContentKey::parse(&done.key);
+                held.push(Held { id: done.id.into_boxed_str(), shard: s as u32, position: d as u32, key });
+            };
+            let (outline, (held, mut lengths)) = version::scan(out, v, acc, each).await?;
+            lengths.resize(outline.shards.len(), 0);
+            (held, lengths)
+        }
+    };
+    held.sort_unstable_by(|a, b| a.id.cmp(&b.id).then((b.shard, b.position).cmp(&(a.shard, a.position))));
+    held.dedup_by(|later, first| later.id == first.id);
     // Per shard of the base version, which of its finished inputs the new version keeps.
-    let mut keep: Vec<Vec<bool>> = shards.iter().map(|s| vec![false; s.done.len()]).collect();
+    let mut keep: Vec<Vec<bool>> = done_lengths.iter().map(|n| vec![false; *n as usize]).collect();
+    // Which held ids the input still lists.
+    let mut seen = vec![false; held.len()];
     let mut changes = Changes::default();
     let mut work = Vec::new();
-    {
-        // Every finished input of the base version: id -> (shard, position in its `done`, key,
-        // whether the input still lists it).
-        let mut held: HashMap<&str, (usize, usize, &str, bool)> = HashMap::new();
-        for (s, shard) in shards.iter().enumerate() {
-            for (d, done) in shard.done.iter().enumerate() {
-                held.insert(done.id.as_str(), (s, d, done.key.as_str(), false));
-            }
-        }
-        for (input, key) in inputs.into_iter().zip(keys) {
-            match held.get_mut(input.id.as_str()) {
-                Some((s, d, k, seen)) => {
-                    *seen = true;
-                    if *k == key.as_str() && input.error.is_none() {
-                        changes.unchanged += 1;
-                        keep[*s][*d] = true;
-                        continue;
-                    }
-                    changes.changed += 1;
+    for (input, key) in inputs.into_iter().zip(keys) {
+        match held.binary_search_by(|h| (*h.id).cmp(input.id.as_str())) {
+            Ok(i) => {
+                seen[i] = true;
+                let h = &held[i];
+                if h.key == Some(key) && input.error.is_none() {
+                    changes.unchanged += 1;
+                    keep[h.shard as usize][h.position as usize] = true;
+                    continue;
                 }
-                None => changes.new += 1,
+                changes.changed += 1;
             }
-            work.push(WorkItem { input, key });
+            Err(_) => changes.new += 1,
         }
-        for (s, d, _, seen) in held.into_values() {
-            match (seen, on_removed) {
-                (true, _) => {}
-                (false, OnRemoved::Drop) => changes.removed += 1,
-                (false, OnRemoved::Keep) => {
-                    changes.kept += 1;
-                    keep[s][d] = true;
-                }
+        work.push(WorkItem { input, key: key.to_string() });
+    }
+    for (h, seen) in held.iter().zip(seen) {
+        match (seen, on_removed) {
+            (true, _) => {}
+            (false, OnRemoved::Drop) => changes.removed += 1,
+            (false, OnRemoved::Keep) => {
+                changes.kept += 1;
+                keep[h.shard as usize][h.position as usize] = true;
             }
         }
     }
-    let carried = shards.into_iter().zip(keep).filter(|(_, k)| k.contains(&true)).collect();
+    let carried = keep.into_iter().enumerate().filter(|(_, k)| k.contains(&true)).collect();
     let mut h = Sha256::new();
     h.update(format!("base={base_version:?} pipeline={pipeline} shard_size={shard_size} on_removed={on_removed:?}\n"));
     for w in &work {
@@ -194,7 +234,7 @@ mod tests {
             ("uri".to_string(), Value::Str(uri.into())),
             ("prompt".to_string(), Value::Str(prompt.into())),
         ]);
-        InputItem { id: id.into(), fields, error: None }
+        InputItem { id: id.into(), fields: fields.into(), error: None }
     }
 
     #[tokio::test]
