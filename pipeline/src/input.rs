@@ -353,7 +353,7 @@ pub fn parse_table(
             _ => raw_path.as_deref().map_or_else(|| format!("{name}:{line}"), derive_id),
         };
         let uri = Value::Str(raw_path.map(|p| resolve(dir, &p)).unwrap_or_default());
-        Ok((id, error, uri))
+        Ok::<_, PipelineError>((id, error, uri))
     })?;
     Ok((items, fields))
 }
@@ -373,32 +373,44 @@ async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineErr
     let mut items = Vec::new();
     let mut fields: Vec<Field> = Vec::new();
     for shard in &index.shards {
-        let table = &shard.table;
-        let df = ParquetReader::new(std::io::Cursor::new(loc.read(table).await?))
-            .finish()
-            .map_err(|e| bad(format!("{table}: {e}")))?;
-        let mut cols = Vec::new();
-        for c in df.columns() {
-            let (ty, values) = column_values(c.as_materialized_series()).map_err(|e| bad(format!("{table}: {e}")))?;
-            let name = c.name().to_string();
+        let tensors = shard.tensor_file.as_ref().map(|t| (DATASET_TENSORS, Value::Str(loc.url_of(t))));
+        let (rows, types) = shard_rows(&shard.table, loc.read(&shard.table).await?, tensors).map_err(bad)?;
+        for (name, ty) in types {
             if name != "id" && !fields.iter().any(|f| f.name == name) {
-                fields.push(Field::new(name.clone(), ty, "field of the input dataset"));
+                fields.push(Field::new(name, ty, "field of the input dataset"));
             }
-            cols.push((name, values));
         }
-        drop(df);
-        let id_col = cols.iter().position(|(c, _)| c == "id");
-        let tensors = shard.tensor_file.as_ref().map(|t| Value::Str(loc.url_of(t)));
-        let extra = tensors.is_some().then_some(DATASET_TENSORS);
-        items.extend(into_rows(cols, extra, |row, values| {
-            match id_col.map(|i| std::mem::replace(&mut values[i], Value::Null)) {
-                Some(Value::Str(id)) => Ok((id, None, tensors.clone().unwrap_or(Value::Null))),
-                _ => Err(bad(format!("{table}: row {row} has no id"))),
-            }
-        })?);
+        items.extend(rows);
     }
     fields.push(Field::new(DATASET_TENSORS, FieldType::Str, "the input dataset's tensors file of this item"));
     Ok((items, fields))
+}
+
+/// The rows of a written shard's metadata table (`table` names it in messages) as items, with
+/// the table's columns and types; `extra`, when given, is one more field every row gets.
+pub(crate) fn shard_rows(
+    table: &str,
+    bytes: bytes::Bytes,
+    extra: Option<(&str, Value)>,
+) -> Result<(Vec<InputItem>, Vec<(String, FieldType)>), String> {
+    let df = ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(|e| format!("{table}: {e}"))?;
+    let mut cols = Vec::new();
+    let mut types = Vec::new();
+    for c in df.columns() {
+        let (ty, values) = column_values(c.as_materialized_series()).map_err(|e| format!("{table}: {e}"))?;
+        types.push((c.name().to_string(), ty));
+        cols.push((c.name().to_string(), values));
+    }
+    drop(df);
+    let id_col = cols.iter().position(|(c, _)| c == "id");
+    let (extra_name, extra_value) = extra.map_or((None, Value::Null), |(n, v)| (Some(n), v));
+    let rows = into_rows(cols, extra_name, |row, values| {
+        match id_col.map(|i| std::mem::replace(&mut values[i], Value::Null)) {
+            Some(Value::Str(id)) => Ok((id, None, extra_value.clone())),
+            _ => Err(format!("{table}: row {row} has no id")),
+        }
+    })?;
+    Ok((rows, types))
 }
 
 /// A text column of a CSV or Parquet table keyed by another column (captions by item id).
@@ -451,11 +463,11 @@ pub async fn read_text_table(
 /// row's values of every column but `id`, plus the field `extra` when given (it replaces a column
 /// of that name), under one list of names all rows share. `row` sees a row's values in column
 /// order and returns the item's id, its error, and the value of `extra`.
-fn into_rows(
+fn into_rows<E>(
     cols: Vec<(String, Vec<Value>)>,
     extra: Option<&str>,
-    mut row: impl FnMut(usize, &mut [Value]) -> Result<(String, Option<String>, Value), PipelineError>,
-) -> Result<Vec<InputItem>, PipelineError> {
+    mut row: impl FnMut(usize, &mut [Value]) -> Result<(String, Option<String>, Value), E>,
+) -> Result<Vec<InputItem>, E> {
     let height = cols.first().map_or(0, |(_, v)| v.len());
     let mut names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).filter(|n| *n != "id").chain(extra).collect();
     names.sort_unstable();

@@ -366,8 +366,13 @@ mod tests {
     async fn a_scan_streams_what_load_reads_whole() {
         let dir = tempfile::tempdir().unwrap();
         let out = Location::parse(dir.path().to_str().unwrap()).unwrap();
-        let done =
-            |id: &str| Done { id: id.into(), key: format!("k-{id}"), rows: None, files: vec![format!("v/{id}")] };
+        let done = |id: &str| Done {
+            id: id.into(),
+            key: format!("k-{id}"),
+            source: None,
+            rows: None,
+            files: vec![format!("v/{id}")],
+        };
         let shard = |k: usize, ids: &[&str]| ShardEntry {
             plan: "p".into(),
             shard: k,

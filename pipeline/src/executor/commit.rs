@@ -60,7 +60,7 @@ pub(super) async fn commit_shard(
             let rows = outcome.rows.get(w.input.id.as_str()).cloned().unwrap_or_default();
             let files = rows.iter().flat_map(|r| row_files.get(r.as_str()).cloned().unwrap_or_default()).collect();
             let rows = (rows.len() != 1 || rows[0] != w.input.id).then_some(rows);
-            Done { id: w.input.id.clone(), key: w.key.clone(), rows, files }
+            Done { id: w.input.id.clone(), key: w.key.clone(), source: Some(w.source.to_string()), rows, files }
         })
         .collect();
     let entry = ShardEntry {

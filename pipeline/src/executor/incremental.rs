@@ -31,6 +31,12 @@ pub struct WorkItem {
     pub input: InputItem,
     /// Its content key.
     pub key: String,
+    /// Its source key (id, fields and bytes; no pipeline).
+    pub source: ContentKey,
+    /// The base version's shard (position) that holds this item's previous outputs, when its
+    /// source key is unchanged: only the pipeline changed, so stages whose outputs the change
+    /// cannot touch may be carried from there (see `executor::reuse`).
+    pub prior: Option<usize>,
 }
 
 /// What an incremental run does: the version it builds on, what it computes, what it carries.
@@ -46,6 +52,8 @@ pub struct Planned {
     pub carried: Vec<(usize, Vec<bool>)>,
     /// The counts printed before the run and recorded in the version.
     pub changes: Changes,
+    /// The base version's pipeline and shards (each with an empty `done` list).
+    pub base: version::Outline,
 }
 
 /// A content key: the first 16 bytes of the sha256 described in the module docs. Journals and
@@ -102,29 +110,33 @@ async fn identity(uri: &str) -> String {
     }
 }
 
-/// Content keys of `items` (in order) under the pipeline fingerprint `pipeline`.
-pub async fn content_keys(items: &[InputItem], pipeline: &str) -> Vec<ContentKey> {
+/// Content keys of `items` (in order) under the pipeline fingerprint `pipeline`, each with the
+/// item's source key: the same hash without the pipeline.
+pub async fn content_keys(items: &[InputItem], pipeline: &str) -> Vec<(ContentKey, ContentKey)> {
     // Many rows often share a file (one product image, one video cut into clips): ask once.
     let mut uris: Vec<&str> = items.iter().filter_map(|i| i.fields.get("uri").and_then(|v| v.as_str())).collect();
     uris.sort_unstable();
     uris.dedup();
     let identities: HashMap<&str, String> =
         futures::stream::iter(uris).map(|u| async move { (u, identity(u).await) }).buffer_unordered(32).collect().await;
+    let finish = |h: Sha256| {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&h.finalize()[..16]);
+        ContentKey(key)
+    };
     items
         .iter()
         .map(|item| {
-            let mut h = Sha256::new();
-            h.update(pipeline.as_bytes());
-            h.update([0]);
-            h.update(item.id.as_bytes());
-            h.update([0]);
             // Field maps are sorted by name, so the JSON text is canonical.
-            h.update(serde_json::to_string(&item.fields).expect("fields serialize").as_bytes());
-            h.update([0]);
-            h.update(identities.get(item.fields.uri()).map_or("", String::as_str).as_bytes());
-            let mut key = [0u8; 16];
-            key.copy_from_slice(&h.finalize()[..16]);
-            ContentKey(key)
+            let fields = serde_json::to_string(&item.fields).expect("fields serialize");
+            let identity = identities.get(item.fields.uri()).map_or("", String::as_str);
+            let text = [item.id.as_str(), "\0", &fields, "\0", identity].concat();
+            let source = Sha256::new_with_prefix(text.as_bytes());
+            // The content key hashes the same text led by the pipeline.
+            let mut key = Sha256::new_with_prefix(pipeline.as_bytes());
+            key.update([0]);
+            key.update(text.as_bytes());
+            (finish(key), finish(source))
         })
         .collect()
 }
@@ -141,6 +153,8 @@ struct Held {
     position: u32,
     /// `None` when the version holds no key this run could have made.
     key: Option<ContentKey>,
+    /// The source key it was made from, if the version records it.
+    source: Option<ContentKey>,
 }
 
 /// Plan a run over `inputs` on top of the output's latest version.
@@ -156,8 +170,8 @@ pub async fn plan(
     let base_version = version::list(out).await?.last().copied();
     // Every finished input of the base version, sorted by id (for a repeated id, the last one
     // listed stands), read as a stream: the version's file and index are never held whole.
-    let (mut held, done_lengths) = match base_version {
-        None => (Vec::new(), Vec::new()),
+    let (mut held, done_lengths, base) = match base_version {
+        None => (Vec::new(), Vec::new(), version::Outline::default()),
         Some(v) => {
             let acc = (Vec::new(), Vec::new());
             let each = |(held, lengths): &mut (Vec<Held>, Vec<u32>), s: usize, d: usize, done: crate::journal::Done| {
@@ -165,12 +179,12 @@ pub async fn plan(
                     lengths.resize(s + 1, 0);
                 }
                 lengths[s] = d as u32 + 1;
-                let key = ContentKey::parse(&done.key);
-                held.push(Held { id: done.id.into_boxed_str(), shard: s as u32, position: d as u32, key });
+                let (key, source) = (ContentKey::parse(&done.key), done.source.as_deref().and_then(ContentKey::parse));
+                held.push(Held { id: done.id.into_boxed_str(), shard: s as u32, position: d as u32, key, source });
             };
             let (outline, (held, mut lengths)) = version::scan(out, v, acc, each).await?;
             lengths.resize(outline.shards.len(), 0);
-            (held, lengths)
+            (held, lengths, outline)
         }
     };
     held.sort_unstable_by(|a, b| a.id.cmp(&b.id).then((b.shard, b.position).cmp(&(a.shard, a.position))));
@@ -181,7 +195,8 @@ pub async fn plan(
     let mut seen = vec![false; held.len()];
     let mut changes = Changes::default();
     let mut work = Vec::new();
-    for (input, key) in inputs.into_iter().zip(keys) {
+    for (input, (key, source)) in inputs.into_iter().zip(keys) {
+        let mut prior = None;
         match held.binary_search_by(|h| (*h.id).cmp(input.id.as_str())) {
             Ok(i) => {
                 seen[i] = true;
@@ -192,10 +207,11 @@ pub async fn plan(
                     continue;
                 }
                 changes.changed += 1;
+                prior = (h.source == Some(source)).then_some(h.shard as usize);
             }
             Err(_) => changes.new += 1,
         }
-        work.push(WorkItem { input, key: key.to_string() });
+        work.push(WorkItem { input, key: key.to_string(), source, prior });
     }
     for (h, seen) in held.iter().zip(seen) {
         match (seen, on_removed) {
@@ -219,7 +235,7 @@ pub async fn plan(
     // The base version leads the name: `mugflow vacuum` tells plans that can still be committed
     // (built on the latest version) from abandoned ones.
     let plan = format!("v{:05}-{}", base_version.unwrap_or(0), hex::encode(&h.finalize()[..8]));
-    Ok(Planned { base_version, plan, work, carried, changes })
+    Ok(Planned { base_version, plan, work, carried, changes, base })
 }
 
 #[cfg(test)]
@@ -246,7 +262,9 @@ mod tests {
         let base = content_keys(&[item("a", uri, "red")], "p").await;
         assert_eq!(base, content_keys(&[item("a", uri, "red")], "p").await, "stable");
         assert_ne!(base, content_keys(&[item("a", uri, "blue")], "p").await, "a field");
-        assert_ne!(base, content_keys(&[item("a", uri, "red")], "q").await, "the pipeline");
+        let other_pipeline = content_keys(&[item("a", uri, "red")], "q").await;
+        assert_ne!(base[0].0, other_pipeline[0].0, "the pipeline changes the content key");
+        assert_eq!(base[0].1, other_pipeline[0].1, "but not the source key");
         assert_ne!(base, content_keys(&[item("b", uri, "red")], "p").await, "the id");
         std::fs::write(&img, b"two!").unwrap();
         assert_ne!(base, content_keys(&[item("a", uri, "red")], "p").await, "the bytes");
