@@ -375,9 +375,9 @@ async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineErr
     for shard in &index.shards {
         let tensors = shard.tensor_file.as_ref().map(|t| (DATASET_TENSORS, Value::Str(loc.url_of(t))));
         let (rows, types) = shard_rows(&shard.table, loc.read(&shard.table).await?, tensors).map_err(bad)?;
-        for (name, ty) in types {
-            if name != "id" && !fields.iter().any(|f| f.name == name) {
-                fields.push(Field::new(name, ty, "field of the input dataset"));
+        for field in types {
+            if !fields.iter().any(|f| f.name == field.name) {
+                fields.push(field);
             }
         }
         items.extend(rows);
@@ -387,18 +387,20 @@ async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineErr
 }
 
 /// The rows of a written shard's metadata table (`table` names it in messages) as items, with
-/// the table's columns and types; `extra`, when given, is one more field every row gets.
+/// the table's fields but `id`; `extra`, when given, is one more field every row gets.
 pub(crate) fn shard_rows(
     table: &str,
     bytes: bytes::Bytes,
     extra: Option<(&str, Value)>,
-) -> Result<(Vec<InputItem>, Vec<(String, FieldType)>), String> {
+) -> Result<(Vec<InputItem>, Vec<Field>), String> {
     let df = ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(|e| format!("{table}: {e}"))?;
     let mut cols = Vec::new();
     let mut types = Vec::new();
     for c in df.columns() {
         let (ty, values) = column_values(c.as_materialized_series()).map_err(|e| format!("{table}: {e}"))?;
-        types.push((c.name().to_string(), ty));
+        if c.name() != "id" {
+            types.push(Field::new(c.name().to_string(), ty, "field of the input dataset"));
+        }
         cols.push((c.name().to_string(), values));
     }
     drop(df);

@@ -10,7 +10,12 @@
 //!
 //! Not in it: job settings that do not change an item's output (`shard_size`, `parallelism`,
 //! `memory_budget`, `queue_depth`, timeouts, balancing), the progress display, the output
-//! location. Files a stage reads besides `uri` and the checkpoints (none today) are not in it.
+//! location. Files a stage reads besides `uri` and the checkpoints (`t5_encode`'s `captions`
+//! table, for one) are not in it.
+//!
+//! Each item also gets a *source key*: the same hash without the pipeline fingerprint. Finished
+//! inputs record it, so a run whose content keys changed only through the pipeline can carry
+//! the outputs of unchanged early stages over (see `executor/reuse.rs`).
 
 use std::collections::HashMap;
 
