@@ -196,7 +196,7 @@ fn reencoding_reuses_text_features_and_records_both_vaes() {
 /// The same manifest run again after a VAE update: a second version of the same output in which
 /// every latent is encoded again and the text features are carried over from the first version,
 /// byte for byte, without running T5 (report.json counts carried and computed items per stage);
-/// the first version stays readable.
+/// the first version stays readable. A new T5 checkpoint then carries nothing.
 #[test]
 fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,7 +205,7 @@ fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
     let out = dir.path().join("mugflow");
     let (code, _, err) = run(&["run", job.to_str().unwrap(), "--progress", "none"]);
     assert_eq!(code, 0, "{err}");
-    let report =
+    let read_report =
         || -> serde_json::Value { serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap() };
     let stage = |report: &serde_json::Value, kind: &str| -> (u64, u64) {
         let s =
@@ -214,7 +214,7 @@ fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
     };
     let rows = common::written_ids(&out).len() as u64;
     assert!(rows >= 2, "{rows}");
-    assert_eq!(stage(&report(), "t5_encode"), (rows, 0), "the first run computes everything");
+    assert_eq!(stage(&read_report(), "t5_encode"), (rows, 0), "the first run computes everything");
     let (text_y, text_mask, latents) = (tensors(&out, "text_y"), tensors(&out, "text_mask"), tensors(&out, "latent"));
     let v1: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("_versions/v00001.json")).unwrap()).unwrap();
@@ -226,7 +226,7 @@ fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report = report();
+    let report = read_report();
     assert_eq!(report["version"], 2);
     assert_eq!((report["changes"]["changed"].as_u64(), report["changes"]["unchanged"].as_u64()), (Some(2), Some(0)));
     assert_eq!(stage(&report, "t5_encode"), (0, rows), "no T5 run: every row's text features are carried");
@@ -245,6 +245,23 @@ fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
             assert!(out.join(f.as_str().unwrap()).is_file(), "{f} of version 1");
         }
     }
+
+    // A new T5 checkpoint (one weight's last byte changed) changes T5 and everything after it:
+    // nothing is carried.
+    let t5 = models.join("t5.safetensors");
+    let mut bytes = std::fs::read(&t5).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&t5, bytes).unwrap();
+    let output = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"])
+        .env("MUGFLOW_VAE", &new_vae)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = read_report();
+    assert_eq!(report["version"], 3);
+    assert_eq!(stage(&report, "t5_encode"), (rows, 0), "T5 changed: its features are computed");
+    assert_eq!(stage(&report, "vae_encode"), (rows, 0), "a stage after a changed one is computed");
+    assert_eq!(tensors(&out, "latent"), new_latents, "the same VAE on the same clips");
 }
 
 /// `vae_encode` with `batch = 4`: same-shape clips go through the VAE together and come out with
