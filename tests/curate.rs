@@ -28,8 +28,8 @@ fn scenes_prints_the_shots_of_one_video() {
     assert!(err.contains("has no unit"), "{err}");
 }
 
-/// The whole curation chain (probe -> scene_split -> clip_filter -> aesthetic -> vae_encode ->
-/// t5_encode -> write) on the real test videos with tiny weights: the kept clips, their scores,
+/// The whole curation chain (probe -> scene_split -> clip_filter -> aesthetic -> t5_encode ->
+/// vae_encode -> write) on the real test videos with tiny weights: the kept clips, their scores,
 /// and latents and text features of the documented shapes under each clip's id.
 #[test]
 fn the_curate_manifest_writes_one_row_per_kept_clip() {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use common::{run, tiny_models};
 
-/// A job over two test videos: shots, clips, latents and text features, written as `format`.
+/// A job over two test videos: shots, clips, text features and latents, written as `format`
+/// (the VAE checkpoint can be swapped with `MUGFLOW_VAE`).
 fn encode_job(dir: &Path, models: &Path, format: &str) -> PathBuf {
     encode_job_with(dir, models, format, format, "")
 }
@@ -38,19 +39,19 @@ min_duration = "1s"
 max_duration = "4s"
 
 [[stage]]
-kind = "vae_encode"
-preset = "tiny"
-checkpoint = "{m}/vae.safetensors"
-size = "64x48"
-fps = 4
-{vae_extra}
-
-[[stage]]
 kind = "t5_encode"
 preset = "tiny"
 checkpoint = "{m}/t5.safetensors"
 tokenizer = "{m}/t5_tokenizer.json"
 captions = "tests/data/captions.csv"
+
+[[stage]]
+kind = "vae_encode"
+preset = "tiny"
+checkpoint = "${{MUGFLOW_VAE:-{m}/vae.safetensors}}"
+size = "64x48"
+fps = 4
+{vae_extra}
 
 [[stage]]
 kind = "write"
@@ -190,6 +191,77 @@ fn reencoding_reuses_text_features_and_records_both_vaes() {
     assert_eq!(old_id["path"], old_vae.display().to_string());
     assert_eq!(old_id["sha256"], sha(&old_vae));
     assert_eq!(index["derived_from"]["dataset"], v1.display().to_string());
+}
+
+/// The same manifest run again after a VAE update: a second version of the same output in which
+/// every latent is encoded again and the text features are carried over from the first version,
+/// byte for byte, without running T5 (report.json counts carried and computed items per stage);
+/// the first version stays readable. A new T5 checkpoint then carries nothing.
+#[test]
+fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_models(dir.path());
+    let job = encode_job(dir.path(), &models, "mugflow");
+    let out = dir.path().join("mugflow");
+    let (code, _, err) = run(&["run", job.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(code, 0, "{err}");
+    let read_report =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap() };
+    let stage = |report: &serde_json::Value, kind: &str| -> (u64, u64) {
+        let s =
+            report["stages"].as_array().unwrap().iter().find(|s| s["stage"].as_str().unwrap().ends_with(kind)).unwrap();
+        (s["computed"].as_u64().unwrap(), s["carried"].as_u64().unwrap())
+    };
+    let rows = common::written_ids(&out).len() as u64;
+    assert!(rows >= 2, "{rows}");
+    assert_eq!(stage(&read_report(), "t5_encode"), (rows, 0), "the first run computes everything");
+    let (text_y, text_mask, latents) = (tensors(&out, "text_y"), tensors(&out, "text_mask"), tensors(&out, "latent"));
+    let v1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_versions/v00001.json")).unwrap()).unwrap();
+
+    // Another VAE with the same architecture: the goldens' tiny weights.
+    let new_vae = common::root().join("models/tests/data/mugvae/weights.safetensors");
+    let output = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"])
+        .env("MUGFLOW_VAE", &new_vae)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = read_report();
+    assert_eq!(report["version"], 2);
+    assert_eq!((report["changes"]["changed"].as_u64(), report["changes"]["unchanged"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(stage(&report, "t5_encode"), (0, rows), "no T5 run: every row's text features are carried");
+    assert_eq!(stage(&report, "vae_encode"), (rows, 0), "every latent is encoded again");
+    assert_eq!(common::written_ids(&out).len() as u64, rows);
+    assert_eq!(tensors(&out, "text_y"), text_y, "text_y is carried byte for byte");
+    assert_eq!(tensors(&out, "text_mask"), text_mask, "text_mask is carried byte for byte");
+    let new_latents = tensors(&out, "latent");
+    assert_eq!(new_latents.keys().collect::<Vec<_>>(), latents.keys().collect::<Vec<_>>());
+    for (id, (_, _, bytes)) in &new_latents {
+        assert_ne!(bytes, &latents[id].2, "{id}: the new VAE gives other latents");
+    }
+    // The first version is still readable: every file it names is there.
+    for shard in v1["shards"].as_array().unwrap() {
+        for f in shard["files"].as_array().unwrap() {
+            assert!(out.join(f.as_str().unwrap()).is_file(), "{f} of version 1");
+        }
+    }
+
+    // A new T5 checkpoint (one weight's last byte changed) changes T5 and everything after it:
+    // nothing is carried.
+    let t5 = models.join("t5.safetensors");
+    let mut bytes = std::fs::read(&t5).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&t5, bytes).unwrap();
+    let output = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"])
+        .env("MUGFLOW_VAE", &new_vae)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = read_report();
+    assert_eq!(report["version"], 3);
+    assert_eq!(stage(&report, "t5_encode"), (rows, 0), "T5 changed: its features are computed");
+    assert_eq!(stage(&report, "vae_encode"), (rows, 0), "a stage after a changed one is computed");
+    assert_eq!(tensors(&out, "latent"), new_latents, "the same VAE on the same clips");
 }
 
 /// `vae_encode` with `batch = 4`: same-shape clips go through the VAE together and come out with

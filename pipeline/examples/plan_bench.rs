@@ -110,9 +110,10 @@ async fn phase(phase: &str, dir: &std::path::Path, rows: usize, changed: usize) 
             done: items
                 .iter()
                 .zip(keys)
-                .map(|(i, key)| Done {
+                .map(|(i, (key, source))| Done {
                     id: i.id.clone(),
-                    key: key.clone(),
+                    key: key.to_string(),
+                    source: Some(source.to_string()),
                     rows: None,
                     files: vec![format!("videos/a/{}.mp4", i.id)],
                 })

@@ -374,6 +374,79 @@ fn cached_digest(p: &Path) -> std::io::Result<String> {
     Ok(digest)
 }
 
+/// Reads single tensors out of committed safetensors files by their byte ranges (a shard's file
+/// may hold gigabytes; one item's tensor is a few megabytes). Each file's header is read once.
+#[derive(Default)]
+pub struct TensorFiles {
+    headers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<TensorHeader>>>,
+}
+
+/// One tensor's entry in a safetensors header.
+#[derive(Debug, Clone, Deserialize)]
+struct TensorEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// A file's tensor directory: where each tensor's bytes start and end.
+struct TensorHeader {
+    data_start: u64,
+    entries: std::collections::HashMap<String, TensorEntry>,
+}
+
+impl TensorFiles {
+    /// The tensor `key` (`<item id>/<name>`) of the safetensors file at `url`, byte for byte.
+    pub async fn read(&self, url: &str, key: &str) -> Result<crate::Tensor, StageError> {
+        let header = self.header(url).await?;
+        let (dir, name) = url.rsplit_once('/').unwrap_or((".", url));
+        let e = header.entries.get(key).ok_or_else(|| StageError::msg(format!("{url} has no tensor `{key}`")))?;
+        let ty = safetensors_dtype(&e.dtype)
+            .ok_or_else(|| StageError::msg(format!("`{key}`: unsupported dtype {}", e.dtype)))?;
+        let [a, b] = e.data_offsets;
+        let bytes =
+            crate::io::Location::parse(dir)?.read_range(name, header.data_start + a..header.data_start + b).await?;
+        crate::Tensor::new(ty, e.shape.clone(), bytes)
+            .ok_or_else(|| StageError::msg(format!("`{key}`: byte length does not match its shape")))
+    }
+
+    async fn header(&self, url: &str) -> Result<std::sync::Arc<TensorHeader>, StageError> {
+        let poisoned = |_| StageError::msg("tensor header cache poisoned");
+        if let Some(h) = self.headers.lock().map_err(poisoned)?.get(url) {
+            return Ok(h.clone());
+        }
+        let (dir, name) = url.rsplit_once('/').unwrap_or((".", url));
+        let loc = crate::io::Location::parse(dir)?;
+        let len = loc.read_range(name, 0..8).await?;
+        let n = u64::from_le_bytes(len[..].try_into().map_err(|_| StageError::msg(format!("{url} is too short")))?);
+        let json = loc.read_range(name, 8..8 + n).await?;
+        let mut entries: std::collections::HashMap<String, serde_json::Value> = serde_json::from_slice(&json)
+            .map_err(|e| StageError::msg(format!("{url}: not a safetensors header: {e}")))?;
+        entries.remove("__metadata__");
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| serde_json::from_value(v).map(|e| (k, e)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StageError::msg(format!("{url}: bad tensor entry: {e}")))?;
+        let header = std::sync::Arc::new(TensorHeader { data_start: 8 + n, entries });
+        self.headers.lock().map_err(poisoned)?.insert(url.to_string(), header.clone());
+        Ok(header)
+    }
+}
+
+/// Our dtype of a safetensors dtype name.
+fn safetensors_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "U8" => DType::U8,
+        "BOOL" => DType::Bool,
+        "I64" => DType::I64,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F32" => DType::F32,
+        _ => return None,
+    })
+}
+
 impl DatasetIndex {
     /// An index over the given committed shards (version fields left for the caller).
     pub fn new(job: &str, shards: Vec<ShardEntry>, pipeline: Vec<serde_json::Value>) -> Self {

@@ -2,8 +2,13 @@
 //!
 //! Every listing yields items with a stable `id` and a `uri`; table listings add their columns.
 //! The listing is sorted by id, so sharding is deterministic for the same inputs.
+//!
+//! Listings of millions of rows are held lean: the rows of one listing share one list of field
+//! names ([`Fields`]), each row holds only its values, and a table's columns are moved into rows
+//! without an intermediate copy (see docs/PERFORMANCE.md, "Planning").
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use polars::prelude::*;
 
@@ -17,10 +22,62 @@ pub struct InputItem {
     /// Stable id (from the id column, or derived from the path).
     pub id: String,
     /// Fields: always `uri`, plus the columns of a table listing.
-    pub fields: BTreeMap<String, Value>,
+    pub fields: Fields,
     /// Why this input cannot be processed (an empty path, a repeated id): it becomes an error
     /// record of the job instead of stopping it.
     pub error: Option<String>,
+}
+
+/// The fields of one listed input: its values, in the order of field names it shares with every
+/// other row of its listing (sorted, so the fields read, serialize and hash as a sorted map would).
+/// A row of a million-row catalog costs its values and two pointers, not a map of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fields {
+    names: Arc<[String]>,
+    values: Box<[Value]>,
+}
+
+impl Fields {
+    /// Fields from `names` (shared by the rows of a listing, sorted and unique) and one value per
+    /// name.
+    fn new(names: Arc<[String]>, values: Vec<Value>) -> Self {
+        debug_assert!(names.windows(2).all(|w| w[0] < w[1]) && names.len() == values.len());
+        Fields { names, values: values.into_boxed_slice() }
+    }
+
+    /// A field's value.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).ok().map(|i| &self.values[i])
+    }
+
+    /// The `uri` field as text ("" when absent or not text).
+    pub fn uri(&self) -> &str {
+        self.get("uri").and_then(Value::as_str).unwrap_or_default()
+    }
+
+    /// (name, value) pairs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.names.iter().map(String::as_str).zip(self.values.iter())
+    }
+
+    /// The fields as the map an [`crate::Item`] holds.
+    pub fn into_map(self) -> BTreeMap<String, Value> {
+        self.names.iter().cloned().zip(self.values.into_vec()).collect()
+    }
+}
+
+impl From<BTreeMap<String, Value>> for Fields {
+    fn from(map: BTreeMap<String, Value>) -> Self {
+        let (names, values): (Vec<String>, Vec<Value>) = map.into_iter().unzip();
+        Fields::new(names.into(), values)
+    }
+}
+
+impl serde::Serialize for Fields {
+    /// As a map sorted by name: the same text a `BTreeMap<String, Value>` gives.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
 }
 
 /// All input items of a job and the fields they carry.
@@ -155,16 +212,21 @@ fn as_utf8(bytes: &[u8], encoding: crate::manifest::TextEncoding) -> std::borrow
 /// `encoding` setting. An empty file (no header line) is an error too.
 fn decode_csv(
     path: &str,
-    bytes: &[u8],
+    raw: &bytes::Bytes,
     encoding: crate::manifest::TextEncoding,
-) -> Result<(Vec<u8>, BTreeMap<usize, String>), PipelineError> {
-    let bytes = as_utf8(bytes, encoding);
-    let bytes = bytes.as_ref();
+) -> Result<(bytes::Bytes, BTreeMap<usize, String>), PipelineError> {
+    let decoded = as_utf8(raw, encoding);
+    let bytes = decoded.as_ref();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(PipelineError::Input(format!("{path} is empty: a table needs at least a header line")));
     }
     if std::str::from_utf8(bytes).is_ok() {
-        return Ok((bytes.to_vec(), BTreeMap::new()));
+        // Valid UTF-8 as read (the common case): the file's own bytes, not a copy of them.
+        let text = match &decoded {
+            std::borrow::Cow::Borrowed(b) => raw.slice_ref(b),
+            std::borrow::Cow::Owned(b) => bytes::Bytes::from(b.clone()),
+        };
+        return Ok((text, BTreeMap::new()));
     }
     let other = |what: String| {
         PipelineError::Input(format!(
@@ -186,7 +248,7 @@ fn decode_csv(
     if bad.len() * 2 > rows {
         return Err(other(format!("{} of {rows} rows are not", bad.len())));
     }
-    Ok((String::from_utf8_lossy(bytes).into_owned().into_bytes(), bad))
+    Ok((String::from_utf8_lossy(bytes).into_owned().into_bytes().into(), bad))
 }
 
 /// Data rows of a CSV file (0-based, header excluded) whose field count differs from the
@@ -224,7 +286,9 @@ pub fn parse_table(
     let df = if name.ends_with(".parquet") {
         ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(bad)?
     } else if name.ends_with(".csv") {
-        let (text, not_utf8) = decode_csv(path, &bytes, listing.encoding)?;
+        // The file's bytes end with this block: only the frame is kept.
+        let raw = bytes;
+        let (text, not_utf8) = decode_csv(path, &raw, listing.encoding)?;
         ragged = ragged_rows(path, &text);
         ragged.extend(not_utf8);
         CsvReadOptions::default()
@@ -256,15 +320,18 @@ pub fn parse_table(
         }
         cols.push((name, values));
     }
-    let mut items = Vec::with_capacity(df.height());
-    for row in 0..df.height() {
-        let get = |c: &str| cols.iter().find(|(n, _)| n == c).map(|(_, v)| &v[row]);
+    // The values now live in `cols`; the frame's copy of them is not needed any more.
+    drop(df);
+    let position = |c: &str| cols.iter().position(|(n, _)| n == c);
+    let (path_col, id_col) = (position(&listing.path_column), listing.id_column.as_deref().and_then(position));
+    let items = into_rows(cols, Some("uri"), |row, values| {
+        let path_value = path_col.map(|c| &values[c]);
         let line = row + 2; // 1-based, after the header line
-        let raw_path = match get(&listing.path_column) {
+        let raw_path = match path_value {
             Some(Value::Str(p)) if !p.trim().is_empty() => Some(p.trim().to_string()),
             _ => None,
         };
-        let mut error = match get(&listing.path_column) {
+        let mut error = match path_value {
             Some(v @ (Value::Bool(_) | Value::Int(_) | Value::Float(_))) => Some(format!(
                 "{path}:{line}: `{}` must be text (a path or URL), not {}",
                 listing.path_column,
@@ -275,21 +342,19 @@ pub fn parse_table(
         if let Some(e) = ragged.get(&row) {
             error = Some(e.clone());
         }
-        let id = match &listing.id_column {
-            Some(c) => match get(c) {
-                Some(Value::Null) | None => {
+        let id = match (&listing.id_column, id_col) {
+            (Some(c), Some(i)) => match &values[i] {
+                Value::Null => {
                     error = Some(format!("{path}:{line}: empty id in column `{c}`"));
                     format!("{name}:{line}")
                 }
-                Some(v) => v.to_string(),
+                v => v.to_string(),
             },
-            None => raw_path.as_deref().map_or_else(|| format!("{name}:{line}"), derive_id),
+            _ => raw_path.as_deref().map_or_else(|| format!("{name}:{line}"), derive_id),
         };
-        let mut f: BTreeMap<String, Value> = cols.iter().map(|(n, v)| (n.clone(), v[row].clone())).collect();
-        f.insert("uri".into(), Value::Str(raw_path.map(|p| resolve(dir, &p)).unwrap_or_default()));
-        f.remove("id");
-        items.push(InputItem { id, fields: f, error });
-    }
+        let uri = Value::Str(raw_path.map(|p| resolve(dir, &p)).unwrap_or_default());
+        Ok::<_, PipelineError>((id, error, uri))
+    })?;
     Ok((items, fields))
 }
 
@@ -308,33 +373,46 @@ async fn dataset(root: &str) -> Result<(Vec<InputItem>, Vec<Field>), PipelineErr
     let mut items = Vec::new();
     let mut fields: Vec<Field> = Vec::new();
     for shard in &index.shards {
-        let table = &shard.table;
-        let df = ParquetReader::new(std::io::Cursor::new(loc.read(table).await?))
-            .finish()
-            .map_err(|e| bad(format!("{table}: {e}")))?;
-        let mut cols = Vec::new();
-        for c in df.columns() {
-            let (ty, values) = column_values(c.as_materialized_series()).map_err(|e| bad(format!("{table}: {e}")))?;
-            let name = c.name().to_string();
-            if name != "id" && !fields.iter().any(|f| f.name == name) {
-                fields.push(Field::new(name.clone(), ty, "field of the input dataset"));
+        let tensors = shard.tensor_file.as_ref().map(|t| (DATASET_TENSORS, Value::Str(loc.url_of(t))));
+        let (rows, types) = shard_rows(&shard.table, loc.read(&shard.table).await?, tensors).map_err(bad)?;
+        for field in types {
+            if !fields.iter().any(|f| f.name == field.name) {
+                fields.push(field);
             }
-            cols.push((name, values));
         }
-        for row in 0..df.height() {
-            let mut f: BTreeMap<String, Value> = cols.iter().map(|(n, v)| (n.clone(), v[row].clone())).collect();
-            let id = match f.remove("id") {
-                Some(Value::Str(id)) => id,
-                _ => return Err(bad(format!("{table}: row {row} has no id"))),
-            };
-            if let Some(tensors) = &shard.tensor_file {
-                f.insert(DATASET_TENSORS.into(), Value::Str(loc.url_of(tensors)));
-            }
-            items.push(InputItem { id, fields: f, error: None });
-        }
+        items.extend(rows);
     }
     fields.push(Field::new(DATASET_TENSORS, FieldType::Str, "the input dataset's tensors file of this item"));
     Ok((items, fields))
+}
+
+/// The rows of a written shard's metadata table (`table` names it in messages) as items, with
+/// the table's fields but `id`; `extra`, when given, is one more field every row gets.
+pub(crate) fn shard_rows(
+    table: &str,
+    bytes: bytes::Bytes,
+    extra: Option<(&str, Value)>,
+) -> Result<(Vec<InputItem>, Vec<Field>), String> {
+    let df = ParquetReader::new(std::io::Cursor::new(bytes)).finish().map_err(|e| format!("{table}: {e}"))?;
+    let mut cols = Vec::new();
+    let mut types = Vec::new();
+    for c in df.columns() {
+        let (ty, values) = column_values(c.as_materialized_series()).map_err(|e| format!("{table}: {e}"))?;
+        if c.name() != "id" {
+            types.push(Field::new(c.name().to_string(), ty, "field of the input dataset"));
+        }
+        cols.push((c.name().to_string(), values));
+    }
+    drop(df);
+    let id_col = cols.iter().position(|(c, _)| c == "id");
+    let (extra_name, extra_value) = extra.map_or((None, Value::Null), |(n, v)| (Some(n), v));
+    let rows = into_rows(cols, extra_name, |row, values| {
+        match id_col.map(|i| std::mem::replace(&mut values[i], Value::Null)) {
+            Some(Value::Str(id)) => Ok((id, None, extra_value.clone())),
+            _ => Err(format!("{table}: row {row} has no id")),
+        }
+    })?;
+    Ok((rows, types))
 }
 
 /// A text column of a CSV or Parquet table keyed by another column (captions by item id).
@@ -383,6 +461,43 @@ pub async fn read_text_table(
     Ok(out)
 }
 
+/// Table columns moved into input items, row by row, without a copy: each item's fields are its
+/// row's values of every column but `id`, plus the field `extra` when given (it replaces a column
+/// of that name), under one list of names all rows share. `row` sees a row's values in column
+/// order and returns the item's id, its error, and the value of `extra`.
+fn into_rows<E>(
+    cols: Vec<(String, Vec<Value>)>,
+    extra: Option<&str>,
+    mut row: impl FnMut(usize, &mut [Value]) -> Result<(String, Option<String>, Value), E>,
+) -> Result<Vec<InputItem>, E> {
+    let height = cols.first().map_or(0, |(_, v)| v.len());
+    let mut names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).filter(|n| *n != "id").chain(extra).collect();
+    names.sort_unstable();
+    names.dedup();
+    // Where each field's value comes from: a column, or `None` for `extra`.
+    let source: Vec<Option<usize>> =
+        names.iter().map(|n| if Some(*n) == extra { None } else { cols.iter().position(|(c, _)| c == n) }).collect();
+    let names: Arc<[String]> = names.into_iter().map(str::to_string).collect();
+    let mut columns: Vec<std::vec::IntoIter<Value>> = cols.into_iter().map(|(_, v)| v.into_iter()).collect();
+    let mut values: Vec<Value> = Vec::with_capacity(columns.len());
+    let mut items = Vec::with_capacity(height);
+    for r in 0..height {
+        values.clear();
+        values.extend(columns.iter_mut().map(|c| c.next().unwrap_or(Value::Null)));
+        let (id, error, extra_value) = row(r, &mut values)?;
+        let mut extra_value = Some(extra_value);
+        let fields = source
+            .iter()
+            .map(|s| match s {
+                Some(c) => std::mem::replace(&mut values[*c], Value::Null),
+                None => extra_value.take().unwrap_or(Value::Null),
+            })
+            .collect();
+        items.push(InputItem { id, fields: Fields::new(names.clone(), fields), error });
+    }
+    Ok(items)
+}
+
 fn column_values(s: &Series) -> PolarsResult<(FieldType, Vec<Value>)> {
     use polars::prelude::DataType as D;
     Ok(match s.dtype() {
@@ -420,13 +535,12 @@ fn from_paths(uris: Vec<String>) -> Result<Vec<InputItem>, PipelineError> {
     stems.sort();
     let unique = stems.windows(2).all(|w| w[0] != w[1]);
     let common = common_dir(&uris);
+    let names: Arc<[String]> = vec!["uri".to_string()].into();
     Ok(uris
         .into_iter()
         .map(|uri| {
             let id = if unique { stem(&uri) } else { derive_id(uri[common.len()..].trim_start_matches('/')) };
-            let mut fields = BTreeMap::new();
-            fields.insert("uri".to_string(), Value::Str(uri));
-            InputItem { id, fields, error: None }
+            InputItem { id, fields: Fields::new(names.clone(), vec![Value::Str(uri)]), error: None }
         })
         .collect())
 }
@@ -515,13 +629,13 @@ mod tests {
         };
         let got = list_inputs(&listing(Some(format!("{}/list.txt", d.display())), None, None)).await.unwrap();
         assert_eq!(got.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["b", "missing"]);
-        assert_eq!(got.items[1].fields["uri"], Value::Str(format!("{}/missing.mp4", d.display())));
+        assert_eq!(got.items[1].fields.get("uri").unwrap(), &Value::Str(format!("{}/missing.mp4", d.display())));
 
         std::fs::write(d.join("t.csv"), "sku,path,score\n7,a.mp4,0.5\n3,b.mp4,\n").unwrap();
         let got = list_inputs(&listing(None, Some(format!("{}/t.csv", d.display())), Some("sku"))).await.unwrap();
         assert_eq!(got.items[0].id, "3");
-        assert_eq!(got.items[1].fields["score"], Value::Float(0.5));
-        assert_eq!(got.items[0].fields["score"], Value::Null);
+        assert_eq!(got.items[1].fields.get("score").unwrap(), &Value::Float(0.5));
+        assert_eq!(got.items[0].fields.get("score").unwrap(), &Value::Null);
         assert!(got.fields.iter().any(|f| f.name == "score" && f.ty == FieldType::Float));
         let err =
             list_inputs(&listing(None, Some(format!("{}/t.csv", d.display())), Some("sku_id"))).await.unwrap_err();
@@ -543,7 +657,7 @@ mod tests {
         let items = csv(b"id,image,prompt\na,a.png,fine\nb,b.png,caf\xe9 au lait\nc,c.png,also fine\n").unwrap();
         assert_eq!(items.len(), 3);
         assert_eq!(errors(&items), [("b", "/c/catalog.csv:3: not UTF-8 text (field 3 of the row)")]);
-        assert_eq!(items[2].fields["prompt"], Value::Str("also fine".into()));
+        assert_eq!(items[2].fields.get("prompt").unwrap(), &Value::Str("also fine".into()));
     }
 
     #[test]
@@ -562,7 +676,7 @@ mod tests {
             ..InputListing::default()
         };
         let (items, _) = parse_table("/c/catalog.csv", bytes::Bytes::from_static(latin1), &listing).unwrap();
-        assert_eq!(items[0].fields["prompt"], Value::Str("café".into()));
+        assert_eq!(items[0].fields.get("prompt").unwrap(), &Value::Str("café".into()));
     }
 
     #[test]
@@ -572,9 +686,9 @@ mod tests {
         let items = csv(text.as_bytes()).unwrap();
         assert_eq!(errors(&items), Vec::<(&str, &str)>::new());
         assert_eq!(items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(items[0].fields["prompt"], Value::Str("two\r\nlines, and a comma".into()));
-        assert_eq!(items[1].fields["prompt"], Value::Str(long));
-        assert_eq!(items[1].fields["uri"], Value::Str("/c/b.png".into()));
+        assert_eq!(items[0].fields.get("prompt").unwrap(), &Value::Str("two\r\nlines, and a comma".into()));
+        assert_eq!(items[1].fields.get("prompt").unwrap(), &Value::Str(long));
+        assert_eq!(items[1].fields.get("uri").unwrap(), &Value::Str("/c/b.png".into()));
     }
 
     #[test]

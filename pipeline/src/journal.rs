@@ -26,6 +26,12 @@ pub struct Done {
     pub id: String,
     /// Its content key when it was processed (see `executor::incremental`).
     pub key: String,
+    /// Its source key: the content key without the pipeline (id, input fields, input bytes).
+    /// A later run with other parameters for a late stage carries the outputs of the stages
+    /// before it when this is unchanged (see `executor::reuse`). Absent in versions written
+    /// before it existed: their items are recomputed whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Ids of the rows it produced; absent when it produced exactly one row with its own id
     /// (the common case, kept short), empty when every row was filtered out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +179,7 @@ mod tests {
             fields: vec![("id".into(), FieldType::Str)],
             tensors: vec![],
             committed_at: "2026-11-24T00:00:00Z".into(),
-            done: vec![Done { id: "x".into(), key: "k".into(), rows: None, files: vec![] }],
+            done: vec![Done { id: "x".into(), key: "k".into(), source: None, rows: None, files: vec![] }],
         }
     }
 
@@ -210,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_single_row_input_is_stored_short() {
-        let d = Done { id: "x".into(), key: "k".into(), rows: None, files: vec![] };
+        let d = Done { id: "x".into(), key: "k".into(), source: None, rows: None, files: vec![] };
         assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"id":"x","key":"k"}"#);
         assert_eq!(d.row_ids(), ["x"]);
     }

@@ -22,6 +22,10 @@ pub struct StageCounters {
     pub errors: AtomicU64,
     /// Nanoseconds spent processing, summed over workers.
     pub busy_ns: AtomicU64,
+    /// Items the stage processed.
+    pub computed: AtomicU64,
+    /// Items whose outputs were carried over from the previous version instead.
+    pub carried: AtomicU64,
 }
 
 impl StageCounters {
@@ -33,6 +37,8 @@ impl StageCounters {
             items_out: self.items_out.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             busy_s: self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            computed: self.computed.load(Ordering::Relaxed),
+            carried: self.carried.load(Ordering::Relaxed),
         }
     }
 }
@@ -50,6 +56,13 @@ pub struct StageSnapshot {
     pub errors: u64,
     /// Seconds of processing, summed over workers.
     pub busy_s: f64,
+    /// Items the stage processed (for a transform: those not carried over).
+    #[serde(default)]
+    pub computed: u64,
+    /// Items whose outputs this stage did not compute but carried over from the previous
+    /// dataset version (per-stage reuse, see `executor::reuse`).
+    #[serde(default)]
+    pub carried: u64,
 }
 
 /// What the run is about to do, sent once before the first item.

@@ -166,6 +166,13 @@ pub trait StageConfig: DeserializeOwned + Serialize + JsonSchema + Send + Sync +
     fn checkpoints(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// True when the stage turns every item into exactly one item with the same id (or an
+    /// error), its outputs being its `adds()`: then a later run may carry those outputs over from
+    /// the previous dataset version instead of running the stage again (see
+    /// `executor::reuse`). A stage that filters or fans out must leave this false.
+    fn reusable(&self) -> bool {
+        false
+    }
     /// The runtime stage; a failure names what failed, the key to blame and its cause.
     fn build(&self, ctx: &BuildContext) -> Result<Runnable, BuildError>;
 }
@@ -186,6 +193,8 @@ pub trait ConfiguredStage: Send + Sync {
     fn check(&self) -> Vec<String>;
     /// Model checkpoints read.
     fn checkpoints(&self) -> Vec<PathBuf>;
+    /// Whether its outputs may be carried over from a previous version.
+    fn reusable(&self) -> bool;
     /// Build the runtime stage.
     fn build(&self, ctx: &BuildContext) -> Result<Runnable, BuildError>;
 }
@@ -212,6 +221,9 @@ impl<C: StageConfig> ConfiguredStage for C {
     }
     fn checkpoints(&self) -> Vec<PathBuf> {
         StageConfig::checkpoints(self)
+    }
+    fn reusable(&self) -> bool {
+        StageConfig::reusable(self)
     }
     fn build(&self, ctx: &BuildContext) -> Result<Runnable, BuildError> {
         StageConfig::build(self, ctx)

@@ -139,6 +139,9 @@ impl StageConfig for AestheticConfig {
         }
     }
 
+    fn reusable(&self) -> bool {
+        true
+    }
     fn checkpoints(&self) -> Vec<PathBuf> {
         vec![self.clip.clone(), self.mlp.clone()]
     }

@@ -1,13 +1,13 @@
 //! `load_tensors`: bring tensors of an input dataset's items back into the items, byte for byte,
 //! so a new dataset version can reuse them (e.g. text features when only the VAE changed).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use pipeline::format::TensorFiles;
 use pipeline::input::DATASET_TENSORS;
-use pipeline::io::Location;
-use pipeline::{DType, Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError, Tensor};
+use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,68 +20,9 @@ pub struct LoadTensorsConfig {
     pub tensors: Vec<String>,
 }
 
-/// One tensor's entry in a safetensors header.
-#[derive(Debug, Clone, Deserialize)]
-struct Entry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [u64; 2],
-}
-
-/// A shard's tensor directory: where each tensor's bytes start and end in the file.
-struct Header {
-    data_start: u64,
-    entries: HashMap<String, Entry>,
-}
-
 struct LoadTensors {
     names: Vec<String>,
-    headers: Mutex<HashMap<String, Arc<Header>>>,
-}
-
-/// The folder and file name of a URL or path.
-fn split(url: &str) -> (&str, &str) {
-    url.rsplit_once('/').unwrap_or((".", url))
-}
-
-fn dtype(name: &str) -> Option<DType> {
-    Some(match name {
-        "U8" => DType::U8,
-        "BOOL" => DType::Bool,
-        "I64" => DType::I64,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F32" => DType::F32,
-        _ => return None,
-    })
-}
-
-impl LoadTensors {
-    /// The header of `url`, read once per file.
-    async fn header(&self, url: &str) -> Result<Arc<Header>, StageError> {
-        if let Some(h) = self.headers.lock().map_err(|_| StageError::msg("header cache poisoned"))?.get(url) {
-            return Ok(h.clone());
-        }
-        let (dir, name) = split(url);
-        let loc = Location::parse(dir)?;
-        let len = loc.read_range(name, 0..8).await?;
-        let n = u64::from_le_bytes(len[..].try_into().map_err(|_| StageError::msg(format!("{url} is too short")))?);
-        let json = loc.read_range(name, 8..8 + n).await?;
-        let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&json)
-            .map_err(|e| StageError::msg(format!("{url}: not a safetensors header: {e}")))?;
-        entries.remove("__metadata__");
-        let entries = entries
-            .into_iter()
-            .map(|(k, v)| serde_json::from_value(v).map(|e| (k, e)))
-            .collect::<Result<HashMap<String, Entry>, _>>()
-            .map_err(|e| StageError::msg(format!("{url}: bad tensor entry: {e}")))?;
-        let header = Arc::new(Header { data_start: 8 + n, entries });
-        self.headers
-            .lock()
-            .map_err(|_| StageError::msg("header cache poisoned"))?
-            .insert(url.to_string(), header.clone());
-        Ok(header)
-    }
+    files: TensorFiles,
 }
 
 #[async_trait]
@@ -92,20 +33,9 @@ impl Stage for LoadTensors {
             .and_then(pipeline::Value::as_str)
             .ok_or_else(|| StageError::msg("the item's shard has no tensors file (is job.input a dataset?)"))?
             .to_string();
-        let header = self.header(&url).await?;
-        let (dir, name) = split(&url);
-        let loc = Location::parse(dir)?;
         let mut loaded = BTreeMap::new();
         for t in &self.names {
-            let key = format!("{}/{t}", item.id);
-            let e = header.entries.get(&key).ok_or_else(|| StageError::msg(format!("{url} has no tensor `{key}`")))?;
-            let ty =
-                dtype(&e.dtype).ok_or_else(|| StageError::msg(format!("`{key}`: unsupported dtype {}", e.dtype)))?;
-            let [a, b] = e.data_offsets;
-            let bytes = loc.read_range(name, header.data_start + a..header.data_start + b).await?;
-            let tensor = Tensor::new(ty, e.shape.clone(), bytes)
-                .ok_or_else(|| StageError::msg(format!("`{key}`: byte length does not match its shape")))?;
-            loaded.insert(t.clone(), tensor);
+            loaded.insert(t.clone(), self.files.read(&url, &format!("{}/{t}", item.id)).await?);
         }
         item.tensors.extend(loaded);
         item.fields.remove(DATASET_TENSORS);
@@ -139,6 +69,6 @@ impl StageConfig for LoadTensorsConfig {
     }
 
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
-        Ok(Runnable::Transform(Arc::new(LoadTensors { names: self.tensors.clone(), headers: Mutex::default() })))
+        Ok(Runnable::Transform(Arc::new(LoadTensors { names: self.tensors.clone(), files: TensorFiles::default() })))
     }
 }

@@ -156,6 +156,9 @@ impl StageConfig for T5EncodeConfig {
         ]
     }
 
+    fn reusable(&self) -> bool {
+        true
+    }
     fn checkpoints(&self) -> Vec<PathBuf> {
         vec![self.checkpoint.clone(), self.tokenizer.clone()]
     }

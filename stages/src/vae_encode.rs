@@ -331,6 +331,9 @@ impl StageConfig for VaeEncodeConfig {
         problems
     }
 
+    fn reusable(&self) -> bool {
+        true
+    }
     fn checkpoints(&self) -> Vec<PathBuf> {
         vec![self.checkpoint.clone()]
     }

@@ -60,7 +60,7 @@ pub(super) async fn commit_shard(
             let rows = outcome.rows.get(w.input.id.as_str()).cloned().unwrap_or_default();
             let files = rows.iter().flat_map(|r| row_files.get(r.as_str()).cloned().unwrap_or_default()).collect();
             let rows = (rows.len() != 1 || rows[0] != w.input.id).then_some(rows);
-            Done { id: w.input.id.clone(), key: w.key.clone(), rows, files }
+            Done { id: w.input.id.clone(), key: w.key.clone(), source: Some(w.source.to_string()), rows, files }
         })
         .collect();
     let entry = ShardEntry {
@@ -158,11 +158,21 @@ pub(super) async fn commit_version(
     }
     let mut shards = Vec::new();
     let mut copies = Vec::new();
-    for (shard, keep) in &planned.carried {
+    // Planning kept only the base version's keys; its shards are read again here, once.
+    let base = match planned.base_version {
+        Some(v) if !planned.carried.is_empty() => version::load(out, v).await?.shards,
+        _ => Vec::new(),
+    };
+    for (s, keep) in &planned.carried {
+        let shard = base.get(*s).ok_or_else(|| PipelineError::JournalMismatch {
+            location: out.url_of(&version::version_name(planned.base_version.unwrap_or(0))),
+            detail: format!("the version changed while the run planned on it (it has no shard {s} any more)"),
+        })?;
         let (carried, copy) = carry(out, shard, keep, attempt, scratch).await?;
         shards.push(carried);
         copies.extend(copy);
     }
+    drop(base);
     shards.extend(entries.into_values());
     let mut index = DatasetIndex::new(job, shards, lineage.pipeline.clone());
     index.derived_from = lineage.derived_from.clone();

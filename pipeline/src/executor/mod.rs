@@ -7,6 +7,8 @@
 //! - [`worker`]: the workers of each stage (`parallelism` each, on tokio; CPU work on rayon).
 //! - [`tracker`]: what each shard's items became.
 //! - [`commit`]: the commit protocol (shards, versions, and why nothing is overwritten).
+//! - [`reuse`]: per-stage reuse (outputs of unchanged early stages carried from the previous
+//!   version when only a later stage changed).
 //!
 //! Channels are bounded (`job.queue_depth`) and payload bytes are capped by the memory budget,
 //! so a slow stage pauses the ones before it instead of filling memory.
@@ -14,6 +16,7 @@
 pub mod incremental;
 
 mod commit;
+mod reuse;
 mod source;
 mod tracker;
 mod worker;
@@ -214,6 +217,7 @@ where
             }
         });
     }
+    let reuse = reuse::Reuse::new(plan, &lineage, &planned, &out);
     for (i, stage) in &transforms {
         let (tx, next_rx) = async_channel::bounded(depth);
         let ps = &plan.stages[*i];
@@ -230,6 +234,7 @@ where
                 budget: budget.clone(),
                 ctx: stage_ctx.clone(),
                 timeout: job.item_timeout.0,
+                reuse: reuse.clone().map(|r| (*i, r)),
             };
             tasks.spawn(w.run());
         }
@@ -305,6 +310,7 @@ where
             }
             Ok(item) = rx.recv() => {
                 sink_counters.items_in.fetch_add(1, Ordering::Relaxed);
+                sink_counters.computed.fetch_add(1, Ordering::Relaxed);
                 let k = item.shard;
                 let writer = match open.entry(k) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),

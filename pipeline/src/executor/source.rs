@@ -108,7 +108,7 @@ impl Source {
                 continue;
             }
             let mut item = Item::new(input.id);
-            item.fields = input.fields;
+            item.fields = input.fields.into_map();
             item.shard = k;
             item.input = Some(id);
             if self.tx.send(item).await.is_err() {

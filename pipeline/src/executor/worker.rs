@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::reuse::Reuse;
 use super::tracker::Tracker;
 use crate::budget::MemoryBudget;
 use crate::report::StageCounters;
@@ -63,23 +64,37 @@ pub(super) struct Worker {
     pub(super) budget: MemoryBudget,
     pub(super) ctx: StageContext,
     pub(super) timeout: Duration,
+    /// The stage's position in the plan and what the run may carry over from the previous
+    /// version (see [`super::reuse`]).
+    pub(super) reuse: Option<(usize, Arc<Reuse>)>,
 }
 
 impl Worker {
     pub(super) async fn run(self) {
-        while let Ok(item) = self.rx.recv().await {
+        while let Ok(mut item) = self.rx.recv().await {
             self.counters.items_in.fetch_add(1, Ordering::Relaxed);
             let (id, shard, input) = (item.id.clone(), item.shard, input_of(&item));
             let uri = item.get("uri").map(ToString::to_string).unwrap_or_default();
-            let t0 = Instant::now();
-            let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &self.ctx)).await {
-                Ok(r) => r,
-                Err(_) => Err(StageError::msg(format!(
-                    "timed out after {} (job.item_timeout)",
-                    humantime::format_duration(self.timeout)
-                ))),
+            let carried = match &self.reuse {
+                Some((position, reuse)) => reuse.carry(*position, &mut item).await,
+                None => false,
             };
-            self.counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let result = if carried {
+                self.counters.carried.fetch_add(1, Ordering::Relaxed);
+                Ok(vec![item])
+            } else {
+                self.counters.computed.fetch_add(1, Ordering::Relaxed);
+                let t0 = Instant::now();
+                let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &self.ctx)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StageError::msg(format!(
+                        "timed out after {} (job.item_timeout)",
+                        humantime::format_duration(self.timeout)
+                    ))),
+                };
+                self.counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                result
+            };
             match result {
                 Ok(children) if children.is_empty() => self.tracker.finish(shard, 1),
                 Ok(children) => {
