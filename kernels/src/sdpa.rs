@@ -53,6 +53,17 @@ impl Desc {
         check(unsafe { sys::cudnnBackendSetAttribute(self.0, name, ty, vals.len() as i64, vals.as_ptr().cast()) }, what)
     }
 
+    /// Reads up to `out.len()` elements of attribute `name` (of cuDNN type `ty`) into `out` (none
+    /// for a count query with an empty `out`); returns how many the attribute holds.
+    fn get<V>(&self, name: A, ty: T, out: &mut [V], what: &str) -> Result<i64> {
+        let mut count = 0i64;
+        let ptr = if out.is_empty() { std::ptr::null_mut() } else { out.as_mut_ptr().cast::<c_void>() };
+        // SAFETY: `out` has room for the `len` elements of the C type that `ty` names (the callers
+        // pair them); cuDNN writes at most that many.
+        check(unsafe { sys::cudnnBackendGetAttribute(self.0, name, ty, out.len() as i64, &mut count, ptr) }, what)?;
+        Ok(count)
+    }
+
     fn finalize(&self, what: &str) -> Result<()> {
         // SAFETY: a live descriptor.
         check(unsafe { sys::cudnnBackendFinalize(self.0) }, what)
@@ -152,40 +163,18 @@ impl Plan {
             "heuristics mode",
         )?;
         heur.finalize("heuristics")?;
-        let mut count = 0i64;
-        // SAFETY: a count query (no elements requested, none written).
-        check(
-            unsafe {
-                sys::cudnnBackendGetAttribute(
-                    heur.0,
-                    A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                    bd,
-                    0,
-                    &mut count,
-                    std::ptr::null_mut(),
-                )
-            },
+        let count = heur.get::<sys::cudnnBackendDescriptor_t>(
+            A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+            bd,
+            &mut [],
             "heuristics count",
         )?;
         let configs = (0..count)
             .map(|_| Desc::new(D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config"))
             .collect::<Result<Vec<_>>>()?;
+        // cuDNN fills the created engine-config descriptors.
         let mut raw: Vec<sys::cudnnBackendDescriptor_t> = configs.iter().map(|c| c.0).collect();
-        let mut got = 0i64;
-        // SAFETY: `raw` holds `count` created engine-config descriptors for cuDNN to fill.
-        check(
-            unsafe {
-                sys::cudnnBackendGetAttribute(
-                    heur.0,
-                    A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                    bd,
-                    count,
-                    &mut got,
-                    raw.as_mut_ptr().cast::<c_void>(),
-                )
-            },
-            "heuristics results",
-        )?;
+        let got = heur.get(A::CUDNN_ATTR_ENGINEHEUR_RESULTS, bd, &mut raw, "heuristics results")?.min(count);
         let mut parts = vec![q, k, v, o, scale, op, graph, heur];
         for (i, config) in configs.into_iter().take(got.max(0) as usize).enumerate() {
             let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "execution plan")?;
@@ -195,22 +184,14 @@ impl Plan {
                 log(&format!("engine config {i} of {got} declined: {e}"));
                 continue;
             }
-            let mut workspace = 0i64;
-            let mut n = 0i64;
-            // SAFETY: one int64 element requested into `workspace`.
-            check(
-                unsafe {
-                    sys::cudnnBackendGetAttribute(
-                        plan.0,
-                        A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                        T::CUDNN_TYPE_INT64,
-                        1,
-                        &mut n,
-                        (&mut workspace as *mut i64).cast(),
-                    )
-                },
+            let mut workspace = [0i64];
+            plan.get(
+                A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                T::CUDNN_TYPE_INT64,
+                &mut workspace,
                 "workspace size",
             )?;
+            let workspace = workspace[0];
             log(&format!("{key:?}: engine config {i} of {got}, workspace {workspace} bytes"));
             parts.push(config);
             return Ok(Some(Plan { plan, workspace: workspace.max(0) as usize, _parts: parts }));

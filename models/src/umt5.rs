@@ -4,10 +4,10 @@
 //! Its tokenizer (`google/umt5-xxl`, 512 tokens, EOS id 1, pad id 0) follows the same length rule
 //! as [`crate::t5::T5Tokenizer`].
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
-use crate::layers::linear_no_bias;
+use crate::layers::{linear_forward, linear_no_bias};
 use crate::t5::relative_position_bucket;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
@@ -191,16 +191,24 @@ impl Umt5Encoder {
             hook(Umt5Point::PositionBias(i), &pos_bias);
             let bias = pos_bias.to_dtype(DType::F32)?.broadcast_add(&mask_bias)?.to_dtype(dtype)?;
             let a = rms_norm(&x, &blk.norm1, c.eps)?;
-            let (q, k, v) = (heads(blk.q.forward(&a)?)?, heads(blk.k.forward(&a)?)?, heads(blk.v.forward(&a)?)?);
+            let (q, k, v) = (
+                heads(linear_forward(&blk.q, &a, false)?)?,
+                heads(linear_forward(&blk.k, &a, false)?)?,
+                heads(linear_forward(&blk.v, &a, false)?)?,
+            );
             // No 1/sqrt(head_dim) scaling: T5's initialisation absorbs it.
             let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(&bias)?;
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
             let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, c.dim_attn))?;
-            let attn = blk.o.forward(&o)?;
+            let attn = linear_forward(&blk.o, &o, false)?;
             hook(Umt5Point::Attention(i), &attn);
             x = (x + attn)?;
             let f = rms_norm(&x, &blk.norm2, c.eps)?;
-            let ffn = blk.fc2.forward(&(blk.fc1.forward(&f)? * blk.gate.forward(&f)?.gelu()?)?)?;
+            let ffn = linear_forward(
+                &blk.fc2,
+                &(linear_forward(&blk.fc1, &f, false)? * linear_forward(&blk.gate, &f, true)?)?,
+                false,
+            )?;
             hook(Umt5Point::FeedForward(i), &ffn);
             x = (x + ffn)?;
             hook(Umt5Point::Block(i), &x);

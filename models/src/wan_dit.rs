@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::attention::attention_tokens;
-use crate::layers::linear;
+use crate::layers::{linear, linear_forward};
 use crate::lora::Lora;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
@@ -502,12 +502,12 @@ impl WanDit {
         let a = &blk.self_attn;
         let h = modulated(x, 0)?;
         hook(WanDitPoint::SelfAttentionIn(i), &h);
-        let q = heads(rms(a.q.forward(&h)?, &a.norm_q)?, l)?;
-        let k = heads(rms(a.k.forward(&h)?, &a.norm_k)?, l)?;
-        let v = heads(a.v.forward(&h)?, l)?;
+        let q = heads(rms(linear_forward(&a.q, &h, false)?, &a.norm_q)?, l)?;
+        let k = heads(rms(linear_forward(&a.k, &h, false)?, &a.norm_k)?, l)?;
+        let v = heads(linear_forward(&a.v, &h, false)?, l)?;
         let q = candle_nn::rotary_emb::rope_i(&q, cx.cos, cx.sin)?;
         let k = candle_nn::rotary_emb::rope_i(&k, cx.cos, cx.sin)?;
-        let o = a.o.forward(&attend(&q, &k, &v)?.reshape((b, l, d))?)?;
+        let o = linear_forward(&a.o, &attend(&q, &k, &v)?.reshape((b, l, d))?, false)?;
         hook(WanDitPoint::SelfAttention(i), &o);
         let x = m.gated_add(x, &o, 2)?;
 
@@ -516,16 +516,16 @@ impl WanDit {
         let (nw, nb) = &blk.norm3;
         let h = candle_nn::ops::layer_norm(&x.contiguous()?, nw, nb, eps)?;
         let n = cx.text.dim(1)?;
-        let q = heads(rms(ca.q.forward(&h)?, &ca.norm_q)?, l)?;
-        let k = heads(rms(ca.k.forward(cx.text)?, &ca.norm_k)?, n)?;
-        let v = heads(ca.v.forward(cx.text)?, n)?;
-        let o = ca.o.forward(&attend(&q, &k, &v)?.reshape((b, l, d))?)?;
+        let q = heads(rms(linear_forward(&ca.q, &h, false)?, &ca.norm_q)?, l)?;
+        let k = heads(rms(linear_forward(&ca.k, cx.text, false)?, &ca.norm_k)?, n)?;
+        let v = heads(linear_forward(&ca.v, cx.text, false)?, n)?;
+        let o = linear_forward(&ca.o, &attend(&q, &k, &v)?.reshape((b, l, d))?, false)?;
         hook(WanDitPoint::CrossAttention(i), &o);
         let x = (x + o)?;
 
         // Feed-forward.
         let h = modulated(&x, 3)?;
-        let f = blk.ffn2.forward(&blk.ffn0.forward(&h)?.gelu()?)?;
+        let f = linear_forward(&blk.ffn2, &linear_forward(&blk.ffn0, &h, true)?, false)?;
         hook(WanDitPoint::FeedForward(i), &f);
         m.gated_add(&x, &f, 5)
     }

@@ -11,6 +11,8 @@ use models::aesthetic::{AestheticConfig, AestheticScorer};
 use models::mugdit::{DitInput, MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
 use models::t5::{T5Config, T5Encoder};
+use models::umt5::{Umt5Config, Umt5Encoder};
+use models::wan_dit::{WanDit, WanDitConfig, WanDitInput};
 use models::wan_vae::{WanVae, WanVaeConfig};
 use models::weights::Checkpoint;
 
@@ -143,5 +145,34 @@ fn mugdit_on_cuda() {
             let out = model.forward(&input).unwrap();
             assert_within(&format!("mugdit {name} {dtype:?}"), &back(&out), &c["out"], tol);
         }
+    }
+}
+
+#[test]
+fn umt5_on_cuda() {
+    let dev = cuda();
+    for (dtype, tol) in PRECISIONS {
+        let ckpt = Checkpoint::open(&data("umt5", "weights.safetensors"), dtype, &dev).unwrap();
+        let model = Umt5Encoder::load(&ckpt, &Umt5Config::golden()).unwrap();
+        let c = case("umt5", "case_encode.safetensors");
+        let ids = c["input_ids"].to_device(&dev).unwrap();
+        let mask = c["attention_mask"].to_device(&dev).unwrap();
+        let y = model.forward(&ids, &mask).unwrap();
+        assert_within(&format!("umt5 {dtype:?}"), &back(&y), &c["output"], tol);
+    }
+}
+
+#[test]
+fn wan_dit_on_cuda() {
+    let dev = cuda();
+    for (dtype, tol) in PRECISIONS {
+        let ckpt = Checkpoint::open(&data("wan_dit", "weights.safetensors"), dtype, &dev).unwrap();
+        let model = WanDit::load(&ckpt, &WanDitConfig::golden(), None).unwrap();
+        let c = case("wan_dit", "case_forward.safetensors");
+        let (x, y) = (on(&c["x"], &dev, dtype), on(&c["y"], &dev, dtype));
+        let context = [on(&c["context"], &dev, dtype)];
+        let input = WanDitInput { x: &x, y: Some(&y), timestep: &[300.0], first_frame_clean: true, context: &context };
+        let out = model.forward(&input).unwrap();
+        assert_within(&format!("wan dit {dtype:?}"), &back(&out), &c["output"], tol);
     }
 }
