@@ -59,24 +59,14 @@ pub fn resize_linear(img: ImageRef<'_>, width: usize, height: usize) -> Image {
         }
         return Image { width, height, data: out };
     }
-    // Per output pixel: byte offsets of its left and right source pixels and their weights. At the
-    // right edge the right weight is 0, so the left pixel stands in for the missing right one.
-    let taps: Vec<(usize, usize, i32, i32)> = axis_coefficients(sw, width)
+    // Per output pixel: byte offset of its left source pixel (the right one follows it) and the
+    // two weights. At the right edge the right weight is 0; there the pair is shifted one pixel
+    // left with the weights swapped, which gives the same sum without reading past the row.
+    let taps: Vec<(usize, i32, i32)> = axis_coefficients(sw, width)
         .into_iter()
-        .map(|(s, a0, a1)| (3 * s, 3 * (s + 1).min(sw - 1), a0, a1))
+        .map(|(s, a0, a1)| if s + 1 < sw || sw == 1 { (3 * s, a0, a1) } else { (3 * (s - 1), a1, a0) })
         .collect();
-    // Horizontal pass of one source row, already shifted right by 4 as OpenCV's vertical pass
-    // takes it. The exact sum is at most 255 * 2049, so after the shift it fits an i16 and
-    // OpenCV's saturation to 16 bits never applies.
-    let row = |y: usize, t: &mut [i16]| {
-        let line = img.row(y);
-        for (tx, &(o0, o1, a0, a1)) in t.chunks_exact_mut(3).zip(&taps) {
-            let (p, q) = (&line[o0..o0 + 3], &line[o1..o1 + 3]);
-            for c in 0..3 {
-                tx[c] = ((i32::from(p[c]) * a0 + i32::from(q[c]) * a1) >> 4) as i16;
-            }
-        }
-    };
+    let row = |y: usize, t: &mut [i16]| horizontal_pass(img.row(y), &taps, t);
     // Two cached source rows (index, horizontal pass); consecutive output rows share rows.
     let mut cache = [(usize::MAX, vec![0i16; 3 * width]), (usize::MAX, vec![0i16; 3 * width])];
     let slot = |y: usize, keep: usize, cache: &mut [(usize, Vec<i16>); 2]| -> usize {
@@ -97,12 +87,40 @@ pub fn resize_linear(img: ImageRef<'_>, width: usize, height: usize) -> Image {
         let dst = &mut out[3 * y * width..3 * (y + 1) * width];
         // OpenCV's SIMD vertical pass (used for every element): high half of 16-bit products.
         let (b0, b1) = (b0 as i16, b1 as i16);
-        let tap = |t: i16, b: i16| ((i32::from(t) * i32::from(b)) >> 16) as i16;
-        for ((d, &p), &q) in dst.iter_mut().zip(t0).zip(t1) {
-            *d = ((tap(p, b0) + tap(q, b1) + 2) >> 2).clamp(0, 255) as u8;
+        // Taps are at most 32655 * 2048 >> 16 = 1020, so the 16-bit sums cannot wrap (wrapping
+        // operations spare the overflow checks of debug builds, which would stop vectorisation).
+        let tap = |t: i16, b: i16| (i32::from(t).wrapping_mul(i32::from(b)) >> 16) as i16;
+        let (t0, t1) = (&t0[..dst.len()], &t1[..dst.len()]);
+        for i in 0..dst.len() {
+            dst[i] = (tap(t0[i], b0).wrapping_add(tap(t1[i], b1)).wrapping_add(2) >> 2).clamp(0, 255) as u8;
         }
     }
     Image { width, height, data: out }
+}
+
+/// One source row's horizontal resize pass into `t` (3 values per output pixel), already shifted
+/// right by 4 as OpenCV's vertical pass takes it. `taps` holds, per output pixel, the byte offset
+/// of its left source pixel (the right one follows) and the two weights. The exact sum is at most
+/// 255 * 2049, so after the shift it fits an i16 and OpenCV's saturation to 16 bits never
+/// applies; the arithmetic cannot wrap (wrapping operations keep debug builds' overflow checks
+/// out of the loop).
+#[inline(always)]
+fn horizontal_pass(line: &[u8], taps: &[(usize, i32, i32)], t: &mut [i16]) {
+    // A one-pixel-wide row is padded so that every pair can be read (its right weight is 0).
+    let mut padded = [0u8; 6];
+    let line = if line.len() == 3 {
+        padded[..3].copy_from_slice(line);
+        &padded[..]
+    } else {
+        line
+    };
+    for (tx, &(o, a0, a1)) in t.chunks_exact_mut(3).zip(taps) {
+        let p: &[u8; 6] = line[o..o + 6].try_into().expect("six bytes");
+        for c in 0..3 {
+            let sum = i32::from(p[c]).wrapping_mul(a0).wrapping_add(i32::from(p[c + 3]).wrapping_mul(a1));
+            tx[c] = (sum >> 4) as i16;
+        }
+    }
 }
 
 /// Division tables of OpenCV's 8-bit HSV conversion (12-bit fixed point).
@@ -136,30 +154,32 @@ pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
         for (((px, ho), so), vo) in img.row(y).chunks_exact(3).zip(rows.0).zip(rows.1).zip(rows.2) {
             let (b, g, r) = (px[0], px[1], px[2]);
             let (v, min) = (b.max(g).max(r), b.min(g).min(r));
-            let d = v - min;
-            let s = (i32::from(d) * t.sdiv[usize::from(v)] + 2048) >> 12;
+            let d = v.wrapping_sub(min);
+            // Bounded (|h| <= 5 * 255, tables <= 2^20): wrapping operations only keep debug
+            // builds' overflow checks out of the loop.
+            let s = i32::from(d).wrapping_mul(t.sdiv[usize::from(v)]).wrapping_add(2048) >> 12;
             let (b, g, r, di) = (i32::from(b), i32::from(g), i32::from(r), i32::from(d));
             let h = if v == px[2] {
-                g - b
+                g.wrapping_sub(b)
             } else if v == px[1] {
-                b - r + 2 * di
+                b.wrapping_sub(r).wrapping_add(di << 1)
             } else {
-                r - g + 4 * di
+                r.wrapping_sub(g).wrapping_add(di << 2)
             };
-            let h = (h * t.hdiv[usize::from(d)] + 2048) >> 12;
-            let h = if h < 0 { h + 180 } else { h };
+            let h = h.wrapping_mul(t.hdiv[usize::from(d)]).wrapping_add(2048) >> 12;
+            let h = if h < 0 { h.wrapping_add(180) } else { h };
             (*ho, *so, *vo) = (h as u8, s as u8, v);
         }
     }
     [hp, sp, vp]
 }
 
-/// Run `f` compiled for the widest SIMD instruction set this CPU has (AVX2 and FMA on current
+/// Run `op` compiled for the widest SIMD instruction set this CPU has (AVX2 and FMA on current
 /// x86-64, checked at run time), so the pixel loops it inlines vectorise beyond the SSE2 baseline
 /// the crate is built for. The results are the same bytes on every instruction set: the loops
 /// are integer arithmetic.
-pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+pub fn with_simd<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    pulp::Arch::new().dispatch(op)
 }
 
 #[cfg(test)]
