@@ -35,68 +35,92 @@ fn axis_coefficients(src: usize, dst: usize) -> Vec<(usize, i32, i32)> {
 }
 
 /// `cv2.resize(img, (width, height), interpolation=INTER_LINEAR)` on a 3-channel 8-bit image.
+///
+/// Written for speed as well as exactness (it runs on every frame shot detection sees): each
+/// source row's horizontal pass is computed once and kept while the next output row needs it, and
+/// the vertical pass works on 16-bit lanes as OpenCV's SIMD code does, in a loop the compiler
+/// vectorises. Inline so that callers compiled for wider SIMD (see [`with_simd`]) get it too.
+#[inline(always)]
 pub fn resize_linear(img: ImageRef<'_>, width: usize, height: usize) -> Image {
     let (sw, sh) = (img.width, img.height);
     let mut out = vec![0u8; width * height * 3];
     // Exactly half size in both directions: OpenCV takes its INTER_AREA fast path.
     if sw == 2 * width && sh == 2 * height {
         for y in 0..height {
-            for x in 0..width {
+            let (r0, r1) = (img.row(2 * y), img.row(2 * y + 1));
+            let dst = &mut out[3 * y * width..3 * (y + 1) * width];
+            for (x, d) in dst.chunks_exact_mut(3).enumerate() {
+                let (a, b) = (&r0[6 * x..6 * x + 6], &r1[6 * x..6 * x + 6]);
                 for c in 0..3 {
-                    let p = |xx: usize, yy: usize| u32::from(img.row(yy)[3 * xx + c]);
-                    let sum = p(2 * x, 2 * y) + p(2 * x + 1, 2 * y) + p(2 * x, 2 * y + 1) + p(2 * x + 1, 2 * y + 1);
-                    out[3 * (y * width + x) + c] = ((sum + 2) >> 2) as u8;
+                    let sum = u32::from(a[c]) + u32::from(a[c + 3]) + u32::from(b[c]) + u32::from(b[c + 3]);
+                    d[c] = ((sum + 2) >> 2) as u8;
                 }
             }
         }
         return Image { width, height, data: out };
     }
-    let xs = axis_coefficients(sw, width);
-    let ys = axis_coefficients(sh, height);
-    // Horizontal pass of one source row into `t`: exact integers.
-    let row = |y: usize, t: &mut Vec<i32>| {
-        let line = img.row(y);
-        t.resize(3 * width, 0);
-        for (tx, &(s, a0, a1)) in t.chunks_exact_mut(3).zip(&xs) {
-            if s + 1 < sw {
-                let p = &line[3 * s..3 * s + 6];
-                tx[0] = i32::from(p[0]) * a0 + i32::from(p[3]) * a1;
-                tx[1] = i32::from(p[1]) * a0 + i32::from(p[4]) * a1;
-                tx[2] = i32::from(p[2]) * a0 + i32::from(p[5]) * a1;
-            } else {
-                let p = &line[3 * s..3 * s + 3];
-                for c in 0..3 {
-                    tx[c] = i32::from(p[c]) * COEF_SCALE as i32;
-                }
-            }
+    // Per output pixel: byte offset of its left source pixel (the right one follows it) and the
+    // two weights. At the right edge the right weight is 0; there the pair is shifted one pixel
+    // left with the weights swapped, which gives the same sum without reading past the row.
+    let taps: Vec<(usize, i32, i32)> = axis_coefficients(sw, width)
+        .into_iter()
+        .map(|(s, a0, a1)| if s + 1 < sw || sw == 1 { (3 * s, a0, a1) } else { (3 * (s - 1), a1, a0) })
+        .collect();
+    let row = |y: usize, t: &mut [i16]| horizontal_pass(img.row(y), &taps, t);
+    // Two cached source rows (index, horizontal pass); consecutive output rows share rows.
+    let mut cache = [(usize::MAX, vec![0i16; 3 * width]), (usize::MAX, vec![0i16; 3 * width])];
+    let slot = |y: usize, keep: usize, cache: &mut [(usize, Vec<i16>); 2]| -> usize {
+        if let Some(i) = cache.iter().position(|c| c.0 == y) {
+            return i;
         }
+        let i = usize::from(cache[0].0 == keep);
+        row(y, &mut cache[i].1);
+        cache[i].0 = y;
+        i
     };
-    let (mut t0, mut t1) = (Vec::with_capacity(3 * width), Vec::with_capacity(3 * width));
-    let mut cached: Option<(usize, bool)> = None;
-    for (y, &(sy, b0, b1)) in ys.iter().enumerate() {
+    for (y, (sy, b0, b1)) in axis_coefficients(sh, height).into_iter().enumerate() {
         // A zero weight contributes exactly nothing, so its row need not be computed.
-        let second = b1 != 0;
-        if cached != Some((sy, second)) {
-            row(sy, &mut t0);
-            if second {
-                row((sy + 1).min(sh - 1), &mut t1);
-            }
-            cached = Some((sy, second));
-        }
+        let sy1 = if b1 != 0 { (sy + 1).min(sh - 1) } else { sy };
+        let i0 = slot(sy, sy1, &mut cache);
+        let i1 = slot(sy1, sy, &mut cache);
+        let (t0, t1) = (&cache[i0].1, &cache[i1].1);
         let dst = &mut out[3 * y * width..3 * (y + 1) * width];
-        // OpenCV's SIMD vertical pass (used for every element): 16-bit intermediates.
-        let tap = |t: i32, b: i32| ((t >> 4).clamp(i16::MIN as i32, i16::MAX as i32) * b) >> 16;
-        if second {
-            for ((d, &p), &q) in dst.iter_mut().zip(&t0).zip(&t1) {
-                *d = ((tap(p, b0) + tap(q, b1) + 2) >> 2).clamp(0, 255) as u8;
-            }
-        } else {
-            for (d, &p) in dst.iter_mut().zip(&t0) {
-                *d = ((tap(p, b0) + 2) >> 2).clamp(0, 255) as u8;
-            }
+        // OpenCV's SIMD vertical pass (used for every element): high half of 16-bit products.
+        let (b0, b1) = (b0 as i16, b1 as i16);
+        // Taps are at most 32655 * 2048 >> 16 = 1020, so the 16-bit sums cannot wrap (wrapping
+        // operations spare the overflow checks of debug builds, which would stop vectorisation).
+        let tap = |t: i16, b: i16| (i32::from(t).wrapping_mul(i32::from(b)) >> 16) as i16;
+        let (t0, t1) = (&t0[..dst.len()], &t1[..dst.len()]);
+        for i in 0..dst.len() {
+            dst[i] = (tap(t0[i], b0).wrapping_add(tap(t1[i], b1)).wrapping_add(2) >> 2).clamp(0, 255) as u8;
         }
     }
     Image { width, height, data: out }
+}
+
+/// One source row's horizontal resize pass into `t` (3 values per output pixel), already shifted
+/// right by 4 as OpenCV's vertical pass takes it. `taps` holds, per output pixel, the byte offset
+/// of its left source pixel (the right one follows) and the two weights. The exact sum is at most
+/// 255 * 2049, so after the shift it fits an i16 and OpenCV's saturation to 16 bits never
+/// applies; the arithmetic cannot wrap (wrapping operations keep debug builds' overflow checks
+/// out of the loop).
+#[inline(always)]
+fn horizontal_pass(line: &[u8], taps: &[(usize, i32, i32)], t: &mut [i16]) {
+    // A one-pixel-wide row is padded so that every pair can be read (its right weight is 0).
+    let mut padded = [0u8; 6];
+    let line = if line.len() == 3 {
+        padded[..3].copy_from_slice(line);
+        &padded[..]
+    } else {
+        line
+    };
+    for (tx, &(o, a0, a1)) in t.chunks_exact_mut(3).zip(taps) {
+        let p: &[u8; 6] = line[o..o + 6].try_into().expect("six bytes");
+        for c in 0..3 {
+            let sum = i32::from(p[c]).wrapping_mul(a0).wrapping_add(i32::from(p[c + 3]).wrapping_mul(a1));
+            tx[c] = (sum >> 4) as i16;
+        }
+    }
 }
 
 /// Division tables of OpenCV's 8-bit HSV conversion (12-bit fixed point).
@@ -117,31 +141,45 @@ fn hsv_tables() -> &'static HsvTables {
     })
 }
 
-/// `cv2.cvtColor(img, COLOR_BGR2HSV)` as three planes H (0..179), S, V.
+/// `cv2.cvtColor(img, COLOR_BGR2HSV)` as three planes H (0..179), S, V. Branch-free per pixel,
+/// and inline for the same reason as [`resize_linear`].
+#[inline(always)]
 pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
     let t = hsv_tables();
     let n = img.width * img.height;
     let (mut hp, mut sp, mut vp) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
-    let pixels = (0..img.height).flat_map(|y| img.row(y).chunks_exact(3));
-    for (((px, ho), so), vo) in pixels.zip(&mut hp).zip(&mut sp).zip(&mut vp) {
-        let (b, g, r) = (i32::from(px[0]), i32::from(px[1]), i32::from(px[2]));
-        let v = b.max(g).max(r);
-        let d = v - b.min(g).min(r);
-        let s = (d * t.sdiv[v as usize] + 2048) >> 12;
-        let h = if v == r {
-            g - b
-        } else if v == g {
-            b - r + 2 * d
-        } else {
-            r - g + 4 * d
-        };
-        let mut h = (h * t.hdiv[d as usize] + 2048) >> 12;
-        if h < 0 {
-            h += 180;
+    let w = img.width;
+    for y in 0..img.height {
+        let rows = (&mut hp[y * w..(y + 1) * w], &mut sp[y * w..(y + 1) * w], &mut vp[y * w..(y + 1) * w]);
+        for (((px, ho), so), vo) in img.row(y).chunks_exact(3).zip(rows.0).zip(rows.1).zip(rows.2) {
+            let (b, g, r) = (px[0], px[1], px[2]);
+            let (v, min) = (b.max(g).max(r), b.min(g).min(r));
+            let d = v.wrapping_sub(min);
+            // Bounded (|h| <= 5 * 255, tables <= 2^20): wrapping operations only keep debug
+            // builds' overflow checks out of the loop.
+            let s = i32::from(d).wrapping_mul(t.sdiv[usize::from(v)]).wrapping_add(2048) >> 12;
+            let (b, g, r, di) = (i32::from(b), i32::from(g), i32::from(r), i32::from(d));
+            let h = if v == px[2] {
+                g.wrapping_sub(b)
+            } else if v == px[1] {
+                b.wrapping_sub(r).wrapping_add(di << 1)
+            } else {
+                r.wrapping_sub(g).wrapping_add(di << 2)
+            };
+            let h = h.wrapping_mul(t.hdiv[usize::from(d)]).wrapping_add(2048) >> 12;
+            let h = if h < 0 { h.wrapping_add(180) } else { h };
+            (*ho, *so, *vo) = (h as u8, s as u8, v);
         }
-        (*ho, *so, *vo) = (h as u8, s as u8, v as u8);
     }
     [hp, sp, vp]
+}
+
+/// Run `op` compiled for the widest SIMD instruction set this CPU has (AVX2 and FMA on current
+/// x86-64, checked at run time), so the pixel loops it inlines vectorise beyond the SSE2 baseline
+/// the crate is built for. The results are the same bytes on every instruction set: the loops
+/// are integer arithmetic.
+pub fn with_simd<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    pulp::Arch::new().dispatch(op)
 }
 
 #[cfg(test)]
