@@ -178,6 +178,8 @@ fn a_hung_video_times_out_in_scene_split() {
     std::fs::create_dir(&videos).unwrap();
     std::fs::copy("tests/data/videos/hug_lego_movie.mp4", videos.join("hug_lego_movie.mp4")).unwrap();
     assert!(std::process::Command::new("mkfifo").arg(videos.join("hung.mp4")).status().unwrap().success());
+    // A writer that never writes (held read-write, which does not block): reads wait for data.
+    let _writer = std::fs::OpenOptions::new().read(true).write(true).open(videos.join("hung.mp4")).unwrap();
     let list = dir.path().join("videos.txt");
     std::fs::write(&list, format!("{0}/hung.mp4\n{0}/hug_lego_movie.mp4\n", videos.display())).unwrap();
     let (manifest, out) = (dir.path().join("split.toml"), dir.path().join("out"));

@@ -199,9 +199,11 @@ fn too_many_failures_abort_the_job_with_a_clear_message() {
 #[test]
 fn an_item_that_takes_too_long_becomes_an_error_record() {
     let dir = tempfile::tempdir().unwrap();
-    // A FIFO blocks FFmpeg's open until a writer appears, which never happens: a hung input.
+    // A FIFO whose writer (held read-write, which does not block) never writes: reads wait for
+    // data that never comes, a hung input.
     let fifo = dir.path().join("hung.mp4");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let _writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
     let list = format!("{}\n{}\n", fifo.display(), common::videos().join("hug_lego_movie.mp4").display());
     std::fs::write(dir.path().join("inputs.txt"), list).unwrap();
     let m = job(

@@ -4,6 +4,7 @@
 //! in the `stages` crate and register their config types in a [`Registry`].
 
 pub mod budget;
+pub mod cancel;
 pub mod cluster;
 pub mod confine;
 mod error;

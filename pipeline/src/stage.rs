@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::cancel::Cancel;
 use crate::{BuildError, ErrorRecord, Field, Item, PipelineError, StageError};
 
 /// A transform: takes one item, returns zero (filtered), one, or many (fan-out) items.
@@ -96,13 +97,16 @@ pub enum Runnable {
 }
 
 /// What a stage may use while processing: its scratch directory, the run attempt (for the names
-/// of files it publishes) and the CPU pool.
+/// of files it publishes), the item's cancellation token and the CPU pool.
 #[derive(Debug, Clone)]
 pub struct StageContext {
     /// A local directory for temporary files (downloads, spools), removed after the run.
     pub scratch: PathBuf,
     /// The run attempt (see [`crate::names::attempt_id`]).
     pub attempt: String,
+    /// Tripped when the item being processed times out; the executor gives every item its own
+    /// (see [`crate::cancel`]), and [`StageContext::cpu`] makes it the work's current token.
+    pub cancel: Cancel,
 }
 
 impl StageContext {
@@ -111,11 +115,17 @@ impl StageContext {
         crate::names::item_file(folder, &self.attempt, id, suffix)
     }
 
-    /// Run CPU-heavy work on the rayon pool and await it; a panic becomes an item error.
+    /// Run CPU-heavy work on the rayon pool and await it; a panic becomes an item error. The work
+    /// runs with the item's token as its current one ([`crate::cancel::check`]), and does not
+    /// start at all when the item was cancelled while it waited for a thread.
     pub async fn cpu<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, StageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let cancel = self.cancel.clone();
         rayon::spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            if cancel.is_cancelled() {
+                return;
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cancel.scope(f)));
             // The receiver is gone only if the item timed out; the result is then not needed.
             let _ = tx.send(r);
         });
@@ -128,6 +138,7 @@ impl StageContext {
                     .or_else(|| panic.downcast_ref::<String>().cloned());
                 Err(StageError::msg(format!("internal error (panic): {}", msg.unwrap_or_default())))
             }
+            Err(_) if self.cancel.is_cancelled() => Err(crate::cancel::Cancelled.into()),
             Err(_) => Err(StageError::msg("the worker thread stopped")),
         }
     }

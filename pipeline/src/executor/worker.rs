@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::reuse::Reuse;
 use super::tracker::Tracker;
 use crate::budget::MemoryBudget;
+use crate::cancel::Cancel;
 use crate::report::StageCounters;
 use crate::stage::{Stage, StageContext};
 use crate::{ErrorRecord, Field, FieldType, Item, StageError};
@@ -85,12 +86,18 @@ impl Worker {
             } else {
                 self.counters.computed.fetch_add(1, Ordering::Relaxed);
                 let t0 = Instant::now();
-                let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &self.ctx)).await {
+                // The item's own token: tripped on timeout, so that its work still queued or
+                // running on the CPU pool stops at its next check instead of holding a core.
+                let ctx = StageContext { cancel: Cancel::default(), ..self.ctx.clone() };
+                let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &ctx)).await {
                     Ok(r) => r,
-                    Err(_) => Err(StageError::msg(format!(
-                        "timed out after {} (job.item_timeout)",
-                        humantime::format_duration(self.timeout)
-                    ))),
+                    Err(_) => {
+                        ctx.cancel.cancel();
+                        Err(StageError::msg(format!(
+                            "timed out after {} (job.item_timeout)",
+                            humantime::format_duration(self.timeout)
+                        )))
+                    }
                 };
                 self.counters.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 result

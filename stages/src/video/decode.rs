@@ -125,7 +125,7 @@ impl FrameFormat {
 pub struct VideoReader {
     path: PathBuf,
     threads: usize,
-    input: ffmpeg::format::context::Input,
+    input: super::Demuxer,
     stream: usize,
     decoder: ffmpeg::decoder::Video,
     /// Seconds per tick of the stream's timestamps.
@@ -143,8 +143,7 @@ pub struct VideoReader {
 impl VideoReader {
     /// Open the best video stream of a file; `threads` decoder threads (0 lets FFmpeg choose).
     pub fn open(path: &Path, threads: usize) -> Result<VideoReader, DecodeError> {
-        super::ffmpeg_init();
-        let input = ffmpeg::format::input(&path).map_err(|e| DecodeError::Open(path.display().to_string(), e))?;
+        let input = super::open_input(path)?;
         let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or(DecodeError::NoVideo)?;
         let r = stream.avg_frame_rate();
         let fps = if r.denominator() != 0 && r.numerator() != 0 { f64::from(r) } else { f64::from(stream.rate()) };
@@ -286,7 +285,9 @@ impl VideoReader {
     }
 
     /// The decoding loop: every frame of the stream in presentation order, then the decoder's
-    /// buffered frames at the end. `on_frame` returns false to stop early.
+    /// buffered frames at the end. `on_frame` returns false to stop early. Packets that cannot
+    /// be read are skipped; the loop ends early with [`DecodeError::Cancelled`] once the item is
+    /// cancelled (checked before every packet and frame).
     fn decode(
         &mut self,
         mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video) -> Result<bool, DecodeError>,
@@ -294,24 +295,27 @@ impl VideoReader {
         self.fresh = false;
         let mut decoded = ffmpeg::frame::Video::empty();
         let mut count = 0usize;
-        let mut packets = self.input.packets();
         let mut ended = false;
         loop {
+            pipeline::cancel::check()?;
             if !ended {
-                match packets.next() {
-                    Some((stream, packet)) => {
-                        if stream.index() != self.stream || self.decoder.send_packet(&packet).is_err() {
+                let mut packet = ffmpeg::Packet::empty();
+                match packet.read(&mut self.input) {
+                    Ok(()) => {
+                        if packet.stream() != self.stream || self.decoder.send_packet(&packet).is_err() {
                             continue;
                         }
                     }
-                    None => {
+                    Err(ffmpeg::Error::Eof) => {
                         ended = true;
                         let _ = self.decoder.send_eof();
                     }
+                    Err(_) => continue,
                 }
             }
             let mut received = false;
             while self.decoder.receive_frame(&mut decoded).is_ok() {
+                pipeline::cancel::check()?;
                 received = true;
                 let go_on = on_frame(count, &decoded)?;
                 count += 1;

@@ -13,6 +13,12 @@ pub enum DecodeError {
     /// The container could not be opened.
     #[error("cannot open {0} as a media file")]
     Open(String, #[source] ffmpeg::Error),
+    /// A pipe or device could not be opened for reading.
+    #[error("cannot open {0} for reading")]
+    OpenPipe(String, #[source] std::io::Error),
+    /// The item was cancelled (it timed out) while its video was being read.
+    #[error(transparent)]
+    Cancelled(#[from] pipeline::cancel::Cancelled),
     /// There is no video stream.
     #[error("no video stream")]
     NoVideo,
@@ -63,8 +69,7 @@ pub struct MediaInfo {
 
 /// Probe a local media file. Errors name what FFmpeg could not read.
 pub fn probe_file(path: &Path) -> Result<MediaInfo, DecodeError> {
-    super::ffmpeg_init();
-    let ictx = ffmpeg::format::input(&path).map_err(|e| DecodeError::Open(path.display().to_string(), e))?;
+    let ictx = super::open_input(path)?;
     let stream = ictx.streams().best(ffmpeg::media::Type::Video).ok_or(DecodeError::NoVideo)?;
     let params = stream.parameters();
     let codec = params.id().name().to_string();
