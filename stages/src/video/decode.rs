@@ -9,7 +9,7 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
-use super::probe::{display_rotation, DecodeError};
+use super::probe::{display_rotation, open_input, DecodeError, Demuxer};
 
 /// One decoded picture, packed 8-bit, 3 channels, rows without padding.
 #[derive(Debug, Clone)]
@@ -125,7 +125,7 @@ impl FrameFormat {
 pub struct VideoReader {
     path: PathBuf,
     threads: usize,
-    input: super::Demuxer,
+    input: Demuxer,
     stream: usize,
     decoder: ffmpeg::decoder::Video,
     /// Seconds per tick of the stream's timestamps.
@@ -143,7 +143,7 @@ pub struct VideoReader {
 impl VideoReader {
     /// Open the best video stream of a file; `threads` decoder threads (0 lets FFmpeg choose).
     pub fn open(path: &Path, threads: usize) -> Result<VideoReader, DecodeError> {
-        let input = super::open_input(path)?;
+        let input = open_input(path)?;
         let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or(DecodeError::NoVideo)?;
         let r = stream.avg_frame_rate();
         let fps = if r.denominator() != 0 && r.numerator() != 0 { f64::from(r) } else { f64::from(stream.rate()) };

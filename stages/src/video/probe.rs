@@ -69,7 +69,7 @@ pub struct MediaInfo {
 
 /// Probe a local media file. Errors name what FFmpeg could not read.
 pub fn probe_file(path: &Path) -> Result<MediaInfo, DecodeError> {
-    let ictx = super::open_input(path)?;
+    let ictx = open_input(path)?;
     let stream = ictx.streams().best(ffmpeg::media::Type::Video).ok_or(DecodeError::NoVideo)?;
     let params = stream.parameters();
     let codec = params.id().name().to_string();
@@ -141,4 +141,55 @@ pub fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i64 {
 fn pixel_format_name(f: ffmpeg::format::Pixel) -> String {
     let desc: Option<ffmpeg::util::format::pixel::Descriptor> = f.descriptor();
     desc.map_or_else(|| "unknown".to_string(), |d| d.name().to_string())
+}
+
+/// An FFmpeg demuxer opened by [`open_input`], with the pipe it reads from when the input is not
+/// a regular file (fields drop in order: the demuxer before the pipe it may use).
+pub(crate) struct Demuxer {
+    input: ffmpeg_next::format::context::Input,
+    _pipe: Option<std::fs::File>,
+}
+
+impl std::ops::Deref for Demuxer {
+    type Target = ffmpeg_next::format::context::Input;
+    fn deref(&self) -> &Self::Target {
+        &self.input
+    }
+}
+
+impl std::ops::DerefMut for Demuxer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.input
+    }
+}
+
+/// Open a media file for demuxing so that a read which waits for data gives up once the item
+/// being processed is cancelled (it timed out): FFmpeg's interrupt callback reports
+/// [`pipeline::cancel::cancelled`], and its read loop then returns "immediate exit requested".
+///
+/// A FIFO, socket or device is opened here without blocking and handed to FFmpeg as a pipe:
+/// opened normally, open(2) would wait for a writer and FFmpeg's blocking read(2) would wait for
+/// data without ever asking the callback; non-blocking, FFmpeg retries and asks in between.
+pub(crate) fn open_input(path: &std::path::Path) -> Result<Demuxer, DecodeError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    super::ffmpeg_init();
+    let name = || path.display().to_string();
+    let pipe = match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| DecodeError::OpenPipe(name(), e))?,
+        ),
+        _ => None,
+    };
+    let url = match &pipe {
+        Some(f) => std::path::PathBuf::from(format!("pipe:{}", f.as_raw_fd())),
+        None => path.to_path_buf(),
+    };
+    let input = ffmpeg_next::format::input_with_interrupt(&url, pipeline::cancel::cancelled)
+        .map_err(|e| DecodeError::Open(name(), e))?;
+    Ok(Demuxer { input, _pipe: pipe })
 }
