@@ -98,22 +98,33 @@ pub(crate) struct Plan {
     _parts: Vec<Desc>,
 }
 
-/// A bf16 tensor descriptor `[B, H, L, D]` with `[batch, head, row]` strides and a contiguous
-/// last axis.
-fn tensor(uid: i64, dims: [i64; 4], s: [i64; 3]) -> Result<Desc> {
+/// A tensor descriptor: `dtype`, 4-D `dims` and `strides` (elements), `alignment` bytes;
+/// `by_value` for a host scalar passed in the variant pack (the scale).
+fn tensor(
+    uid: i64,
+    dtype: sys::cudnnDataType_t,
+    dims: [i64; 4],
+    strides: [i64; 4],
+    alignment: i64,
+    by_value: bool,
+) -> Result<Desc> {
     let t = Desc::new(D::CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor descriptor")?;
-    t.set(
-        A::CUDNN_ATTR_TENSOR_DATA_TYPE,
-        T::CUDNN_TYPE_DATA_TYPE,
-        &[sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16],
-        "dtype",
-    )?;
+    t.set(A::CUDNN_ATTR_TENSOR_DATA_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[dtype], "dtype")?;
     t.set(A::CUDNN_ATTR_TENSOR_DIMENSIONS, T::CUDNN_TYPE_INT64, &dims, "dims")?;
-    t.set(A::CUDNN_ATTR_TENSOR_STRIDES, T::CUDNN_TYPE_INT64, &[s[0], s[1], s[2], 1], "strides")?;
+    t.set(A::CUDNN_ATTR_TENSOR_STRIDES, T::CUDNN_TYPE_INT64, &strides, "strides")?;
     t.set(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, T::CUDNN_TYPE_INT64, &[uid], "uid")?;
-    t.set(A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, T::CUDNN_TYPE_INT64, &[16i64], "alignment")?;
+    t.set(A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, T::CUDNN_TYPE_INT64, &[alignment], "alignment")?;
+    if by_value {
+        t.set(A::CUDNN_ATTR_TENSOR_IS_BY_VALUE, T::CUDNN_TYPE_BOOLEAN, &[true], "by value")?;
+    }
     t.finalize("tensor descriptor")?;
     Ok(t)
+}
+
+/// A bf16 operand `[B, H, L, D]` with `[batch, head, row]` strides and a contiguous last axis.
+fn operand(uid: i64, dims: [usize; 4], s: [i64; 3]) -> Result<Desc> {
+    let dims = dims.map(|v| v as i64);
+    tensor(uid, sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16, dims, [s[0], s[1], s[2], 1], 16, false)
 }
 
 impl Plan {
@@ -122,23 +133,11 @@ impl Plan {
     fn build(key: &Key, cudnn: &Cudnn) -> Result<Option<Plan>> {
         let (b, h, lq, lk, d) = key.dims;
         let [qs, ks, vs, os] = key.strides;
-        let q = tensor(UID_Q, [b as i64, h as i64, lq as i64, d as i64], qs)?;
-        let k = tensor(UID_K, [b as i64, h as i64, lk as i64, d as i64], ks)?;
-        let v = tensor(UID_V, [b as i64, h as i64, lk as i64, d as i64], vs)?;
-        let o = tensor(UID_O, [b as i64, h as i64, lq as i64, d as i64], os)?;
-        let scale = Desc::new(D::CUDNN_BACKEND_TENSOR_DESCRIPTOR, "scale descriptor")?;
-        scale.set(
-            A::CUDNN_ATTR_TENSOR_DATA_TYPE,
-            T::CUDNN_TYPE_DATA_TYPE,
-            &[sys::cudnnDataType_t::CUDNN_DATA_FLOAT],
-            "dtype",
-        )?;
-        scale.set(A::CUDNN_ATTR_TENSOR_DIMENSIONS, T::CUDNN_TYPE_INT64, &[1i64; 4], "dims")?;
-        scale.set(A::CUDNN_ATTR_TENSOR_STRIDES, T::CUDNN_TYPE_INT64, &[1i64; 4], "strides")?;
-        scale.set(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, T::CUDNN_TYPE_INT64, &[UID_SCALE], "uid")?;
-        scale.set(A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, T::CUDNN_TYPE_INT64, &[4i64], "alignment")?;
-        scale.set(A::CUDNN_ATTR_TENSOR_IS_BY_VALUE, T::CUDNN_TYPE_BOOLEAN, &[true], "by value")?;
-        scale.finalize("scale descriptor")?;
+        let q = operand(UID_Q, [b, h, lq, d], qs)?;
+        let k = operand(UID_K, [b, h, lk, d], ks)?;
+        let v = operand(UID_V, [b, h, lk, d], vs)?;
+        let o = operand(UID_O, [b, h, lq, d], os)?;
+        let scale = tensor(UID_SCALE, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, [1; 4], [1; 4], 4, true)?;
 
         let op = Desc::new(D::CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, "SDPA operation")?;
         let bd = T::CUDNN_TYPE_BACKEND_DESCRIPTOR;
