@@ -191,6 +191,9 @@ fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
         let mut lap = Instant::now();
         // Each part's time as it ends (synchronised, so it is the GPU's time too).
         let mut progress = |part: &str| {
+            if !matches!(part, "vae encode" | "dit" | "vae decode") {
+                return Ok(()); // steps and chunks: the parts' lines are enough
+            }
             let _ = dev.synchronize();
             let detail = match part {
                 "vae encode" => format!("latent {:?}", [1, vae_c.z_dim, vae_c.latent_frames(105), 90, 160]),
@@ -199,6 +202,7 @@ fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
             };
             println!("enhance {part:<10} {:>8.1} s   {detail}", lap.elapsed().as_secs_f64());
             lap = Instant::now();
+            Ok(())
         };
         enhancer.enhance(&video, &pos, &neg, 42, &mut progress, &mut |chunk| {
             frames.set(frames.get() + chunk.dim(2)?);
@@ -400,6 +404,7 @@ pub fn gpu_bench(a: &GpuBenchArgs) -> Result<(), BenchError> {
         let mut progress = |what: &str| {
             let _ = p.device.synchronize();
             println!("  {what:<16} at {:>8.1} s", started.elapsed().as_secs_f64());
+            Ok(())
         };
         let l = generate(&models, &settings, &p, prompt, &image, (frames, h, w), 42, &mut progress);
         sync().and(l)
@@ -414,7 +419,8 @@ pub fn gpu_bench(a: &GpuBenchArgs) -> Result<(), BenchError> {
     );
 
     let t = Instant::now();
-    let (video, peak) = with_peak_memory(|| decode_video(&models.vae, &latent, &image, w, frames, &p.device, dtype));
+    let (video, peak) =
+        with_peak_memory(|| decode_video(&models.vae, &latent, &image, w, frames, &p.device, dtype, &mut |_| Ok(())));
     let video = video?;
     println!("vae decode         {:>8.1} s   peak GPU {}   ({frames} frames)", t.elapsed().as_secs_f64(), mib(peak));
 

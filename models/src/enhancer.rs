@@ -11,7 +11,7 @@ use crate::random::{noise_stream, standard_normal};
 use crate::t5::T5Tokenizer;
 use crate::umt5::Umt5Encoder;
 use crate::wan_dit::WanDit;
-use crate::wan_flow::Enhancer;
+use crate::wan_flow::{EnhancePoint, Enhancer};
 use crate::wan_vae::{to_frames_u8, WanVae};
 
 /// The noise stream of the enhancer, apart from the generator's streams of the same seed.
@@ -37,26 +37,34 @@ impl WanEnhancer {
     /// Enhance `video` `[1, 3, 1 + 4k, H, W]` in [-1, 1] between the text features `positive`
     /// and `negative` (`[L, text_dim]` each, on `device`), the noise drawn from `seed`: `sink`
     /// receives the decoded frames chunk by chunk (`[1, 3, t, H, W]` in [-1, 1], on `device`);
-    /// `progress` hears "vae encode", "dit" and "vae decode" as each part finishes.
+    /// `progress` hears "vae encode", "step i", "dit", "chunk" (after each decoded chunk) and "vae
+    /// decode" as each part finishes; an error it returns ends the enhancement there (how a
+    /// timed-out item stops within one step or chunk).
     pub fn enhance(
         &self,
         video: &Tensor,
         positive: &Tensor,
         negative: &Tensor,
         seed: u64,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(&str) -> candle_core::Result<()>,
         sink: &mut dyn FnMut(Tensor) -> candle_core::Result<()>,
     ) -> candle_core::Result<()> {
         let x = video.to_device(&self.device)?.to_dtype(self.dtype)?;
         let origin = self.vae.encode(&x)?.to_dtype(DType::F32)?;
         drop(x);
-        progress("vae encode");
+        progress("vae encode")?;
         let noise = standard_normal(origin.dims(), noise_stream(seed, NOISE_STREAM))?.to_device(&self.device)?;
-        let latents = self.sampler.enhance(&self.dit, &origin, &noise, positive, negative, &mut |_, _| {})?;
-        progress("dit");
-        self.vae.decode_chunks(&latents, &mut |_, _| {}, sink)?;
-        progress("vae decode");
-        Ok(())
+        let latents =
+            self.sampler.enhance(&self.dit, &origin, &noise, positive, negative, &mut |point, _| match point {
+                EnhancePoint::DitInput(i) => progress(&format!("step {i}")),
+                _ => Ok(()),
+            })?;
+        progress("dit")?;
+        self.vae.decode_chunks(&latents, &mut |_, _| {}, &mut |chunk| {
+            sink(chunk)?;
+            progress("chunk")
+        })?;
+        progress("vae decode")
     }
 }
 
@@ -121,11 +129,17 @@ pub struct EnhancerModels {
 impl EnhancerModels {
     /// Enhance `video` `[1, 3, 1 + 4k, H, W]` (f32 in [-1, 1], any device) for `prompt` with the
     /// noise of `seed`: the frames `[1 + 4k, H, W, 3]` as 8-bit RGB bytes, truncated as the
-    /// reference writes them.
-    pub fn enhance(&self, video: &Tensor, prompt: &str, seed: u64) -> candle_core::Result<Vec<u8>> {
+    /// reference writes them. `progress` is [`WanEnhancer::enhance`]'s.
+    pub fn enhance(
+        &self,
+        video: &Tensor,
+        prompt: &str,
+        seed: u64,
+        progress: &mut dyn FnMut(&str) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Vec<u8>> {
         let (positive, negative) = self.text.prompts(prompt, &self.wan.device)?;
         let mut bytes = Vec::with_capacity(video.elem_count());
-        self.wan.enhance(video, &positive, &negative, seed, &mut |_| {}, &mut |chunk| {
+        self.wan.enhance(video, &positive, &negative, seed, progress, &mut |chunk| {
             let frames = to_frames_u8(&chunk.squeeze(0)?)?.to_device(&Device::Cpu)?;
             bytes.extend(frames.flatten_all()?.to_vec1::<u8>()?);
             Ok(())

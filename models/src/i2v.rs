@@ -96,7 +96,8 @@ pub fn encode_prompt(m: &I2vModels, p: &I2vPlacement, prompt: &str) -> candle_co
 
 /// Latents `[24, T', H/8, W/8]` (f32) of one video: `prompt`, the reference `image` (`[H, W, 3]`
 /// RGB bytes), `size` = (frames, height, width), every noise drawn from `seed`. `progress` hears
-/// "text", "reference" and "step i" as each part finishes.
+/// "text", "reference" and "step i" as each part finishes; an error it returns ends the
+/// generation there (how a timed-out item stops within one sampling step).
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     m: &I2vModels,
@@ -106,7 +107,7 @@ pub fn generate(
     image: &[u8],
     size: (usize, usize, usize),
     seed: u64,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(&str) -> candle_core::Result<()>,
 ) -> candle_core::Result<Tensor> {
     let (frames, height, width) = size;
     let prompt = match s.aes_score {
@@ -114,7 +115,7 @@ pub fn generate(
         None => prompt.to_string(),
     };
     let (y, lens) = encode_prompt(m, p, &prompt)?;
-    progress("text");
+    progress("text")?;
     let vae = m.vae.config();
     let (lt, lh, lw) = vae.latent_size(frames, height, width);
     let channels = vae.temporal.latent_channels;
@@ -125,7 +126,7 @@ pub fn generate(
     // Noise streams: 0 the reference latent's posterior, 1 the initial noise, 2.. the sampler's steps.
     let eps = standard_normal(&[1, channels, 1, lh, lw], noise_stream(seed, 0))?.to_device(&p.device)?;
     let reference = m.vae.encode(&img.repeat((1, 1, 8, 1, 1))?, Some(&eps.to_dtype(p.dtype)?))?.to_dtype(DType::F32)?;
-    progress("reference");
+    progress("reference")?;
     let z = Tensor::cat(&[reference, Tensor::zeros((1, channels, lt - 1, lh, lw), DType::F32, &p.device)?], 2)?;
     let sampler = RFlow { steps: s.steps, guidance: s.cfg_scale };
     let timesteps = sampler.timesteps(height, width, lt, s.shift);
@@ -152,7 +153,9 @@ pub struct Video {
 
 /// Decode latents `[24, T', h, w]` except latent frame 0 into `frames - 1` frames, chunk by chunk
 /// on `device` in `dtype`, behind the `reference` image (`[H, W, 3]` bytes, `width` wide, cropped
-/// to the decoded size where the VAE's 8-pixel grid cuts the frame).
+/// to the decoded size where the VAE's 8-pixel grid cuts the frame). `progress` hears "chunk"
+/// after each decoded chunk; an error it returns ends the decoding there.
+#[allow(clippy::too_many_arguments)]
 pub fn decode_video(
     vae: &MugVae,
     latent: &Tensor,
@@ -161,6 +164,7 @@ pub fn decode_video(
     frames: usize,
     device: &Device,
     dtype: DType,
+    progress: &mut dyn FnMut(&str) -> candle_core::Result<()>,
 ) -> candle_core::Result<Video> {
     let mut bytes: Vec<u8> = Vec::new();
     let mut size = (0, 0);
@@ -176,7 +180,7 @@ pub fn decode_video(
             }
         }
         bytes.extend(chunk.flatten_all()?.to_vec1::<f32>()?.into_iter().map(to_u8));
-        Ok(())
+        progress("chunk")
     })?;
     Ok(Video { bytes, height: size.0, width: size.1 })
 }

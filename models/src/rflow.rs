@@ -103,7 +103,8 @@ impl RFlow {
 
     /// Sample latents `[n, C, T, H, W]` from `z` (whose conditioning frames hold the reference
     /// latents): `noise(0)` gives the initial noise, `noise(i + 1)` the noise of step `i` when a
-    /// frame starts being generated mid-way (never with a 0/1 mask). `step` sees every step.
+    /// frame starts being generated mid-way (never with a 0/1 mask). `step` sees every step; an
+    /// error it returns ends the sampling there (a cancelled item stops within one step).
     pub fn sample(
         &self,
         model: &MugDit,
@@ -111,7 +112,7 @@ impl RFlow {
         cond: &Conditioning,
         timesteps: &[f32],
         noise: &mut dyn FnMut(usize) -> candle_core::Result<Tensor>,
-        step: &mut dyn FnMut(&Step),
+        step: &mut dyn FnMut(&Step) -> candle_core::Result<()>,
     ) -> candle_core::Result<Tensor> {
         let (n, _, t, _, _) = z.dims5()?;
         let channels = z.dim(1)?;
@@ -167,7 +168,7 @@ impl RFlow {
             z = (&z + (&v * f64::from(dt))?)?;
             let keep: Vec<u8> = upper.iter().flat_map(|r| r.iter().map(|&u| u8::from(u))).collect();
             z = Tensor::from_vec(keep, (n, 1, t, 1, 1), dev)?.broadcast_as(z.shape())?.where_cond(&z, &x0)?;
-            step(&Step { index: i, model_out: &out, velocity: &v, latent: &z });
+            step(&Step { index: i, model_out: &out, velocity: &v, latent: &z })?;
         }
         Ok(z)
     }

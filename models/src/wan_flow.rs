@@ -99,7 +99,8 @@ impl Enhancer {
     /// noise it with standard-normal `noise` to the first sigma, then per step run the DiT on the
     /// prompt's and the negative prompt's text features (`[L, text_dim]` each, valid tokens only)
     /// with `origin` as its clean latent and first-frame mode on, guide, and take an Euler step;
-    /// latent frame 0 stays `origin`'s. `hook` sees the values named by [`EnhancePoint`].
+    /// latent frame 0 stays `origin`'s. `hook` sees the values named by [`EnhancePoint`]; an
+    /// error it returns ends the enhancement there (a cancelled item stops within one step).
     pub fn enhance(
         &self,
         dit: &WanDit,
@@ -107,17 +108,17 @@ impl Enhancer {
         noise: &Tensor,
         positive: &Tensor,
         negative: &Tensor,
-        hook: &mut dyn FnMut(EnhancePoint, &Tensor),
+        hook: &mut dyn FnMut(EnhancePoint, &Tensor) -> candle_core::Result<()>,
     ) -> candle_core::Result<Tensor> {
         let sigmas = self.schedule.sigmas(self.steps);
         let timesteps = self.schedule.timesteps(&sigmas);
         let first = *sigmas.first().ok_or_else(|| candle_core::Error::Msg("the enhancer needs a step".into()))?;
         let mut latents = ((origin * f64::from(1.0 - first))? + (noise * f64::from(first))?)?;
-        hook(EnhancePoint::Noisy, &latents);
+        hook(EnhancePoint::Noisy, &latents)?;
         let b = origin.dim(0)?;
         for (i, (&sigma, &timestep)) in sigmas.iter().zip(&timesteps).enumerate() {
             latents = keep_first_frame(&latents, origin)?;
-            hook(EnhancePoint::DitInput(i), &latents);
+            hook(EnhancePoint::DitInput(i), &latents)?;
             let velocity = |text: &Tensor| {
                 dit.forward(&WanDitInput {
                     x: &latents,
@@ -128,10 +129,10 @@ impl Enhancer {
                 })
             };
             let (pos, neg) = (velocity(positive)?, velocity(negative)?);
-            hook(EnhancePoint::Positive(i), &pos);
-            hook(EnhancePoint::Negative(i), &neg);
+            hook(EnhancePoint::Positive(i), &pos)?;
+            hook(EnhancePoint::Negative(i), &neg)?;
             let guided = (&neg + ((&pos - &neg)? * f64::from(self.cfg_scale))?)?;
-            hook(EnhancePoint::Guided(i), &guided);
+            hook(EnhancePoint::Guided(i), &guided)?;
             let next = sigmas.get(i + 1).copied().unwrap_or(0.0);
             let step = (guided * f64::from(next - sigma))?.to_dtype(latents.dtype())?;
             latents = keep_first_frame(&(&latents + step)?, origin)?;

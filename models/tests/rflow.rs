@@ -72,6 +72,7 @@ fn image_to_video_sampling_matches_the_reference() {
             assert_close(&format!("step {i} v_pred"), s.velocity, &c[&format!("step{i}_v_pred")]);
             assert_close(&format!("step {i} latent"), s.latent, &c[&format!("step{i}_latent_after")]);
             steps += 1;
+            Ok(())
         })
         .unwrap();
     assert_eq!(steps, 5);

@@ -204,6 +204,7 @@ fn enhancement_step_matches_the_reference() {
     let out = enhancer
         .enhance(&model, &c["latents_origin"], &c["noise"], &positive, &negative, &mut |p, x| {
             seen.insert(p, x.clone());
+            Ok(())
         })
         .unwrap();
     assert_within("latents_noisy", &seen[&EnhancePoint::Noisy], &c["latents_noisy"], TOLERANCE);

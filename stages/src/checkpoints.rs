@@ -1,6 +1,7 @@
 //! What the model stages share: where a model runs (device, dtype), which size preset a
 //! checkpoint has (the sizes themselves are `models::presets`'),
-//! checkpoint and load errors, and tensor payload conversion.
+//! checkpoint and load errors, tensor payload conversion, and the cancellation check of model
+//! loops.
 
 use std::path::Path;
 
@@ -133,4 +134,40 @@ pub fn to_payload(t: &Tensor) -> Result<pipeline::Tensor, candle_core::Error> {
     let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
     pipeline::Tensor::new(pipeline::DType::F32, t.dims().to_vec(), bytes.into())
         .ok_or_else(|| candle_core::Error::Msg("payload size does not match its shape".into()))
+}
+
+/// The progress callback of a model loop (sampling steps, decoded chunks): an error once the
+/// item whose work runs on this thread was cancelled (it timed out), which ends the loop, so a
+/// timed-out item frees its thread within one step instead of running to the end.
+pub fn stop_if_cancelled(_part: &str) -> candle_core::Result<()> {
+    pipeline::cancel::check().map_err(candle_core::Error::wrap)
+}
+
+/// Test support shared by the model stages' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use pipeline::{Item, Stage, StageContext};
+
+    /// Run `item` through `stage` (whose work would take far longer than a minute), trip the
+    /// item's token once the work runs, and assert that the work stops with a cancellation error
+    /// within a generous minute (an unchecked loop would run on to its end).
+    pub(crate) fn stops_when_cancelled(stage: Arc<dyn Stage>, item: Item) {
+        let ctx = StageContext { scratch: std::env::temp_dir(), attempt: "test".into(), cancel: Default::default() };
+        let token = ctx.cancel.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _ = tx.send(rt.block_on(stage.process(item, &ctx)).map(|_| ()));
+        });
+        // Long enough for the work to be inside its model loop (the tiny models load in ms).
+        std::thread::sleep(Duration::from_millis(500));
+        token.cancel();
+        let result =
+            rx.recv_timeout(Duration::from_secs(60)).expect("the work did not stop within 60 s of its cancellation");
+        let err = result.expect_err("the work cannot have finished its steps");
+        assert!(err.causes.iter().any(|c| c.contains("cancelled")), "{err:?}");
+    }
 }

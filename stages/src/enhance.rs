@@ -23,7 +23,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, load_error, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, load_error, stop_if_cancelled, ModelPreset, Placement, Precision};
 use crate::video::decode::ImageRef;
 use crate::video::pillow::{resize_plane, resize_to_fill_with, Filter};
 
@@ -239,8 +239,10 @@ impl Enhance {
         seed: u64,
     ) -> Result<Frames<Vec<u8>>, StageError> {
         let (input, height, width) = self.input(video, n)?;
-        let data =
-            self.models.enhance(&input, prompt, seed).map_err(|e| StageError::from(e).context("enhancement failed"))?;
+        let data = self
+            .models
+            .enhance(&input, prompt, seed, &mut stop_if_cancelled)
+            .map_err(|e| StageError::from(e).context("enhancement failed"))?;
         Ok(Frames { count: data.len() / (3 * height * width), data, height, width })
     }
 
@@ -474,6 +476,16 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let ctx = StageContext { scratch: std::env::temp_dir(), attempt: "test".into(), cancel: Default::default() };
         rt.block_on(stage.process(item, &ctx)).map(|mut v| v.remove(0))
+    }
+
+    /// A timed-out enhancement stops at its next step: a million tiny steps would take hours,
+    /// and the item's work ends within a minute of its token being tripped.
+    #[test]
+    fn a_cancelled_enhancement_stops_within_a_step() {
+        let dir = tempfile::tempdir().unwrap();
+        init_tiny(dir.path());
+        let stage = tiny(dir.path(), serde_json::json!({ "steps": 1_000_000 }));
+        crate::checkpoints::testing::stops_when_cancelled(stage, row(Some(7)));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, load_error, to_payload, ModelPreset, Placement, Precision};
+use crate::checkpoints::{
+    default_device, load_error, stop_if_cancelled, to_payload, ModelPreset, Placement, Precision,
+};
 
 /// Generate each row's video latents as MUG-V's `infer_pipeline.py` does: prompt + `" aesthetic
 /// score: X.X."`, classifier-free guidance against MUG-V's negative prompt, the reference image
@@ -131,7 +133,8 @@ impl Generator {
         }
     }
 
-    /// Latents `[24, T', H/8, W/8]` of one video (see [`models::i2v::generate`]).
+    /// Latents `[24, T', H/8, W/8]` of one video (see [`models::i2v::generate`]); stops after the
+    /// step in which the item's cancellation token is tripped.
     fn generate(
         &self,
         prompt: &str,
@@ -139,8 +142,17 @@ impl Generator {
         size: (usize, usize, usize),
         seed: u64,
     ) -> Result<Tensor, StageError> {
-        models::i2v::generate(&self.models, &self.settings, &self.placement, prompt, image, size, seed, &mut |_| {})
-            .map_err(|e| StageError::from(e).context("sampling failed"))
+        models::i2v::generate(
+            &self.models,
+            &self.settings,
+            &self.placement,
+            prompt,
+            image,
+            size,
+            seed,
+            &mut stop_if_cancelled,
+        )
+        .map_err(|e| StageError::from(e).context("sampling failed"))
     }
 }
 
@@ -212,5 +224,39 @@ impl StageConfig for I2vGenerateConfig {
         );
         let on = I2vPlacement { device: placement.device, dtype: placement.dtype, t5_device: t5_placement.device };
         Ok(Runnable::Transform(Arc::new(Generator::new(self, models, on))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::tiny;
+
+    /// A timed-out generation stops at its next sampling step: a million tiny steps would take
+    /// hours, and the item's work ends within a minute of its token being tripped.
+    #[test]
+    fn a_cancelled_generation_stops_within_a_step() {
+        let dir = tempfile::tempdir().unwrap();
+        use models::presets::{init_random, Part, Preset};
+        init_random(dir.path(), Preset::Tiny, &Part::ALL, models::checkpoint_files::Fill::Random { seed: 0 }, |_| {})
+            .unwrap();
+        let config: I2vGenerateConfig = serde_json::from_value(serde_json::json!({
+            "preset": "tiny",
+            "dit": dir.path().join(tiny::DIT),
+            "vae": dir.path().join(tiny::VAE),
+            "t5": dir.path().join(tiny::T5),
+            "tokenizer": dir.path().join(tiny::T5_TOKENIZER),
+            "steps": 1_000_000,
+        }))
+        .unwrap();
+        let Runnable::Transform(stage) = config.build(&pipeline::BuildContext { job_name: "t".into() }).unwrap() else {
+            unreachable!("i2v_generate is a transform")
+        };
+        let mut item = Item::new("row");
+        item.set("prompt", "A cup of coffee");
+        item.set("num_frames", 9i64);
+        let image = pipeline::Tensor::new(pipeline::DType::U8, vec![32, 48, 3], vec![128u8; 32 * 48 * 3].into());
+        item.tensors.insert("ref_image".into(), image.unwrap());
+        crate::checkpoints::testing::stops_when_cancelled(stage, item);
     }
 }

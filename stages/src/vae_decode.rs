@@ -13,7 +13,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, stop_if_cancelled, ModelPreset, Placement, Precision};
 
 /// Decode each row's `latent` except latent frame 0 (the reference image's) into `num_frames - 1`
 /// frames, chunk by chunk, and put the reference image in front: the `video` tensor
@@ -62,7 +62,7 @@ impl Stage for VaeDecode {
         let video = ctx
             .cpu(move || -> Result<_, StageError> {
                 let z = Tensor::from_vec(floats, shape, &Device::Cpu)?;
-                decode_video(&me.vae, &z, &reference.data, width, frames, &me.device, me.dtype)
+                decode_video(&me.vae, &z, &reference.data, width, frames, &me.device, me.dtype, &mut stop_if_cancelled)
                     .map_err(|e| StageError::from(e).context("VAE decoding failed"))
             })
             .await??;
