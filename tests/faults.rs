@@ -1,5 +1,6 @@
-//! Fault injection: an S3 endpoint that answers 503, stalls or drops connections (a proxy in
-//! front of a real moto server), and a local output on a full disk.
+//! Fault injection: an S3 endpoint that answers 503, stalls, drops connections or loses the reply
+//! to a request it applied (a proxy in front of a real moto server), and a local output on a full
+//! disk.
 
 mod common;
 
@@ -20,27 +21,46 @@ struct Faults {
     errors: AtomicU64,
     stalls: AtomicU64,
     drops: AtomicU64,
+    lost_replies: AtomicU64,
+}
+
+/// The run seed of the proxy's fault decisions: `MUGFLOW_FAULT_SEED`, else a fixed one; printed so
+/// that a failing run can be replayed.
+fn fault_seed() -> u64 {
+    let seed = std::env::var("MUGFLOW_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x0ddf_a175);
+    println!("fault seed {seed} (MUGFLOW_FAULT_SEED replays it)");
+    seed
+}
+
+/// splitmix64: the seed of connection `n` from the run seed, so that each connection draws its
+/// own sequence and the same run seed gives every connection the same faults again.
+fn connection_seed(run: u64, n: u64) -> u64 {
+    let mut z = run.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1 // xorshift needs a non-zero state
 }
 
 /// A proxy on a free port: each request is answered 503 (20%), dropped before it reaches the
-/// server (10%), stalled for 1 s before being forwarded (10%), or forwarded. Decisions come from
-/// a fixed-seed generator, so a failing run can be replayed.
-fn start_proxy(upstream: u16, faults: Arc<Faults>) -> u16 {
+/// server (10%), stalled for 1 s before being forwarded (10%), applied by the server with its
+/// reply lost (10%: the client retries a request that already happened), or forwarded.
+/// Connection `n` (in accept order) draws its decisions from `connection_seed(seed, n)`.
+fn start_proxy(upstream: u16, faults: Arc<Faults>, seed: u64) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seed = Arc::new(AtomicU64::new(0x0ddf_a175));
     std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (faults, seed) = (faults.clone(), seed.clone());
+        for (n, conn) in listener.incoming().flatten().enumerate() {
+            let faults = faults.clone();
+            let mut rng = connection_seed(seed, n as u64);
             std::thread::spawn(move || {
-                let _ = serve(conn, upstream, &faults, &seed);
+                let _ = serve(conn, upstream, &faults, &mut rng);
             });
         }
     });
     port
 }
 
-fn serve(client: TcpStream, upstream: u16, faults: &Faults, seed: &AtomicU64) -> std::io::Result<()> {
+fn serve(client: TcpStream, upstream: u16, faults: &Faults, rng: &mut u64) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
     loop {
@@ -67,12 +87,12 @@ fn serve(client: TcpStream, upstream: u16, faults: &Faults, seed: &AtomicU64) ->
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
         faults.requests.fetch_add(1, Ordering::Relaxed);
-        let mut x = seed.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        seed.store(x, Ordering::Relaxed);
-        match x % 100 {
+        // xorshift64 over this connection's own state.
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let fault = *rng % 100;
+        match fault {
             0..20 => {
                 faults.errors.fetch_add(1, Ordering::Relaxed);
                 client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
@@ -93,6 +113,10 @@ fn serve(client: TcpStream, upstream: u16, faults: &Faults, seed: &AtomicU64) ->
         up.write_all(&body)?;
         let mut response = Vec::new();
         up.read_to_end(&mut response)?;
+        if (40..50).contains(&fault) {
+            faults.lost_replies.fetch_add(1, Ordering::Relaxed);
+            return Ok(()); // the server applied the request; its answer never arrives
+        }
         client.write_all(&response)?;
         // The upstream answer said `Connection: close`; close ours too.
         return Ok(());
@@ -103,7 +127,7 @@ fn serve(client: TcpStream, upstream: u16, faults: &Faults, seed: &AtomicU64) ->
 fn flaky_object_store_requests_are_retried_and_nothing_is_lost() {
     let server = Moto::start();
     let faults = Arc::new(Faults::default());
-    let proxy = start_proxy(server.port, faults.clone());
+    let proxy = start_proxy(server.port, faults.clone(), fault_seed());
     let env = server.env(proxy);
     let run = |set: &str| {
         common::mugflow(&[
@@ -128,15 +152,18 @@ fn flaky_object_store_requests_are_retried_and_nothing_is_lost() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let (requests, errors, drops, stalls) = (
-        faults.requests.load(Ordering::Relaxed),
-        faults.errors.load(Ordering::Relaxed),
-        faults.drops.load(Ordering::Relaxed),
-        faults.stalls.load(Ordering::Relaxed),
+    let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    let (requests, errors, drops, stalls, lost) = (
+        load(&faults.requests),
+        load(&faults.errors),
+        load(&faults.drops),
+        load(&faults.stalls),
+        load(&faults.lost_replies),
     );
+    println!("faults injected: {errors} errors, {drops} drops, {stalls} stalls, {lost} lost replies of {requests}");
     assert!(
-        errors > 0 && drops > 0 && stalls > 0,
-        "faults injected: {errors} errors, {drops} drops, {stalls} stalls of {requests}"
+        errors > 0 && drops > 0 && stalls > 0 && lost > 0,
+        "faults injected: {errors} errors, {drops} drops, {stalls} stalls, {lost} lost replies of {requests}"
     );
 
     // Read back through the server directly: every video exactly once.

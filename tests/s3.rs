@@ -59,7 +59,10 @@ fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
         }
         // The commit point is a conditional create on S3 too: a second commit of a shard is refused.
         let entry = load(&s3, &a.plan).await.unwrap().remove(&0).unwrap();
-        assert_eq!(commit(&s3, &entry).await.unwrap(), Commit::AlreadyCommitted);
+        let other = pipeline::journal::ShardEntry { attempt: "another-attempt".into(), ..entry.clone() };
+        assert_eq!(commit(&s3, &other).await.unwrap(), Commit::AlreadyCommitted);
+        // The committed entry itself again (a retried put): it is the commit that stands.
+        assert_eq!(commit(&s3, &entry).await.unwrap(), Commit::Committed);
     });
 }
 
@@ -101,7 +104,8 @@ fn leases_races_and_multipart_uploads_work_on_s3() {
         // Two workers committing the same shard at once: one commit, one "already committed".
         let mut entry = entries[&0].clone();
         entry.shard = 99;
-        let both = futures::future::join(commit(&s3, &entry), commit(&s3, &entry)).await;
+        let other = pipeline::journal::ShardEntry { attempt: "another-attempt".into(), ..entry.clone() };
+        let both = futures::future::join(commit(&s3, &entry), commit(&s3, &other)).await;
         let mut outcomes = [both.0.unwrap(), both.1.unwrap()];
         outcomes.sort_by_key(|o| *o == Commit::Committed);
         assert_eq!(outcomes, [Commit::AlreadyCommitted, Commit::Committed]);

@@ -136,7 +136,9 @@ pub enum Commit {
     AlreadyCommitted,
 }
 
-/// Record a shard as committed; exactly one caller can create a shard's entry.
+/// Record a shard as committed; exactly one caller can create a shard's entry. An entry equal to
+/// `entry` already there is this commit's own: a put the store applied but whose reply was lost,
+/// and which the client retried (its files are the committed ones and must stay).
 pub async fn commit(out: &Location, entry: &ShardEntry) -> Result<Commit, PipelineError> {
     let name = entry_name(&entry.plan, entry.shard);
     // Plain data always serializes.
@@ -146,7 +148,9 @@ pub async fn commit(out: &Location, entry: &ShardEntry) -> Result<Commit, Pipeli
         Ok(_) => Ok(Commit::Committed),
         Err(object_store::Error::AlreadyExists { .. }) => {
             let existing = parse(out, &name, &out.read(&name).await?)?;
-            if existing.fingerprint == entry.fingerprint {
+            if existing == *entry {
+                Ok(Commit::Committed)
+            } else if existing.fingerprint == entry.fingerprint {
                 Ok(Commit::AlreadyCommitted)
             } else {
                 Err(PipelineError::JournalMismatch {
@@ -187,7 +191,11 @@ mod tests {
     async fn conformance(out: Location) {
         assert!(load(&out, "p1").await.unwrap().is_empty());
         assert_eq!(commit(&out, &entry(1, "aa")).await.unwrap(), Commit::Committed);
-        assert_eq!(commit(&out, &entry(1, "aa")).await.unwrap(), Commit::AlreadyCommitted);
+        let other_attempt = ShardEntry { attempt: "a2".into(), ..entry(1, "aa") };
+        assert_eq!(commit(&out, &other_attempt).await.unwrap(), Commit::AlreadyCommitted);
+        // The same entry again: a put applied whose reply was lost, retried by the client. It is
+        // the commit that stands, so its files must not be deleted as a loser's.
+        assert_eq!(commit(&out, &entry(1, "aa")).await.unwrap(), Commit::Committed);
         assert!(matches!(commit(&out, &entry(1, "bb")).await, Err(PipelineError::JournalMismatch { .. })));
         assert_eq!(commit(&out, &entry(0, "cc")).await.unwrap(), Commit::Committed);
         let all = load(&out, "p1").await.unwrap();

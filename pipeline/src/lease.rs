@@ -60,10 +60,15 @@ impl Leases {
     pub async fn newest(&self, shard: usize) -> Result<Option<Lease>, PipelineError> {
         let names = self.out.list(&self.shard_dir(shard)).await?;
         let Some(last) = names.iter().filter(|n| n.ends_with(".json")).max() else { return Ok(None) };
-        match self.out.read_opt(last).await? {
+        self.read(last).await
+    }
+
+    /// The lease generation stored as `name`, if it exists; an error naming it if it is corrupt.
+    async fn read(&self, name: &str) -> Result<Option<Lease>, PipelineError> {
+        match self.out.read_opt(name).await? {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| PipelineError::CorruptLease { location: self.out.url_of(last), detail: e.to_string() }),
+                .map_err(|e| PipelineError::CorruptLease { location: self.out.url_of(name), detail: e.to_string() }),
             None => Ok(None),
         }
     }
@@ -104,7 +109,11 @@ impl Leases {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.out.store.put_opts(&self.out.key(&name), body.into(), opts).await {
             Ok(_) => Ok(Some(lease)),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+            // Ours when the store applied our put but lost its reply and the client retried it.
+            Err(object_store::Error::AlreadyExists { .. }) => match self.read(&name).await? {
+                Some(held) if held.owner == self.owner => Ok(Some(held)),
+                _ => Ok(None),
+            },
             Err(e) => Err(PipelineError::storage(self.out.url_of(&name), e)),
         }
     }
@@ -128,6 +137,11 @@ mod tests {
             let holder = &workers.iter().find(|w| w.owner == winners[0].owner).unwrap();
             let other = workers.iter().find(|w| w.owner != winners[0].owner).unwrap();
             assert!(other.try_claim(0).await.unwrap().is_none(), "a live lease is respected");
+            // A claim whose put was applied but whose reply was lost is retried and finds its own
+            // lease: it holds the shard (the retry of the create is its own).
+            let again = holder.create(0, winners[0].generation).await.unwrap();
+            assert_eq!(again.as_ref().map(|l| l.owner.as_str()), Some(holder.owner.as_str()));
+            assert!(other.create(0, winners[0].generation).await.unwrap().is_none(), "not someone else's");
             let renewed = holder.renew(&winners[0]).await.unwrap().unwrap();
             assert_eq!(renewed.generation, 1);
             tokio::time::sleep(Duration::from_millis(350)).await;

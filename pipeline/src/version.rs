@@ -318,15 +318,20 @@ pub enum Commit {
 }
 
 /// Commit `index` as version `index.version`: one conditional create. Fails with
-/// [`PipelineError::VersionConflict`] when another run committed that version number first.
+/// [`PipelineError::VersionConflict`] when another run committed that version number first. A
+/// version file holding exactly `index` is this commit's own (a put the store applied but whose
+/// reply was lost, retried by the client), so the files only it names must stay.
 pub async fn commit(out: &Location, index: &DatasetIndex) -> Result<Commit, PipelineError> {
     let name = version_name(index.version);
     // Plain data always serializes.
-    let body = serde_json::to_vec_pretty(index).expect("versions serialize");
+    let body = bytes::Bytes::from(serde_json::to_vec_pretty(index).expect("versions serialize"));
     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match out.store.put_opts(&out.key(&name), body.into(), opts).await {
+    match out.store.put_opts(&out.key(&name), body.clone().into(), opts).await {
         Ok(_) => Ok(Commit::Committed),
         Err(object_store::Error::AlreadyExists { .. }) => {
+            if out.read(&name).await? == body {
+                return Ok(Commit::Committed);
+            }
             let existing = load(out, index.version).await?;
             if existing.plan == index.plan {
                 Ok(Commit::AlreadyCommitted)
@@ -355,7 +360,10 @@ mod tests {
         let out = Location::parse(dir.path().to_str().unwrap()).unwrap();
         assert!(latest(&out).await.unwrap().is_none());
         assert_eq!(commit(&out, &index(1, "a")).await.unwrap(), Commit::Committed);
-        assert_eq!(commit(&out, &index(1, "a")).await.unwrap(), Commit::AlreadyCommitted);
+        let other_worker = DatasetIndex { created_at: "later".into(), ..index(1, "a") };
+        assert_eq!(commit(&out, &other_worker).await.unwrap(), Commit::AlreadyCommitted);
+        // The same index again: a put applied whose reply was lost, retried by the client.
+        assert_eq!(commit(&out, &index(1, "a")).await.unwrap(), Commit::Committed);
         assert!(matches!(commit(&out, &index(1, "b")).await, Err(PipelineError::VersionConflict { version: 1, .. })));
         assert_eq!(commit(&out, &index(2, "b")).await.unwrap(), Commit::Committed);
         assert_eq!(list(&out).await.unwrap(), [1, 2]);
