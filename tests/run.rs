@@ -175,6 +175,44 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// `--gpus 0,0` (two workers; a probe job needs no GPU): Ctrl-C and SIGUSR1 sent to the parent
+/// reach both workers, each stops as an interrupted run, and the parent exits 130 / 143; a worker
+/// that fails exits the parent with the worker's own code (2 for an invalid manifest).
+#[test]
+fn gpus_forwards_sigint_and_sigusr1_and_exits_with_the_workers_status() {
+    for (signal, exit_code, name) in [(2, 130, "Ctrl-C"), (10, 143, "SIGUSR1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = job(dir.path(), &big_listing(dir.path(), 600), 3, "");
+        let out_dir = dir.path().join("out");
+        let child = mugflow(&["run", m.to_str().unwrap(), "--gpus", "0,0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while common::journal_entries(&out_dir) < 2 {
+            assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: plain libc call on a child we own.
+        assert_eq!(unsafe { libc_kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit_code), "{name}: {err}");
+        assert!(err.contains(&format!("interrupted by {name}")), "{err}");
+        for rank in 0..2 {
+            let report = out_dir.join(format!("report-rank-{rank:05}.json"));
+            let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+            assert_eq!(report["status"], "interrupted", "{name}: worker {rank}: {report}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = common::manifest(dir.path(), "bad.toml", "[job]\nname = \"t\"\n");
+    let (code, _, err) = run(&["run", bad.to_str().unwrap(), "--gpus", "0,0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("exited with code 2"), "{err}");
+}
+
 #[test]
 fn too_many_failures_abort_the_job_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();

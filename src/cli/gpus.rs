@@ -77,11 +77,47 @@ fn forward_signals(pids: Vec<i32>) -> anyhow::Result<std::sync::Arc<std::sync::a
     Ok(got)
 }
 
+/// A `--gpus` worker that did not succeed; the parent exits with the worker's own exit code
+/// (1 failed, 2 invalid manifest, 130/143 interrupted; 128 + N when signal N killed it), so a
+/// scheduler sees what the worker saw.
+#[derive(Debug)]
+pub struct WorkerFailed {
+    /// The worker's rank.
+    pub rank: usize,
+    /// The GPU it ran on.
+    pub gpu: String,
+    /// Its exit code.
+    pub code: u8,
+}
+
+impl std::fmt::Display for WorkerFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "worker {} (GPU {}) exited with code {}; run the same command again to resume",
+            self.rank, self.gpu, self.code
+        )
+    }
+}
+
+impl std::error::Error for WorkerFailed {}
+
+/// The exit code of a finished worker, shells' way: its own code, else 128 + the signal that
+/// killed it.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+        (None, None) => 1,
+    }
+}
+
 /// Run `args` (this binary's command line without `--gpus`) once per GPU, in parallel, with
 /// `--rank i --world n` appended, `CUDA_VISIBLE_DEVICES` set to that GPU and `MUGFLOW_DEVICE=cuda`
-/// (which the bundled manifests read); fails with the first failing worker's exit code. A stop
-/// signal (Ctrl-C, SIGTERM, SIGUSR1) is passed on to every worker, and the parent then exits as
-/// an interrupted run does (130, 143), once the workers have stopped.
+/// (which the bundled manifests read); fails with the first failing worker's exit code
+/// ([`WorkerFailed`]). A stop signal (Ctrl-C, SIGTERM, SIGUSR1) is passed on to every worker;
+/// once they have stopped, the parent exits as an interrupted run does (130, 143).
 pub fn per_gpu(gpus: &[String], args: &[String]) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let world = gpus.len();
@@ -101,16 +137,18 @@ pub fn per_gpu(gpus: &[String], args: &[String]) -> anyhow::Result<()> {
     for (rank, gpu, mut child) in children {
         let status = child.wait()?;
         if !status.success() && failed.is_none() {
-            failed = Some(format!("worker {rank} (GPU {gpu}) exited with {status}"));
+            failed = Some(WorkerFailed { rank, gpu: gpu.clone(), code: exit_code(status) });
         }
     }
     let sig = signalled.load(std::sync::atomic::Ordering::SeqCst);
-    if let Some((_, name)) = FORWARDED.iter().find(|(s, _)| *s == sig) {
-        return Err(pipeline::PipelineError::Interrupted(name, 0).into());
-    }
-    match failed {
-        Some(f) => anyhow::bail!("{f}; run the same command again to resume"),
-        None => Ok(()),
+    let interrupted = FORWARDED.iter().find(|(s, _)| *s == sig).map(|(_, name)| *name);
+    match (failed, interrupted) {
+        (None, _) => Ok(()),
+        // The workers stopped on the forwarded signal: report it as this process's interruption.
+        (Some(f), Some(name)) if matches!(f.code, 130 | 143) => {
+            Err(pipeline::PipelineError::Interrupted(name, 0).into())
+        }
+        (Some(f), _) => Err(f.into()),
     }
 }
 

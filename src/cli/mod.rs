@@ -218,6 +218,9 @@ pub fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(worker) = e.downcast_ref::<gpus::WorkerFailed>() {
+        return worker.code;
+    }
     match e.downcast_ref::<pipeline::PipelineError>() {
         Some(pipeline::PipelineError::Manifest(_)) => EXIT_USAGE,
         Some(pipeline::PipelineError::Interrupted("Ctrl-C", _)) => EXIT_INTERRUPTED,
