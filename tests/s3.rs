@@ -35,34 +35,32 @@ fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
     assert_eq!(code, 0);
     assert!(err.contains("nothing to do"), "{err}");
 
-    for (k, v) in &env {
-        // Only this test in this binary reads the environment; tests here do not run concurrently with it.
-        std::env::set_var(k, v);
-    }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use pipeline::io::Location;
-        use pipeline::journal::{commit, load, Commit};
-        use pipeline::version::latest;
-        let s3 = Location::parse("s3://mugflow/datasets/demo").unwrap();
-        let local = Location::parse(disk.to_str().unwrap()).unwrap();
-        assert_eq!(
-            common::comparable_names(s3.list("").await.unwrap()),
-            common::comparable_names(local.list("").await.unwrap())
-        );
-        let (a, b) = (latest(&s3).await.unwrap().unwrap(), latest(&local).await.unwrap().unwrap());
-        assert_eq!(a.shards.len(), 3);
-        for (sa, sb) in a.shards.iter().zip(&b.shards) {
-            let ra = pipeline::inspect::read_table_summary(&s3, &sa.table).await.unwrap();
-            let rb = pipeline::inspect::read_table_summary(&local, &sb.table).await.unwrap();
-            assert_eq!(ra.rows, rb.rows, "{}", sa.table);
-        }
-        // The commit point is a conditional create on S3 too: a second commit of a shard is refused.
-        let entry = load(&s3, &a.plan).await.unwrap().remove(&0).unwrap();
-        let other = pipeline::journal::ShardEntry { attempt: "another-attempt".into(), ..entry.clone() };
-        assert_eq!(commit(&s3, &other).await.unwrap(), Commit::AlreadyCommitted);
-        // The committed entry itself again (a retried put): it is the commit that stands.
-        assert_eq!(commit(&s3, &entry).await.unwrap(), Commit::Committed);
+    common::with_env(&env, || {
+        rt.block_on(async {
+            use pipeline::io::Location;
+            use pipeline::journal::{commit, load, Commit};
+            use pipeline::version::latest;
+            let s3 = Location::parse("s3://mugflow/datasets/demo").unwrap();
+            let local = Location::parse(disk.to_str().unwrap()).unwrap();
+            assert_eq!(
+                common::comparable_names(s3.list("").await.unwrap()),
+                common::comparable_names(local.list("").await.unwrap())
+            );
+            let (a, b) = (latest(&s3).await.unwrap().unwrap(), latest(&local).await.unwrap().unwrap());
+            assert_eq!(a.shards.len(), 3);
+            for (sa, sb) in a.shards.iter().zip(&b.shards) {
+                let ra = pipeline::inspect::read_table_summary(&s3, &sa.table).await.unwrap();
+                let rb = pipeline::inspect::read_table_summary(&local, &sb.table).await.unwrap();
+                assert_eq!(ra.rows, rb.rows, "{}", sa.table);
+            }
+            // The commit point is a conditional create on S3 too: a second commit of a shard is refused.
+            let entry = load(&s3, &a.plan).await.unwrap().remove(&0).unwrap();
+            let other = pipeline::journal::ShardEntry { attempt: "another-attempt".into(), ..entry.clone() };
+            assert_eq!(commit(&s3, &other).await.unwrap(), Commit::AlreadyCommitted);
+            // The committed entry itself again (a retried put): it is the commit that stands.
+            assert_eq!(commit(&s3, &entry).await.unwrap(), Commit::Committed);
+        })
     });
 }
 
@@ -81,40 +79,105 @@ fn leases_races_and_multipart_uploads_work_on_s3() {
         let out = w.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    for (k, v) in &env {
-        // Only this test in this binary reads these variables, and only after its server is up.
-        std::env::set_var(k, v);
-    }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use pipeline::io::Location;
-        use pipeline::journal::{commit, load, Commit};
-        use pipeline::lease::Leases;
-        let s3 = Location::parse("s3://mugflow/leased").unwrap();
-        let plan = pipeline::version::latest(&s3).await.unwrap().unwrap().plan;
-        let entries = load(&s3, &plan).await.unwrap();
-        assert_eq!(entries.len(), 10);
-        assert_eq!(entries.values().map(|e| e.items).sum::<usize>(), 10);
+    common::with_env(&env, || {
+        rt.block_on(async {
+            use pipeline::io::Location;
+            use pipeline::journal::{commit, load, Commit};
+            use pipeline::lease::Leases;
+            let s3 = Location::parse("s3://mugflow/leased").unwrap();
+            let plan = pipeline::version::latest(&s3).await.unwrap().unwrap().plan;
+            let entries = load(&s3, &plan).await.unwrap();
+            assert_eq!(entries.len(), 10);
+            assert_eq!(entries.values().map(|e| e.items).sum::<usize>(), 10);
 
-        // Eight workers racing for one shard's lease: one winner.
-        let workers: Vec<Leases> =
-            (0..8).map(|i| Leases::new(s3.clone(), "race", format!("w{i}"), Duration::from_secs(60))).collect();
-        let claims = futures::future::join_all(workers.iter().map(|w| w.try_claim(99))).await;
-        assert_eq!(claims.into_iter().filter_map(Result::unwrap).count(), 1);
-        // Two workers committing the same shard at once: one commit, one "already committed".
-        let mut entry = entries[&0].clone();
-        entry.shard = 99;
-        let other = pipeline::journal::ShardEntry { attempt: "another-attempt".into(), ..entry.clone() };
-        let both = futures::future::join(commit(&s3, &entry), commit(&s3, &other)).await;
-        let mut outcomes = [both.0.unwrap(), both.1.unwrap()];
-        outcomes.sort_by_key(|o| *o == Commit::Committed);
-        assert_eq!(outcomes, [Commit::AlreadyCommitted, Commit::Committed]);
+            // Eight workers racing for one shard's lease: one winner.
+            let workers: Vec<Leases> =
+                (0..8).map(|i| Leases::new(s3.clone(), "race", format!("w{i}"), Duration::from_secs(60))).collect();
+            let claims = futures::future::join_all(workers.iter().map(|w| w.try_claim(99))).await;
+            assert_eq!(claims.into_iter().filter_map(Result::unwrap).count(), 1);
+            // Two workers committing the same shard at once: one commit, one "already committed".
+            let mut entry = entries[&0].clone();
+            entry.shard = 99;
+            let other = pipeline::journal::ShardEntry { attempt: "another-attempt".into(), ..entry.clone() };
+            let both = futures::future::join(commit(&s3, &entry), commit(&s3, &other)).await;
+            let mut outcomes = [both.0.unwrap(), both.1.unwrap()];
+            outcomes.sort_by_key(|o| *o == Commit::Committed);
+            assert_eq!(outcomes, [Commit::AlreadyCommitted, Commit::Committed]);
 
-        // A file larger than one upload part goes up as a multipart upload and comes back whole.
-        let dir = tempfile::tempdir().unwrap();
-        let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.path().join("big.bin"), &big).unwrap();
-        assert_eq!(s3.upload(&dir.path().join("big.bin"), "big.bin").await.unwrap(), big.len() as u64);
-        assert!(s3.read("big.bin").await.unwrap() == big);
+            // A file larger than one upload part goes up as a multipart upload and comes back whole.
+            let dir = tempfile::tempdir().unwrap();
+            let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+            std::fs::write(dir.path().join("big.bin"), &big).unwrap();
+            assert_eq!(s3.upload(&dir.path().join("big.bin"), "big.bin").await.unwrap(), big.len() as u64);
+            assert!(s3.read("big.bin").await.unwrap() == big);
+        })
     });
+}
+
+/// SIGKILL at 10 seeded random moments of probe runs writing to S3 (the seed is printed;
+/// `MUGFLOW_KILL_SEED` replays it), each run again to the end: the version holds every item
+/// exactly once, and every file that any journal entry names exists.
+#[test]
+fn runs_on_s3_killed_at_ten_random_moments_lose_and_duplicate_nothing() {
+    let server = Moto::start();
+    let env = server.env(server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let n = 150;
+    let m = common::probe_job(dir.path(), &common::big_listing(dir.path(), n), 3, "");
+    let mut seed: u64 = std::env::var("MUGFLOW_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x005e_ed53);
+    println!("kill seed {seed} (MUGFLOW_KILL_SEED replays it)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut mid_way = 0;
+    for round in 0..10 {
+        // xorshift64: a reproducible sequence of kill delays, 0 to 1 s after the first commit.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 1000);
+        let url = format!("s3://mugflow/killed{round}");
+        let set = format!("job.output={url}");
+        let args = ["run", m.to_str().unwrap(), "--set", &set, "--progress", "none"];
+        let mut child = common::mugflow(&args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // object_store reads the environment when the location is opened, not after.
+        let loc = common::with_env(&env, || pipeline::io::Location::parse(&url).unwrap());
+        let committed = || rt.block_on(loc.list(pipeline::journal::JOURNAL_DIR)).unwrap().len();
+        // Kill `delay` after the first commit, so that the kill points fall inside the run.
+        let start = std::time::Instant::now();
+        while committed() == 0 && child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(120), "round {round}: no shard committed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL (or nothing, if it already finished)
+        child.wait().unwrap();
+        let at_kill = committed();
+        mid_way += usize::from(at_kill > 0 && at_kill < n / 3);
+
+        let (code, _, err) = run_with(&env, &args);
+        assert_eq!(code, 0, "round {round} (killed after {delay:?}): {err}");
+        rt.block_on(async {
+            let index = pipeline::version::latest(&loc).await.unwrap().expect("a version");
+            let mut ids = Vec::new();
+            for shard in &index.shards {
+                let table = pipeline::inspect::read_table_summary(&loc, &shard.table).await.unwrap();
+                ids.extend(table.rows.into_iter().map(|r| r["id"].clone()));
+            }
+            ids.sort();
+            let all = ids.len();
+            ids.dedup();
+            assert_eq!((all, ids.len()), (n, n), "round {round} (killed after {delay:?}): every item exactly once");
+            for entry in pipeline::journal::load(&loc, &index.plan).await.unwrap().values() {
+                for f in &entry.files {
+                    assert!(loc.head(f).await.is_ok(), "round {round}: shard {} names {f}, which is gone", entry.shard);
+                }
+            }
+        });
+    }
+    println!("{mid_way} of 10 runs were killed between their first and last commit");
+    assert!(mid_way >= 5, "only {mid_way} of 10 kills fell mid-run; the kill points test too little");
 }

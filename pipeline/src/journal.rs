@@ -215,6 +215,19 @@ mod tests {
         conformance(Location::parse(dir.path().to_str().unwrap()).unwrap()).await;
     }
 
+    /// A damaged entry (a truncated write, a disk error) stops the load with the file's path and
+    /// the fix, instead of being skipped (its shard would look undone) or retried.
+    #[tokio::test]
+    async fn a_damaged_entry_is_an_error_naming_it_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(commit(&out, &entry(0, "aa")).await.unwrap(), Commit::Committed);
+        let name = entry_name("p1", 1);
+        out.write(&name, &b"{\"plan\": \"p1\", \"sha"[..]).await.unwrap();
+        let err = load(&out, "p1").await.unwrap_err().to_string();
+        assert!(err.contains(&out.url_of(&name)) && err.contains("delete it and run again"), "{err}");
+    }
+
     #[test]
     fn fingerprints_depend_on_ids_keys_and_order() {
         assert_eq!(fingerprint([("a", "1"), ("b", "2")]), fingerprint([("a", "1"), ("b", "2")]));

@@ -250,3 +250,14 @@ impl Moto {
         ]
     }
 }
+
+/// Run `f` with the process environment set to `env` (a [`Moto`]'s, for object_store in this
+/// process), one caller at a time: the tests of one binary share the environment.
+pub fn with_env<R>(env: &[(&'static str, String)], f: impl FnOnce() -> R) -> R {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    f()
+}
