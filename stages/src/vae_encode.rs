@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoints::{default_device, to_payload, ModelPreset, Placement, Precision};
 use crate::row::clip_range;
-use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Image, Layout, VideoReader};
+use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Layout, VideoReader};
 
 /// Encode each clip with the MUG-V VideoVAE: frames selected at `fps`, the first `frames` of
 /// them kept, each resized to fill `size` (or the nearest of `buckets`) and centre-cropped, pixels
@@ -89,23 +89,34 @@ pub enum PixelRange {
     Unit,
 }
 
-/// Frames `(3, T, H, W)` as the VAE's input values, channel-major.
-fn frames_to_values(frames: &[Image], range: PixelRange) -> Vec<f32> {
-    let (h, w) = (frames[0].height, frames[0].width);
-    let (t, plane) = (frames.len(), h * w);
-    let mut out = vec![0f32; 3 * t * plane];
-    for (ti, f) in frames.iter().enumerate() {
-        for (p, px) in f.data.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                let v = f32::from(px[c]) / 255.0;
-                out[c * t * plane + ti * plane + p] = match range {
-                    PixelRange::Signed => (v - 0.5) / 0.5,
-                    PixelRange::Unit => v,
-                };
+impl PixelRange {
+    /// The VAE's input value of each 8-bit level, computed on the CPU in f32 once: the device
+    /// looks pixels up in this table, so every device sees the same values bit for bit.
+    fn table(self) -> [f32; 256] {
+        std::array::from_fn(|u| {
+            let v = u as f32 / 255.0;
+            match self {
+                PixelRange::Signed => (v - 0.5) / 0.5,
+                PixelRange::Unit => v,
             }
-        }
+        })
     }
-    out
+}
+
+/// Clips of 8-bit frames `(B, T, H, W, 3)` as the VAE's input `(B, 3, T, H, W)` in `dtype`. The
+/// bytes travel to the device as they are (a quarter of f32's size) and become values there.
+fn pixels_to_input(
+    pixels: Vec<u8>,
+    (b, t, h, w): (usize, usize, usize, usize),
+    range: PixelRange,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
+    let table = Tensor::new(&range.table(), device)?;
+    // As u32 indices: candle's index_select reads an index equal to its type's maximum as
+    // "padding" and gives 0, which for u8 would be every 255.
+    let levels = Tensor::from_vec(pixels, b * t * h * w * 3, device)?.to_dtype(DType::U32)?;
+    table.index_select(&levels, 0)?.reshape((b, t, h, w, 3))?.permute((0, 4, 1, 2, 3))?.to_dtype(dtype)?.contiguous()
 }
 
 /// A seed for one item's posterior noise: the stage seed mixed with a hash of the item id.
@@ -125,6 +136,11 @@ struct VaeEncode {
     dtype: DType,
     /// Clips waiting for a batch.
     waiting: Arc<Mutex<Queues>>,
+    /// Held by the VAE call running now: one call at a time, since calls on one GPU share its
+    /// stream and would add memory, not throughput; the other workers decode the next clips
+    /// meanwhile (on the H200 four concurrent calls made a clip take 4.0 s of GPU time against
+    /// 2.6 s alone, docs/PERFORMANCE.md).
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Clips waiting for a batch, by (frames, height, width).
@@ -132,8 +148,8 @@ type Queues = HashMap<(usize, usize, usize), Vec<Waiting>>;
 
 /// A decoded clip ready for the VAE.
 struct Prepared {
-    /// `(3, T, H, W)` values.
-    values: Vec<f32>,
+    /// `(T, H, W, 3)` pixels.
+    pixels: Vec<u8>,
     /// Posterior noise `(24, T', H/8, W/8)` when sampling.
     noise: Option<Vec<f32>>,
     frames: usize,
@@ -180,7 +196,7 @@ impl VaeEncode {
             return Err(StageError::msg(format!("frames {start}..{end} are past the video's end")));
         }
         let (t, height, width) = (frames.len(), frames[0].height, frames[0].width);
-        let values = frames_to_values(&frames, c.pixel_range);
+        let pixels = frames.into_iter().flat_map(|f| f.data).collect();
         let noise = if c.sample {
             let (lt, lh, lw) = self.vae.config().latent_size(t, height, width);
             let shape = [self.vae.config().temporal.latent_channels, lt, lh, lw];
@@ -188,15 +204,15 @@ impl VaeEncode {
         } else {
             None
         };
-        Ok(Prepared { values, noise, frames: t, width, height, fps: c.fps.unwrap_or(reader.fps) })
+        Ok(Prepared { pixels, noise, frames: t, width, height, fps: c.fps.unwrap_or(reader.fps) })
     }
 
     /// Encode same-shape clips in one VAE call: one latent `(24, T', H/8, W/8)` per clip, in order.
     fn encode(&self, clips: &[&Prepared]) -> candle_core::Result<Vec<Tensor>> {
         let (b, c0) = (clips.len(), clips[0]);
         let (t, h, w) = (c0.frames, c0.height, c0.width);
-        let values: Vec<f32> = clips.iter().flat_map(|c| c.values.iter().copied()).collect();
-        let x = Tensor::from_vec(values, (b, 3, t, h, w), &self.device)?.to_dtype(self.dtype)?;
+        let pixels = clips.iter().flat_map(|c| c.pixels.iter().copied()).collect();
+        let x = pixels_to_input(pixels, (b, t, h, w), self.config.pixel_range, &self.device, self.dtype)?;
         let noise = match clips.iter().map(|c| c.noise.clone()).collect::<Option<Vec<_>>>() {
             Some(n) => {
                 let (lt, lh, lw) = self.vae.config().latent_size(t, h, w);
@@ -213,7 +229,9 @@ impl VaeEncode {
     async fn run_batch(&self, batch: Vec<Waiting>, ctx: &StageContext) {
         let me = self.clone();
         let (clips, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().map(|w| (w.clip, w.reply)).unzip();
+        let turn = self.turn.lock().await;
         let result = ctx.cpu(move || me.encode(&clips.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())).await;
+        drop(turn);
         match result {
             Ok(Ok(latents)) => {
                 let n = latents.len();
@@ -348,6 +366,7 @@ impl StageConfig for VaeEncodeConfig {
             device: placement.device,
             dtype: placement.dtype,
             waiting: Arc::default(),
+            turn: Arc::default(),
         })))
     }
 }
@@ -357,14 +376,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pixels_are_laid_out_channel_major_and_scaled() {
-        let frame = |v: u8| Image { width: 2, height: 1, data: vec![0, v, 255, 255, v, 0] };
-        let values = frames_to_values(&[frame(51), frame(102)], PixelRange::Unit);
+    fn pixels_become_channel_major_values_in_the_reference_arithmetic() -> candle_core::Result<()> {
+        // Two frames of 2x1 pixels: (0, 51, 255) (255, 51, 0), then the same with 102 (255 checks
+        // that no level is read as index_select's padding).
+        let frame = |v: u8| [0, v, 255, 255, v, 0];
+        let pixels = [frame(51), frame(102)].concat();
+        let x = pixels_to_input(pixels.clone(), (1, 2, 1, 2), PixelRange::Unit, &Device::Cpu, DType::F32)?;
+        assert_eq!(x.dims(), [1, 3, 2, 1, 2]);
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
         // Channel 0 of frame 0, then of frame 1, then channel 1 ...
         assert_eq!(values[..4], [0.0, 1.0, 0.0, 1.0]);
         assert_eq!(values[4..8], [0.2, 0.2, 0.4, 0.4]);
-        let signed = frames_to_values(&[frame(0)], PixelRange::Signed);
+        let signed = pixels_to_input(pixels, (1, 2, 1, 2), PixelRange::Signed, &Device::Cpu, DType::F32)?;
+        let signed = signed.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(signed[..2], [-1.0, 1.0]);
+        // Each level's value is the f32 arithmetic of the reference's transform, bit for bit.
+        for u in 0..=255u8 {
+            let v = f32::from(u) / 255.0;
+            assert_eq!(PixelRange::Signed.table()[usize::from(u)].to_bits(), ((v - 0.5) / 0.5).to_bits());
+            assert_eq!(PixelRange::Unit.table()[usize::from(u)].to_bits(), v.to_bits());
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# End-to-end curation on one GPU at MUG-V's sizes, as a user runs it: `mugflow run
+# manifests/curate-gpu.toml` (probe, shots, filters, aesthetic + T5-XXL + VideoVAE on cuda:0 in
+# bf16) over 720p footage, with the GPU sampled by nvidia-smi every 100 ms; then the VAE alone on
+# pre-decoded frames (`mugflow bench gpu --bench vae-encode`), the yardstick the pipeline's clips
+# per hour are compared with. Prints one summary (docs/PERFORMANCE.md, "Curation on one H200").
+#
+#   MUGFLOW=/path/to/mugflow scripts/bench-curate-gpu.sh WORKDIR
+#
+# WORKDIR gets real-size random weights (vae, t5, clip, aesthetic: ~22 GB, kept for the next run),
+# the footage (the long test videos cut into 20 s pieces, upscaled to 1280x720 at 24 fps with
+# mugflow's own `export_clips`), the curated output and the GPU samples.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+mugflow=${MUGFLOW:-mugflow}
+work=${1:?usage: scripts/bench-curate-gpu.sh WORKDIR}
+shift
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+models=$work/models
+t() { date +%s%N; }
+secs() { echo "$(( ($(t) - $1) / 1000000 ))" | sed -E 's/(...)$/.\1/'; }
+
+start=$(t)
+[ -e "$models/t5-v1_1-xxl/config.json" ] || { "$mugflow" models init-random "$models" --models vae,t5,clip,aesthetic && sync; }
+echo "bench-curate-gpu: weights ready in $(secs $start) s"
+
+if [ ! -e "$work/footage/index.json" ]; then
+  mkdir -p "$work/raw"
+  ln -sf "$repo/tests/data/videos/bbb_160s_hevc_480p.mkv" "$repo/tests/data/videos/bbb_245s_vp9_360p.webm" "$work/raw/"
+  cat > "$work/footage.toml" <<EOF
+[job]
+name = "footage"
+input = "$work/raw/*"
+output = "$work/footage"
+allowed_roots = ["$repo/tests/data/videos"]
+
+[[stage]]
+kind = "probe"
+
+[[stage]]
+kind = "scene_split"        # no cuts: the whole video is one shot
+threshold = 255.0
+
+[[stage]]
+kind = "clip_filter"        # 20 s pieces
+max_duration = "20s"
+
+[[stage]]
+kind = "export_clips"
+size = "1280x720"
+fps = 24
+crf = 20
+preset = "veryfast"
+
+[[stage]]
+kind = "write"
+EOF
+  start=$(t)
+  "$mugflow" run "$work/footage.toml" --progress none
+  echo "bench-curate-gpu: footage ready in $(secs $start) s"
+fi
+# The test videos are short: the pieces LOOPS times over (hard links under other names, so each
+# is a video of its own), and one caption per video, by file name (the curated clips find theirs
+# through their source id).
+rm -rf "$work/looped" && mkdir -p "$work/looped"
+echo "id,text" > "$work/captions.csv"
+for k in $(seq 1 "${LOOPS:-8}"); do
+  for f in "$work"/footage/clips/*/*.mp4; do
+    name=$(basename "$f" .mp4)-$k
+    ln "$f" "$work/looped/$name.mp4"
+    echo "$name,\"An animated rabbit in a green meadow, soft 3D style, daylight.\"" >> "$work/captions.csv"
+  done
+done
+
+rm -rf "$work/out"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 100 > "$work/gpu.csv" &
+smi=$!
+start=$(t)
+MUGFLOW_INPUT="$work/looped/*.mp4" MUGFLOW_CAPTIONS="$work/captions.csv" MUGFLOW_MODELS=$models \
+  MUGFLOW_OUT="$work/out" "$mugflow" run "$repo/manifests/curate-gpu.toml" --progress plain "$@"
+wall=$(secs $start)
+kill $smi
+"$mugflow" bench gpu --bench vae-encode --iters 2 | tee "$work/vae-alone.txt"
+
+python3 - "$work" "$wall" <<'EOF'
+import json, sys, glob
+work, wall = sys.argv[1], float(sys.argv[2])
+report = json.load(open(f"{work}/out/report.json"))
+util = [int(l.split(",")[1]) for l in open(f"{work}/gpu.csv") if l.count(",") == 2]
+mem = [int(l.split(",")[2]) for l in open(f"{work}/gpu.csv") if l.count(",") == 2]
+busy = sum(u > 0 for u in util) / max(len(util), 1)
+clips = report["items_written"]
+print(f"clips written {clips}, errors {report['errors']}, wall {wall:.1f} s (run's own {report['wall_s']:.1f} s)")
+print(f"clips/hour {3600 * clips / wall:.0f}; GPU busy (utilization > 0) {100 * busy:.0f}% of {len(util)} samples, "
+      f"mean utilization {sum(util) / max(len(util), 1):.0f}%, peak memory {max(mem, default=0) / 1024:.1f} GiB")
+for s in report["stages"]:
+    print(f"  {s['stage']:<14} in {s['items_in']:>4} out {s['items_out']:>4} busy {s['busy_s']:8.1f} s")
+EOF
