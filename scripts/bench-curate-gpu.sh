@@ -7,9 +7,10 @@
 #
 #   MUGFLOW=/path/to/mugflow scripts/bench-curate-gpu.sh WORKDIR
 #
-# WORKDIR gets real-size random weights (vae, t5, clip, aesthetic: ~22 GB, kept for the next run),
-# the footage (the long test videos cut into 20 s pieces, upscaled to 1280x720 at 24 fps with
-# mugflow's own `export_clips`), the curated output and the GPU samples.
+# WORKDIR gets real-size random weights (vae, t5, clip, aesthetic: ~22 GB, kept for the next run;
+# MODELS=DIR puts them elsewhere), the footage (two test videos, 30 s of HEVC and 25 s of VP9, cut
+# into pieces of at most 20 s and upscaled to 1280x720 at 24 fps by mugflow's own `export_clips`,
+# then looped LOOPS times, default 8), the curated output and the GPU samples.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mugflow=${MUGFLOW:-mugflow}
@@ -17,7 +18,7 @@ work=${1:?usage: scripts/bench-curate-gpu.sh WORKDIR}
 shift
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-models=$work/models
+models=${MODELS:-$work/models}   # MODELS=/dev/shm/models: a RAM disk when the local disk is slow
 t() { date +%s%N; }
 secs() { echo "$(( ($(t) - $1) / 1000000 ))" | sed -E 's/(...)$/.\1/'; }
 

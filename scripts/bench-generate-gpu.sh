@@ -8,8 +8,8 @@
 #
 #   MUGFLOW=/path/to/mugflow scripts/bench-generate-gpu.sh WORKDIR
 #
-# WORKDIR gets the weights (dit, vae, t5 and the enhancer's four files: ~55 GB, kept for the next
-# run), the catalog, the videos and the GPU samples.
+# WORKDIR gets the weights (dit, vae, t5 and the enhancer's four files: ~62 GB, kept for the next
+# run; MODELS=DIR puts them elsewhere), the catalog, the videos and the GPU samples.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mugflow=${MUGFLOW:-mugflow}
@@ -18,7 +18,7 @@ shift
 steps=${STEPS:-2}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-models=$work/models
+models=${MODELS:-$work/models}   # MODELS=/dev/shm/models: a RAM disk when the local disk is slow
 t() { date +%s%N; }
 secs() { echo "$(( ($(t) - $1) / 1000000 ))" | sed -E 's/(...)$/.\1/'; }
 

@@ -30,5 +30,5 @@ pub use executor::{run, RunOptions};
 pub use item::{DType, Field, FieldType, Item, MissingField, Tensor, Value};
 pub use plan::Plan;
 pub use stage::{
-    BuildContext, Registry, Runnable, ShardFiles, ShardSink, ShardTarget, Sink, Stage, StageConfig, StageContext,
+    BuildContext, Job, Registry, Runnable, ShardFiles, ShardSink, ShardTarget, Sink, Stage, StageConfig, StageContext,
 };

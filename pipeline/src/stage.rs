@@ -119,16 +119,27 @@ impl StageContext {
     /// runs with the item's token as its current one ([`crate::cancel::check`]), and does not
     /// start at all when the item was cancelled while it waited for a thread.
     pub async fn cpu<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, StageError> {
+        self.run_on(rayon::spawn, f).await
+    }
+
+    /// [`StageContext::cpu`] on a thread of the caller's choice: `spawn` hands the job to it (a
+    /// stage's own long-lived GPU thread, for example). A job `spawn` drops is "the worker thread
+    /// stopped".
+    pub async fn run_on<R: Send + 'static>(
+        &self,
+        spawn: impl FnOnce(Job),
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, StageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let cancel = self.cancel.clone();
-        rayon::spawn(move || {
+        spawn(Box::new(move || {
             if cancel.is_cancelled() {
                 return;
             }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cancel.scope(f)));
             // The receiver is gone only if the item timed out; the result is then not needed.
             let _ = tx.send(r);
-        });
+        }));
         match rx.await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(panic)) => {
@@ -143,6 +154,9 @@ impl StageContext {
         }
     }
 }
+
+/// Work handed to a thread by [`StageContext::run_on`].
+pub type Job = Box<dyn FnOnce() + Send>;
 
 /// Settings given to `build()`.
 #[derive(Debug, Clone)]

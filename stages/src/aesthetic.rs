@@ -13,7 +13,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, ModelPreset, ModelThread, Placement, Precision};
 use crate::video::decode::{FrameFormat, Layout, VideoReader};
 use crate::video::pillow::clip_pixel_values;
 
@@ -67,11 +67,12 @@ struct Aesthetic {
     size: usize,
     device: candle_core::Device,
     dtype: candle_core::DType,
+    thread: ModelThread,
 }
 
 impl Aesthetic {
-    /// Decode the sampled frames and score them.
-    fn score(&self, path: &Path, start: usize, end: usize) -> Result<f64, StageError> {
+    /// Decode the sampled frames as CLIP's input values `(n, 3, S, S)`, flattened.
+    fn pixel_values(&self, path: &Path, start: usize, end: usize) -> Result<Vec<f32>, StageError> {
         let indices = sample_indices(start, end, self.frames);
         let mut values = Vec::new();
         let mut reader = VideoReader::open(path, 1)?;
@@ -79,10 +80,15 @@ impl Aesthetic {
             values.extend(clip_pixel_values(image.view(), self.size));
             true
         })?;
-        let n = values.len() / (3 * self.size * self.size);
-        if n == 0 {
+        if values.is_empty() {
             return Err(StageError::msg(format!("frames {start}..{end} are past the video's end")));
         }
+        Ok(values)
+    }
+
+    /// The mean score of the frames' values.
+    fn score(&self, values: Vec<f32>) -> Result<f64, StageError> {
+        let n = values.len() / (3 * self.size * self.size);
         let run = || -> candle_core::Result<f64> {
             let frames =
                 Tensor::from_vec(values, (1, n, 3, self.size, self.size), &self.device)?.to_dtype(self.dtype)?;
@@ -102,15 +108,17 @@ impl Stage for Aesthetic {
             .map_err(|e| StageError::from(e).context("cannot fetch the source video"))?;
         let path = local.path().to_path_buf();
         let me = self.clone();
-        let score = ctx
+        let values = ctx
             .cpu(move || {
                 let end = match end {
                     Some(e) => e,
                     None => VideoReader::open(&path, 0)?.count_frames()?,
                 };
-                me.score(&path, start, end)
+                me.pixel_values(&path, start, end)
             })
             .await??;
+        let me = self.clone();
+        let score = self.thread.run(ctx, move || me.score(values)).await??;
         if self.min_score.is_some_and(|min| score < min) {
             return Ok(Vec::new());
         }
@@ -160,6 +168,7 @@ impl StageConfig for AestheticConfig {
             size: config.clip.image_size,
             device: placement.device,
             dtype: placement.dtype,
+            thread: placement.thread,
         })))
     }
 }

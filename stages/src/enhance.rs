@@ -23,7 +23,9 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, load_error, stop_if_cancelled, ModelPreset, Placement, Precision};
+use crate::checkpoints::{
+    default_device, load_error, stop_if_cancelled, ModelPreset, ModelThread, Placement, Precision,
+};
 use crate::video::decode::ImageRef;
 use crate::video::pillow::{resize_plane, resize_to_fill_with, Filter};
 
@@ -176,6 +178,8 @@ impl Switch {
 struct Enhance {
     models: Arc<EnhancerModels>,
     config: Arc<EnhanceConfig>,
+    /// Where the enhancement runs (the Wan models' placement's thread).
+    thread: ModelThread,
 }
 
 /// Frames `[T, H, W, 3]` (u8) of one video.
@@ -276,7 +280,7 @@ impl Stage for Enhance {
         // A cheap clone: the bytes are shared until the enhanced video replaces them.
         let frames = Frames { data: video.data.clone(), count, height, width };
         let me = self.clone();
-        let out = ctx.cpu(move || me.enhance(&frames, n, &prompt, seed)).await??;
+        let out = self.thread.run(ctx, move || me.enhance(&frames, n, &prompt, seed)).await??;
         let tensor =
             pipeline::Tensor::new(pipeline::DType::U8, vec![out.count, out.height, out.width, 3], out.data.into())
                 .ok_or_else(|| StageError::msg("enhanced video size mismatch"))?;
@@ -413,10 +417,14 @@ impl StageConfig for EnhanceConfig {
             cfg_scale: self.cfg_scale as f32,
         };
         let models = EnhancerModels {
-            wan: WanEnhancer { dit, vae, sampler, device: placement.device, dtype: placement.dtype },
+            wan: WanEnhancer { dit, vae, sampler, device: placement.device.clone(), dtype: placement.dtype },
             text: PromptEncoder::new(umt5, tokenizer, text_placement.device, self.negative_prompt.clone()),
         };
-        Ok(Runnable::Transform(Arc::new(Enhance { models: Arc::new(models), config: Arc::new(self.clone()) })))
+        Ok(Runnable::Transform(Arc::new(Enhance {
+            models: Arc::new(models),
+            config: Arc::new(self.clone()),
+            thread: placement.thread,
+        })))
     }
 }
 

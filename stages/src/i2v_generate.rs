@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoints::{
-    default_device, load_error, stop_if_cancelled, to_payload, ModelPreset, Placement, Precision,
+    default_device, load_error, stop_if_cancelled, to_payload, ModelPreset, ModelThread, Placement, Precision,
 };
 
 /// Generate each row's video latents as MUG-V's `infer_pipeline.py` does: prompt + `" aesthetic
@@ -105,6 +105,8 @@ struct Generator {
     models: Arc<I2vModels>,
     settings: I2vSettings,
     placement: I2vPlacement,
+    /// Where the sampling runs (the DiT's placement's thread).
+    thread: ModelThread,
     default_seed: u64,
     steps: usize,
     cfg_scale: f64,
@@ -112,7 +114,7 @@ struct Generator {
 
 impl Generator {
     /// A generator over loaded models placed as `placement` says.
-    fn new(config: &I2vGenerateConfig, models: I2vModels, placement: I2vPlacement) -> Generator {
+    fn new(config: &I2vGenerateConfig, models: I2vModels, placement: I2vPlacement, thread: ModelThread) -> Generator {
         let shift = match config.shift {
             Shift::PipelineBf16 => ShiftPrecision::PipelineBf16,
             Shift::F32 => ShiftPrecision::F32,
@@ -127,6 +129,7 @@ impl Generator {
                 shift,
             },
             placement,
+            thread,
             default_seed: config.seed,
             steps: config.steps,
             cfg_scale: config.cfg_scale,
@@ -167,7 +170,8 @@ impl Stage for Generator {
         let frames = item.get("num_frames").and_then(pipeline::Value::as_i64).unwrap_or(0).max(2) as usize;
         let seed = crate::row::seed(&item, self.default_seed)?;
         let (me, pixels) = (self.clone(), image.data.clone());
-        let latent = ctx.cpu(move || me.generate(&prompt, &pixels, (frames, height, width), seed)).await??;
+        let latent =
+            self.thread.run(ctx, move || me.generate(&prompt, &pixels, (frames, height, width), seed)).await??;
         item.tensors.insert("latent".into(), to_payload(&latent)?);
         item.set("seed", seed as i64);
         item.set("steps", self.steps as i64);
@@ -223,7 +227,7 @@ impl StageConfig for I2vGenerateConfig {
                 .map_err(load_error(Self::KIND, "tokenizer"))?,
         );
         let on = I2vPlacement { device: placement.device, dtype: placement.dtype, t5_device: t5_placement.device };
-        Ok(Runnable::Transform(Arc::new(Generator::new(self, models, on))))
+        Ok(Runnable::Transform(Arc::new(Generator::new(self, models, on, placement.thread))))
     }
 }
 

@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::checkpoints::{default_device, load_error, to_payload, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, load_error, to_payload, ModelPreset, ModelThread, Placement, Precision};
 
 /// Encode each item's caption with T5-v1.1 as MUG-V does (300 tokens, `</s>` last, right
 /// padding): tensors `text_y` `[300, 4096]` (f32) and `text_mask` `[300]` (bool). The caption is
@@ -63,6 +63,7 @@ struct T5Encode {
     tokenizer: Arc<T5Tokenizer>,
     captions: Arc<OnceCell<BTreeMap<String, String>>>,
     device: Device,
+    thread: ModelThread,
 }
 
 impl T5Encode {
@@ -120,7 +121,7 @@ impl Stage for T5Encode {
         let text = self.caption(&item).await?;
         let me = self.clone();
         let prompt = text.clone();
-        let (y, mask) = ctx.cpu(move || me.encode(&prompt)).await??;
+        let (y, mask) = self.thread.run(ctx, move || me.encode(&prompt)).await??;
         let tokens = mask.iter().filter(|&&m| m == 1).count();
         let mask = pipeline::Tensor::new(pipeline::DType::Bool, vec![mask.len()], mask.into())
             .ok_or_else(|| StageError::msg("mask payload size mismatch"))?;
@@ -175,6 +176,7 @@ impl StageConfig for T5EncodeConfig {
             tokenizer: Arc::new(tokenizer),
             captions: Arc::default(),
             device: placement.device,
+            thread: placement.thread,
         })))
     }
 }

@@ -13,7 +13,7 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, stop_if_cancelled, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, stop_if_cancelled, ModelPreset, ModelThread, Placement, Precision};
 
 /// Decode each row's `latent` except latent frame 0 (the reference image's) into `num_frames - 1`
 /// frames, chunk by chunk, and put the reference image in front: the `video` tensor
@@ -42,6 +42,7 @@ struct VaeDecode {
     vae: Arc<MugVae>,
     device: Device,
     dtype: DType,
+    thread: ModelThread,
 }
 
 #[async_trait]
@@ -59,8 +60,9 @@ impl Stage for VaeDecode {
         );
         let me = self.clone();
         let width = reference.shape[1];
-        let video = ctx
-            .cpu(move || -> Result<_, StageError> {
+        let video = self
+            .thread
+            .run(ctx, move || -> Result<_, StageError> {
                 let z = Tensor::from_vec(floats, shape, &Device::Cpu)?;
                 decode_video(&me.vae, &z, &reference.data, width, frames, &me.device, me.dtype, &mut stop_if_cancelled)
                     .map_err(|e| StageError::from(e).context("VAE decoding failed"))
@@ -108,6 +110,7 @@ impl StageConfig for VaeDecodeConfig {
             vae: Arc::new(vae),
             device: placement.device,
             dtype: placement.dtype,
+            thread: placement.thread,
         })))
     }
 }

@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoints::{default_device, to_payload, ModelPreset, Placement, Precision};
+use crate::checkpoints::{default_device, to_payload, ModelPreset, ModelThread, Placement, Precision};
 use crate::row::clip_range;
 use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Layout, VideoReader};
 
@@ -136,11 +136,9 @@ struct VaeEncode {
     dtype: DType,
     /// Clips waiting for a batch.
     waiting: Arc<Mutex<Queues>>,
-    /// Held by the VAE call running now: one call at a time, since calls on one GPU share its
-    /// stream and would add memory, not throughput; the other workers decode the next clips
-    /// meanwhile (on the H200 four concurrent calls made a clip take 4.0 s of GPU time against
-    /// 2.6 s alone, docs/PERFORMANCE.md).
-    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Where the VAE calls run: on a GPU one thread, one call at a time, while the other workers
+    /// decode the next clips on the CPU pool.
+    thread: ModelThread,
 }
 
 /// Clips waiting for a batch, by (frames, height, width).
@@ -229,9 +227,8 @@ impl VaeEncode {
     async fn run_batch(&self, batch: Vec<Waiting>, ctx: &StageContext) {
         let me = self.clone();
         let (clips, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().map(|w| (w.clip, w.reply)).unzip();
-        let turn = self.turn.lock().await;
-        let result = ctx.cpu(move || me.encode(&clips.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())).await;
-        drop(turn);
+        let result =
+            self.thread.run(ctx, move || me.encode(&clips.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())).await;
         match result {
             Ok(Ok(latents)) => {
                 let n = latents.len();
@@ -366,7 +363,7 @@ impl StageConfig for VaeEncodeConfig {
             device: placement.device,
             dtype: placement.dtype,
             waiting: Arc::default(),
-            turn: Arc::default(),
+            thread: placement.thread,
         })))
     }
 }
