@@ -3,7 +3,7 @@
 //! makes our cut lists equal PySceneDetect's; the rules were checked against OpenCV 4.14 and 5.0
 //! (every colour for HSV, many frame sizes for the resize).
 
-use super::decode::{Image, ImageRef};
+use super::decode::{Image, ImageRef, PixelsRead};
 
 /// Fixed-point scale of the interpolation weights.
 const COEF_SCALE: f32 = 2048.0;
@@ -32,6 +32,25 @@ fn axis_coefficients(src: usize, dst: usize) -> Vec<(usize, i32, i32)> {
             (s as usize, round_even((1.0 - f) * COEF_SCALE), round_even(f * COEF_SCALE))
         })
         .collect()
+}
+
+/// The pixels of a `src_width x src_height` image that [`resize_linear`] to `width x height`
+/// depends on: the rows and columns with a non-zero weight (it may read others, times zero).
+pub fn resize_reads(src_width: usize, src_height: usize, width: usize, height: usize) -> PixelsRead {
+    if src_width == 2 * width && src_height == 2 * height {
+        return PixelsRead { rows: vec![true; src_height], columns: vec![true; src_width] };
+    }
+    let axis = |src: usize, dst: usize| {
+        let mut read = vec![false; src];
+        for (s, _, w1) in axis_coefficients(src, dst) {
+            read[s] = true;
+            if w1 != 0 && s + 1 < src {
+                read[s + 1] = true;
+            }
+        }
+        read
+    };
+    PixelsRead { rows: axis(src_height, height), columns: axis(src_width, width) }
 }
 
 /// `cv2.resize(img, (width, height), interpolation=INTER_LINEAR)` on a 3-channel 8-bit image.

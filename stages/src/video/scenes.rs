@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::decode::{FrameFormat, ImageRef, Layout, VideoReader};
-use super::opencv::{bgr_to_hsv_planes, resize_linear, with_simd};
+use super::decode::{ImageRef, Layout, PixelsRead, VideoReader};
+use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_reads, with_simd};
 use super::probe::DecodeError;
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.
@@ -98,6 +98,16 @@ impl Scorer {
     /// A scorer with no frame seen yet.
     pub fn new() -> Self {
         Scorer { prev: None }
+    }
+
+    /// The pixels of a displayed `width x height` frame that scoring reads: those the resize to
+    /// the detection size weighs (the decoder converts only these), or all when none is needed.
+    pub fn reads(width: usize, height: usize) -> PixelsRead {
+        let (w, h) = detect_size(width, height);
+        if (w, h) == (width, height) {
+            return PixelsRead { rows: vec![true; height], columns: vec![true; width] };
+        }
+        resize_reads(width, height, w, h)
     }
 
     /// Score the next frame against the previous one.
@@ -239,7 +249,7 @@ impl Scores {
         let mut reader = VideoReader::open(path, threads)?;
         let mut scorer = Scorer::new();
         let mut scores = Vec::new();
-        reader.for_each_frame(FrameFormat::full(Layout::Bgr), |_, img| {
+        reader.for_each_frame_reading(Layout::Bgr, &Scorer::reads, |_, img| {
             scores.push(scorer.push(img));
             true
         })?;
