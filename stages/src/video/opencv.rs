@@ -142,29 +142,26 @@ fn horizontal_pass(line: &[u8], taps: &[(usize, i32, i32)], t: &mut [i16]) {
     }
 }
 
-/// Division tables of OpenCV's 8-bit HSV conversion (12-bit fixed point).
-struct HsvTables {
-    sdiv: [i32; 256],
-    hdiv: [i32; 256],
-}
-
-fn hsv_tables() -> &'static HsvTables {
-    static TABLES: std::sync::OnceLock<HsvTables> = std::sync::OnceLock::new();
-    TABLES.get_or_init(|| {
-        let mut t = HsvTables { sdiv: [0; 256], hdiv: [0; 256] };
-        for i in 1..256 {
-            t.sdiv[i] = (1044480.0f64 / i as f64).round_ties_even() as i32;
-            t.hdiv[i] = (737280.0f64 / (6.0 * i as f64)).round_ties_even() as i32;
-        }
-        t
-    })
+/// OpenCV's 8-bit HSV division tables, `sdiv[v] = round(255 * 4096 / v)` and
+/// `hdiv[d] = round(180 * 4096 / (6 * d))`, computed per pixel instead of looked up: an f32
+/// division gives the same integers as OpenCV's f64 table for every 8-bit divisor (a unit test
+/// checks all of them), and unlike a table lookup it vectorises. A zero divisor only meets a
+/// zero numerator, so it is taken as 1.
+#[inline(always)]
+fn hsv_divisors(v: u8, d: u8) -> (i32, i32) {
+    // Adding 1.5 * 2^23 rounds a value below 2^22 to an integer, ties to even, in the low
+    // mantissa bits: `round_ties_even() as i32` without the saturating conversion, which does
+    // not vectorise.
+    const MAGIC: f32 = 12582912.0;
+    let round = |x: f32| ((x + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let (v, d) = (f32::from(v.max(1)), f32::from(d.max(1)));
+    (round(1044480.0 / v), round(122880.0 / d))
 }
 
 /// `cv2.cvtColor(img, COLOR_BGR2HSV)` as three planes H (0..179), S, V. Branch-free per pixel,
 /// and inline for the same reason as [`resize_linear`].
 #[inline(always)]
 pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
-    let t = hsv_tables();
     let n = img.width * img.height;
     let (mut hp, mut sp, mut vp) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
     let w = img.width;
@@ -174,9 +171,10 @@ pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
             let (b, g, r) = (px[0], px[1], px[2]);
             let (v, min) = (b.max(g).max(r), b.min(g).min(r));
             let d = v.wrapping_sub(min);
-            // Bounded (|h| <= 5 * 255, tables <= 2^20): wrapping operations only keep debug
+            let (sdiv, hdiv) = hsv_divisors(v, d);
+            // Bounded (|h| <= 5 * 255, divisors <= 2^20): wrapping operations only keep debug
             // builds' overflow checks out of the loop.
-            let s = i32::from(d).wrapping_mul(t.sdiv[usize::from(v)]).wrapping_add(2048) >> 12;
+            let s = i32::from(d).wrapping_mul(sdiv).wrapping_add(2048) >> 12;
             let (b, g, r, di) = (i32::from(b), i32::from(g), i32::from(r), i32::from(d));
             let h = if v == px[2] {
                 g.wrapping_sub(b)
@@ -185,7 +183,7 @@ pub fn bgr_to_hsv_planes(img: ImageRef<'_>) -> [Vec<u8>; 3] {
             } else {
                 r.wrapping_sub(g).wrapping_add(di << 2)
             };
-            let h = h.wrapping_mul(t.hdiv[usize::from(d)]).wrapping_add(2048) >> 12;
+            let h = h.wrapping_mul(hdiv).wrapping_add(2048) >> 12;
             let h = if h < 0 { h.wrapping_add(180) } else { h };
             (*ho, *so, *vo) = (h as u8, s as u8, v);
         }
@@ -219,6 +217,15 @@ mod tests {
         assert_eq!(hsv(0, 0, 0), (0, 0, 0));
         assert_eq!(hsv(128, 128, 128), (0, 0, 128));
         assert_eq!(hsv(255, 0, 255), (150, 255, 255));
+    }
+
+    #[test]
+    fn hsv_divisors_equal_opencvs_tables() {
+        for i in 1..=255u8 {
+            let sdiv = (1044480.0f64 / f64::from(i)).round_ties_even() as i32;
+            let hdiv = (737280.0f64 / (6.0 * f64::from(i))).round_ties_even() as i32;
+            assert_eq!(hsv_divisors(i, i), (sdiv, hdiv), "divisor {i}");
+        }
     }
 
     #[test]
