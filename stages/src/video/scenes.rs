@@ -6,6 +6,7 @@
 //! the adaptive detector cuts where a frame's score stands out against its neighbours.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -243,9 +244,41 @@ pub struct Scores {
     pub fps: f64,
 }
 
+/// Videos being scored in this process now: automatic decoder threads share the cores among them.
+static SCORING: AtomicUsize = AtomicUsize::new(0);
+
+/// One video counted in [`SCORING`] while it lives.
+struct Scoring;
+
+impl Scoring {
+    /// Count a video; also returns how many are being scored with it.
+    fn start() -> (Scoring, usize) {
+        (Scoring, SCORING.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+impl Drop for Scoring {
+    fn drop(&mut self) {
+        SCORING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Decoder threads for a video that starts while `videos` are being scored (itself included) on
+/// `cores` cores: its share of the cores, at least one. One video alone gets FFmpeg frame
+/// threads on every core; as many videos as cores get one thread each, since frame threads cost
+/// CPU time (about 8% more per frame) that only idle cores should pay.
+pub fn shared_threads(cores: usize, videos: usize) -> usize {
+    (cores / videos.max(1)).max(1)
+}
+
 impl Scores {
-    /// Decode a video and score every frame.
+    /// Decode a video and score every frame, with `threads` decoder threads; 0 gives it its share
+    /// of the cores among the videos this process is scoring at the moment it starts
+    /// ([`shared_threads`]).
     pub fn of_file(path: &Path, threads: usize) -> Result<Scores, DecodeError> {
+        let (_scoring, videos) = Scoring::start();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if threads == 0 { shared_threads(cores, videos) } else { threads };
         let mut reader = VideoReader::open(path, threads)?;
         let mut scorer = Scorer::new();
         let mut scores = Vec::new();
@@ -301,6 +334,14 @@ mod tests {
         assert_eq!(cuts_from_scores(&s, d, 10), vec![20]);
         s[20] = 10.0; // stands out, but below min_content
         assert!(cuts_from_scores(&s, d, 10).is_empty());
+    }
+
+    #[test]
+    fn decoder_threads_share_the_cores() {
+        assert_eq!(shared_threads(16, 1), 16);
+        assert_eq!(shared_threads(16, 3), 5);
+        assert_eq!(shared_threads(2, 2), 1);
+        assert_eq!(shared_threads(2, 7), 1);
     }
 
     #[test]
