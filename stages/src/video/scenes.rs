@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use super::decode::{ImageRef, Layout, PixelsRead, VideoReader};
-use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_reads, with_simd};
+use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_reads, with_simd, Planar};
 use super::probe::DecodeError;
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.
@@ -133,8 +133,9 @@ impl pulp::WithSimd for FrameScore<'_> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
         let frame = self.frame;
         let (w, h) = detect_size(frame.width, frame.height);
-        let small = if (w, h) == (frame.width, frame.height) { None } else { Some(resize_linear(frame, w, h)) };
-        let hsv = bgr_to_hsv_planes(small.as_ref().map_or(frame, |s| s.view()));
+        let small =
+            if (w, h) == (frame.width, frame.height) { Planar::from_packed(frame) } else { resize_linear(frame, w, h) };
+        let hsv = bgr_to_hsv_planes(&small);
         (self.prev.map_or(0.0, |p| content_score(p, &hsv)), hsv)
     }
 }
