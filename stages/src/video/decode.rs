@@ -4,6 +4,7 @@
 //! (bicubic); plus uniform frame selection for a target fps and aspect-ratio buckets.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
@@ -224,15 +225,58 @@ impl VideoReader {
     /// size), and only the source rows holding it are converted, and with a rotation only its
     /// rows rotated. What a shot detector that shrinks frames needs: with a 5:1 resize it reads a
     /// fifth of the rows.
+    ///
+    /// Once `offload` returns true (asked before each frame until it does), the conversion and
+    /// `f` move to a helper thread for the rest of the video, fed in order while this thread
+    /// decodes: a video that would otherwise leave cores idle (the last one of a batch) then uses
+    /// two. The frames and their order are the same either way. The count returned may include a
+    /// few frames decoded after `f` asked to stop.
     pub fn for_each_frame_reading(
         &mut self,
         layout: Layout,
-        reads: &dyn Fn(usize, usize) -> PixelsRead,
-        mut f: impl FnMut(usize, ImageRef<'_>) -> bool,
+        reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
+        offload: &dyn Fn() -> bool,
+        f: impl FnMut(usize, ImageRef<'_>) -> bool + Send,
     ) -> Result<usize, DecodeError> {
         self.rewind()?;
-        let mut converter = Converter::new(FrameFormat::full(layout), self.rotation, Some(reads));
-        self.decode(|index, decoded| Ok(f(index, converter.convert(decoded)?)))
+        let (format, rotation) = (FrameFormat::full(layout), self.rotation);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let mut here = Some((Converter::new(format, rotation, Some(reads)), f));
+            let mut helper = None;
+            let decoded = self.decode(|index, decoded| {
+                if helper.is_none() && offload() {
+                    let (_, mut f) = here.take().expect("the consumer is here until the helper takes it");
+                    let (frames, received) = std::sync::mpsc::sync_channel::<(usize, ffmpeg::frame::Video)>(4);
+                    let stop = &stop;
+                    let thread = scope.spawn(move || -> Result<(), DecodeError> {
+                        // The helper's own scaler, built like the first: the same bytes.
+                        let mut converter = Converter::new(format, rotation, Some(reads));
+                        for (index, frame) in received {
+                            if !f(index, converter.convert(&frame)?) {
+                                stop.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        Ok(())
+                    });
+                    helper = Some((frames, thread));
+                }
+                match (&helper, here.as_mut()) {
+                    // A failed send means the helper has ended (stopped or failed): so do we.
+                    (Some((frames, _)), _) => {
+                        Ok(!stop.load(Ordering::Relaxed) && frames.send((index, frame_ref(decoded))).is_ok())
+                    }
+                    (None, Some((converter, f))) => Ok(f(index, converter.convert(decoded)?)),
+                    (None, None) => unreachable!("the consumer is here while there is no helper"),
+                }
+            });
+            if let Some((frames, thread)) = helper {
+                drop(frames);
+                thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            }
+            decoded
+        })
     }
 
     /// Decode the frames at `indices` (ascending; repeats allowed) and hand each to `f` with its
@@ -465,6 +509,17 @@ impl<'r> Converter<'r> {
         }
         Ok(self.image.view())
     }
+}
+
+/// A new reference to a decoded frame's buffers (no copy), to hand it to another thread while the
+/// decoder goes on with its own.
+fn frame_ref(frame: &ffmpeg::frame::Video) -> ffmpeg::frame::Video {
+    let mut copy = ffmpeg::frame::Video::empty();
+    // SAFETY: both frames are valid; av_frame_ref takes a reference to the source's
+    // reference-counted buffers (or copies them when they are not reference-counted).
+    let status = unsafe { ffmpeg::ffi::av_frame_ref(copy.as_mut_ptr(), frame.as_ptr()) };
+    assert!(status >= 0, "av_frame_ref failed ({status}): out of memory");
+    copy
 }
 
 /// Which rows of the unrotated `height`-row frame hold the displayed pixels in `read`: the

@@ -275,15 +275,19 @@ pub fn shared_threads(cores: usize, videos: usize) -> usize {
 impl Scores {
     /// Decode a video and score every frame, with `threads` decoder threads; 0 gives it its share
     /// of the cores among the videos this process is scoring at the moment it starts
-    /// ([`shared_threads`]).
+    /// ([`shared_threads`]), and a helper thread for the scoring once a core is idle.
     pub fn of_file(path: &Path, threads: usize) -> Result<Scores, DecodeError> {
         let (_scoring, videos) = Scoring::start();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = if threads == 0 { shared_threads(cores, videos) } else { threads };
+        let auto = threads == 0;
+        let threads = if auto { shared_threads(cores, videos) } else { threads };
         let mut reader = VideoReader::open(path, threads)?;
         let mut scorer = Scorer::new();
         let mut scores = Vec::new();
-        reader.for_each_frame_reading(Layout::Bgr, &Scorer::reads, |_, img| {
+        // With automatic threads, scoring moves to a helper thread once fewer videos than cores
+        // are being scored: the last videos of a batch then use the cores the others left idle.
+        let idle_core = || auto && SCORING.load(Ordering::SeqCst) < cores;
+        reader.for_each_frame_reading(Layout::Bgr, &Scorer::reads, &idle_core, |_, img| {
             scores.push(scorer.push(img));
             true
         })?;
