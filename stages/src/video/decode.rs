@@ -265,7 +265,7 @@ impl VideoReader {
                 match (&helper, here.as_mut()) {
                     // A failed send means the helper has ended (stopped or failed): so do we.
                     (Some((frames, _)), _) => {
-                        Ok(!stop.load(Ordering::Relaxed) && frames.send((index, frame_ref(decoded))).is_ok())
+                        Ok(!stop.load(Ordering::Relaxed) && frames.send((index, frame_ref(decoded)?)).is_ok())
                     }
                     (None, Some((converter, f))) => Ok(f(index, converter.convert(decoded)?)),
                     (None, None) => unreachable!("the consumer is here while there is no helper"),
@@ -513,13 +513,14 @@ impl<'r> Converter<'r> {
 
 /// A new reference to a decoded frame's buffers (no copy), to hand it to another thread while the
 /// decoder goes on with its own.
-fn frame_ref(frame: &ffmpeg::frame::Video) -> ffmpeg::frame::Video {
+fn frame_ref(frame: &ffmpeg::frame::Video) -> Result<ffmpeg::frame::Video, DecodeError> {
     let mut copy = ffmpeg::frame::Video::empty();
     // SAFETY: both frames are valid; av_frame_ref takes a reference to the source's
     // reference-counted buffers (or copies them when they are not reference-counted).
-    let status = unsafe { ffmpeg::ffi::av_frame_ref(copy.as_mut_ptr(), frame.as_ptr()) };
-    assert!(status >= 0, "av_frame_ref failed ({status}): out of memory");
-    copy
+    match unsafe { ffmpeg::ffi::av_frame_ref(copy.as_mut_ptr(), frame.as_ptr()) } {
+        0.. => Ok(copy),
+        status => Err(DecodeError::Decoder(ffmpeg::Error::from(status))),
+    }
 }
 
 /// Which rows of the unrotated `height`-row frame hold the displayed pixels in `read`: the
