@@ -83,12 +83,16 @@ fn read_rows(path: &Path, offload_from: usize) -> Vec<u64> {
         seen.set(seen.get() + 1);
         seen.get() > offload_from
     };
-    VideoReader::open(path, 1)
-        .unwrap()
+    let mut reader = VideoReader::open(path, 1).unwrap();
+    let rotation = reader.rotation;
+    reader
         .for_each_frame_reading(Layout::Bgr, &reads, &offload, |index, img| {
             assert_eq!(index, out.len());
+            // Handed out as stored: upright here (the rows read are converted, with a quarter
+            // turn every stored row is).
+            let img = img.to_image().rotated(rotation);
             let mut h = DefaultHasher::new();
-            (0..img.height).filter(|y| y % 3 == 1).for_each(|y| img.row(y).hash(&mut h));
+            (0..img.height).filter(|y| y % 3 == 1).for_each(|y| img.view().row(y).hash(&mut h));
             out.push(h.finish());
             true
         })

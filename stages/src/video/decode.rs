@@ -51,9 +51,8 @@ impl ImageRef<'_> {
     }
 
     /// This image rotated clockwise by 0, 90, 180 or 270 degrees (other angles count as 0), into
-    /// `out`, whose buffer is reused. With `rows`, only the rotated rows marked there are written
-    /// (the others keep whatever bytes they had): a consumer that reads a few rows pays for those.
-    pub fn rotate_into(&self, clockwise: i64, rows: Option<&[bool]>, out: &mut Image) {
+    /// `out`, whose buffer is reused: one strided copy.
+    pub fn rotate_into(&self, clockwise: i64, out: &mut Image) {
         let (w, h, s) = (self.width as isize, self.height as isize, self.stride as isize);
         // Byte offset of rotated pixel (0, 0), and the steps to the next pixel and the next row.
         let (origin, dx, dy) = match clockwise.rem_euclid(360) {
@@ -62,13 +61,11 @@ impl ImageRef<'_> {
             270 => (3 * (w - 1), s, -3),
             _ => (0, 3, s),
         };
-        let (nw, nh) = if dx.abs() == 3 { (self.width, self.height) } else { (self.height, self.width) };
+        let quarter = clockwise.rem_euclid(180) == 90;
+        let (nw, nh) = if quarter { (self.height, self.width) } else { (self.width, self.height) };
         (out.width, out.height) = (nw, nh);
         out.data.resize(3 * nw * nh, 0);
         for (y, row) in out.data.chunks_exact_mut(3 * nw).enumerate() {
-            if rows.is_some_and(|r| !r[y]) {
-                continue;
-            }
             let mut o = origin + y as isize * dy;
             for px in row.chunks_exact_mut(3) {
                 // In bounds: o walks a row or column of the source inside its w x h pixels.
@@ -92,7 +89,7 @@ impl Image {
             return self;
         }
         let mut out = Image { width: 0, height: 0, data: Vec::new() };
-        self.view().rotate_into(clockwise, None, &mut out);
+        self.view().rotate_into(clockwise, &mut out);
         out
     }
 
@@ -220,11 +217,12 @@ impl VideoReader {
         self.decode(|index, decoded| Ok(f(index, converter.convert(decoded)?)))
     }
 
-    /// [`Self::for_each_frame`] at full size for a consumer that reads only part of each frame:
-    /// `reads` says which part for a displayed `width x height` (asked again if the stream changes
-    /// size), and only the source rows holding it are converted, and with a rotation only its
-    /// rows rotated. What a shot detector that shrinks frames needs: with a 5:1 resize it reads a
-    /// fifth of the rows.
+    /// [`Self::for_each_frame`] at full size for a consumer that reads only part of each frame and
+    /// applies the display rotation itself ([`Self::rotation`]): frames are handed out as stored,
+    /// `reads` says which part of the displayed `width x height` frame is read (asked again if the
+    /// stream changes size), and only the source rows holding it are converted. What a shot
+    /// detector that shrinks frames needs: with a 5:1 resize it reads a fifth of the rows, and it
+    /// can shrink a rotated frame without copying it upright first.
     ///
     /// Once `offload` returns true (asked before each frame until it does), the conversion and
     /// `f` move to a helper thread for the rest of the video, fed in order while this thread
@@ -423,11 +421,10 @@ impl VideoReader {
 struct Converter<'r> {
     format: FrameFormat,
     rotation: i64,
-    /// What the consumer reads (full-size frames only), and from it the slices of output rows
-    /// `(first, count)` to convert (`None`: all) and the displayed rows to rotate.
+    /// What the consumer reads (full-size frames, handed out unrotated), and from it the slices
+    /// of output rows `(first, count)` to convert (`None`: all).
     reads: Option<&'r dyn Fn(usize, usize) -> PixelsRead>,
     slices: Option<Vec<(u32, u32)>>,
-    rows: Option<Vec<bool>>,
     /// The scaler and the (format, width, height) of the frames it was built for.
     ctx: Option<(scaling::Context, Pixel, u32, u32)>,
     /// Scaled size before rotation, and the crop window after it.
@@ -446,7 +443,6 @@ impl<'r> Converter<'r> {
             rotation,
             reads: reads.filter(|_| format.fill.is_none()),
             slices: None,
-            rows: None,
             ctx: None,
             scaled: (0, 0),
             crop: (0, 0, 0, 0),
@@ -473,7 +469,7 @@ impl<'r> Converter<'r> {
                 scaling::Context::get(fmt, w, h, target, self.scaled.0, self.scaled.1, scaling::Flags::BICUBIC)
                     .map_err(|e| DecodeError::Convert(fmt, e))?;
             set_colorspace(&mut ctx, decoded);
-            (self.slices, self.rows) = match self.reads {
+            self.slices = match self.reads {
                 Some(reads) => {
                     let read = reads(dw as usize, dh as usize);
                     // SAFETY: the context is valid.
@@ -483,9 +479,9 @@ impl<'r> Converter<'r> {
                     // chroma lines around every slice's start, which costs more than the
                     // skipped rows save (measured: 10% slower on the odd-height MPEG-2 video).
                     let slices = (align > 1).then(|| row_slices(&source_rows(&read, self.rotation, h as usize), align));
-                    (slices.flatten(), Some(read.rows))
+                    slices.flatten()
                 }
-                None => (None, None),
+                None => None,
             };
             self.ctx = Some((ctx, fmt, w, h));
             self.out = ffmpeg::frame::Video::new(target, self.scaled.0, self.scaled.1);
@@ -499,10 +495,11 @@ impl<'r> Converter<'r> {
         let (width, height) = (self.scaled.0 as usize, self.scaled.1 as usize);
         let whole = ImageRef { width, height, stride: self.out.stride(0), data: self.out.data(0) };
         let (x, y, cw, ch) = self.crop;
-        if self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height) {
+        // A consumer that says what it reads gets frames as stored (and full size: no crop).
+        if self.reads.is_some() || (self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height)) {
             return Ok(whole);
         }
-        whole.rotate_into(self.rotation, self.rows.as_deref(), &mut self.image);
+        whole.rotate_into(self.rotation, &mut self.image);
         if (x, y, cw, ch) != (0, 0, self.image.width, self.image.height) {
             self.image = std::mem::replace(&mut self.image, Image { width: 0, height: 0, data: Vec::new() })
                 .cropped(x, y, cw, ch);
@@ -663,17 +660,6 @@ mod tests {
         let r = img.clone().rotated(270);
         assert_eq!(r.data, vec![2, 2, 2, 1, 1, 1]);
         assert_eq!(img.clone().rotated(180).data, vec![2, 2, 2, 1, 1, 1]);
-    }
-
-    #[test]
-    fn partial_rotation_writes_only_the_rows_asked_for() {
-        // 2x3 image, pixel value = 10 * row + column; a quarter turn clockwise makes it 3x2.
-        let img = Image { width: 2, height: 3, data: [0u8, 1, 10, 11, 20, 21].iter().flat_map(|&v| [v; 3]).collect() };
-        let mut out = Image { width: 0, height: 0, data: Vec::new() };
-        img.view().rotate_into(90, Some(&[false, true]), &mut out);
-        assert_eq!((out.width, out.height), (3, 2));
-        assert_eq!(out.data.chunks(3).map(|p| p[0]).collect::<Vec<_>>(), [0, 0, 0, 21, 11, 1]);
-        assert_eq!(out.data[9..], img.rotated(90).data[9..], "the row asked for, as a full rotation gives it");
     }
 
     #[test]

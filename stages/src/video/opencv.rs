@@ -34,6 +34,34 @@ fn axis_coefficients(src: usize, dst: usize) -> Vec<(usize, i32, i32)> {
         .collect()
 }
 
+/// Per output position along one axis: the first of the two adjacent source positions it weighs,
+/// in memory order, and their two weights, for an axis stored forwards or `reversed` (an axis of a
+/// rotated frame). The pair always lies inside the source (a one-position source aside): at the
+/// far edge, where the second weight is 0, it is shifted inwards with the weights swapped, which
+/// gives the same sum.
+fn memory_pairs(src: usize, dst: usize, reversed: bool) -> Vec<(usize, i32, i32)> {
+    let pair = |(s, a0, a1): (usize, i32, i32)| match (src, reversed, s + 1 < src) {
+        (1, _, _) => (0, a0, a1),
+        (_, false, true) => (s, a0, a1),
+        (_, false, false) => (s - 1, a1, a0),
+        // Reversed, s is stored at src - 1 - s and s + 1 just before it.
+        (_, true, true) => (src - 2 - s, a1, a0),
+        (_, true, false) => (0, a0, a1),
+    };
+    axis_coefficients(src, dst).into_iter().map(pair).collect()
+}
+
+/// OpenCV's SIMD vertical pass on one element: the high halves of the 16-bit products of the two
+/// horizontal-pass values and their weights, rounded. Taps are at most 32655 * 2048 >> 16 =
+/// 1020, so the 16-bit sums cannot wrap (wrapping operations spare the overflow checks of debug
+/// builds, which would stop vectorisation).
+#[inline(always)]
+fn vertical_pass(t0: i16, b0: i32, t1: i16, b1: i32) -> u8 {
+    let a = (i32::from(t0).wrapping_mul(b0) >> 16) as i16;
+    let b = (i32::from(t1).wrapping_mul(b1) >> 16) as i16;
+    (a.wrapping_add(b).wrapping_add(2) >> 2).clamp(0, 255) as u8
+}
+
 /// The pixels of a `src_width x src_height` image that [`resize_linear`] to `width x height`
 /// depends on: the rows and columns with a non-zero weight (it may read others, times zero).
 pub fn resize_reads(src_width: usize, src_height: usize, width: usize, height: usize) -> PixelsRead {
@@ -116,18 +144,44 @@ pub fn resize_linear(img: ImageRef<'_>, width: usize, height: usize) -> Planar {
         let i0 = cache.row(sy, sy1, img, &taps);
         let i1 = cache.row(sy1, sy, img, &taps);
         let (t0, t1) = (&cache.rows[i0].1, &cache.rows[i1].1);
-        // OpenCV's SIMD vertical pass (used for every element): high half of 16-bit products.
         let (b0, b1) = (i32::from(b0 as i16), i32::from(b1 as i16));
         for (c, plane) in planes.iter_mut().enumerate() {
             let dst = &mut plane[y * width..(y + 1) * width];
             let (t0, t1) = (&t0[c * width..(c + 1) * width], &t1[c * width..(c + 1) * width]);
-            // Taps are at most 32655 * 2048 >> 16 = 1020, so the 16-bit sums cannot wrap
-            // (wrapping operations spare the overflow checks of debug builds, which would stop
-            // vectorisation).
             for i in 0..width {
-                let a = (i32::from(t0[i]).wrapping_mul(b0) >> 16) as i16;
-                let b = (i32::from(t1[i]).wrapping_mul(b1) >> 16) as i16;
-                dst[i] = (a.wrapping_add(b).wrapping_add(2) >> 2).clamp(0, 255) as u8;
+                dst[i] = vertical_pass(t0[i], b0, t1[i], b1);
+            }
+        }
+    }
+    Planar { width, height, planes }
+}
+
+/// [`resize_linear`] of a frame stored a quarter turn from how it is displayed (`clockwise` 90
+/// or 270), straight into the displayed `width x height`: the same arithmetic element by element,
+/// traversed along the stored axes, so no rotated copy of the frame is made. OpenCV's horizontal
+/// pass runs along the displayed rows, which are stored columns: it combines two stored rows
+/// element by element (a loop that vectorises); its vertical pass then picks stored columns.
+/// Not for an exact half size, which OpenCV resizes by area (rotate and use [`resize_linear`]).
+#[inline(always)]
+pub fn resize_linear_quarter(img: ImageRef<'_>, clockwise: i64, width: usize, height: usize) -> Planar {
+    // 90: displayed (x, y) is stored (column y, row h - 1 - x); 270: (column w - 1 - y, row x).
+    let ninety = clockwise.rem_euclid(360) == 90;
+    let across = memory_pairs(img.height, width, ninety);
+    let down = memory_pairs(img.width, height, !ninety);
+    let n = width * height;
+    let mut planes = [vec![0u8; n], vec![0u8; n], vec![0u8; n]];
+    // One pixel more than a stored row, for a one-column frame's pairs (its weight there is 0).
+    let mut t = vec![0i16; 3 * img.width + 3];
+    for (x, &(m, a0, a1)) in across.iter().enumerate() {
+        let (r0, r1) = (img.row(m), img.row((m + 1).min(img.height - 1)));
+        // The exact sum is at most 255 * 2049: after the shift it fits an i16 (as in
+        // HorizontalTaps::apply, which this is along the other stored axis).
+        for ((t, &p), &q) in t.iter_mut().zip(r0).zip(r1) {
+            *t = (i32::from(p).wrapping_mul(a0).wrapping_add(i32::from(q).wrapping_mul(a1)) >> 4) as i16;
+        }
+        for (y, &(k, b0, b1)) in down.iter().enumerate() {
+            for (c, plane) in planes.iter_mut().enumerate() {
+                plane[y * width + x] = vertical_pass(t[3 * k + c], b0, t[3 * k + 3 + c], b1);
             }
         }
     }
@@ -163,9 +217,7 @@ impl RowCache {
 }
 
 /// The horizontal resize pass, set up once per frame: per output pixel, the byte offset of its
-/// left source pixel (the right one follows it) and the two weights. At the right edge the right
-/// weight is 0; there the pair is shifted one pixel left with the weights swapped, which gives
-/// the same sum without reading past the row.
+/// left source pixel (the right one follows it, see [`memory_pairs`]) and the two weights.
 struct HorizontalTaps {
     offsets: Vec<usize>,
     left: Vec<i32>,
@@ -176,9 +228,8 @@ impl HorizontalTaps {
     #[inline(always)]
     fn new(src_width: usize, width: usize) -> Self {
         let mut taps = HorizontalTaps { offsets: Vec::new(), left: Vec::new(), right: Vec::new() };
-        for (s, a0, a1) in axis_coefficients(src_width, width) {
-            let (o, a0, a1) = if s + 1 < src_width || src_width == 1 { (3 * s, a0, a1) } else { (3 * (s - 1), a1, a0) };
-            taps.offsets.push(o);
+        for (s, a0, a1) in memory_pairs(src_width, width, false) {
+            taps.offsets.push(3 * s);
             taps.left.push(a0);
             taps.right.push(a1);
         }
@@ -295,6 +346,25 @@ mod tests {
         assert_eq!(hsv(0, 0, 0), (0, 0, 0));
         assert_eq!(hsv(128, 128, 128), (0, 0, 128));
         assert_eq!(hsv(255, 0, 255), (150, 255, 255));
+    }
+
+    #[test]
+    fn quarter_turn_resize_equals_resizing_the_turned_frame() {
+        let mut x = 7u32;
+        for (w, h, dw, dh) in [(37, 64, 40, 11), (360, 640, 256, 144), (21, 1, 1, 8), (1, 9, 3, 1), (50, 30, 7, 49)] {
+            let data = (0..w * h * 3)
+                .map(|_| {
+                    x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (x >> 24) as u8
+                })
+                .collect();
+            let img = Image { width: w, height: h, data };
+            for clockwise in [90, 270] {
+                let upright = img.clone().rotated(clockwise);
+                let want = resize_linear(upright.view(), dw, dh);
+                assert_eq!(resize_linear_quarter(img.view(), clockwise, dw, dh), want, "{w}x{h} turned {clockwise}");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use super::decode::{ImageRef, Layout, PixelsRead, VideoReader};
-use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_reads, with_simd, Planar};
+use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_linear_quarter, resize_reads, with_simd, Planar};
 use super::probe::DecodeError;
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.
@@ -111,9 +111,10 @@ impl Scorer {
         resize_reads(width, height, w, h)
     }
 
-    /// Score the next frame against the previous one.
-    pub fn push(&mut self, frame: ImageRef<'_>) -> f64 {
-        let (score, hsv) = with_simd(FrameScore { frame, prev: self.prev.as_ref() });
+    /// Score the next frame, stored rotated by `clockwise` degrees from how it is displayed (0,
+    /// 90, 180 or 270), against the previous one.
+    pub fn push(&mut self, frame: ImageRef<'_>, clockwise: i64) -> f64 {
+        let (score, hsv) = with_simd(FrameScore { frame, clockwise, prev: self.prev.as_ref() });
         self.prev = Some(hsv);
         score
     }
@@ -123,6 +124,7 @@ impl Scorer {
 /// operation [`with_simd`] compiles for the CPU's widest SIMD: everything it calls is inlined.
 struct FrameScore<'a> {
     frame: ImageRef<'a>,
+    clockwise: i64,
     prev: Option<&'a [Vec<u8>; 3]>,
 }
 
@@ -131,10 +133,27 @@ impl pulp::WithSimd for FrameScore<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
-        let frame = self.frame;
-        let (w, h) = detect_size(frame.width, frame.height);
-        let small =
-            if (w, h) == (frame.width, frame.height) { Planar::from_packed(frame) } else { resize_linear(frame, w, h) };
+        let (frame, clockwise) = (self.frame, self.clockwise.rem_euclid(360));
+        let quarter = clockwise % 180 == 90;
+        let (dw, dh) = if quarter { (frame.height, frame.width) } else { (frame.width, frame.height) };
+        let (w, h) = detect_size(dw, dh);
+        let small = if quarter && (w, h) != (dw, dh) && (dw, dh) != (2 * w, 2 * h) {
+            resize_linear_quarter(frame, clockwise, w, h)
+        } else {
+            // Upright, or rarer: upside down, or a quarter turn with no resize or an area one.
+            let upright;
+            let frame = if clockwise == 0 {
+                frame
+            } else {
+                upright = frame.to_image().rotated(clockwise);
+                upright.view()
+            };
+            if (w, h) == (dw, dh) {
+                Planar::from_packed(frame)
+            } else {
+                resize_linear(frame, w, h)
+            }
+        };
         let hsv = bgr_to_hsv_planes(&small);
         (self.prev.map_or(0.0, |p| content_score(p, &hsv)), hsv)
     }
@@ -287,8 +306,9 @@ impl Scores {
         // With automatic threads, scoring moves to a helper thread once fewer videos than cores
         // are being scored: the last videos of a batch then use the cores the others left idle.
         let idle_core = || auto && SCORING.load(Ordering::SeqCst) < cores;
+        let rotation = reader.rotation;
         reader.for_each_frame_reading(Layout::Bgr, &Scorer::reads, &idle_core, |_, img| {
-            scores.push(scorer.push(img));
+            scores.push(scorer.push(img, rotation));
             true
         })?;
         Ok(Scores { scores, fps: reader.fps })
