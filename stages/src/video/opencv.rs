@@ -117,7 +117,8 @@ impl Planar {
 /// source row's horizontal pass is computed once and kept while the next output row needs it, and
 /// the vertical pass works on 16-bit lanes as OpenCV's SIMD code does, in a loop the compiler
 /// vectorises. Inline so that callers compiled for wider SIMD (see [`with_simd`]) get it too;
-/// nothing in it is a closure or a non-inline call, which would be compiled for the baseline.
+/// its per-pixel loops call no closure and no non-inline function, which would be compiled for the
+/// SSE2 baseline instead.
 #[inline(always)]
 pub fn resize_linear(img: ImageRef<'_>, width: usize, height: usize) -> Planar {
     let (sw, sh, n) = (img.width, img.height, width * height);
