@@ -46,8 +46,9 @@ print(json.dumps([video.frame_number, time.perf_counter() - t0, time.process_tim
     Ok((frames, wall, cpu))
 }
 
-/// Decoding alone, decoding + shot detection, and (with `python`) PySceneDetect, per video; then
-/// all videos at once on every core.
+/// Decoding alone, decoding + shot detection, and (with `python`) PySceneDetect, per video on one
+/// decoder thread; then all videos at once on every core with the stage's automatic decoder
+/// threads, next to what the cores would do at the one-thread rate with none idle.
 pub fn scenes(videos: &[PathBuf], python: Option<&Path>) -> anyhow::Result<()> {
     let rate = |(frames, wall, cpu): (usize, f64, f64)| (frames as f64 / wall, frames as f64 / cpu.max(1e-9));
     println!(
@@ -55,12 +56,14 @@ pub fn scenes(videos: &[PathBuf], python: Option<&Path>) -> anyhow::Result<()> {
         "video", "frames", "dec f/s", "dec f/cpu", "det f/s", "det f/cpu", "psd f/s", "psd f/cpu", "ratio"
     );
     let content = Detector::Content { threshold: 27.0 };
+    let (mut one_thread_frames, mut one_thread_s) = (0, 0.0);
     for v in videos {
         let decode = measure(|| Ok(VideoReader::open(v, 1)?.count_frames()?))?;
         let detect = measure(|| {
             let scores = Scores::of_file(v, 1)?;
             Ok(scores.detect(content, 0.6).frames)
         })?;
+        (one_thread_frames, one_thread_s) = (one_thread_frames + detect.0, one_thread_s + detect.1);
         let (df, dc) = rate(decode);
         let (tf, tc) = rate(detect);
         let name = v.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
@@ -74,19 +77,22 @@ pub fn scenes(videos: &[PathBuf], python: Option<&Path>) -> anyhow::Result<()> {
             None => println!("{name:<34} {:>6} | {df:>9.0} {dc:>9.0} | {tf:>9.0} {tc:>9.0} |", detect.0),
         }
     }
-    // Many videos: one per rayon thread, as the scene_split stage runs them.
+    // Many videos: one per rayon thread, as the scene_split stage runs them (automatic threads).
     let all = measure(|| {
         use rayon::prelude::*;
         let frames: anyhow::Result<Vec<usize>> =
-            videos.par_iter().map(|v| Ok(Scores::of_file(v, 1)?.detect(content, 0.6).frames)).collect();
+            videos.par_iter().map(|v| Ok(Scores::of_file(v, 0)?.detect(content, 0.6).frames)).collect();
         Ok(frames?.iter().sum())
     })?;
     let (f, c) = rate(all);
+    let threads = rayon::current_num_threads();
+    let ideal = threads as f64 * one_thread_frames as f64 / one_thread_s.max(1e-9);
     println!(
-        "all {} videos in parallel on {} threads: {} frames, {f:.0} frames/s, {c:.0} frames per CPU-second",
+        "all {} videos in parallel on {threads} threads: {} frames, {f:.0} frames/s ({:.0}% of {threads} x the \
+         one-thread rate, {ideal:.0}), {c:.0} frames per CPU-second",
         videos.len(),
-        rayon::current_num_threads(),
-        all.0
+        all.0,
+        100.0 * f / ideal
     );
     Ok(())
 }

@@ -35,7 +35,8 @@ pub struct SceneSplitConfig {
     /// "adaptive": a cut frame's own change score must reach this too.
     #[serde(default = "default_min_content")]
     pub min_content_val: f64,
-    /// FFmpeg decoder threads per video (0 lets FFmpeg choose); many videos in parallel use the cores better.
+    /// FFmpeg decoder threads per video; 0 (the default) shares the cores among the videos being
+    /// detected when each starts: frame threads for a lone video, one thread each for many.
     #[serde(default = "default_threads")]
     pub decoder_threads: u32,
 }
@@ -61,7 +62,7 @@ fn default_min_content() -> f64 {
     15.0
 }
 fn default_threads() -> u32 {
-    1
+    0
 }
 
 impl Default for SceneSplitConfig {

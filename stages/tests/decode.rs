@@ -6,7 +6,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use stages::video::decode::{uniform_indices, FrameFormat, Image, Layout, VideoReader};
+use stages::video::decode::{uniform_indices, FrameFormat, Image, Layout, PixelsRead, VideoReader};
 use stages::video::encode::{EncodeOptions, Mp4Writer};
 use stages::video::motion::clip_stats;
 use stages::video::probe::probe_file;
@@ -71,6 +71,53 @@ fn seeking_to_a_clip_gives_the_frames_of_a_sequential_decode() {
         assert_eq!(read_at(&path, &picked), expected, "{name}: uniform selection");
         // Asking past the end hands out what exists.
         assert_eq!(read_at(&path, &[n - 1, n, n + 5]), vec![all[n - 1]], "{name}: past the end");
+    }
+}
+
+/// Hashes of the rows of every frame that `reads` marks, read with `for_each_frame_reading`
+/// and moved to the helper thread from frame `offload_from` on.
+fn read_rows(path: &Path, offload_from: usize) -> Vec<u64> {
+    let reads = |w: usize, h: usize| PixelsRead { rows: (0..h).map(|y| y % 3 == 1).collect(), columns: vec![true; w] };
+    let (seen, mut out) = (std::cell::Cell::new(0), Vec::new());
+    let offload = || {
+        seen.set(seen.get() + 1);
+        seen.get() > offload_from
+    };
+    let mut reader = VideoReader::open(path, 1).unwrap();
+    let rotation = reader.rotation;
+    reader
+        .for_each_frame_reading(Layout::Bgr, &reads, &offload, |index, img| {
+            assert_eq!(index, out.len());
+            // Handed out as stored: upright here (the rows read are converted, with a quarter
+            // turn every stored row is).
+            let img = img.to_image().rotated(rotation);
+            let mut h = DefaultHasher::new();
+            (0..img.height).filter(|y| y % 3 == 1).for_each(|y| img.view().row(y).hash(&mut h));
+            out.push(h.finish());
+            true
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn partial_conversion_gives_the_rows_of_a_full_one_on_any_thread() {
+    for path in videos() {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let mut full = Vec::new();
+        VideoReader::open(&path, 1)
+            .unwrap()
+            .for_each_frame(FrameFormat::full(Layout::Bgr), |_, img| {
+                let mut h = DefaultHasher::new();
+                (0..img.height).filter(|y| y % 3 == 1).for_each(|y| img.row(y).hash(&mut h));
+                full.push(h.finish());
+                true
+            })
+            .unwrap();
+        // Never offloaded, and offloaded from the middle of the video.
+        for from in [usize::MAX, full.len() / 2] {
+            assert_eq!(read_rows(&path, from), full, "{name}: helper from frame {from}");
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! (bicubic); plus uniform frame selection for a target fps and aspect-ratio buckets.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
@@ -48,6 +49,32 @@ impl ImageRef<'_> {
         (0..self.height).for_each(|y| data.extend_from_slice(self.row(y)));
         Image { width: self.width, height: self.height, data }
     }
+
+    /// This image rotated clockwise by 0, 90, 180 or 270 degrees (other angles count as 0), into
+    /// `out`, whose buffer is reused: one strided copy.
+    pub fn rotate_into(&self, clockwise: i64, out: &mut Image) {
+        let (w, h, s) = (self.width as isize, self.height as isize, self.stride as isize);
+        // Byte offset of rotated pixel (0, 0), and the steps to the next pixel and the next row.
+        let (origin, dx, dy) = match clockwise.rem_euclid(360) {
+            90 => ((h - 1) * s, -s, 3),
+            180 => ((h - 1) * s + 3 * (w - 1), -3, -s),
+            270 => (3 * (w - 1), s, -3),
+            _ => (0, 3, s),
+        };
+        let quarter = clockwise.rem_euclid(180) == 90;
+        let (nw, nh) = if quarter { (self.height, self.width) } else { (self.width, self.height) };
+        (out.width, out.height) = (nw, nh);
+        out.data.resize(3 * nw * nh, 0);
+        for (y, row) in out.data.chunks_exact_mut(3 * nw).enumerate() {
+            let mut o = origin + y as isize * dy;
+            for px in row.chunks_exact_mut(3) {
+                // In bounds: o walks a row or column of the source inside its w x h pixels.
+                let at = o as usize;
+                px.copy_from_slice(&self.data[at..at + 3]);
+                o += dx;
+            }
+        }
+    }
 }
 
 impl Image {
@@ -58,27 +85,12 @@ impl Image {
 
     /// Rotate clockwise by 90, 180 or 270 degrees (other angles leave the image as it is).
     pub fn rotated(self, clockwise: i64) -> Image {
-        let (w, h) = (self.width, self.height);
-        let px = |x: usize, y: usize| 3 * (y * w + x);
-        let mut out = vec![0u8; self.data.len()];
-        let (nw, nh) = match clockwise.rem_euclid(360) {
-            90 | 270 => (h, w),
-            180 => (w, h),
-            _ => return self,
-        };
-        for y in 0..nh {
-            for x in 0..nw {
-                // The source pixel that lands on (x, y) of the rotated image.
-                let (sx, sy) = match clockwise.rem_euclid(360) {
-                    90 => (y, h - 1 - x),
-                    180 => (w - 1 - x, h - 1 - y),
-                    _ => (w - 1 - y, x),
-                };
-                let d = 3 * (y * nw + x);
-                out[d..d + 3].copy_from_slice(&self.data[px(sx, sy)..px(sx, sy) + 3]);
-            }
+        if !matches!(clockwise.rem_euclid(360), 90 | 180 | 270) {
+            return self;
         }
-        Image { width: nw, height: nh, data: out }
+        let mut out = Image { width: 0, height: 0, data: Vec::new() };
+        self.view().rotate_into(clockwise, &mut out);
+        out
     }
 
     /// The `width x height` window whose top-left corner is `(x, y)`; it must lie inside.
@@ -119,6 +131,16 @@ impl FrameFormat {
     pub fn full(layout: Layout) -> FrameFormat {
         FrameFormat { layout, fill: None }
     }
+}
+
+/// The pixels of each displayed frame (after rotation) that a consumer's result depends on, so
+/// that conversion can skip the rest; pixels outside them may then hold any bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PixelsRead {
+    /// Per displayed row, whether it is read.
+    pub rows: Vec<bool>,
+    /// Per displayed column, whether it is read.
+    pub columns: Vec<bool>,
 }
 
 /// An open video stream.
@@ -191,8 +213,68 @@ impl VideoReader {
         mut f: impl FnMut(usize, ImageRef<'_>) -> bool,
     ) -> Result<usize, DecodeError> {
         self.rewind()?;
-        let mut converter = Converter::new(format, self.rotation);
+        let mut converter = Converter::new(format, self.rotation, None);
         self.decode(|index, decoded| Ok(f(index, converter.convert(decoded)?)))
+    }
+
+    /// [`Self::for_each_frame`] at full size for a consumer that reads only part of each frame and
+    /// applies the display rotation itself ([`Self::rotation`]): frames are handed out as stored,
+    /// `reads` says which part of the displayed `width x height` frame is read (asked again if the
+    /// stream changes size), and only the source rows holding it are converted. What a shot
+    /// detector that shrinks frames needs: with a 5:1 resize it reads a fifth of the rows, and it
+    /// can shrink a rotated frame without copying it upright first.
+    ///
+    /// Once `offload` returns true (asked before each frame until it does), the conversion and
+    /// `f` move to a helper thread for the rest of the video, fed in order while this thread
+    /// decodes: a video that would otherwise leave cores idle (the last one of a batch) then uses
+    /// two. The frames and their order are the same either way. The count returned may include a
+    /// few frames decoded after `f` asked to stop.
+    pub fn for_each_frame_reading(
+        &mut self,
+        layout: Layout,
+        reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
+        offload: &dyn Fn() -> bool,
+        f: impl FnMut(usize, ImageRef<'_>) -> bool + Send,
+    ) -> Result<usize, DecodeError> {
+        self.rewind()?;
+        let (format, rotation) = (FrameFormat::full(layout), self.rotation);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let mut here = Some((Converter::new(format, rotation, Some(reads)), f));
+            let mut helper = None;
+            let decoded = self.decode(|index, decoded| {
+                if helper.is_none() && offload() {
+                    let (_, mut f) = here.take().expect("the consumer is here until the helper takes it");
+                    let (frames, received) = std::sync::mpsc::sync_channel::<(usize, ffmpeg::frame::Video)>(4);
+                    let stop = &stop;
+                    let thread = scope.spawn(move || -> Result<(), DecodeError> {
+                        // The helper's own scaler, built like the first: the same bytes.
+                        let mut converter = Converter::new(format, rotation, Some(reads));
+                        for (index, frame) in received {
+                            if !f(index, converter.convert(&frame)?) {
+                                stop.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        Ok(())
+                    });
+                    helper = Some((frames, thread));
+                }
+                match (&helper, here.as_mut()) {
+                    // A failed send means the helper has ended (stopped or failed): so do we.
+                    (Some((frames, _)), _) => {
+                        Ok(!stop.load(Ordering::Relaxed) && frames.send((index, frame_ref(decoded)?)).is_ok())
+                    }
+                    (None, Some((converter, f))) => Ok(f(index, converter.convert(decoded)?)),
+                    (None, None) => unreachable!("the consumer is here while there is no helper"),
+                }
+            });
+            if let Some((frames, thread)) = helper {
+                drop(frames);
+                thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            }
+            decoded
+        })
     }
 
     /// Decode the frames at `indices` (ascending; repeats allowed) and hand each to `f` with its
@@ -209,7 +291,7 @@ impl VideoReader {
     ) -> Result<usize, DecodeError> {
         let Some(&first) = indices.first() else { return Ok(0) };
         debug_assert!(indices.windows(2).all(|w| w[0] <= w[1]), "indices must be ascending");
-        let mut converter = Converter::new(format, self.rotation);
+        let mut converter = Converter::new(format, self.rotation, None);
         let mut handed = 0usize;
         let mut emit = |index: usize, decoded: &ffmpeg::frame::Video, handed: &mut usize| {
             let mut image: Option<Image> = None;
@@ -336,9 +418,13 @@ impl VideoReader {
 
 /// Converts decoded frames to packed images of one [`FrameFormat`], rebuilding the swscale
 /// context when the stream changes size or pixel format mid-way.
-struct Converter {
+struct Converter<'r> {
     format: FrameFormat,
     rotation: i64,
+    /// What the consumer reads (full-size frames, handed out unrotated), and from it the slices
+    /// of output rows `(first, count)` to convert (`None`: all).
+    reads: Option<&'r dyn Fn(usize, usize) -> PixelsRead>,
+    slices: Option<Vec<(u32, u32)>>,
     /// The scaler and the (format, width, height) of the frames it was built for.
     ctx: Option<(scaling::Context, Pixel, u32, u32)>,
     /// Scaled size before rotation, and the crop window after it.
@@ -350,11 +436,13 @@ struct Converter {
     image: Image,
 }
 
-impl Converter {
-    fn new(format: FrameFormat, rotation: i64) -> Converter {
+impl<'r> Converter<'r> {
+    fn new(format: FrameFormat, rotation: i64, reads: Option<&'r dyn Fn(usize, usize) -> PixelsRead>) -> Self {
         Converter {
             format,
             rotation,
+            reads: reads.filter(|_| format.fill.is_none()),
+            slices: None,
             ctx: None,
             scaled: (0, 0),
             crop: (0, 0, 0, 0),
@@ -381,20 +469,127 @@ impl Converter {
                 scaling::Context::get(fmt, w, h, target, self.scaled.0, self.scaled.1, scaling::Flags::BICUBIC)
                     .map_err(|e| DecodeError::Convert(fmt, e))?;
             set_colorspace(&mut ctx, decoded);
+            self.slices = match self.reads {
+                Some(reads) => {
+                    let read = reads(dw as usize, dh as usize);
+                    // SAFETY: the context is valid.
+                    let align = unsafe { ffmpeg::ffi::sws_receive_slice_alignment(ctx.as_mut_ptr()) } as usize;
+                    // Only swscale's direct YUV -> RGB converter (the one that asks for slices
+                    // of 2 rows) converts rows independently; its general path re-filters the
+                    // chroma lines around every slice's start, which costs more than the
+                    // skipped rows save (measured: 10% slower on the odd-height MPEG-2 video).
+                    let slices = (align > 1).then(|| row_slices(&source_rows(&read, self.rotation, h as usize), align));
+                    slices.flatten()
+                }
+                None => None,
+            };
             self.ctx = Some((ctx, fmt, w, h));
-            self.out = ffmpeg::frame::Video::empty();
+            self.out = ffmpeg::frame::Video::new(target, self.scaled.0, self.scaled.1);
         }
         let ctx = &mut self.ctx.as_mut().expect("set above").0;
-        ctx.run(decoded, &mut self.out).map_err(|e| DecodeError::Convert(fmt, e))?;
+        match &self.slices {
+            None => ctx.run(decoded, &mut self.out),
+            Some(slices) => convert_slices(ctx, decoded, &mut self.out, slices),
+        }
+        .map_err(|e| DecodeError::Convert(fmt, e))?;
         let (width, height) = (self.scaled.0 as usize, self.scaled.1 as usize);
         let whole = ImageRef { width, height, stride: self.out.stride(0), data: self.out.data(0) };
         let (x, y, cw, ch) = self.crop;
-        if self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height) {
+        // A consumer that says what it reads gets frames as stored (and full size: no crop).
+        if self.reads.is_some() || (self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height)) {
             return Ok(whole);
         }
-        self.image = whole.to_image().rotated(self.rotation).cropped(x, y, cw, ch);
+        whole.rotate_into(self.rotation, &mut self.image);
+        if (x, y, cw, ch) != (0, 0, self.image.width, self.image.height) {
+            self.image = std::mem::replace(&mut self.image, Image { width: 0, height: 0, data: Vec::new() })
+                .cropped(x, y, cw, ch);
+        }
         Ok(self.image.view())
     }
+}
+
+/// A new reference to a decoded frame's buffers (no copy), to hand it to another thread while the
+/// decoder goes on with its own.
+fn frame_ref(frame: &ffmpeg::frame::Video) -> Result<ffmpeg::frame::Video, DecodeError> {
+    let mut copy = ffmpeg::frame::Video::empty();
+    // SAFETY: both frames are valid; av_frame_ref takes a reference to the source's
+    // reference-counted buffers (or copies them when they are not reference-counted).
+    match unsafe { ffmpeg::ffi::av_frame_ref(copy.as_mut_ptr(), frame.as_ptr()) } {
+        0.. => Ok(copy),
+        status => Err(DecodeError::Decoder(ffmpeg::Error::from(status))),
+    }
+}
+
+/// Which rows of the unrotated `height`-row frame hold the displayed pixels in `read`: the
+/// displayed rows themselves, or with a quarter turn the displayed columns.
+fn source_rows(read: &PixelsRead, clockwise: i64, height: usize) -> Vec<bool> {
+    match clockwise.rem_euclid(360) {
+        // Displayed (x, y) comes from source row h - 1 - x (90), h - 1 - y (180) or x (270).
+        90 => (0..height).map(|r| read.columns[height - 1 - r]).collect(),
+        180 => (0..height).map(|r| read.rows[height - 1 - r]).collect(),
+        270 => read.columns.clone(),
+        _ => read.rows.clone(),
+    }
+}
+
+/// The output slices `(first row, rows)` that cover the marked rows, with starts and lengths
+/// multiples of `align` (the scaler's requirement; the last slice may end at the frame's end);
+/// `None` when that is every row.
+fn row_slices(read: &[bool], align: usize) -> Option<Vec<(u32, u32)>> {
+    let height = read.len();
+    let mut slices: Vec<(usize, usize)> = Vec::new();
+    let mut y = 0;
+    while y < height {
+        if !read[y] {
+            y += 1;
+            continue;
+        }
+        let start = y / align * align;
+        while y < height && read[y] {
+            y += 1;
+        }
+        let end = y.div_ceil(align).saturating_mul(align).min(height);
+        match slices.last_mut() {
+            Some(last) if last.1 >= start => last.1 = end,
+            _ => slices.push((start, end)),
+        }
+        y = end;
+    }
+    if slices == [(0, height)] {
+        return None;
+    }
+    Some(slices.into_iter().map(|(a, b)| (a as u32, (b - a) as u32)).collect())
+}
+
+/// Convert only the output rows in `slices` (swscale's slice API: every input row is available,
+/// the named output rows are computed). The other rows of `out` keep what they held.
+fn convert_slices(
+    ctx: &mut scaling::Context,
+    decoded: &ffmpeg::frame::Video,
+    out: &mut ffmpeg::frame::Video,
+    slices: &[(u32, u32)],
+) -> Result<(), ffmpeg::Error> {
+    use ffmpeg::ffi;
+    // SAFETY: the context was built for this frame's format and size and `out` was allocated
+    // (reference-counted) at its output format and size; both frames outlive the calls, and
+    // `sws_frame_end` drops the context's references to them before returning.
+    unsafe {
+        let c = ctx.as_mut_ptr();
+        let mut status = ffi::sws_frame_start(c, out.as_mut_ptr(), decoded.as_ptr());
+        if status >= 0 {
+            status = ffi::sws_send_slice(c, 0, decoded.height());
+        }
+        for &(start, rows) in slices {
+            if status >= 0 {
+                status = ffi::sws_receive_slice(c, start, rows);
+            }
+        }
+        ffi::sws_frame_end(c);
+        if status < 0 {
+            return Err(ffmpeg::Error::from(status));
+        }
+    }
+    Ok(())
 }
 
 /// For a displayed `w x h` frame and an optional size to fill: the resized displayed size (the
@@ -465,6 +660,21 @@ mod tests {
         let r = img.clone().rotated(270);
         assert_eq!(r.data, vec![2, 2, 2, 1, 1, 1]);
         assert_eq!(img.clone().rotated(180).data, vec![2, 2, 2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn row_slices_cover_the_rows_read_at_the_scaler_alignment() {
+        let read = |rows: &[usize], h: usize| (0..h).map(|y| rows.contains(&y)).collect::<Vec<_>>();
+        // Rows 2, 7, 12 of 15 in pairs: (2, 3), (6, 7), (12, 13).
+        assert_eq!(row_slices(&read(&[2, 7, 12], 15), 2), Some(vec![(2, 2), (6, 2), (12, 2)]));
+        // Touching pairs merge; the last slice may end at an odd height.
+        assert_eq!(row_slices(&read(&[1, 2, 14], 15), 2), Some(vec![(0, 4), (14, 1)]));
+        assert_eq!(row_slices(&read(&[3], 5), 1), Some(vec![(3, 1)]));
+        assert_eq!(row_slices(&read(&[0, 2, 3], 4), 2), None, "every row");
+        // Source rows of a quarter turn are the displayed columns.
+        let cols = PixelsRead { rows: vec![true; 2], columns: vec![true, false, false] };
+        assert_eq!(source_rows(&cols, 90, 3), [false, false, true]);
+        assert_eq!(source_rows(&cols, 270, 3), [true, false, false]);
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //! the adaptive detector cuts where a frame's score stands out against its neighbours.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use super::decode::{FrameFormat, ImageRef, Layout, VideoReader};
-use super::opencv::{bgr_to_hsv_planes, resize_linear, with_simd};
+use super::decode::{ImageRef, Layout, PixelsRead, VideoReader};
+use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_linear_quarter, resize_reads, with_simd, Planar};
 use super::probe::DecodeError;
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.
@@ -100,9 +101,20 @@ impl Scorer {
         Scorer { prev: None }
     }
 
-    /// Score the next frame against the previous one.
-    pub fn push(&mut self, frame: ImageRef<'_>) -> f64 {
-        let (score, hsv) = with_simd(FrameScore { frame, prev: self.prev.as_ref() });
+    /// The pixels of a displayed `width x height` frame that scoring reads: those the resize to
+    /// the detection size weighs (the decoder converts only these), or all when none is needed.
+    pub fn reads(width: usize, height: usize) -> PixelsRead {
+        let (w, h) = detect_size(width, height);
+        if (w, h) == (width, height) {
+            return PixelsRead { rows: vec![true; height], columns: vec![true; width] };
+        }
+        resize_reads(width, height, w, h)
+    }
+
+    /// Score the next frame, stored rotated by `clockwise` degrees from how it is displayed (0,
+    /// 90, 180 or 270), against the previous one.
+    pub fn push(&mut self, frame: ImageRef<'_>, clockwise: i64) -> f64 {
+        let (score, hsv) = with_simd(FrameScore { frame, clockwise, prev: self.prev.as_ref() });
         self.prev = Some(hsv);
         score
     }
@@ -112,6 +124,7 @@ impl Scorer {
 /// operation [`with_simd`] compiles for the CPU's widest SIMD: everything it calls is inlined.
 struct FrameScore<'a> {
     frame: ImageRef<'a>,
+    clockwise: i64,
     prev: Option<&'a [Vec<u8>; 3]>,
 }
 
@@ -120,10 +133,28 @@ impl pulp::WithSimd for FrameScore<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
-        let frame = self.frame;
-        let (w, h) = detect_size(frame.width, frame.height);
-        let small = if (w, h) == (frame.width, frame.height) { None } else { Some(resize_linear(frame, w, h)) };
-        let hsv = bgr_to_hsv_planes(small.as_ref().map_or(frame, |s| s.view()));
+        let (frame, clockwise) = (self.frame, self.clockwise.rem_euclid(360));
+        let quarter = clockwise % 180 == 90;
+        let (dw, dh) = if quarter { (frame.height, frame.width) } else { (frame.width, frame.height) };
+        let (w, h) = detect_size(dw, dh);
+        let small = if quarter && (w, h) != (dw, dh) && (dw, dh) != (2 * w, 2 * h) {
+            resize_linear_quarter(frame, clockwise, w, h)
+        } else {
+            // Upright, or rarer: upside down, or a quarter turn with no resize or an area one.
+            let upright;
+            let frame = if clockwise == 0 {
+                frame
+            } else {
+                upright = frame.to_image().rotated(clockwise);
+                upright.view()
+            };
+            if (w, h) == (dw, dh) {
+                Planar::from_packed(frame)
+            } else {
+                resize_linear(frame, w, h)
+            }
+        };
+        let hsv = bgr_to_hsv_planes(&small);
         (self.prev.map_or(0.0, |p| content_score(p, &hsv)), hsv)
     }
 }
@@ -233,14 +264,51 @@ pub struct Scores {
     pub fps: f64,
 }
 
+/// Videos being scored in this process now: automatic decoder threads share the cores among them.
+static SCORING: AtomicUsize = AtomicUsize::new(0);
+
+/// One video counted in [`SCORING`] while it lives.
+struct Scoring;
+
+impl Scoring {
+    /// Count a video; also returns how many are being scored with it.
+    fn start() -> (Scoring, usize) {
+        (Scoring, SCORING.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+impl Drop for Scoring {
+    fn drop(&mut self) {
+        SCORING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Decoder threads for a video that starts while `videos` are being scored (itself included) on
+/// `cores` cores: its share of the cores, at least one. One video alone gets FFmpeg frame
+/// threads on every core; as many videos as cores get one thread each, since frame threads cost
+/// CPU time (about 8% more per frame) that only idle cores should pay.
+pub fn shared_threads(cores: usize, videos: usize) -> usize {
+    (cores / videos.max(1)).max(1)
+}
+
 impl Scores {
-    /// Decode a video and score every frame.
+    /// Decode a video and score every frame, with `threads` decoder threads; 0 gives it its share
+    /// of the cores among the videos this process is scoring at the moment it starts
+    /// ([`shared_threads`]), and a helper thread for the scoring once a core is idle.
     pub fn of_file(path: &Path, threads: usize) -> Result<Scores, DecodeError> {
+        let (_scoring, videos) = Scoring::start();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = threads == 0;
+        let threads = if auto { shared_threads(cores, videos) } else { threads };
         let mut reader = VideoReader::open(path, threads)?;
         let mut scorer = Scorer::new();
         let mut scores = Vec::new();
-        reader.for_each_frame(FrameFormat::full(Layout::Bgr), |_, img| {
-            scores.push(scorer.push(img));
+        // With automatic threads, scoring moves to a helper thread once fewer videos than cores
+        // are being scored: the last videos of a batch then use the cores the others left idle.
+        let idle_core = || auto && SCORING.load(Ordering::SeqCst) < cores;
+        let rotation = reader.rotation;
+        reader.for_each_frame_reading(Layout::Bgr, &Scorer::reads, &idle_core, |_, img| {
+            scores.push(scorer.push(img, rotation));
             true
         })?;
         Ok(Scores { scores, fps: reader.fps })
@@ -291,6 +359,14 @@ mod tests {
         assert_eq!(cuts_from_scores(&s, d, 10), vec![20]);
         s[20] = 10.0; // stands out, but below min_content
         assert!(cuts_from_scores(&s, d, 10).is_empty());
+    }
+
+    #[test]
+    fn decoder_threads_share_the_cores() {
+        assert_eq!(shared_threads(16, 1), 16);
+        assert_eq!(shared_threads(16, 3), 5);
+        assert_eq!(shared_threads(2, 2), 1);
+        assert_eq!(shared_threads(2, 7), 1);
     }
 
     #[test]
