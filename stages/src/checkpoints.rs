@@ -40,14 +40,19 @@ pub enum ModelThread {
 }
 
 impl ModelThread {
-    /// The thread for models on `device`, started now for a GPU (named after it in stack traces).
+    /// The thread for models on `device`: the pool on the CPU, a new own thread on a GPU.
     fn for_device(device: &Device) -> Result<ModelThread, BuildError> {
         if device.is_cpu() {
             return Ok(ModelThread::Pool);
         }
+        ModelThread::spawn(&format!("mugflow-model-{:?}", device.location()))
+    }
+
+    /// A new own thread called `name` (in stack traces and `top -H`).
+    fn spawn(name: &str) -> Result<ModelThread, BuildError> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
-            .name(format!("mugflow-model-{:?}", device.location()))
+            .name(name.to_string())
             .spawn(move || rx.into_iter().for_each(|job| job()))
             .map_err(|e| BuildError::new("cannot start the model thread").with_source(e))?;
         Ok(ModelThread::Own(tx))
@@ -215,5 +220,40 @@ pub(crate) mod testing {
             rx.recv_timeout(Duration::from_secs(60)).expect("the work did not stop within 60 s of its cancellation");
         let err = result.expect_err("the work cannot have finished its steps");
         assert!(err.causes.iter().any(|c| c.contains("cancelled")), "{err:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> StageContext {
+        StageContext { scratch: std::env::temp_dir(), attempt: "test".into(), cancel: Default::default() }
+    }
+
+    #[tokio::test]
+    async fn model_calls_run_on_one_thread_and_a_panic_is_an_item_error() {
+        let thread = ModelThread::spawn("test-model").unwrap();
+        let ctx = context();
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            ids.push(thread.run(&ctx, || std::thread::current().id()).await.unwrap());
+        }
+        assert!(ids.iter().all(|id| *id == ids[0]), "every call on the same thread: {ids:?}");
+        assert_ne!(ids[0], std::thread::current().id());
+        let e = thread.run(&ctx, || -> u8 { panic!("boom") }).await.unwrap_err();
+        assert!(e.to_string().contains("panic") && e.to_string().contains("boom"), "{e}");
+        assert_eq!(thread.run(&ctx, || 7).await.unwrap(), 7, "the thread outlives a panicking call");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_item_never_starts_its_model_call() {
+        let thread = ModelThread::spawn("test-model").unwrap();
+        let ctx = context();
+        ctx.cancel.cancel();
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        assert!(thread.run(&ctx, move || flag.store(true, std::sync::atomic::Ordering::SeqCst)).await.is_err());
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 }
