@@ -28,6 +28,11 @@ fn bench_gpu_smoke_runs_on_the_cpu() {
         assert!(stdout.contains(row), "{row}: {stdout}");
     }
     assert!(dir.path().join("bench.y4m").is_file());
+    // One part at the real sizes on the CPU: the aesthetic scorer on 2 frames.
+    let part = ["bench", "gpu", "--bench", "aesthetic", "--frames", "2", "--iters", "1", "--device", "cpu"];
+    let (code, stdout, err) = run(&[&part[..], &["--dtype", "f32"]].concat());
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("frames/s (2 frames per call)"), "{stdout}");
     let (code, _, err) = run(&["bench", "gpu", "--preset", "tiny", "--device", "cpu"]);
     assert_eq!(code, 1);
     assert!(err.contains("with --device cpu use --dtype f32"), "{err}");

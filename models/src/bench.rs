@@ -9,8 +9,10 @@
 //! docs/PERFORMANCE.md: `dit` (MUG-DiT-10B forward, 720p x 105 frames, CFG batch 2), `attention`
 //! (one self-attention layer at that size, fused kernel), `vae-encode` / `vae-decode` (the
 //! VideoVAE on a `--frames` 1280x720 clip, 105 by default), `wan-vae-encode` / `wan-vae-decode`
-//! (the Wan VAE likewise), `t5` (T5-XXL over 64 x 300 tokens), `enhance` (the WAN enhancer on one
-//! such video), with TFLOP/s where the count is well defined.
+//! (the Wan VAE likewise), `t5` (T5-XXL over 64 x 300 tokens), `aesthetic` (CLIP ViT-L/14 and the
+//! LAION head on `--frames` 224x224 images in one call, in frames/s: the model side of the
+//! aesthetic stage), `enhance` (the WAN enhancer on one such video), with TFLOP/s where the count
+//! is well defined.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::aesthetic::{AestheticConfig, AestheticMlp, AestheticScorer};
+use crate::clip::ClipVision;
 use crate::enhancer::WanEnhancer;
 use crate::i2v::{decode_video, generate, I2vModels, I2vPlacement, I2vSettings, Video};
 use crate::mugdit::{DitInput, MugDit, MugDitConfig};
@@ -69,7 +73,7 @@ pub struct GpuBenchArgs {
     #[arg(long, default_value = "out/gpu-bench")]
     pub out: PathBuf,
     /// Time one part instead of generating: dit, attention, vae-encode, vae-decode,
-    /// wan-vae-encode, wan-vae-decode, t5 or enhance.
+    /// wan-vae-encode, wan-vae-decode, t5, aesthetic or enhance.
     #[arg(long)]
     pub bench: Option<String>,
     /// Timed runs of `--bench` (after one warm-up run).
@@ -288,11 +292,24 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
             println!("t5                 {:.0} tokens/s", 64.0 * 300.0 / secs);
             (secs, peak, None)
         }
+        "aesthetic" => {
+            let c = AestheticConfig::vit_l_14();
+            let scorer = AestheticScorer {
+                clip: random_model(|k| ClipVision::load(k, &c.clip), dtype, dev, dev)?,
+                mlp: random_model(|k| AestheticMlp::load(k, &c), dtype, dev, dev)?,
+            };
+            let size = c.clip.image_size;
+            let images = randn(&[a.frames, 3, size, size], dtype, dev)?;
+            let (secs, peak) = time_runs(dev, a.iters, || scorer.score(&images).map(|_| ()))?;
+            println!("aesthetic          {:.0} frames/s ({} frames per call)", a.frames as f64 / secs, a.frames);
+            (secs, peak, None)
+        }
         "enhance" => return bench_enhance(p),
         #[cfg(not(feature = "cuda"))]
         "attention" => return Err(BenchError::NoCuda("--bench attention".into())),
         other => {
-            let known = "dit, attention, vae-encode, vae-decode, wan-vae-encode, wan-vae-decode, t5, enhance";
+            let known =
+                "dit, attention, vae-encode, vae-decode, wan-vae-encode, wan-vae-decode, t5, aesthetic, enhance";
             return Err(BenchError::Usage(format!("--bench {other}: not one of {known}")));
         }
     };
