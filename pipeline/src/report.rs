@@ -3,8 +3,10 @@
 //! The engine only emits events through [`Reporter`]; the CLI decides how to draw them
 //! (bars on a terminal, plain lines in logs, nothing).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,28 @@ pub struct StageCounters {
     pub computed: AtomicU64,
     /// Items whose outputs were carried over from the previous version instead.
     pub carried: AtomicU64,
+    /// Items the stage dropped, by the reason it gave (see [`DropCounts`]).
+    pub dropped: DropCounts,
+}
+
+/// Counts of the items a filter dropped, by reason ("too short", "static", "below min_score"),
+/// so that the run report can say where the clips went. Shared by a stage's workers through
+/// [`crate::StageContext::dropped`].
+#[derive(Debug, Clone, Default)]
+pub struct DropCounts(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl DropCounts {
+    /// Count one dropped item under `reason`.
+    pub fn add(&self, reason: &str) {
+        // A poisoned lock only means another worker panicked mid-increment: keep counting.
+        let mut counts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 impl StageCounters {
@@ -39,6 +63,7 @@ impl StageCounters {
             busy_s: self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9,
             computed: self.computed.load(Ordering::Relaxed),
             carried: self.carried.load(Ordering::Relaxed),
+            dropped: self.dropped.snapshot(),
         }
     }
 }
@@ -63,6 +88,9 @@ pub struct StageSnapshot {
     /// dataset version (per-stage reuse, see `executor::reuse`).
     #[serde(default)]
     pub carried: u64,
+    /// Items the stage dropped, by reason (filters that say why; empty for the others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// What the run is about to do, sent once before the first item.

@@ -112,6 +112,7 @@ impl Stage for Aesthetic {
             })
             .await??;
         if self.min_score.is_some_and(|min| score < min) {
+            ctx.dropped("below min_score");
             return Ok(Vec::new());
         }
         item.set("aesthetic_score", score);

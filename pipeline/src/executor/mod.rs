@@ -171,8 +171,12 @@ where
         return Ok(report);
     }
     record_attempt(&out, &attempt, &opts.cluster).await?;
-    let stage_ctx =
-        StageContext { scratch: scratch.path().to_path_buf(), attempt: attempt.clone(), cancel: Default::default() };
+    let stage_ctx = StageContext {
+        scratch: scratch.path().to_path_buf(),
+        attempt: attempt.clone(),
+        cancel: Default::default(),
+        drops: Default::default(),
+    };
     let budget = MemoryBudget::new(job.memory_budget.0);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let tracker = Arc::new(Tracker::new(done_tx, job.max_error_rate));
