@@ -1,0 +1,337 @@
+//! What the page shows, read from a dataset version: its index, the run report that made it,
+//! every shard's table (aggregated into histograms, a sample of clips, the video cards) and the
+//! error tables (grouped by stage and cause).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use anyhow::Context as _;
+use pipeline::format::DatasetIndex;
+use pipeline::inspect::{read_table_columns, TableColumns};
+use pipeline::io::Location;
+use pipeline::report::RunReport;
+
+use super::{CLIP_SAMPLE, MAX_CARDS};
+
+/// Everything the page needs, with thumbnails still to decode.
+pub struct Dataset {
+    /// The version's index (job, version, counts); its per-item entries are dropped once read.
+    pub index: DatasetIndex,
+    /// The run report of the run that committed this version, if `report.json` is that run's.
+    pub run: Option<RunReport>,
+    /// Rows read from the shard tables.
+    pub rows: usize,
+    /// Measurements of every row, for the histograms (only those the rows have).
+    pub metrics: Vec<Metric>,
+    /// The most common resolutions ("1920x1080") with their row counts.
+    pub resolutions: Vec<(String, usize)>,
+    /// Kept clips chosen for the contact sheet (a hash of the id picks them, so the same rows
+    /// are shown on every build).
+    pub sample: Vec<ClipSample>,
+    /// Generated videos, new and changed rows first, at most [`MAX_CARDS`].
+    pub cards: Vec<Card>,
+    /// Generated videos not shown as cards.
+    pub more_cards: usize,
+    /// Error records grouped by stage and the first line of the message, most frequent first.
+    pub errors: Vec<ErrorGroup>,
+}
+
+/// One measurement of every row.
+pub struct Metric {
+    /// Axis title with its unit.
+    pub title: &'static str,
+    /// One value per row that has it.
+    pub values: Vec<f64>,
+}
+
+/// A kept clip on the contact sheet.
+pub struct ClipSample {
+    /// Row id.
+    pub id: String,
+    /// Path or URL of the source video.
+    pub uri: String,
+    /// The frame shown (the clip's middle frame).
+    pub frame: usize,
+    /// Aesthetic score, if the pipeline measured it.
+    pub score: Option<f64>,
+    /// Motion score, if measured.
+    pub motion: Option<f64>,
+}
+
+/// One generated video.
+pub struct Card {
+    /// Row id.
+    pub id: String,
+    /// "new", "changed" or "" (carried over unchanged from the previous version).
+    pub status: &'static str,
+    /// The MP4, relative to the output location.
+    pub video_file: String,
+    /// Frames in the MP4.
+    pub frames: usize,
+    /// (label, value) pairs shown under the video: prompt, seed, aspect, length, steps.
+    pub fields: Vec<(&'static str, String)>,
+    /// Seconds per step of the row's generation (`generate_s`, `decode_s`, ...).
+    pub timings: Vec<(String, f64)>,
+}
+
+/// Errors of one stage with the same cause.
+pub struct ErrorGroup {
+    /// Stage label ("1:load_image").
+    pub stage: String,
+    /// First line of the message.
+    pub cause: String,
+    /// Records in the group.
+    pub count: usize,
+    /// A few item ids.
+    pub examples: Vec<String>,
+}
+
+/// Numeric columns read from the shard tables.
+const NUMBERS: &[&str] = &[
+    "clip_start_s",
+    "clip_end_s",
+    "duration_s",
+    "width",
+    "height",
+    "clip_fps",
+    "fps",
+    "aesthetic_score",
+    "motion",
+    "clip_start_frame",
+    "clip_end_frame",
+    "seed",
+    "steps",
+    "video_frames",
+    "video_width",
+    "video_height",
+    "video_fps",
+    "generate_s",
+    "decode_s",
+    "enhance_s",
+];
+/// Text columns read from the shard tables.
+const TEXTS: &[&str] = &["id", "uri", "video_file", "prompt", "aspect", "length"];
+/// Columns holding seconds spent on a generated row, shown on its card.
+const TIMINGS: &[&str] = &["generate_s", "decode_s", "enhance_s"];
+
+/// Read what the page of `version` (default: the latest) shows.
+pub async fn collect(loc: &Location, version: Option<u64>) -> anyhow::Result<Dataset> {
+    let mut index = match version {
+        Some(v) => pipeline::version::load(loc, v).await?,
+        None => pipeline::version::latest(loc)
+            .await?
+            .with_context(|| format!("{} has no committed version (is it a mugflow output?)", loc.url))?,
+    };
+    let run = run_report(loc, index.version).await?;
+    let mut acc = Accumulator::default();
+    for shard in &index.shards {
+        let table = read_table_columns(loc, &shard.table, NUMBERS, TEXTS).await?;
+        acc.add(&table);
+        if let Some(file) = &shard.error_file {
+            acc.add_errors(&read_table_columns(loc, file, &[], &["item_id", "stage", "message"]).await?);
+        }
+    }
+    let status = if acc.cards.is_empty() { HashMap::new() } else { changed_ids(loc, &index).await };
+    for shard in &mut index.shards {
+        shard.done = Vec::new();
+    }
+    Ok(acc.finish(index, run, &status))
+}
+
+/// The run report of the run that committed `version`: `report.json`, or the sum of the
+/// workers' `report-rank-*.json` of a distributed run.
+async fn run_report(loc: &Location, version: u64) -> anyhow::Result<Option<RunReport>> {
+    let mut reports: Vec<RunReport> = Vec::new();
+    if let Some(bytes) = loc.read_opt("report.json").await? {
+        reports.push(serde_json::from_slice(&bytes).context("report.json is not a mugflow run report")?);
+    } else {
+        for name in loc.list("").await?.iter().filter(|n| n.starts_with("report-rank-") && n.ends_with(".json")) {
+            let bytes = loc.read(name).await?;
+            reports.push(serde_json::from_slice(&bytes).with_context(|| format!("{name} is not a run report"))?);
+        }
+    }
+    let mut reports = reports.into_iter().filter(|r| !r.stages.is_empty());
+    let Some(mut total) = reports.next() else { return Ok(None) };
+    for r in reports {
+        for (t, s) in total.stages.iter_mut().zip(&r.stages) {
+            let (t, s) = (&mut t.counters, &s.counters);
+            (t.items_in, t.items_out, t.errors, t.busy_s) =
+                (t.items_in + s.items_in, t.items_out + s.items_out, t.errors + s.errors, t.busy_s + s.busy_s);
+            for (reason, n) in &s.dropped {
+                *t.dropped.entry(reason.clone()).or_default() += n;
+            }
+        }
+        total.version = total.version.max(r.version);
+    }
+    // A later run that found nothing to do leaves the stages empty; a report of another version
+    // would show the wrong funnel.
+    Ok((total.version == Some(version)).then_some(total))
+}
+
+/// Ids of the input items this version added ("new") or recomputed ("changed") relative to the
+/// version it was built on; empty when there is none (every row of a first version is new).
+async fn changed_ids(loc: &Location, index: &DatasetIndex) -> HashMap<String, &'static str> {
+    let keys = |i: &DatasetIndex| -> HashMap<String, String> {
+        i.shards.iter().flat_map(|s| s.done.iter().map(|d| (d.id.clone(), d.key.clone()))).collect()
+    };
+    let before = match index.parent {
+        // A vacuumed parent: nothing to compare with.
+        Some(p) => match pipeline::version::load(loc, p).await {
+            Ok(parent) => keys(&parent),
+            Err(_) => return HashMap::new(),
+        },
+        None => HashMap::new(),
+    };
+    keys(index)
+        .into_iter()
+        .filter_map(|(id, key)| match before.get(&id) {
+            None => Some((id, "new")),
+            Some(k) if *k != key => Some((id, "changed")),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// Running aggregates over the shard tables.
+#[derive(Default)]
+struct Accumulator {
+    rows: usize,
+    metrics: BTreeMap<&'static str, Vec<f64>>,
+    resolutions: HashMap<(i64, i64), usize>,
+    /// (hash of the id, clip), at most twice the sample size between trims.
+    sample: Vec<(u64, ClipSample)>,
+    cards: Vec<Card>,
+    errors: HashMap<(String, String), (usize, Vec<String>)>,
+}
+
+impl Accumulator {
+    fn add(&mut self, t: &TableColumns) {
+        self.rows += t.height;
+        let num = |name: &str, i: usize| t.numbers.get(name).and_then(|c| c[i]);
+        let text = |name: &str, i: usize| t.texts.get(name).and_then(|c| c[i].clone());
+        for i in 0..t.height {
+            let duration = match (num("clip_start_s", i), num("clip_end_s", i)) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => num("duration_s", i),
+            };
+            let (width, height) = (
+                num("width", i).or_else(|| num("video_width", i)),
+                num("height", i).or_else(|| num("video_height", i)),
+            );
+            let fps = num("clip_fps", i).or_else(|| num("fps", i)).or_else(|| num("video_fps", i));
+            for (title, value) in [
+                ("clip duration (s)", duration),
+                ("height (px)", height),
+                ("frame rate (fps)", fps),
+                ("aesthetic score", num("aesthetic_score", i)),
+                ("motion (grey levels per frame)", num("motion", i)),
+                ("generation time (s)", num("generate_s", i)),
+            ] {
+                if let Some(v) = value.filter(|v| v.is_finite()) {
+                    self.metrics.entry(title).or_default().push(v);
+                }
+            }
+            if let (Some(w), Some(h)) = (width, height) {
+                *self.resolutions.entry((w as i64, h as i64)).or_default() += 1;
+            }
+            let id = text("id", i).unwrap_or_default();
+            if let Some(video_file) = text("video_file", i) {
+                self.add_card(t, i, id, video_file);
+            } else if let Some(uri) = text("uri", i) {
+                let (start, end) = (num("clip_start_frame", i).unwrap_or(0.0), num("clip_end_frame", i).unwrap_or(1.0));
+                let clip = ClipSample {
+                    frame: ((start + end) / 2.0).floor().max(0.0) as usize,
+                    score: num("aesthetic_score", i),
+                    motion: num("motion", i),
+                    id,
+                    uri,
+                };
+                self.sample.push((id_hash(&clip.id), clip));
+                if self.sample.len() >= 2 * CLIP_SAMPLE {
+                    self.trim_sample();
+                }
+            }
+        }
+    }
+
+    fn add_card(&mut self, t: &TableColumns, i: usize, id: String, video_file: String) {
+        let num = |name: &str| t.numbers.get(name).and_then(|c| c[i]);
+        let text = |name: &str| t.texts.get(name).and_then(|c| c[i].clone());
+        let mut fields = vec![("prompt", text("prompt").unwrap_or_default())];
+        fields.extend(num("seed").map(|s| ("seed", format!("{s:.0}"))));
+        fields.extend(text("aspect").map(|a| ("aspect", a)));
+        fields.extend(text("length").map(|l| ("length", l)));
+        fields.extend(num("steps").map(|s| ("steps", format!("{s:.0}"))));
+        let timings = TIMINGS.iter().filter_map(|c| num(c).map(|v| (c.to_string(), v))).collect();
+        let frames = num("video_frames").unwrap_or(1.0).max(1.0) as usize;
+        self.cards.push(Card { id, status: "", video_file, frames, fields, timings });
+    }
+
+    /// Keep the clips with the smallest id hashes: a sample independent of shard order.
+    fn trim_sample(&mut self) {
+        self.sample.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        self.sample.truncate(CLIP_SAMPLE);
+    }
+
+    fn add_errors(&mut self, t: &TableColumns) {
+        for i in 0..t.height {
+            let text = |name: &str| t.texts.get(name).and_then(|c| c[i].clone()).unwrap_or_default();
+            let message = text("message");
+            let cause = message.lines().next().unwrap_or_default().to_string();
+            let group = self.errors.entry((text("stage"), cause)).or_default();
+            group.0 += 1;
+            if group.1.len() < 3 {
+                group.1.push(text("item_id"));
+            }
+        }
+    }
+
+    fn finish(
+        mut self,
+        index: DatasetIndex,
+        run: Option<RunReport>,
+        status: &HashMap<String, &'static str>,
+    ) -> Dataset {
+        self.trim_sample();
+        for card in &mut self.cards {
+            card.status = status.get(&card.id).copied().unwrap_or("");
+        }
+        // New first, then changed, then the rest; by id within each.
+        let rank = |s: &str| match s {
+            "new" => 0,
+            "changed" => 1,
+            _ => 2,
+        };
+        self.cards.sort_by(|a, b| rank(a.status).cmp(&rank(b.status)).then_with(|| a.id.cmp(&b.id)));
+        let more_cards = self.cards.len().saturating_sub(MAX_CARDS);
+        self.cards.truncate(MAX_CARDS);
+        let mut resolutions: Vec<(String, usize)> =
+            self.resolutions.into_iter().map(|((w, h), n)| (format!("{w}x{h}"), n)).collect();
+        resolutions.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        resolutions.truncate(8);
+        let mut errors: Vec<ErrorGroup> = self
+            .errors
+            .into_iter()
+            .map(|((stage, cause), (count, examples))| ErrorGroup { stage, cause, count, examples })
+            .collect();
+        errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.stage, &a.cause).cmp(&(&b.stage, &b.cause))));
+        Dataset {
+            index,
+            run,
+            rows: self.rows,
+            metrics: self.metrics.into_iter().map(|(title, values)| Metric { title, values }).collect(),
+            resolutions,
+            sample: self.sample.into_iter().map(|(_, c)| c).collect(),
+            cards: self.cards,
+            more_cards,
+            errors,
+        }
+    }
+}
+
+/// A stable hash of a row id (the same on every build of the same binary).
+fn id_hash(id: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}

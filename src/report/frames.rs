@@ -1,0 +1,95 @@
+//! Thumbnails: frames decoded with the pipeline's FFmpeg reader, scaled down and encoded as
+//! JPEG data URIs, so the page needs no file beside it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use image::codecs::jpeg::JpegEncoder;
+use pipeline::io::{fetch_local, LocalFile, Location};
+use rayon::prelude::*;
+use stages::video::decode::{FrameFormat, Image, Layout, VideoReader};
+
+use super::collect::Dataset;
+
+/// Width of a contact-sheet thumbnail, pixels.
+const CLIP_WIDTH: u32 = 192;
+/// Width of a frame on a video card, pixels.
+const CARD_WIDTH: u32 = 160;
+/// JPEG quality: small files that still show what is in the frame.
+const QUALITY: u8 = 75;
+
+/// A thumbnail, or why there is none (shown in its place).
+pub type Thumb = Result<String, String>;
+
+/// The decoded thumbnails of a page.
+pub struct Thumbs {
+    /// Contact sheet, by clip id.
+    pub clips: HashMap<String, Thumb>,
+    /// First, middle and last frame of each card, by row id.
+    pub cards: HashMap<String, Vec<Thumb>>,
+}
+
+/// Decode every thumbnail the page shows (videos fetched first, then decoded in parallel).
+pub async fn render(loc: &Location, data: &Dataset) -> anyhow::Result<Thumbs> {
+    let scratch = tempfile::tempdir()?;
+    // (key, is a card, the local video or why not, frame indices, width)
+    let mut jobs: Vec<(String, bool, Result<LocalFile, String>, Vec<usize>, u32)> = Vec::new();
+    for c in &data.sample {
+        jobs.push((c.id.clone(), false, local(&c.uri, scratch.path()).await, vec![c.frame], CLIP_WIDTH));
+    }
+    for c in &data.cards {
+        let file = local(&loc.url_of(&c.video_file), scratch.path()).await;
+        jobs.push((c.id.clone(), true, file, vec![0, c.frames / 2, c.frames - 1], CARD_WIDTH));
+    }
+    let decoded: Vec<(String, bool, Vec<Thumb>)> = tokio::task::spawn_blocking(move || {
+        jobs.into_par_iter()
+            .map(|(key, card, file, indices, width)| {
+                let n = indices.len();
+                let thumbs = match file.and_then(|f| frames(f.path(), &indices, width).map_err(|e| e.to_string())) {
+                    Ok(t) => t,
+                    Err(why) => vec![Err(why); n],
+                };
+                (key, card, thumbs)
+            })
+            .collect()
+    })
+    .await?;
+    let mut thumbs = Thumbs { clips: HashMap::new(), cards: HashMap::new() };
+    for (key, card, t) in decoded {
+        if card {
+            thumbs.cards.insert(key, t);
+        } else if let Some(first) = t.into_iter().next() {
+            thumbs.clips.insert(key, first);
+        }
+    }
+    Ok(thumbs)
+}
+
+async fn local(uri: &str, scratch: &Path) -> Result<LocalFile, String> {
+    fetch_local(uri, scratch).await.map_err(|e| e.to_string())
+}
+
+/// The frames at `indices` (ascending) of one video, `width` pixels wide, as JPEG data URIs;
+/// frames past the end of the video are reported missing.
+fn frames(path: &Path, indices: &[usize], width: u32) -> Result<Vec<Thumb>, stages::video::probe::DecodeError> {
+    let mut reader = VideoReader::open(path, 1)?;
+    let (w, h) = reader.size();
+    let height = ((f64::from(width) * f64::from(h) / f64::from(w.max(1))).round() as u32).max(2) & !1;
+    let mut out: Vec<Thumb> = vec![Err(format!("{} has no such frame", PathBuf::from(path).display())); indices.len()];
+    let format = FrameFormat { layout: Layout::Rgb, fill: Some((width, height)) };
+    reader.frames_at(indices, format, |k, image| {
+        out[k] = jpeg_data_uri(&image);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Encode an RGB image as a `data:image/jpeg;base64,...` URI.
+fn jpeg_data_uri(image: &Image) -> Thumb {
+    let mut jpeg = Vec::new();
+    JpegEncoder::new_with_quality(&mut jpeg, QUALITY)
+        .encode(&image.data, image.width as u32, image.height as u32, image::ExtendedColorType::Rgb8)
+        .map_err(|e| format!("cannot encode a JPEG: {e}"))?;
+    Ok(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(jpeg)))
+}
