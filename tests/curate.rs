@@ -48,6 +48,14 @@ fn the_curate_manifest_writes_one_row_per_kept_clip() {
     // Every kept clip lasts 1-10 s and comes from a source at least 240 pixels high.
     let rows = common::rows(&out);
     assert_eq!(rows.len(), ids.len());
+    // Why clip_filter dropped what it dropped, in report.json and on the page.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let dropped = &report["stages"][2]["dropped"];
+    assert_eq!(dropped, &serde_json::json!({"too short": 4, "black": 2, "static": 1}), "{report}");
+    let page = common::report::check(&out, None);
+    assert!(page.html.contains("black 2, static 1, too short 4"));
+    assert_eq!(page.clips.len(), 44, "a sample of 48 holds every kept clip");
+    assert!(page.clips.iter().all(|c| ids.contains(c)), "{:?}", page.clips);
     for r in &rows {
         let (frames, fps): (f64, f64) = (r["clip_frames"].parse().unwrap(), r["clip_fps"].parse().unwrap());
         assert!(frames >= fps.round() && frames <= (10.0 * fps).round(), "{r:?}");

@@ -92,6 +92,8 @@ enum Command {
     /// Write one self-contained HTML page about a dataset version: the stage funnel and why
     /// items were dropped, histograms, a contact sheet of kept clips, a card per generated video,
     /// the errors grouped by cause. `run` and `generate` write it to <output>/report.html.
+    // `--version` picks the dataset version here, not mugflow's.
+    #[command(disable_version_flag = true)]
     Report {
         /// Dataset directory or URL.
         output: String,

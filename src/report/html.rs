@@ -11,7 +11,7 @@ use super::frames::{Thumb, Thumbs};
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1280px;padding:16px;color:#222}\
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}\
 .meta{color:#555}table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}\
-td:first-child,th:first-child{text-align:left}.bar{display:inline-block;height:10px;background:#3b6ea8;vertical-align:middle}\
+td:first-child,th:first-child,td.why{text-align:left}.bar{display:inline-block;height:10px;background:#3b6ea8;vertical-align:middle}\
 .charts{display:flex;flex-wrap:wrap;gap:8px}.sheet{display:flex;flex-wrap:wrap;gap:6px}\
 figure{margin:0;width:192px;font-size:11px;color:#444;overflow-wrap:anywhere}figure img{display:block;width:192px}\
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}\
@@ -30,7 +30,7 @@ pub fn page(data: &Dataset, thumbs: &Thumbs, media_base: &str) -> String {
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{job} v{v} — mugflow report</title>\
          <style>{CSS}</style></head><body>\n<h1>{job} — version {v}</h1>\
-         <p class=\"meta\" data-items=\"{items}\" data-errors=\"{errors}\">committed {created}; {items} row(s), {errors} error record(s), \
+         <p class=\"meta\" data-version=\"{v}\" data-items=\"{items}\" data-errors=\"{errors}\">committed {created}; {items} row(s), {errors} error record(s), \
          {shards} shard(s); changes: {changes}</p>\n",
         job = esc(&i.job),
         v = i.version,
@@ -79,7 +79,7 @@ fn funnel(h: &mut String, data: &Dataset) {
         let _ = writeln!(
             h,
             "<tr data-stage=\"{st}\" data-in=\"{i}\" data-out=\"{o}\" data-errors=\"{e}\" data-dropped=\"{dropped}\">\
-             <td>{st}</td><td>{i}</td><td>{o}</td><td>{e}</td><td>{dropped}</td><td>{why}</td><td>{carried}</td>\
+             <td>{st}</td><td>{i}</td><td>{o}</td><td>{e}</td><td>{dropped}</td><td class=\"why\">{why}</td><td>{carried}</td>\
              <td>{busy:.2}</td><td><span class=\"bar\" style=\"width:{w}px\"></span></td></tr>",
             st = esc(&c.stage),
             i = c.items_in,
