@@ -11,7 +11,7 @@ use super::frames::{Thumb, Thumbs};
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1280px;padding:16px;color:#222}\
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}\
 .meta{color:#555}table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}\
-td:first-child,th:first-child,td.why{text-align:left}.bar{display:inline-block;height:10px;background:#3b6ea8;vertical-align:middle}\
+td:first-child,th:first-child,.why{text-align:left}.bar{display:inline-block;height:10px;background:#3b6ea8;vertical-align:middle}\
 .charts{display:flex;flex-wrap:wrap;gap:8px}.sheet{display:flex;flex-wrap:wrap;gap:6px}\
 figure{margin:0;width:192px;font-size:11px;color:#444;overflow-wrap:anywhere}figure img{display:block;width:192px}\
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}\
@@ -68,7 +68,7 @@ fn funnel(h: &mut String, data: &Dataset) {
     );
     h.push_str(
         "<table class=\"funnel\"><tr><th>stage</th><th>in</th><th>out</th><th>errors</th><th>dropped</th>\
-         <th>why dropped</th><th>carried over</th><th>busy s</th><th></th></tr>\n",
+         <th class=\"why\">why dropped</th><th>carried over</th><th>busy s</th><th></th></tr>\n",
     );
     let widest = run.stages.iter().map(|s| s.counters.items_in.max(s.counters.items_out)).max().unwrap_or(1).max(1);
     for s in &run.stages {
