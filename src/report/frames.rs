@@ -30,27 +30,39 @@ pub struct Thumbs {
     pub cards: HashMap<String, Vec<Thumb>>,
 }
 
+/// One video to take thumbnails from.
+struct Job {
+    /// Clip or card id.
+    key: String,
+    /// A card's three frames, or a contact-sheet clip's one.
+    card: bool,
+    /// The video on local disk, or why it is not there.
+    file: Result<LocalFile, String>,
+    /// Frame indices, ascending.
+    indices: Vec<usize>,
+    /// Thumbnail width, pixels.
+    width: u32,
+}
+
 /// Decode every thumbnail the page shows (videos fetched first, then decoded in parallel).
 pub async fn render(loc: &Location, data: &Dataset) -> anyhow::Result<Thumbs> {
     let scratch = tempfile::tempdir()?;
-    // (key, is a card, the local video or why not, frame indices, width)
-    let mut jobs: Vec<(String, bool, Result<LocalFile, String>, Vec<usize>, u32)> = Vec::new();
+    let mut jobs = Vec::new();
     for c in &data.sample {
-        jobs.push((c.id.clone(), false, local(&c.uri, scratch.path()).await, vec![c.frame], CLIP_WIDTH));
+        let file = local(&c.uri, scratch.path()).await;
+        jobs.push(Job { key: c.id.clone(), card: false, file, indices: vec![c.frame], width: CLIP_WIDTH });
     }
     for c in &data.cards {
         let file = local(&loc.url_of(&c.video_file), scratch.path()).await;
-        jobs.push((c.id.clone(), true, file, vec![0, c.frames / 2, c.frames - 1], CARD_WIDTH));
+        let indices = vec![0, c.frames / 2, c.frames - 1];
+        jobs.push(Job { key: c.id.clone(), card: true, file, indices, width: CARD_WIDTH });
     }
     let decoded: Vec<(String, bool, Vec<Thumb>)> = tokio::task::spawn_blocking(move || {
         jobs.into_par_iter()
-            .map(|(key, card, file, indices, width)| {
-                let n = indices.len();
-                let thumbs = match file.and_then(|f| frames(f.path(), &indices, width).map_err(|e| e.to_string())) {
-                    Ok(t) => t,
-                    Err(why) => vec![Err(why); n],
-                };
-                (key, card, thumbs)
+            .map(|j| {
+                let decoded = j.file.and_then(|f| frames(f.path(), &j.indices, j.width).map_err(|e| e.to_string()));
+                let thumbs = decoded.unwrap_or_else(|why| vec![Err(why); j.indices.len()]);
+                (j.key, j.card, thumbs)
             })
             .collect()
     })

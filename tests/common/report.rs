@@ -63,8 +63,8 @@ pub fn check(out: &Path, page: Option<&Path>) -> Checked {
     let funnel = tags(&html, "<tr data-stage=");
     let funnel: Vec<_> = funnel.iter().filter(|t| t.contains_key("data-in")).collect();
     let stages = report["stages"].as_array().unwrap();
-    let version = tags(&html, "<p class=\"meta\" data-version=")[0]["data-version"].clone();
-    if report["version"].to_string() != version {
+    let version: u64 = tags(&html, "<p class=\"meta\" data-version=")[0]["data-version"].parse().unwrap();
+    if report["version"].as_u64() != Some(version) {
         assert!(funnel.is_empty(), "report.json is version {}'s run, the page version {version}'s", report["version"]);
     } else {
         assert_eq!(funnel.len(), stages.len(), "one funnel row per stage");
