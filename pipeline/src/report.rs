@@ -33,23 +33,66 @@ pub struct StageCounters {
 }
 
 /// Counts of the items a filter dropped, by reason ("too short", "static", "below min_score"),
-/// so that the run report can say where the clips went. Shared by a stage's workers through
-/// [`crate::StageContext::dropped`].
+/// and a few examples of each, so that the run report can say where the clips went and show
+/// them. Shared by a stage's workers through [`crate::StageContext::dropped`].
 #[derive(Debug, Clone, Default)]
-pub struct DropCounts(Arc<Mutex<BTreeMap<String, u64>>>);
+pub struct DropCounts(Arc<Mutex<Drops>>);
+
+#[derive(Debug, Default)]
+struct Drops {
+    counts: BTreeMap<String, u64>,
+    /// Per reason, the examples with the smallest id hashes: the same ones whatever the order
+    /// the workers finish in.
+    examples: BTreeMap<String, Vec<(u64, DroppedExample)>>,
+}
+
+/// Examples kept per drop reason.
+pub const DROPPED_EXAMPLES: usize = 6;
+
+/// A dropped item the report can show a frame of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedExample {
+    /// The item's (or the clip's) id.
+    pub id: String,
+    /// Path or URL of its video.
+    pub uri: String,
+    /// A frame that shows it, 0-based in that video.
+    pub frame: usize,
+}
 
 impl DropCounts {
-    /// Count one dropped item under `reason`.
-    pub fn add(&self, reason: &str) {
-        // A poisoned lock only means another worker panicked mid-increment: keep counting.
-        let mut counts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *counts.entry(reason.to_string()).or_default() += 1;
+    /// Count one dropped item under `reason`, with an example to show if the stage has one.
+    pub fn add(&self, reason: &str, example: Option<DroppedExample>) {
+        // A poisoned lock only means another worker panicked mid-update: keep counting.
+        let mut drops = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *drops.counts.entry(reason.to_string()).or_default() += 1;
+        if let Some(example) = example {
+            let kept = drops.examples.entry(reason.to_string()).or_default();
+            kept.push((id_hash(&example.id), example));
+            kept.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+            kept.truncate(DROPPED_EXAMPLES);
+        }
     }
 
     /// The counts so far.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).counts.clone()
     }
+
+    /// The examples so far, by reason.
+    pub fn examples(&self) -> BTreeMap<String, Vec<DroppedExample>> {
+        let drops = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        drops.examples.iter().map(|(r, e)| (r.clone(), e.iter().map(|(_, x)| x.clone()).collect())).collect()
+    }
+}
+
+/// A hash of an id that is the same in every process of the same binary (for samples that do
+/// not depend on the order items finish in).
+pub fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 impl StageCounters {
@@ -63,7 +106,7 @@ impl StageCounters {
             busy_s: self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9,
             computed: self.computed.load(Ordering::Relaxed),
             carried: self.carried.load(Ordering::Relaxed),
-            dropped: self.dropped.snapshot(),
+            dropped: self.dropped.counts(),
         }
     }
 }
@@ -140,6 +183,9 @@ pub struct StageReport {
     pub counters: StageSnapshot,
     /// Items received per second of busy time (per-worker throughput).
     pub items_per_busy_s: f64,
+    /// A few of the items dropped for each reason (see [`DropCounts`]), for the HTML report.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped_examples: BTreeMap<String, Vec<DroppedExample>>,
 }
 
 /// The report of one run, written to `report.json` in the output.

@@ -113,9 +113,10 @@ pub struct StageContext {
 
 impl StageContext {
     /// Record why this stage drops an item (or one of the clips it would have made), for the
-    /// run report's funnel: a short reason in the user's words, e.g. "too short" or "static".
-    pub fn dropped(&self, reason: &str) {
-        self.drops.add(reason);
+    /// run report's funnel: a short reason in the user's words, e.g. "too short" or "static",
+    /// and where a frame of it is, so that the report can show a few.
+    pub fn dropped(&self, reason: &str, example: Option<crate::report::DroppedExample>) {
+        self.drops.add(reason, example);
     }
 
     /// Output name of a per-item file this stage publishes, see [`crate::names::item_file`].

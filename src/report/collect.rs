@@ -3,13 +3,12 @@
 //! error tables (grouped by stage and cause).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 
 use anyhow::Context as _;
 use pipeline::format::DatasetIndex;
 use pipeline::inspect::{read_table_columns, TableColumns};
 use pipeline::io::Location;
-use pipeline::report::RunReport;
+use pipeline::report::{id_hash, RunReport, DROPPED_EXAMPLES};
 
 use super::{CLIP_SAMPLE, MAX_CARDS};
 
@@ -28,6 +27,8 @@ pub struct Dataset {
     /// Kept clips chosen for the contact sheet (a hash of the id picks them, so the same rows
     /// are shown on every build).
     pub sample: Vec<ClipSample>,
+    /// What each filter dropped and why, with a few examples to show (from the run report).
+    pub dropped: Vec<DroppedGroup>,
     /// Generated videos, new and changed rows first, at most [`MAX_CARDS`].
     pub cards: Vec<Card>,
     /// Generated videos not shown as cards.
@@ -56,6 +57,18 @@ pub struct ClipSample {
     pub score: Option<f64>,
     /// Motion score, if measured.
     pub motion: Option<f64>,
+}
+
+/// The items one stage dropped for one reason.
+pub struct DroppedGroup {
+    /// Stage label ("3:clip_filter").
+    pub stage: String,
+    /// The stage's reason ("static").
+    pub reason: String,
+    /// Items dropped for it.
+    pub count: u64,
+    /// A few of them, to show a frame of each.
+    pub examples: Vec<ClipSample>,
 }
 
 /// One generated video.
@@ -161,6 +174,14 @@ async fn run_report(loc: &Location, version: u64) -> anyhow::Result<Option<RunRe
                 *t.dropped.entry(reason.clone()).or_default() += n;
             }
         }
+        for (t, s) in total.stages.iter_mut().zip(r.stages) {
+            for (reason, examples) in s.dropped_examples {
+                let kept = t.dropped_examples.entry(reason).or_default();
+                kept.extend(examples);
+                kept.sort_by_key(|e| (id_hash(&e.id), e.id.clone()));
+                kept.truncate(DROPPED_EXAMPLES);
+            }
+        }
         total.version = total.version.max(r.version);
     }
     // A later run that found nothing to do leaves the stages empty; a report of another version
@@ -190,6 +211,32 @@ async fn changed_ids(loc: &Location, index: &DatasetIndex) -> HashMap<String, &'
             Some(_) => None,
         })
         .collect()
+}
+
+/// The drop reasons of every stage of a run, with their examples.
+fn dropped_groups(run: &RunReport) -> Vec<DroppedGroup> {
+    let mut groups = Vec::new();
+    for s in &run.stages {
+        for (reason, &count) in &s.counters.dropped {
+            let examples = s.dropped_examples.get(reason).map(Vec::as_slice).unwrap_or_default();
+            groups.push(DroppedGroup {
+                stage: s.counters.stage.clone(),
+                reason: reason.clone(),
+                count,
+                examples: examples
+                    .iter()
+                    .map(|e| ClipSample {
+                        id: e.id.clone(),
+                        uri: e.uri.clone(),
+                        frame: e.frame,
+                        score: None,
+                        motion: None,
+                    })
+                    .collect(),
+            });
+        }
+    }
+    groups
 }
 
 /// Running aggregates over the shard tables.
@@ -315,8 +362,10 @@ impl Accumulator {
             .map(|((stage, cause), (count, examples))| ErrorGroup { stage, cause, count, examples })
             .collect();
         errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.stage, &a.cause).cmp(&(&b.stage, &b.cause))));
+        let dropped = run.iter().flat_map(dropped_groups).collect();
         Dataset {
             index,
+            dropped,
             run,
             rows: self.rows,
             metrics: self.metrics.into_iter().map(|(title, values)| Metric { title, values }).collect(),
@@ -327,11 +376,4 @@ impl Accumulator {
             errors,
         }
     }
-}
-
-/// A stable hash of a row id (the same on every build of the same binary).
-fn id_hash(id: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
 }

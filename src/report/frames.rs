@@ -24,7 +24,7 @@ pub type Thumb = Result<String, String>;
 
 /// The decoded thumbnails of a page.
 pub struct Thumbs {
-    /// Contact sheet, by clip id.
+    /// Contact sheet (kept and dropped clips), by clip id.
     pub clips: HashMap<String, Thumb>,
     /// First, middle and last frame of each card, by row id.
     pub cards: HashMap<String, Vec<Thumb>>,
@@ -48,7 +48,7 @@ struct Job {
 pub async fn render(loc: &Location, data: &Dataset) -> anyhow::Result<Thumbs> {
     let scratch = tempfile::tempdir()?;
     let mut jobs = Vec::new();
-    for c in &data.sample {
+    for c in data.sample.iter().chain(data.dropped.iter().flat_map(|d| &d.examples)) {
         let file = local(&c.uri, scratch.path()).await;
         jobs.push(Job { key: c.id.clone(), card: false, file, indices: vec![c.frame], width: CLIP_WIDTH });
     }

@@ -9,7 +9,7 @@ use super::collect::Dataset;
 use super::frames::{Thumb, Thumbs};
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1280px;padding:16px;color:#222}\
-h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}\
+h1{font-size:22px;margin:0 0 4px}h3{font-size:15px;margin:14px 0 6px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}\
 .meta{color:#555}table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}\
 td:first-child,th:first-child,.why{text-align:left}.bar{display:inline-block;height:10px;background:#3b6ea8;vertical-align:middle}\
 .charts{display:flex;flex-wrap:wrap;gap:8px}.sheet{display:flex;flex-wrap:wrap;gap:6px}\
@@ -43,6 +43,7 @@ pub fn page(data: &Dataset, thumbs: &Thumbs, media_base: &str) -> String {
     funnel(&mut h, data);
     distributions(&mut h, data);
     contact_sheet(&mut h, data, thumbs);
+    dropped(&mut h, data, thumbs);
     cards(&mut h, data, thumbs, media_base);
     errors(&mut h, data);
     h.push_str("</body></html>\n");
@@ -148,6 +149,30 @@ fn contact_sheet(h: &mut String, data: &Dataset, thumbs: &Thumbs) {
         let _ = write!(h, "<figcaption>{caption}</figcaption></figure>");
     }
     h.push_str("</div>\n");
+}
+
+/// A frame of a few clips each filter dropped, per reason.
+fn dropped(h: &mut String, data: &Dataset, thumbs: &Thumbs) {
+    if data.dropped.iter().all(|d| d.examples.is_empty()) {
+        return;
+    }
+    h.push_str("<h2>Dropped clips</h2>\n");
+    for d in data.dropped.iter().filter(|d| !d.examples.is_empty()) {
+        let _ = writeln!(
+            h,
+            "<h3>{}: {} ({} dropped, {} shown)</h3><div class=\"sheet\">",
+            esc(&d.stage),
+            esc(&d.reason),
+            d.count,
+            d.examples.len()
+        );
+        for c in &d.examples {
+            let _ = write!(h, "<figure class=\"clip\" data-id=\"{}\" data-dropped=\"{}\">", esc(&c.id), esc(&d.reason));
+            image(h, thumbs.clips.get(&c.id), &c.id);
+            let _ = write!(h, "<figcaption>{}<br>frame {}</figcaption></figure>", esc(&c.id), c.frame);
+        }
+        h.push_str("</div>\n");
+    }
 }
 
 /// A card per generated video: three frames, the video, its parameters and timings.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pipeline::io::fetch_local;
 use pipeline::manifest::Duration;
+use pipeline::report::DroppedExample;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -161,15 +162,20 @@ impl Stage for ClipFilter {
                 .ok_or_else(|| StageError::msg(format!("item has no number `{name}`")))
         };
         let (width, height, fps) = (num("width")?, num("height")?, num("clip_fps")?);
+        let (start, end) = (num("clip_start_frame")? as usize, num("clip_end_frame")? as usize);
+        let uri = item.get("uri").and_then(pipeline::Value::as_str).unwrap_or_default().to_string();
+        let example = |id: &str, a: usize, b: usize| {
+            let frame = (a + b.max(a + 1) - 1) / 2;
+            Some(DroppedExample { id: id.to_string(), uri: uri.clone(), frame }).filter(|e| !e.uri.is_empty())
+        };
         if let Some(reason) = self.0.rejects(width, height, fps) {
-            ctx.dropped(reason);
+            ctx.dropped(reason, example(&item.id, start, end));
             return Ok(Vec::new());
         }
-        let (start, end) = (num("clip_start_frame")? as usize, num("clip_end_frame")? as usize);
         let source = item.get("source_id").and_then(pipeline::Value::as_str).unwrap_or(&item.id).to_string();
         let ranges = clip_ranges(start, end, fps, &self.0);
         if ranges.is_empty() {
-            ctx.dropped("too short");
+            ctx.dropped("too short", example(&item.id, start, end));
         }
         let stats = if self.0.measures() && !ranges.is_empty() {
             let local = fetch_local(item.uri()?, &ctx.scratch)
@@ -191,7 +197,7 @@ impl Stage for ClipFilter {
             let mut clip = item.child(format!("{source}#{a}-{b}"));
             if let Some(s) = stats.as_ref().map(|s| s[k]) {
                 if let Some(reason) = self.0.drops(&s) {
-                    ctx.dropped(reason);
+                    ctx.dropped(reason, example(&clip.id, a, b));
                     continue;
                 }
                 clip.set("motion", s.motion);

@@ -46,8 +46,10 @@ fn attributes(tag: &str) -> BTreeMap<String, String> {
 pub struct Checked {
     /// The page.
     pub html: String,
-    /// Ids of the clips on the contact sheet.
+    /// Ids of the kept clips on the contact sheet.
     pub clips: Vec<String>,
+    /// (id, reason) of the dropped clips shown.
+    pub dropped: Vec<(String, String)>,
     /// Ids of the video cards, in page order.
     pub cards: Vec<String>,
 }
@@ -75,10 +77,11 @@ pub fn check(out: &Path, page: Option<&Path>) -> Checked {
             assert_eq!(row[attr], s[key].to_string(), "{attr} of {}", row["data-stage"]);
         }
     }
-    let mut clips = Vec::new();
+    let (mut clips, mut dropped) = (Vec::new(), Vec::new());
     for figure in html.split("<figure class=\"clip\"").skip(1) {
         let figure = &figure[..figure.find("</figure>").unwrap()];
-        let id = attributes(&figure[..figure.find('>').unwrap()])["data-id"].clone();
+        let attrs = attributes(&figure[..figure.find('>').unwrap()]);
+        let id = attrs["data-id"].clone();
         let img = tags(figure, "<img ");
         let src = img.first().map(|i| i["src"].clone()).unwrap_or_else(|| panic!("clip {id} has no image: {figure}"));
         let jpeg = base64::engine::general_purpose::STANDARD
@@ -86,7 +89,10 @@ pub fn check(out: &Path, page: Option<&Path>) -> Checked {
             .unwrap();
         let decoded = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg).unwrap();
         assert!(decoded.width() > 0 && decoded.height() > 0, "{id}");
-        clips.push(id);
+        match attrs.get("data-dropped") {
+            Some(reason) => dropped.push((id, reason.clone())),
+            None => clips.push(id),
+        }
     }
     let cards: Vec<String> = tags(&html, "<article class=\"card\"").iter().map(|t| t["data-id"].clone()).collect();
     let videos = tags(&html, "<video ");
@@ -96,11 +102,11 @@ pub fn check(out: &Path, page: Option<&Path>) -> Checked {
         assert!(src.is_file(), "a card's video {} does not exist", src.display());
     }
     if let Some(chromium) = chromium() {
-        in_browser(&chromium, &page, &html, clips.len() + 3 * cards.len(), videos.len());
+        in_browser(&chromium, &page, &html, clips.len() + dropped.len() + 3 * cards.len(), videos.len());
     } else {
         eprintln!("note: no chromium on PATH; the page was not checked in a browser (scripts/setup.sh installs it)");
     }
-    Checked { html, clips, cards }
+    Checked { html, clips, dropped, cards }
 }
 
 /// Chromium, if installed.

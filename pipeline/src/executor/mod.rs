@@ -351,7 +351,7 @@ where
         .map(|(c, l)| {
             let counters = c.snapshot(l);
             let items_per_busy_s = if counters.busy_s > 0.0 { counters.items_in as f64 / counters.busy_s } else { 0.0 };
-            StageReport { counters, items_per_busy_s }
+            StageReport { counters, items_per_busy_s, dropped_examples: c.dropped.examples() }
         })
         .collect();
     // Every failed item, including input rows rejected before the first stage.
