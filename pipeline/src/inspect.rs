@@ -126,3 +126,29 @@ pub async fn read_tensor_header(loc: &Location, name: &str) -> Result<Vec<Tensor
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn chosen_columns_come_back_as_numbers_or_text_and_absent_ones_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut df = df!(
+            "id" => ["a", "b"],
+            "width" => [Some(640i64), None],
+            "score" => [0.5f64, 1.5],
+            "note" => ["x", "y"],
+        )
+        .unwrap();
+        ParquetWriter::new(std::fs::File::create(dir.path().join("t.parquet")).unwrap()).finish(&mut df).unwrap();
+        let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let t = read_table_columns(&loc, "t.parquet", &["width", "score", "missing"], &["id", "width"]).await.unwrap();
+        assert_eq!(t.height, 2);
+        assert_eq!(t.numbers["width"], [Some(640.0), None]);
+        assert_eq!(t.numbers["score"], [Some(0.5), Some(1.5)]);
+        assert_eq!(t.texts["id"], [Some("a".to_string()), Some("b".to_string())]);
+        assert_eq!(t.texts["width"][0].as_deref(), Some("640"));
+        assert!(!t.numbers.contains_key("missing") && !t.texts.contains_key("note"));
+    }
+}

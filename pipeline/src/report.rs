@@ -282,3 +282,38 @@ impl RunReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(id: &str) -> Option<DroppedExample> {
+        Some(DroppedExample { id: id.into(), uri: "v.mp4".into(), frame: 3 })
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason_with_the_same_examples_in_any_order() {
+        let ids: Vec<String> = (0..20).map(|i| format!("clip-{i}")).collect();
+        let (a, b) = (DropCounts::default(), DropCounts::default());
+        for id in &ids {
+            a.add("static", example(id));
+        }
+        for id in ids.iter().rev() {
+            b.add("static", example(id));
+        }
+        a.add("too short", None);
+        assert_eq!(a.counts(), BTreeMap::from([("static".to_string(), 20), ("too short".to_string(), 1)]));
+        assert_eq!(a.examples()["static"].len(), DROPPED_EXAMPLES);
+        assert_eq!(a.examples()["static"], b.examples()["static"], "the sample does not depend on the order");
+        assert!(!a.examples().contains_key("too short"));
+    }
+
+    #[test]
+    fn a_stage_report_without_drops_reads_and_writes_as_before() {
+        let old = r#"{"stage":"1:probe","items_in":3,"items_out":3,"errors":0,"busy_s":0.5,"items_per_busy_s":6.0}"#;
+        let r: StageReport = serde_json::from_str(old).unwrap();
+        assert!(r.counters.dropped.is_empty() && r.dropped_examples.is_empty());
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("dropped"), "{json}");
+    }
+}

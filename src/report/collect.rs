@@ -377,3 +377,81 @@ impl Accumulator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(cols: &[(&str, Vec<&str>)]) -> BTreeMap<String, Vec<Option<String>>> {
+        cols.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| Some(s.to_string())).collect())).collect()
+    }
+
+    #[test]
+    fn errors_group_by_stage_and_first_line_with_three_examples() {
+        let mut acc = Accumulator::default();
+        let t = TableColumns {
+            height: 5,
+            numbers: BTreeMap::new(),
+            texts: texts(&[
+                ("item_id", vec!["a", "b", "c", "d", "e"]),
+                ("stage", vec!["1:probe", "1:probe", "1:probe", "1:probe", "2:scene_split"]),
+                ("message", vec!["bad file\nat 1", "bad file\nat 2", "bad file", "bad file", "bad file"]),
+            ]),
+        };
+        acc.add_errors(&t);
+        let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None, &HashMap::new());
+        let groups: Vec<_> = d.errors.iter().map(|e| (e.stage.as_str(), e.cause.as_str(), e.count)).collect();
+        assert_eq!(groups, [("1:probe", "bad file", 4), ("2:scene_split", "bad file", 1)]);
+        assert_eq!(d.errors[0].examples, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn the_clip_sample_is_the_same_whatever_the_order_of_the_rows() {
+        let rows = |ids: Vec<String>| TableColumns {
+            height: ids.len(),
+            numbers: BTreeMap::from([
+                ("clip_start_frame".to_string(), vec![Some(10.0); ids.len()]),
+                ("clip_end_frame".to_string(), vec![Some(20.0); ids.len()]),
+            ]),
+            texts: BTreeMap::from([
+                ("uri".to_string(), vec![Some("v.mp4".to_string()); ids.len()]),
+                ("id".to_string(), ids.into_iter().map(Some).collect()),
+            ]),
+        };
+        let ids: Vec<String> = (0..500).map(|i| format!("clip-{i}")).collect();
+        let sample = |ids: Vec<String>| {
+            let mut acc = Accumulator::default();
+            for chunk in ids.chunks(64) {
+                acc.add(&rows(chunk.to_vec()));
+            }
+            let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None, &HashMap::new());
+            assert_eq!(d.rows, 500);
+            d.sample.iter().map(|c| (c.id.clone(), c.frame)).collect::<Vec<_>>()
+        };
+        let forward = sample(ids.clone());
+        assert_eq!(forward.len(), CLIP_SAMPLE);
+        assert!(forward.iter().all(|(_, frame)| *frame == 15), "the middle frame of each clip");
+        assert_eq!(forward, sample(ids.into_iter().rev().collect()));
+    }
+
+    #[test]
+    fn cards_put_new_then_changed_rows_first() {
+        let mut acc = Accumulator::default();
+        let t = TableColumns {
+            height: 4,
+            numbers: BTreeMap::from([("seed".to_string(), vec![Some(1.0), Some(2.0), None, Some(4.0)])]),
+            texts: texts(&[
+                ("id", vec!["a", "b", "c", "d"]),
+                ("video_file", vec!["videos/a.mp4", "videos/b.mp4", "videos/c.mp4", "videos/d.mp4"]),
+                ("prompt", vec!["pa", "pb", "pc", "pd"]),
+            ]),
+        };
+        acc.add(&t);
+        let status = HashMap::from([("d".to_string(), "new"), ("b".to_string(), "changed")]);
+        let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None, &status);
+        let order: Vec<_> = d.cards.iter().map(|c| (c.id.as_str(), c.status)).collect();
+        assert_eq!(order, [("d", "new"), ("b", "changed"), ("a", ""), ("c", "")]);
+        assert_eq!(d.cards[0].fields, [("prompt", "pd".to_string()), ("seed", "4".to_string())]);
+        assert!(d.sample.is_empty(), "generated rows are cards, not clips");
+    }
+}
