@@ -94,6 +94,9 @@ fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
     let groups = common::report::tags(&page.html, "<tr data-stage=\"1:load_image\" data-count=");
     assert_eq!(groups.len(), 2, "{groups:?}");
     assert!(page.html.contains("`prompt` is empty") && page.html.contains("cannot read the image"));
+    let failed: Vec<String> =
+        common::report::tags(&page.html, "<tr data-id=").iter().map(|t| t["data-id"].clone()).collect();
+    assert_eq!(failed, ["gone", "silent"], "the failed rows under the cards");
 
     // Re-running generates nothing twice: the 3 videos are carried over, only the 2 rows that
     // failed are tried again (and fail again).

@@ -35,6 +35,9 @@ pub struct Dataset {
     pub more_cards: usize,
     /// Error records grouped by stage and the first line of the message, most frequent first.
     pub errors: Vec<ErrorGroup>,
+    /// The first [`MAX_CARDS`] error records by id as (id, stage, first line): the failed rows
+    /// a catalog team reviews one by one.
+    pub failed: Vec<(String, String, String)>,
 }
 
 /// One measurement of every row.
@@ -249,6 +252,7 @@ struct Accumulator {
     sample: Vec<(u64, ClipSample)>,
     cards: Vec<Card>,
     errors: HashMap<(String, String), (usize, Vec<String>)>,
+    failed: Vec<(String, String, String)>,
 }
 
 impl Accumulator {
@@ -325,11 +329,16 @@ impl Accumulator {
             let text = |name: &str| t.texts.get(name).and_then(|c| c[i].clone()).unwrap_or_default();
             let message = text("message");
             let cause = message.lines().next().unwrap_or_default().to_string();
-            let group = self.errors.entry((text("stage"), cause)).or_default();
+            let group = self.errors.entry((text("stage"), cause.clone())).or_default();
             group.0 += 1;
             if group.1.len() < 3 {
                 group.1.push(text("item_id"));
             }
+            self.failed.push((text("item_id"), text("stage"), cause));
+        }
+        if self.failed.len() > 2 * MAX_CARDS {
+            self.failed.sort();
+            self.failed.truncate(MAX_CARDS);
         }
     }
 
@@ -363,6 +372,8 @@ impl Accumulator {
             .collect();
         errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.stage, &a.cause).cmp(&(&b.stage, &b.cause))));
         let dropped = run.iter().flat_map(dropped_groups).collect();
+        self.failed.sort();
+        self.failed.truncate(MAX_CARDS);
         Dataset {
             index,
             dropped,
@@ -374,6 +385,7 @@ impl Accumulator {
             cards: self.cards,
             more_cards,
             errors,
+            failed: self.failed,
         }
     }
 }
@@ -403,6 +415,8 @@ mod tests {
         let groups: Vec<_> = d.errors.iter().map(|e| (e.stage.as_str(), e.cause.as_str(), e.count)).collect();
         assert_eq!(groups, [("1:probe", "bad file", 4), ("2:scene_split", "bad file", 1)]);
         assert_eq!(d.errors[0].examples, ["a", "b", "c"]);
+        assert_eq!(d.failed[0], ("a".to_string(), "1:probe".to_string(), "bad file".to_string()));
+        assert_eq!(d.failed.len(), 5);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! JPEG data URIs, so the page needs no file beside it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use image::codecs::jpeg::JpegEncoder;
@@ -88,7 +88,7 @@ fn frames(path: &Path, indices: &[usize], width: u32) -> Result<Vec<Thumb>, stag
     let mut reader = VideoReader::open(path, 1)?;
     let (w, h) = reader.size();
     let height = ((f64::from(width) * f64::from(h) / f64::from(w.max(1))).round() as u32).max(2) & !1;
-    let mut out: Vec<Thumb> = vec![Err(format!("{} has no such frame", PathBuf::from(path).display())); indices.len()];
+    let mut out: Vec<Thumb> = vec![Err(format!("{} has no such frame", path.display())); indices.len()];
     let format = FrameFormat { layout: Layout::Rgb, fill: Some((width, height)) };
     reader.frames_at(indices, format, |k, image| {
         out[k] = jpeg_data_uri(&image);

@@ -191,7 +191,7 @@ fn cards(h: &mut String, data: &Dataset, thumbs: &Thumbs, media_base: &str) {
         for k in 0..3 {
             image(h, frames.and_then(|f| f.get(k)), &c.id);
         }
-        let src = esc(&format!("{media_base}{}", c.video_file));
+        let src = esc(&url_path(&format!("{media_base}{}", c.video_file)));
         let _ = write!(h, "</div><video controls muted preload=\"metadata\" src=\"{src}\"></video><dl>");
         for (label, value) in &c.fields {
             let _ = write!(h, "<dt>{label}</dt><dd>{}</dd>", esc(value));
@@ -205,6 +205,24 @@ fn cards(h: &mut String, data: &Dataset, thumbs: &Thumbs, media_base: &str) {
     h.push_str("</div>\n");
     if data.more_cards > 0 {
         let _ = writeln!(h, "<p class=\"meta\">{} more video(s) not shown.</p>", data.more_cards);
+    }
+    if !data.failed.is_empty() {
+        let _ = writeln!(
+            h,
+            "<h3>Failed rows ({} of {})</h3><table class=\"err failed\"><tr><th>id</th><th>stage</th><th>cause</th></tr>",
+            data.failed.len(),
+            data.index.errors
+        );
+        for (id, stage, cause) in &data.failed {
+            let _ = writeln!(
+                h,
+                "<tr data-id=\"{0}\"><td>{0}</td><td>{1}</td><td>{2}</td></tr>",
+                esc(id),
+                esc(stage),
+                esc(cause)
+            );
+        }
+        h.push_str("</table>\n");
     }
 }
 
@@ -243,6 +261,21 @@ fn image(h: &mut String, thumb: Option<&Thumb>, id: &str) {
     }
 }
 
+/// A file path as a URL path: the characters a URL gives a meaning to (or cannot hold) are
+/// percent-encoded, so that `#`, `?`, `%` and spaces in a file name still reach the file.
+fn url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        match b {
+            b'#' | b'?' | b'%' | b' ' | b'"' | b'<' | b'>' | b'\\' | 0..=0x1f | 0x7f..=0xff => {
+                let _ = write!(out, "%{b:02X}");
+            }
+            _ => out.push(b as char),
+        }
+    }
+    out
+}
+
 /// Escape text for HTML content and attribute values.
 fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -262,6 +295,12 @@ fn esc(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn video_paths_become_url_paths() {
+        assert_eq!(url_path("videos/a b#1?x%.mp4"), "videos/a%20b%231%3Fx%25.mp4");
+        assert_eq!(url_path("/data/café.mp4"), "/data/caf%C3%A9.mp4");
+    }
 
     #[test]
     fn text_is_escaped_for_content_and_attributes() {
