@@ -142,16 +142,19 @@ pub async fn collect(loc: &Location, version: Option<u64>) -> anyhow::Result<Dat
     let mut acc = Accumulator::default();
     for shard in &index.shards {
         let table = read_table_columns(loc, &shard.table, NUMBERS, TEXTS).await?;
+        // Generated videos: what changed decides which cards are kept while reading.
+        if acc.status.is_none() && table.texts.contains_key("video_file") {
+            acc.status = Some(changed_ids(loc, &index).await);
+        }
         acc.add(&table);
         if let Some(file) = &shard.error_file {
             acc.add_errors(&read_table_columns(loc, file, &[], &["item_id", "stage", "message"]).await?);
         }
     }
-    let status = if acc.cards.is_empty() { HashMap::new() } else { changed_ids(loc, &index).await };
     for shard in &mut index.shards {
         shard.done = Vec::new();
     }
-    Ok(acc.finish(index, run, &status))
+    Ok(acc.finish(index, run))
 }
 
 /// The run report of the run that committed `version`: `report.json`, or the sum of the
@@ -250,7 +253,12 @@ struct Accumulator {
     resolutions: HashMap<(i64, i64), usize>,
     /// (hash of the id, clip), at most twice the sample size between trims.
     sample: Vec<(u64, ClipSample)>,
+    /// "new" or "changed" by input id (set once a table with videos shows up).
+    status: Option<HashMap<String, &'static str>>,
+    /// The cards to show so far, at most twice [`MAX_CARDS`] between trims.
     cards: Vec<Card>,
+    /// Every generated row.
+    videos: usize,
     errors: HashMap<(String, String), (usize, Vec<String>)>,
     failed: Vec<(String, String, String)>,
 }
@@ -315,7 +323,12 @@ impl Accumulator {
         fields.extend(num("steps").map(|s| ("steps", format!("{s:.0}"))));
         let timings = TIMINGS.iter().filter_map(|c| num(c).map(|v| (c.to_string(), v))).collect();
         let frames = num("video_frames").unwrap_or(1.0).max(1.0) as usize;
-        self.cards.push(Card { id, status: "", video_file, frames, fields, timings });
+        let status = self.status.as_ref().and_then(|s| s.get(&id).copied()).unwrap_or("");
+        self.cards.push(Card { id, status, video_file, frames, fields, timings });
+        self.videos += 1;
+        if self.cards.len() >= 2 * MAX_CARDS {
+            self.trim_cards();
+        }
     }
 
     /// Keep the clips with the smallest id hashes: a sample independent of shard order.
@@ -342,25 +355,22 @@ impl Accumulator {
         }
     }
 
-    fn finish(
-        mut self,
-        index: DatasetIndex,
-        run: Option<RunReport>,
-        status: &HashMap<String, &'static str>,
-    ) -> Dataset {
-        self.trim_sample();
-        for card in &mut self.cards {
-            card.status = status.get(&card.id).copied().unwrap_or("");
-        }
-        // New first, then changed, then the rest; by id within each.
+    /// Keep the first [`MAX_CARDS`] cards in page order: new rows, then changed ones, then the
+    /// rest; by id within each.
+    fn trim_cards(&mut self) {
         let rank = |s: &str| match s {
             "new" => 0,
             "changed" => 1,
             _ => 2,
         };
         self.cards.sort_by(|a, b| rank(a.status).cmp(&rank(b.status)).then_with(|| a.id.cmp(&b.id)));
-        let more_cards = self.cards.len().saturating_sub(MAX_CARDS);
         self.cards.truncate(MAX_CARDS);
+    }
+
+    fn finish(mut self, index: DatasetIndex, run: Option<RunReport>) -> Dataset {
+        self.trim_sample();
+        self.trim_cards();
+        let more_cards = self.videos - self.cards.len();
         let mut resolutions: Vec<(String, usize)> =
             self.resolutions.into_iter().map(|((w, h), n)| (format!("{w}x{h}"), n)).collect();
         resolutions.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -411,7 +421,7 @@ mod tests {
             ]),
         };
         acc.add_errors(&t);
-        let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None, &HashMap::new());
+        let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None);
         let groups: Vec<_> = d.errors.iter().map(|e| (e.stage.as_str(), e.cause.as_str(), e.count)).collect();
         assert_eq!(groups, [("1:probe", "bad file", 4), ("2:scene_split", "bad file", 1)]);
         assert_eq!(d.errors[0].examples, ["a", "b", "c"]);
@@ -438,7 +448,7 @@ mod tests {
             for chunk in ids.chunks(64) {
                 acc.add(&rows(chunk.to_vec()));
             }
-            let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None, &HashMap::new());
+            let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None);
             assert_eq!(d.rows, 500);
             d.sample.iter().map(|c| (c.id.clone(), c.frame)).collect::<Vec<_>>()
         };
@@ -460,12 +470,35 @@ mod tests {
                 ("prompt", vec!["pa", "pb", "pc", "pd"]),
             ]),
         };
+        acc.status = Some(HashMap::from([("d".to_string(), "new"), ("b".to_string(), "changed")]));
         acc.add(&t);
-        let status = HashMap::from([("d".to_string(), "new"), ("b".to_string(), "changed")]);
-        let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None, &status);
+        let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None);
         let order: Vec<_> = d.cards.iter().map(|c| (c.id.as_str(), c.status)).collect();
         assert_eq!(order, [("d", "new"), ("b", "changed"), ("a", ""), ("c", "")]);
         assert_eq!(d.cards[0].fields, [("prompt", "pd".to_string()), ("seed", "4".to_string())]);
         assert!(d.sample.is_empty(), "generated rows are cards, not clips");
+    }
+
+    #[test]
+    fn a_large_catalog_keeps_only_the_cards_it_shows() {
+        let mut acc =
+            Accumulator { status: Some(HashMap::from([("row-00999".to_string(), "new")])), ..Default::default() };
+        for chunk in (0..1000).collect::<Vec<_>>().chunks(100) {
+            let ids: Vec<String> = chunk.iter().map(|i| format!("row-{i:05}")).collect();
+            let files: Vec<String> = ids.iter().map(|i| format!("videos/{i}.mp4")).collect();
+            let t = TableColumns {
+                height: ids.len(),
+                numbers: BTreeMap::new(),
+                texts: BTreeMap::from([
+                    ("id".to_string(), ids.into_iter().map(Some).collect()),
+                    ("video_file".to_string(), files.into_iter().map(Some).collect()),
+                ]),
+            };
+            acc.add(&t);
+            assert!(acc.cards.len() < 2 * MAX_CARDS);
+        }
+        let d = acc.finish(DatasetIndex::new("j", Vec::new(), Vec::new()), None);
+        assert_eq!((d.cards.len(), d.more_cards), (MAX_CARDS, 1000 - MAX_CARDS));
+        assert_eq!((d.cards[0].id.as_str(), d.cards[1].id.as_str()), ("row-00999", "row-00000"));
     }
 }
