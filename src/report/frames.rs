@@ -12,10 +12,10 @@ use stages::video::decode::{FrameFormat, Image, Layout, VideoReader};
 
 use super::collect::Dataset;
 
-/// Width of a contact-sheet thumbnail, pixels.
-const CLIP_WIDTH: u32 = 192;
-/// Width of a frame on a video card, pixels.
-const CARD_WIDTH: u32 = 160;
+/// Longer side of a contact-sheet thumbnail, pixels.
+const CLIP_SIZE: u32 = 192;
+/// Longer side of a frame on a video card, pixels (three per card: small keeps the page small).
+const CARD_SIZE: u32 = 160;
 /// JPEG quality: small files that still show what is in the frame.
 const QUALITY: u8 = 75;
 
@@ -40,8 +40,8 @@ struct Job {
     file: Result<LocalFile, String>,
     /// Frame indices, ascending.
     indices: Vec<usize>,
-    /// Thumbnail width, pixels.
-    width: u32,
+    /// Longer side of the thumbnails, pixels.
+    size: u32,
 }
 
 /// Decode every thumbnail the page shows (videos fetched first, then decoded in parallel).
@@ -50,17 +50,17 @@ pub async fn render(loc: &Location, data: &Dataset) -> anyhow::Result<Thumbs> {
     let mut jobs = Vec::new();
     for c in data.sample.iter().chain(data.dropped.iter().flat_map(|d| &d.examples)) {
         let file = local(&c.uri, scratch.path()).await;
-        jobs.push(Job { key: c.id.clone(), card: false, file, indices: vec![c.frame], width: CLIP_WIDTH });
+        jobs.push(Job { key: c.id.clone(), card: false, file, indices: vec![c.frame], size: CLIP_SIZE });
     }
     for c in &data.cards {
         let file = local(&loc.url_of(&c.video_file), scratch.path()).await;
         let indices = vec![0, c.frames / 2, c.frames - 1];
-        jobs.push(Job { key: c.id.clone(), card: true, file, indices, width: CARD_WIDTH });
+        jobs.push(Job { key: c.id.clone(), card: true, file, indices, size: CARD_SIZE });
     }
     let decoded: Vec<(String, bool, Vec<Thumb>)> = tokio::task::spawn_blocking(move || {
         jobs.into_par_iter()
             .map(|j| {
-                let decoded = j.file.and_then(|f| frames(f.path(), &j.indices, j.width).map_err(|e| e.to_string()));
+                let decoded = j.file.and_then(|f| frames(f.path(), &j.indices, j.size).map_err(|e| e.to_string()));
                 let thumbs = decoded.unwrap_or_else(|why| vec![Err(why); j.indices.len()]);
                 (j.key, j.card, thumbs)
             })
@@ -82,14 +82,15 @@ async fn local(uri: &str, scratch: &Path) -> Result<LocalFile, String> {
     fetch_local(uri, scratch).await.map_err(|e| e.to_string())
 }
 
-/// The frames at `indices` (ascending) of one video, `width` pixels wide, as JPEG data URIs;
-/// frames past the end of the video are reported missing.
-fn frames(path: &Path, indices: &[usize], width: u32) -> Result<Vec<Thumb>, stages::video::probe::DecodeError> {
+/// The frames at `indices` (ascending) of one video, scaled to `size` pixels on the longer side,
+/// as JPEG data URIs; frames past the end of the video are reported missing.
+fn frames(path: &Path, indices: &[usize], size: u32) -> Result<Vec<Thumb>, stages::video::probe::DecodeError> {
     let mut reader = VideoReader::open(path, 1)?;
     let (w, h) = reader.size();
-    let height = ((f64::from(width) * f64::from(h) / f64::from(w.max(1))).round() as u32).max(2) & !1;
+    let scale = f64::from(size) / f64::from(w.max(h).max(1));
+    let even = |v: u32| ((f64::from(v) * scale).round() as u32).max(2) & !1;
+    let format = FrameFormat { layout: Layout::Rgb, fill: Some((even(w), even(h))) };
     let mut out: Vec<Thumb> = vec![Err(format!("{} has no such frame", path.display())); indices.len()];
-    let format = FrameFormat { layout: Layout::Rgb, fill: Some((width, height)) };
     reader.frames_at(indices, format, |k, image| {
         out[k] = jpeg_data_uri(&image);
         true

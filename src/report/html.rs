@@ -13,10 +13,10 @@ h1{font-size:22px;margin:0 0 4px}h3{font-size:15px;margin:14px 0 6px}h2{font-siz
 .meta{color:#555}table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}\
 td:first-child,th:first-child,.why{text-align:left}.bar{display:inline-block;height:10px;background:#3b6ea8;vertical-align:middle}\
 .charts{display:flex;flex-wrap:wrap;gap:8px}.sheet{display:flex;flex-wrap:wrap;gap:6px}\
-figure{margin:0;width:192px;font-size:11px;color:#444;overflow-wrap:anywhere}figure img{display:block;width:192px}\
+figure{margin:0;width:192px;font-size:11px;color:#444;overflow-wrap:anywhere}figure img{display:block;max-width:192px;max-height:192px}\
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}\
 .card{border:1px solid #ddd;border-radius:6px;padding:8px}.card .frames{display:flex;gap:4px}\
-.card img{width:160px}.card video{width:100%;max-height:320px;background:#000;margin-top:4px}\
+.card img{max-width:160px;max-height:160px}.card video{width:100%;max-height:320px;background:#000;margin-top:4px}\
 .card dl{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;margin:6px 0 0}.card dt{color:#666}\
 .tag{font-size:11px;padding:1px 6px;border-radius:8px;background:#e3f0d8;color:#2c5e12;margin-left:6px}\
 .missing{width:160px;height:90px;background:#f3f3f3;color:#a00;font-size:11px;padding:4px;box-sizing:border-box;overflow:hidden}\

@@ -12,8 +12,9 @@ use pipeline::io::Location;
 
 /// Kept clips shown as thumbnails on the contact sheet (the rest is aggregated in histograms).
 const CLIP_SAMPLE: usize = 48;
-/// Video cards on the generation page (new and changed rows first); the rest are counted.
-const MAX_CARDS: usize = 120;
+/// Video cards on the generation page (new and changed rows first); the rest are counted. Each
+/// costs a decode of its whole video (first, middle and last frame) and ~15 KB of page.
+const MAX_CARDS: usize = 60;
 
 /// Build the page of `version` (default: the latest) of the dataset at `loc`. `media_base` is
 /// put before an output-relative file name (a video) to reach it from where the page will lie.
