@@ -12,7 +12,8 @@ packages=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil
 tests=${MUGFLOW_SETUP_TESTS:-1}
 # CI also packs the self-contained archive, whose static FFmpeg (scripts/ffmpeg-static.sh) is
 # assembled with nasm and dav1d's meson/ninja.
-if [ "$tests" = 1 ]; then packages+=(slurm-wlm munge ffmpeg nasm meson ninja-build); fi
+# The run report's tests open report.html in headless Chromium (about 20 s to install).
+if [ "$tests" = 1 ]; then packages+=(slurm-wlm munge ffmpeg nasm meson ninja-build chromium); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

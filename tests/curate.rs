@@ -48,6 +48,21 @@ fn the_curate_manifest_writes_one_row_per_kept_clip() {
     // Every kept clip lasts 1-10 s and comes from a source at least 240 pixels high.
     let rows = common::rows(&out);
     assert_eq!(rows.len(), ids.len());
+    // Why clip_filter dropped what it dropped, in report.json and on the page.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let dropped = &report["stages"][2]["dropped"];
+    assert_eq!(dropped, &serde_json::json!({"too short": 4, "black": 2, "static": 1}), "{report}");
+    let page = common::report::check(&out, None);
+    assert!(page.html.contains("black 2, static 1, too short 4"));
+    assert_eq!(page.clips.len(), 44, "a sample of 48 holds every kept clip");
+    assert!(page.clips.iter().all(|c| ids.contains(c)), "{:?}", page.clips);
+    // Each dropped clip is shown with its reason (at most 6 per reason: all 7 here).
+    let mut dropped = page.dropped.clone();
+    dropped.sort();
+    let black = ["bbb_295s_av1_360p_noaudio#102-128", "bbb_trailer_moviepy#1244-1323"];
+    assert_eq!(dropped.iter().filter(|(_, r)| r == "black").map(|(id, _)| id.as_str()).collect::<Vec<_>>(), black);
+    assert_eq!(dropped.iter().filter(|(id, r)| r == "static" && id == "bbb_trailer_moviepy#988-1049").count(), 1);
+    assert_eq!(dropped.iter().filter(|(_, r)| r == "too short").count(), 4, "{dropped:?}");
     for r in &rows {
         let (frames, fps): (f64, f64) = (r["clip_frames"].parse().unwrap(), r["clip_fps"].parse().unwrap());
         assert!(frames >= fps.round() && frames <= (10.0 * fps).round(), "{r:?}");

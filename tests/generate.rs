@@ -88,6 +88,15 @@ fn a_catalog_with_bad_rows_gives_videos_and_error_records() {
         };
         assert_eq!(r["seed"], seed, "rows without a seed take the default");
     }
+    // The page: a card per video (all new), the two failed rows grouped by cause.
+    let page = common::report::check(&out, None);
+    assert_eq!(page.cards, ["cat", "cup", "cup-exif"]);
+    let groups = common::report::tags(&page.html, "<tr data-stage=\"1:load_image\" data-count=");
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert!(page.html.contains("`prompt` is empty") && page.html.contains("cannot read the image"));
+    let failed: Vec<String> =
+        common::report::tags(&page.html, "<tr data-id=").iter().map(|t| t["data-id"].clone()).collect();
+    assert_eq!(failed, ["gone", "silent"], "the failed rows under the cards");
 
     // Re-running generates nothing twice: the 3 videos are carried over, only the 2 rows that
     // failed are tried again (and fail again).
@@ -168,6 +177,17 @@ fn the_next_nights_catalog_generates_only_new_and_changed_rows_into_a_new_versio
     }
     v1_ids.sort();
     assert_eq!(v1_ids, ["a", "b", "c", "d", "e", "f"]);
+
+    // Version 2's page shows the new rows, then the changed ones, then the rest; version 1's page,
+    // written elsewhere, points at version 1's videos.
+    let page = common::report::check(&out, None);
+    assert_eq!(page.cards, ["g", "h", "b", "d", "a", "c", "e"]);
+    let v1_page = dir.path().join("v1.html");
+    let (code, _, err) = run(&["report", out.to_str().unwrap(), "--version", "1", "--out", v1_page.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let page = common::report::check(&out, Some(&v1_page));
+    assert_eq!(page.cards, ["a", "b", "c", "d", "e", "f"]);
+    assert!(page.html.contains("No run report of this version"));
 
     // Vacuum keeps version 2's files and deletes f's video and the replaced ones.
     let (code, stdout, err) = run(&["vacuum", out.to_str().unwrap(), "--keep", "1", "--older-than", "0s"]);

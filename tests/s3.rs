@@ -47,6 +47,13 @@ fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
                 common::comparable_names(s3.list("").await.unwrap()),
                 common::comparable_names(local.list("").await.unwrap())
             );
+            // The run report page is written through the store too, with the same funnel.
+            let page = s3.read("report.html").await.unwrap();
+            let page = String::from_utf8_lossy(&page);
+            assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+            let funnel = |p: &str| common::report::tags(p, "<tr data-stage=");
+            let local_page = std::fs::read_to_string(disk.join("report.html")).unwrap();
+            assert_eq!(funnel(&page), funnel(&local_page));
             let (a, b) = (latest(&s3).await.unwrap().unwrap(), latest(&local).await.unwrap().unwrap());
             assert_eq!(a.shards.len(), 3);
             for (sa, sb) in a.shards.iter().zip(&b.shards) {

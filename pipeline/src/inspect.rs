@@ -37,6 +37,57 @@ pub async fn read_table_summary(loc: &Location, name: &str) -> Result<TableSumma
     Ok(TableSummary { height: df.height(), columns, rows })
 }
 
+/// Chosen columns of a Parquet table, as numbers or as text, for reports that aggregate every
+/// row of a dataset (absent columns are left out; nulls and unparsable values are `None`).
+#[derive(Debug, Default)]
+pub struct TableColumns {
+    /// Number of rows.
+    pub height: usize,
+    /// Numeric columns (any integer or float type), by name.
+    pub numbers: BTreeMap<String, Vec<Option<f64>>>,
+    /// Text columns (any type, as text), by name.
+    pub texts: BTreeMap<String, Vec<Option<String>>>,
+}
+
+/// Read only the named columns of a Parquet table (those it has): `numbers` cast to floats,
+/// `texts` to strings.
+pub async fn read_table_columns(
+    loc: &Location,
+    name: &str,
+    numbers: &[&str],
+    texts: &[&str],
+) -> Result<TableColumns, PipelineError> {
+    let bytes = loc.read(name).await?;
+    let bad =
+        |e: PolarsError| PipelineError::Input(format!("{} is not a readable Parquet file: {e}", loc.url_of(name)));
+    let mut reader = ParquetReader::new(std::io::Cursor::new(bytes));
+    let schema = reader.schema().map_err(bad)?;
+    let present: Vec<String> = numbers
+        .iter()
+        .chain(texts)
+        .filter(|c| schema.contains(c))
+        .map(|c| c.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let df = reader.with_columns(Some(present)).finish().map_err(bad)?;
+    let mut out = TableColumns { height: df.height(), ..Default::default() };
+    for c in df.columns() {
+        let s = c.as_materialized_series();
+        let col = c.name().as_str();
+        if numbers.contains(&col) {
+            let values = s.cast(&DataType::Float64).map_err(bad)?;
+            out.numbers.insert(col.to_string(), values.f64().map_err(bad)?.iter().collect());
+        }
+        if texts.contains(&col) {
+            let values = s.cast(&DataType::String).map_err(bad)?;
+            let values = values.str().map_err(bad)?.iter().map(|v| v.map(str::to_string)).collect();
+            out.texts.insert(col.to_string(), values);
+        }
+    }
+    Ok(out)
+}
+
 /// One tensor entry of a safetensors header.
 #[derive(Debug)]
 pub struct TensorInfo {
@@ -74,4 +125,30 @@ pub async fn read_tensor_header(loc: &Location, name: &str) -> Result<Vec<Tensor
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn chosen_columns_come_back_as_numbers_or_text_and_absent_ones_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut df = df!(
+            "id" => ["a", "b"],
+            "width" => [Some(640i64), None],
+            "score" => [0.5f64, 1.5],
+            "note" => ["x", "y"],
+        )
+        .unwrap();
+        ParquetWriter::new(std::fs::File::create(dir.path().join("t.parquet")).unwrap()).finish(&mut df).unwrap();
+        let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let t = read_table_columns(&loc, "t.parquet", &["width", "score", "missing"], &["id", "width"]).await.unwrap();
+        assert_eq!(t.height, 2);
+        assert_eq!(t.numbers["width"], [Some(640.0), None]);
+        assert_eq!(t.numbers["score"], [Some(0.5), Some(1.5)]);
+        assert_eq!(t.texts["id"], [Some("a".to_string()), Some("b".to_string())]);
+        assert_eq!(t.texts["width"][0].as_deref(), Some("640"));
+        assert!(!t.numbers.contains_key("missing") && !t.texts.contains_key("note"));
+    }
 }

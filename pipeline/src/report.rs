@@ -3,8 +3,10 @@
 //! The engine only emits events through [`Reporter`]; the CLI decides how to draw them
 //! (bars on a terminal, plain lines in logs, nothing).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,71 @@ pub struct StageCounters {
     pub computed: AtomicU64,
     /// Items whose outputs were carried over from the previous version instead.
     pub carried: AtomicU64,
+    /// Items the stage dropped, by the reason it gave (see [`DropCounts`]).
+    pub dropped: DropCounts,
+}
+
+/// Counts of the items a filter dropped, by reason ("too short", "static", "below min_score"),
+/// and a few examples of each, so that the run report can say where the clips went and show
+/// them. Shared by a stage's workers through [`crate::StageContext::dropped`].
+#[derive(Debug, Clone, Default)]
+pub struct DropCounts(Arc<Mutex<Drops>>);
+
+#[derive(Debug, Default)]
+struct Drops {
+    counts: BTreeMap<String, u64>,
+    /// Per reason, the examples with the smallest id hashes: the same ones whatever the order
+    /// the workers finish in.
+    examples: BTreeMap<String, Vec<(u64, DroppedExample)>>,
+}
+
+/// Examples kept per drop reason.
+pub const DROPPED_EXAMPLES: usize = 6;
+
+/// A dropped item the report can show a frame of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedExample {
+    /// The item's (or the clip's) id.
+    pub id: String,
+    /// Path or URL of its video.
+    pub uri: String,
+    /// A frame that shows it, 0-based in that video.
+    pub frame: usize,
+}
+
+impl DropCounts {
+    /// Count one dropped item under `reason`, with an example to show if the stage has one.
+    pub fn add(&self, reason: &str, example: Option<DroppedExample>) {
+        // A poisoned lock only means another worker panicked mid-update: keep counting.
+        let mut drops = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *drops.counts.entry(reason.to_string()).or_default() += 1;
+        if let Some(example) = example {
+            let kept = drops.examples.entry(reason.to_string()).or_default();
+            kept.push((id_hash(&example.id), example));
+            kept.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+            kept.truncate(DROPPED_EXAMPLES);
+        }
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).counts.clone()
+    }
+
+    /// The examples so far, by reason.
+    pub fn examples(&self) -> BTreeMap<String, Vec<DroppedExample>> {
+        let drops = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        drops.examples.iter().map(|(r, e)| (r.clone(), e.iter().map(|(_, x)| x.clone()).collect())).collect()
+    }
+}
+
+/// A hash of an id that is the same in every process of the same binary (for samples that do
+/// not depend on the order items finish in).
+pub fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 impl StageCounters {
@@ -39,6 +106,7 @@ impl StageCounters {
             busy_s: self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9,
             computed: self.computed.load(Ordering::Relaxed),
             carried: self.carried.load(Ordering::Relaxed),
+            dropped: self.dropped.counts(),
         }
     }
 }
@@ -63,6 +131,9 @@ pub struct StageSnapshot {
     /// dataset version (per-stage reuse, see `executor::reuse`).
     #[serde(default)]
     pub carried: u64,
+    /// Items the stage dropped, by reason (filters that say why; empty for the others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// What the run is about to do, sent once before the first item.
@@ -112,6 +183,9 @@ pub struct StageReport {
     pub counters: StageSnapshot,
     /// Items received per second of busy time (per-worker throughput).
     pub items_per_busy_s: f64,
+    /// A few of the items dropped for each reason (see [`DropCounts`]), for the HTML report.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped_examples: BTreeMap<String, Vec<DroppedExample>>,
 }
 
 /// The report of one run, written to `report.json` in the output.
@@ -206,5 +280,40 @@ impl RunReport {
             let _ = write!(out, "\nversion {v} committed ({})", self.changes);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(id: &str) -> Option<DroppedExample> {
+        Some(DroppedExample { id: id.into(), uri: "v.mp4".into(), frame: 3 })
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason_with_the_same_examples_in_any_order() {
+        let ids: Vec<String> = (0..20).map(|i| format!("clip-{i}")).collect();
+        let (a, b) = (DropCounts::default(), DropCounts::default());
+        for id in &ids {
+            a.add("static", example(id));
+        }
+        for id in ids.iter().rev() {
+            b.add("static", example(id));
+        }
+        a.add("too short", None);
+        assert_eq!(a.counts(), BTreeMap::from([("static".to_string(), 20), ("too short".to_string(), 1)]));
+        assert_eq!(a.examples()["static"].len(), DROPPED_EXAMPLES);
+        assert_eq!(a.examples()["static"], b.examples()["static"], "the sample does not depend on the order");
+        assert!(!a.examples().contains_key("too short"));
+    }
+
+    #[test]
+    fn a_stage_report_without_drops_reads_and_writes_as_before() {
+        let old = r#"{"stage":"1:probe","items_in":3,"items_out":3,"errors":0,"busy_s":0.5,"items_per_busy_s":6.0}"#;
+        let r: StageReport = serde_json::from_str(old).unwrap();
+        assert!(r.counters.dropped.is_empty() && r.dropped_examples.is_empty());
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("dropped"), "{json}");
     }
 }

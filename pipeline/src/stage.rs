@@ -107,9 +107,18 @@ pub struct StageContext {
     /// Tripped when the item being processed times out; the executor gives every item its own
     /// (see [`crate::cancel`]), and [`StageContext::cpu`] makes it the work's current token.
     pub cancel: Cancel,
+    /// Where [`StageContext::dropped`] counts; the executor gives each stage its own.
+    pub drops: crate::report::DropCounts,
 }
 
 impl StageContext {
+    /// Record why this stage drops an item (or one of the clips it would have made), for the
+    /// run report's funnel: a short reason in the user's words, e.g. "too short" or "static",
+    /// and where a frame of it is, so that the report can show a few.
+    pub fn dropped(&self, reason: &str, example: Option<crate::report::DroppedExample>) {
+        self.drops.add(reason, example);
+    }
+
     /// Output name of a per-item file this stage publishes, see [`crate::names::item_file`].
     pub fn item_file(&self, folder: &str, id: &str, suffix: &str) -> String {
         crate::names::item_file(folder, &self.attempt, id, suffix)

@@ -4,7 +4,7 @@
 //! Kept: the newest `keep` versions and every file their shards name; the journal entries,
 //! leases and files of plans built on the latest version (a run in progress or interrupted,
 //! which can still commit the next version); anything younger than `older_than` (a file being
-//! written right now); the root files (`index.json`, `report.json`, `train.csv`).
+//! written right now); the root files (`index.json`, `report.json`, `report.html`, `train.csv`).
 //! Deleted, in this order so that nothing kept ever names a missing file: the versions beyond
 //! `keep`, the journal entries and leases of plans that can no longer commit, then the files.
 

@@ -6,6 +6,7 @@ mod gpus;
 mod inspect;
 mod model_sets;
 mod progress;
+mod report;
 mod run;
 mod scenes;
 mod stages;
@@ -87,6 +88,22 @@ enum Command {
         /// Show which input items were added, removed and changed between two versions.
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         diff: Option<Vec<u64>>,
+    },
+    /// Write one self-contained HTML page about a dataset version: the stage funnel and why
+    /// items were dropped, histograms, a contact sheet of kept clips, a card per generated video,
+    /// the errors grouped by cause. `run` and `generate` write it to <output>/report.html.
+    // `--version` picks the dataset version here, not mugflow's.
+    #[command(disable_version_flag = true)]
+    Report {
+        /// Dataset directory or URL.
+        output: String,
+        /// The version (default: the latest).
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+        /// Where to write the page (default: report.html in the output, or report-vN.html with
+        /// --version).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Delete old versions of a dataset and the files no kept version names (files a killed
     /// or losing run attempt left included).
@@ -197,6 +214,7 @@ pub fn main() -> ExitCode {
             Some([a, b]) => inspect::diff(&path, *a, *b),
             _ => inspect::inspect(&path),
         },
+        Command::Report { output, version, out } => report::report(&output, version, out.as_deref()),
         Command::Vacuum { output, keep, older_than, dry_run } => inspect::vacuum(&output, keep, &older_than, dry_run),
         Command::Generate { args, worker, progress } => generate::generate(&args, &worker, progress),
         Command::Models(command) => model_sets::models(command),

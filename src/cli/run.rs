@@ -27,7 +27,9 @@ pub fn execute(
     let cluster = Cluster::detect(worker.rank, worker.world, &|k| std::env::var(k).ok())?;
     let reporter: Arc<dyn pipeline::report::Reporter> = progress::reporter(mode);
     let rt = runtime()?;
-    rt.block_on(pipeline::run(plan, registry, pipeline::RunOptions { reporter, cluster, stop: stop_signal() }))?;
+    let report =
+        rt.block_on(pipeline::run(plan, registry, pipeline::RunOptions { reporter, cluster, stop: stop_signal() }))?;
+    super::report::after_run(&rt, &report);
     Ok(())
 }
 

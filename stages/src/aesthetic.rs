@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use models::aesthetic::{AestheticMlp, AestheticScorer};
 use models::clip::ClipVision;
 use pipeline::io::fetch_local;
+use pipeline::report::DroppedExample;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -120,6 +121,12 @@ impl Stage for Aesthetic {
         let me = self.clone();
         let score = self.thread.run(ctx, move || me.score(values)).await??;
         if self.min_score.is_some_and(|min| score < min) {
+            let example = DroppedExample {
+                id: item.id.clone(),
+                uri: item.uri()?.to_string(),
+                frame: (start + end.unwrap_or(start + 1).max(start + 1) - 1) / 2,
+            };
+            ctx.dropped("below min_score", Some(example));
             return Ok(Vec::new());
         }
         item.set("aesthetic_score", score);

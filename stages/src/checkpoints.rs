@@ -206,7 +206,12 @@ pub(crate) mod testing {
     /// item's token once the work runs, and assert that the work stops with a cancellation error
     /// within a generous minute (an unchecked loop would run on to its end).
     pub(crate) fn stops_when_cancelled(stage: Arc<dyn Stage>, item: Item) {
-        let ctx = StageContext { scratch: std::env::temp_dir(), attempt: "test".into(), cancel: Default::default() };
+        let ctx = StageContext {
+            scratch: std::env::temp_dir(),
+            attempt: "test".into(),
+            cancel: Default::default(),
+            drops: Default::default(),
+        };
         let token = ctx.cancel.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

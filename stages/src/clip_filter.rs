@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pipeline::io::fetch_local;
 use pipeline::manifest::Duration;
+use pipeline::report::DroppedExample;
 use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ use crate::video::probe::DecodeError;
 /// Trim shot edges, split long shots into windows, and drop clips outside the bounds, static
 /// clips and black clips. Unset bounds are not checked. Motion and brightness are measured (by
 /// decoding the clip) only when a motion bound or a static/black rejection is on. Dropped clips
-/// are counted in the run report, not written.
+/// are counted in the run report by reason ("too short", "black", "static", ...), not written.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClipFilterConfig {
@@ -110,19 +111,20 @@ pub fn clip_ranges(start: usize, end: usize, fps: f64, c: &ClipFilterConfig) -> 
 }
 
 impl ClipFilterConfig {
-    /// Why a clip's source fails the size, aspect and frame-rate bounds, if it does.
-    fn rejects(&self, width: f64, height: f64, fps: f64) -> Option<String> {
+    /// Why a clip's source fails the size, aspect and frame-rate bounds, if it does: the
+    /// reason the run report counts.
+    fn rejects(&self, width: f64, height: f64, fps: f64) -> Option<&'static str> {
         let aspect = width / height.max(1.0);
         let below = |v: f64, b: Option<f64>| b.is_some_and(|b| v < b);
         let above = |v: f64, b: Option<f64>| b.is_some_and(|b| v > b);
         if below(width, self.min_width.map(f64::from)) || below(height, self.min_height.map(f64::from)) {
-            return Some(format!("size {width}x{height}"));
+            return Some("too small");
         }
         if below(aspect, self.min_aspect) || above(aspect, self.max_aspect) {
-            return Some(format!("aspect {aspect:.3}"));
+            return Some("aspect out of bounds");
         }
         if below(fps, self.min_fps) || above(fps, self.max_fps) {
-            return Some(format!("fps {fps}"));
+            return Some("fps out of bounds");
         }
         None
     }
@@ -132,13 +134,20 @@ impl ClipFilterConfig {
         self.min_motion.is_some() || self.max_motion.is_some() || self.reject_static || self.reject_black
     }
 
-    /// Whether a measured clip passes the motion, static and black checks.
-    fn keeps(&self, stats: &ClipStats) -> bool {
+    /// Why a measured clip fails the motion, static and black checks, if it does.
+    fn drops(&self, stats: &ClipStats) -> Option<&'static str> {
         let m = stats.motion;
-        !(self.min_motion.is_some_and(|b| m < b)
-            || self.max_motion.is_some_and(|b| m > b)
-            || (self.reject_static && m < STATIC_MOTION)
-            || (self.reject_black && stats.brightness < BLACK_LEVEL))
+        if self.reject_black && stats.brightness < BLACK_LEVEL {
+            Some("black")
+        } else if self.reject_static && m < STATIC_MOTION {
+            Some("static")
+        } else if self.min_motion.is_some_and(|b| m < b) {
+            Some("below min_motion")
+        } else if self.max_motion.is_some_and(|b| m > b) {
+            Some("above max_motion")
+        } else {
+            None
+        }
     }
 }
 
@@ -153,12 +162,21 @@ impl Stage for ClipFilter {
                 .ok_or_else(|| StageError::msg(format!("item has no number `{name}`")))
         };
         let (width, height, fps) = (num("width")?, num("height")?, num("clip_fps")?);
-        if self.0.rejects(width, height, fps).is_some() {
+        let (start, end) = (num("clip_start_frame")? as usize, num("clip_end_frame")? as usize);
+        let uri = item.get("uri").and_then(pipeline::Value::as_str).unwrap_or_default().to_string();
+        let example = |id: &str, a: usize, b: usize| {
+            let frame = (a + b.max(a + 1) - 1) / 2;
+            Some(DroppedExample { id: id.to_string(), uri: uri.clone(), frame }).filter(|e| !e.uri.is_empty())
+        };
+        if let Some(reason) = self.0.rejects(width, height, fps) {
+            ctx.dropped(reason, example(&item.id, start, end));
             return Ok(Vec::new());
         }
-        let (start, end) = (num("clip_start_frame")? as usize, num("clip_end_frame")? as usize);
         let source = item.get("source_id").and_then(pipeline::Value::as_str).unwrap_or(&item.id).to_string();
         let ranges = clip_ranges(start, end, fps, &self.0);
+        if ranges.is_empty() {
+            ctx.dropped("too short", example(&item.id, start, end));
+        }
         let stats = if self.0.measures() && !ranges.is_empty() {
             let local = fetch_local(item.uri()?, &ctx.scratch)
                 .await
@@ -178,7 +196,8 @@ impl Stage for ClipFilter {
         for (k, (a, b)) in ranges.into_iter().enumerate() {
             let mut clip = item.child(format!("{source}#{a}-{b}"));
             if let Some(s) = stats.as_ref().map(|s| s[k]) {
-                if !self.0.keeps(&s) {
+                if let Some(reason) = self.0.drops(&s) {
+                    ctx.dropped(reason, example(&clip.id, a, b));
                     continue;
                 }
                 clip.set("motion", s.motion);

@@ -482,7 +482,12 @@ mod tests {
 
     fn run(stage: &Arc<dyn Stage>, item: Item) -> Result<Item, StageError> {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let ctx = StageContext { scratch: std::env::temp_dir(), attempt: "test".into(), cancel: Default::default() };
+        let ctx = StageContext {
+            scratch: std::env::temp_dir(),
+            attempt: "test".into(),
+            cancel: Default::default(),
+            drops: Default::default(),
+        };
         rt.block_on(stage.process(item, &ctx)).map(|mut v| v.remove(0))
     }
 

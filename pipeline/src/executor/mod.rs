@@ -171,8 +171,12 @@ where
         return Ok(report);
     }
     record_attempt(&out, &attempt, &opts.cluster).await?;
-    let stage_ctx =
-        StageContext { scratch: scratch.path().to_path_buf(), attempt: attempt.clone(), cancel: Default::default() };
+    let stage_ctx = StageContext {
+        scratch: scratch.path().to_path_buf(),
+        attempt: attempt.clone(),
+        cancel: Default::default(),
+        drops: Default::default(),
+    };
     let budget = MemoryBudget::new(job.memory_budget.0);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let tracker = Arc::new(Tracker::new(done_tx, job.max_error_rate));
@@ -347,7 +351,7 @@ where
         .map(|(c, l)| {
             let counters = c.snapshot(l);
             let items_per_busy_s = if counters.busy_s > 0.0 { counters.items_in as f64 / counters.busy_s } else { 0.0 };
-            StageReport { counters, items_per_busy_s }
+            StageReport { counters, items_per_busy_s, dropped_examples: c.dropped.examples() }
         })
         .collect();
     // Every failed item, including input rows rejected before the first stage.

@@ -88,7 +88,11 @@ impl Worker {
                 let t0 = Instant::now();
                 // The item's own token: tripped on timeout, so that its work still queued or
                 // running on the CPU pool stops at its next check instead of holding a core.
-                let ctx = StageContext { cancel: Cancel::default(), ..self.ctx.clone() };
+                let ctx = StageContext {
+                    cancel: Cancel::default(),
+                    drops: self.counters.dropped.clone(),
+                    ..self.ctx.clone()
+                };
                 let result = match tokio::time::timeout(self.timeout, self.stage.process(item, &ctx)).await {
                     Ok(r) => r,
                     Err(_) => {
