@@ -202,16 +202,21 @@ pub(crate) mod testing {
 
     use pipeline::{Item, Stage, StageContext};
 
-    /// Run `item` through `stage` (whose work would take far longer than a minute), trip the
-    /// item's token once the work runs, and assert that the work stops with a cancellation error
-    /// within a generous minute (an unchecked loop would run on to its end).
-    pub(crate) fn stops_when_cancelled(stage: Arc<dyn Stage>, item: Item) {
-        let ctx = StageContext {
+    /// A stage context for one test item, with its own token.
+    pub(crate) fn context() -> StageContext {
+        StageContext {
             scratch: std::env::temp_dir(),
             attempt: "test".into(),
             cancel: Default::default(),
             drops: Default::default(),
-        };
+        }
+    }
+
+    /// Run `item` through `stage` (whose work would take far longer than a minute), trip the
+    /// item's token once the work runs, and assert that the work stops with a cancellation error
+    /// within a generous minute (an unchecked loop would run on to its end).
+    pub(crate) fn stops_when_cancelled(stage: Arc<dyn Stage>, item: Item) {
+        let ctx = context();
         let token = ctx.cancel.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -230,11 +235,8 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::context;
     use super::*;
-
-    fn context() -> StageContext {
-        StageContext { scratch: std::env::temp_dir(), attempt: "test".into(), cancel: Default::default() }
-    }
 
     #[tokio::test]
     async fn model_calls_run_on_one_thread_and_a_panic_is_an_item_error() {
