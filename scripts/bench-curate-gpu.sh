@@ -3,7 +3,8 @@
 # manifests/curate-gpu.toml` (probe, shots, filters, aesthetic + T5-XXL + VideoVAE on cuda:0 in
 # bf16) over 720p footage, with the GPU sampled by nvidia-smi every 100 ms; then the VAE alone on
 # pre-decoded frames (`mugflow bench gpu --bench vae-encode`), the yardstick the pipeline's clips
-# per hour are compared with. Prints one summary (docs/PERFORMANCE.md, "Curation on one H200").
+# per hour are compared with. Prints one summary (docs/PERFORMANCE.md, "Curation and generation
+# end to end on one H200").
 #
 #   MUGFLOW=/path/to/mugflow scripts/bench-curate-gpu.sh WORKDIR
 #

@@ -4,7 +4,8 @@
 # with real-size random weights, fewer sampling steps than MUG-V's 25 (STEPS, default 2), the GPU
 # sampled by nvidia-smi every 100 ms; prints the per-row phase times from the results table and
 # each MP4's size, frame count and frame rate as read back by an independent reader (OpenCV's
-# FFmpeg, when python3 has cv2). docs/PERFORMANCE.md, "Generation on one H200".
+# FFmpeg, when python3 has cv2). docs/PERFORMANCE.md, "Curation and generation end to end on one
+# H200".
 #
 #   MUGFLOW=/path/to/mugflow scripts/bench-generate-gpu.sh WORKDIR
 #
@@ -50,7 +51,7 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,nohead
 smi=$!
 start=$(t)
 "$mugflow" generate --catalog "$work/catalog/catalog.csv" --out "$work/videos" --models "$models" --device cuda \
-  --enhance --progress none --set "stage.i2v_generate.steps=$steps" \
+  --enhance --progress plain --set "stage.i2v_generate.steps=$steps" \
   --set stage.i2v_generate.t5_device=cuda --set stage.enhance.umt5_device=cuda "$@"
 wall=$(secs "$start")
 kill $smi

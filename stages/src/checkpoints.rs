@@ -1,8 +1,6 @@
 //! What the model stages share: where a model runs (device, dtype, the thread of its calls),
-//! which size preset a
-//! checkpoint has (the sizes themselves are `models::presets`'),
-//! checkpoint and load errors, tensor payload conversion, and the cancellation check of model
-//! loops.
+//! which size preset a checkpoint has (the sizes themselves are `models::presets`'), checkpoint
+//! and load errors, tensor payload conversion, and the cancellation check of model loops.
 
 use std::path::Path;
 
