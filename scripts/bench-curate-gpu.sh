@@ -12,16 +12,8 @@
 # MODELS=DIR puts them elsewhere), the footage (two test videos, 30 s of HEVC and 25 s of VP9, cut
 # into pieces of at most 20 s and upscaled to 1280x720 at 24 fps by mugflow's own `export_clips`,
 # then looped LOOPS times, default 8), the curated output and the GPU samples.
-set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-mugflow=${MUGFLOW:-mugflow}
-work=${1:?usage: scripts/bench-curate-gpu.sh WORKDIR}
+source "$(dirname "$0")/bench-gpu-common.sh"
 shift
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-models=${MODELS:-$work/models}   # MODELS=/dev/shm/models: a RAM disk when the local disk is slow
-t() { date +%s%N; }
-secs() { echo "$(( ($(t) - $1) / 1000000 ))" | sed -E 's/(...)$/.\1/'; }
 
 start=$(t)
 [ -e "$models/t5-v1_1-xxl/config.json" ] || { "$mugflow" models init-random "$models" --models vae,t5,clip,aesthetic && sync; }

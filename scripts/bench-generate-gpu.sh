@@ -11,17 +11,9 @@
 #
 # WORKDIR gets the weights (dit, vae, t5 and the enhancer's four files: ~62 GB, kept for the next
 # run; MODELS=DIR puts them elsewhere), the catalog, the videos and the GPU samples.
-set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-mugflow=${MUGFLOW:-mugflow}
-work=${1:?usage: scripts/bench-generate-gpu.sh WORKDIR}
+source "$(dirname "$0")/bench-gpu-common.sh"
 shift
 steps=${STEPS:-2}
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-models=${MODELS:-$work/models}   # MODELS=/dev/shm/models: a RAM disk when the local disk is slow
-t() { date +%s%N; }
-secs() { echo "$(( ($(t) - $1) / 1000000 ))" | sed -E 's/(...)$/.\1/'; }
 
 start=$(t)
 # Only the models not there yet (a file's last companion marks it complete).
