@@ -188,6 +188,9 @@ fn the_next_nights_catalog_generates_only_new_and_changed_rows_into_a_new_versio
     let page = common::report::check(&out, Some(&v1_page));
     assert_eq!(page.cards, ["a", "b", "c", "d", "e", "f"]);
     assert!(page.html.contains("No run report of this version"));
+    let (code, _, err) = run(&["report", out.to_str().unwrap(), "--version", "9"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("has no version 9") && err.contains("hint: `mugflow inspect"), "{err}");
 
     // Vacuum keeps version 2's files and deletes f's video and the replaced ones.
     let (code, stdout, err) = run(&["vacuum", out.to_str().unwrap(), "--keep", "1", "--older-than", "0s"]);

@@ -22,6 +22,14 @@ pub enum PipelineError {
     /// The input listing could not be read or is inconsistent.
     #[error("cannot list the job's inputs: {0}")]
     Input(String),
+    /// A dataset version that was asked for (`--version`, `--diff`, a reused base) is not there.
+    #[error("{location} has no version {version}")]
+    NoVersion {
+        /// The dataset's location.
+        location: String,
+        /// The version asked for.
+        version: u64,
+    },
     /// A local file operation failed.
     #[error("{context}")]
     Io {
@@ -104,6 +112,9 @@ impl PipelineError {
                 "look at the error tables (`mugflow inspect <output>`); raise job.max_error_rate if failures are expected".into(),
             ),
             PipelineError::Interrupted(..) => Some("run the same command again to resume".into()),
+            PipelineError::NoVersion { location, .. } => {
+                Some(format!("`mugflow inspect {location}` lists the versions there are"))
+            }
             PipelineError::JournalMismatch { .. } => {
                 Some("a damaged journal or version file: the message says which file and what to do".into())
             }

@@ -75,7 +75,7 @@ pub async fn list(out: &Location) -> Result<Vec<u64>, PipelineError> {
 }
 
 fn missing(out: &Location, version: u64) -> PipelineError {
-    PipelineError::Input(format!("{} has no version {version} (see `mugflow inspect {}`)", out.url, out.url))
+    PipelineError::NoVersion { location: out.url.clone(), version }
 }
 
 fn unreadable(out: &Location, version: u64, e: serde_json::Error) -> PipelineError {
