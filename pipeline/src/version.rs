@@ -412,7 +412,7 @@ mod tests {
         assert_eq!((outline.version, outline.pipeline.len(), outline.shards.len()), (3, 1, 2));
         assert_eq!(outline.shards[1], ShardEntry { done: Vec::new(), ..v.shards[1].clone() });
         assert_eq!(seen, [(0, 0, done("a")), (0, 1, done("b")), (1, 0, done("c"))]);
-        assert!(matches!(scan(&out, 4, (), |_, _, _, _| {}).await, Err(PipelineError::Input(_))));
+        assert!(matches!(scan(&out, 4, (), |_, _, _, _| {}).await, Err(PipelineError::NoVersion { version: 4, .. })));
         out.write(&version_name(5), b"{\"version\": 5, \"shards\": [{\"done\": 3}]}".to_vec()).await.unwrap();
         assert!(matches!(scan(&out, 5, (), |_, _, _, _| {}).await, Err(PipelineError::JournalMismatch { .. })));
     }
