@@ -221,12 +221,15 @@ fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
 
     // Another VAE with the same architecture: the goldens' tiny weights.
     let new_vae = common::root().join("models/tests/data/mugvae/weights.safetensors");
-    let output = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"])
-        .env("MUGFLOW_VAE", &new_vae)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report = read_report();
+    let run_with_new_vae = || {
+        let output = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"])
+            .env("MUGFLOW_VAE", &new_vae)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        read_report()
+    };
+    let report = run_with_new_vae();
     assert_eq!(report["version"], 2);
     assert_eq!((report["changes"]["changed"].as_u64(), report["changes"]["unchanged"].as_u64()), (Some(2), Some(0)));
     assert_eq!(stage(&report, "t5_encode"), (0, rows), "no T5 run: every row's text features are carried");
@@ -252,12 +255,7 @@ fn a_new_vae_checkpoint_reencodes_latents_and_carries_text_features() {
     let mut bytes = std::fs::read(&t5).unwrap();
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&t5, bytes).unwrap();
-    let output = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"])
-        .env("MUGFLOW_VAE", &new_vae)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report = read_report();
+    let report = run_with_new_vae();
     assert_eq!(report["version"], 3);
     assert_eq!(stage(&report, "t5_encode"), (rows, 0), "T5 changed: its features are computed");
     assert_eq!(stage(&report, "vae_encode"), (rows, 0), "a stage after a changed one is computed");

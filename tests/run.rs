@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{big_listing, error_rows, manifest, mugflow, probe_job as job, run, written_ids};
 
@@ -80,11 +80,7 @@ fn a_run_killed_mid_way_resumes_with_every_item_exactly_once() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while common::journal_entries(&out) < 5 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_until("no shard committed", || common::journal_entries(&out) >= 5);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = common::journal_entries(&out);
@@ -143,11 +139,7 @@ fn stop_and_resume(signal: i32, exit_code: i32, name: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while common::journal_entries(&out_dir) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_until("no shard committed", || common::journal_entries(&out_dir) >= 3);
     // SAFETY: plain libc call on a child we own.
     assert_eq!(unsafe { libc_kill(child.id() as i32, signal) }, 0);
     let out = child.wait_with_output().unwrap();
@@ -191,15 +183,10 @@ fn gpus_forwards_sigint_and_sigusr1_and_exits_with_the_workers_status() {
             .unwrap();
         // Both workers committed a shard (rank 0 the even ones, rank 1 the odd ones), so both have
         // their signal handlers; a worker still starting up would be killed by the signal instead.
-        let start = Instant::now();
-        let both_working = || {
+        common::wait_until("no shard committed by one of the workers", || {
             let shards: Vec<usize> = common::committed_shards(&out_dir).iter().map(|e| e.shard).collect();
             shards.iter().any(|s| s % 2 == 0) && shards.iter().any(|s| s % 2 == 1)
-        };
-        while !both_working() {
-            assert!(start.elapsed() < Duration::from_secs(120), "no shard committed by one of the workers");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        });
         // SAFETY: plain libc call on a child we own.
         assert_eq!(unsafe { libc_kill(child.id() as i32, signal) }, 0);
         let out = child.wait_with_output().unwrap();
@@ -277,11 +264,7 @@ fn workers_balancing_with_leases_share_the_job_and_take_over_a_killed_workers_sh
             .unwrap()
     };
     let mut victim = spawn("2");
-    let start = Instant::now();
-    while common::journal_entries(&dir.path().join("out")) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_until("no shard committed", || common::journal_entries(&dir.path().join("out")) >= 3);
     // The victim dies holding a lease; the others take its shard over once the lease expires.
     victim.kill().unwrap();
     victim.wait().unwrap();
@@ -407,11 +390,9 @@ fn a_worker_paused_past_its_lease_never_overwrites_the_shard_taken_over() {
     };
     let sleeper = spawn("0");
     let leases = out.join("_leases");
-    let start = Instant::now();
-    while common::journal_entries(&out) < 2 || !leases.exists() || common::tree(&leases).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    common::wait_until("no shard committed", || {
+        common::journal_entries(&out) >= 2 && leases.exists() && !common::tree(&leases).is_empty()
+    });
     // SAFETY: plain libc calls on a child we own.
     assert_eq!(unsafe { libc_kill(sleeper.id() as i32, 19) }, 0); // SIGSTOP
     let held = common::tree(&leases).len();

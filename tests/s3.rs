@@ -154,11 +154,9 @@ fn runs_on_s3_killed_at_ten_random_moments_lose_and_duplicate_nothing() {
         let loc = common::with_env(&env, || pipeline::io::Location::parse(&url).unwrap());
         let committed = || rt.block_on(loc.list(pipeline::journal::JOURNAL_DIR)).unwrap().len();
         // Kill `delay` after the first commit, so that the kill points fall inside the run.
-        let start = std::time::Instant::now();
-        while committed() == 0 && child.try_wait().unwrap().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(120), "round {round}: no shard committed");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::wait_until(&format!("round {round}: no shard committed"), || {
+            committed() > 0 || child.try_wait().unwrap().is_some()
+        });
         std::thread::sleep(delay);
         child.kill().unwrap(); // SIGKILL (or nothing, if it already finished)
         child.wait().unwrap();

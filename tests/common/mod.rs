@@ -111,6 +111,16 @@ pub fn table_rows(out: &Path, table: &str) -> Vec<std::collections::BTreeMap<Str
     rt.block_on(pipeline::inspect::read_table_summary(&loc, table)).unwrap().rows
 }
 
+/// Poll `ready` every few milliseconds until it holds; fail naming `what` after a generous two
+/// minutes (what a test waits for, a commit or a running task, comes in well under a second).
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(120), "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Committed journal entries of a local output (any plan).
 pub fn journal_entries(out: &Path) -> usize {
     fn walk(dir: &Path) -> usize {
