@@ -19,53 +19,7 @@ start=$(t)
 [ -e "$models/t5-v1_1-xxl/config.json" ] || { "$mugflow" models init-random "$models" --models vae,t5,clip,aesthetic && sync; }
 echo "bench-curate-gpu: weights ready in $(secs $start) s"
 
-if [ ! -e "$work/footage/index.json" ]; then
-  mkdir -p "$work/raw"
-  ln -sf "$repo/tests/data/videos/bbb_160s_hevc_480p.mkv" "$repo/tests/data/videos/bbb_245s_vp9_360p.webm" "$work/raw/"
-  cat > "$work/footage.toml" <<EOF
-[job]
-name = "footage"
-input = "$work/raw/*"
-output = "$work/footage"
-allowed_roots = ["$repo/tests/data/videos"]
-
-[[stage]]
-kind = "probe"
-
-[[stage]]
-kind = "scene_split"        # no cuts: the whole video is one shot
-threshold = 255.0
-
-[[stage]]
-kind = "clip_filter"        # 20 s pieces
-max_duration = "20s"
-
-[[stage]]
-kind = "export_clips"
-size = "1280x720"
-fps = 24
-crf = 20
-preset = "veryfast"
-
-[[stage]]
-kind = "write"
-EOF
-  start=$(t)
-  "$mugflow" run "$work/footage.toml" --progress none
-  echo "bench-curate-gpu: footage ready in $(secs $start) s"
-fi
-# The test videos are short: the pieces LOOPS times over (hard links under other names, so each
-# is a video of its own), and one caption per video, by file name (the curated clips find theirs
-# through their source id).
-rm -rf "$work/looped" && mkdir -p "$work/looped"
-echo "id,text" > "$work/captions.csv"
-for k in $(seq 1 "${LOOPS:-8}"); do
-  for f in "$work"/footage/clips/*/*.mp4; do
-    name=$(basename "$f" .mp4)-$k
-    ln "$f" "$work/looped/$name.mp4"
-    echo "$name,\"An animated rabbit in a green meadow, soft 3D style, daylight.\"" >> "$work/captions.csv"
-  done
-done
+make_footage "${LOOPS:-8}"
 
 rm -rf "$work/out"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 100 > "$work/gpu.csv" &

@@ -15,6 +15,8 @@ mod cudnn;
 #[cfg(feature = "cuda")]
 mod linear;
 #[cfg(feature = "cuda")]
+mod memory;
+#[cfg(feature = "cuda")]
 mod sdpa;
 #[cfg(feature = "cuda")]
 pub use conv::{conv, ConvLayout};
@@ -26,3 +28,5 @@ pub use cuda::{
 };
 #[cfg(feature = "cuda")]
 pub use linear::linear;
+#[cfg(feature = "cuda")]
+pub use memory::{allocated_peak, reset_allocated_peak};

@@ -119,11 +119,11 @@ fn time_runs(
     dev: &Device,
     iters: usize,
     mut f: impl FnMut() -> candle_core::Result<()>,
-) -> Result<(f64, Option<u64>), BenchError> {
+) -> Result<(f64, Peak), BenchError> {
     f()?;
     dev.synchronize()?;
     profiler(dev, true);
-    let (r, peak) = with_peak_memory(|| -> candle_core::Result<f64> {
+    let (r, peak) = with_peak_memory(dev, || -> candle_core::Result<f64> {
         let t = Instant::now();
         for _ in 0..iters {
             f()?;
@@ -177,7 +177,6 @@ fn random_model<T>(
 /// would double a minutes-long benchmark).
 fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
     let (dev, dtype) = (&p.device, p.dtype);
-    let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
     let (dit_c, vae_c) = (WanDitConfig::wan_1_3b(), WanVaeConfig::wan21());
     let enhancer = WanEnhancer {
         dit: random_model(|k| WanDit::load(k, &dit_c, None), dtype, dev, dev)?,
@@ -189,7 +188,7 @@ fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
     let video = Tensor::rand(-1f32, 1f32, (1, 3, 105, 720, 1280), dev)?.to_dtype(dtype)?;
     let (pos, neg) = (randn(&[60, dit_c.text_dim], dtype, dev)?, randn(&[40, dit_c.text_dim], dtype, dev)?);
     dev.synchronize()?;
-    let (r, peak) = with_peak_memory(|| -> candle_core::Result<()> {
+    let (r, peak) = with_peak_memory(dev, || -> candle_core::Result<()> {
         // Counted by the sink, read by the progress line of the decode.
         let frames = std::cell::Cell::new(0);
         let mut lap = Instant::now();
@@ -214,7 +213,7 @@ fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
         })
     });
     r?;
-    println!("enhance            peak GPU {}", mib(peak));
+    println!("enhance            {peak}");
     Ok(())
 }
 
@@ -223,7 +222,6 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
     let (dev, dtype) = (&p.device, p.dtype);
     // 720p (1280 x 720), 105 frames: 14 x 90 x 160 latents, 50,400 tokens + start/end.
     let (t, h, w) = (14, 90, 160);
-    let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
     let (secs, peak, flops) = match what {
         "dit" => {
             let c = MugDitConfig::mugv_10b();
@@ -314,7 +312,7 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
         }
     };
     let tflops = flops.map_or(String::new(), |f| format!("   {:.1} TFLOP/s", f / secs / 1e12));
-    println!("{what:<18} {secs:>8.3} s   peak GPU {}{tflops}   ({:?}, mean of {})", mib(peak), dtype, a.iters);
+    println!("{what:<18} {secs:>8.3} s   {peak}{tflops}   ({:?}, mean of {})", dtype, a.iters);
     Ok(())
 }
 
@@ -337,9 +335,54 @@ fn device(name: &str) -> Result<Device, BenchError> {
     }
 }
 
-/// `f()` with the largest `memory.used` (MiB) nvidia-smi reported for GPU 0 meanwhile (polled
-/// every 100 ms; `None` without nvidia-smi).
-fn with_peak_memory<R>(f: impl FnOnce() -> R) -> (R, Option<u64>) {
+/// The GPU memory a measured call took at most.
+#[derive(Debug, Clone, Copy, Default)]
+struct Peak {
+    /// nvidia-smi's largest `memory.used` of GPU 0 (MiB): the whole GPU, CUDA context and the
+    /// pool's free blocks included; `None` without nvidia-smi.
+    smi: Option<u64>,
+    /// The high-water mark of the device's memory pool (bytes): tensors and workspaces only, the
+    /// figure to set against PyTorch's `max_memory_allocated`; `None` on the CPU.
+    allocated: Option<u64>,
+}
+
+impl std::fmt::Display for Peak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.smi {
+            Some(v) => write!(f, "peak GPU {v} MiB")?,
+            None => write!(f, "peak GPU n/a")?,
+        }
+        match self.allocated {
+            Some(b) => write!(f, " (allocated {:.2} GB)", b as f64 / 1e9),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The pool's high-water mark on `dev` since the last reset (`None` on the CPU or on failure).
+fn allocated_peak(dev: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        return kernels::allocated_peak(d).ok();
+    }
+    let _ = dev;
+    None
+}
+
+/// Starts a new high-water mark of the pool on `dev` (nothing on the CPU).
+fn reset_allocated_peak(dev: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        // A failed reset only leaves an older, higher mark: the figure stays an upper bound.
+        let _ = kernels::reset_allocated_peak(d);
+    }
+    let _ = dev;
+}
+
+/// `f()` with the GPU memory it took at most: the largest `memory.used` nvidia-smi reported for
+/// GPU 0 meanwhile (polled every 100 ms) and the high-water mark of `dev`'s memory pool.
+fn with_peak_memory<R>(dev: &Device, f: impl FnOnce() -> R) -> (R, Peak) {
+    reset_allocated_peak(dev);
     let (stop, peak, seen) =
         (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let poller = {
@@ -360,7 +403,8 @@ fn with_peak_memory<R>(f: impl FnOnce() -> R) -> (R, Option<u64>) {
     let r = f();
     stop.store(true, Ordering::Relaxed);
     let _ = poller.join();
-    (r, seen.load(Ordering::Relaxed).then(|| peak.load(Ordering::Relaxed)))
+    let smi = seen.load(Ordering::Relaxed).then(|| peak.load(Ordering::Relaxed));
+    (r, Peak { smi, allocated: allocated_peak(dev) })
 }
 
 /// Run the benchmark `a` asks for (end-to-end generation without `--bench`), printing one line
@@ -386,10 +430,9 @@ pub fn gpu_bench(a: &GpuBenchArgs) -> Result<(), BenchError> {
     };
     let (dit_c, vae_c, t5_c) = (preset.dit(), preset.vae(), preset.t5());
     let sync = || p.device.synchronize();
-    let mib = |m: Option<u64>| m.map_or("n/a".into(), |v| format!("{v} MiB"));
 
     let t = Instant::now();
-    let (models, peak) = with_peak_memory(|| -> Result<I2vModels, BenchError> {
+    let (models, peak) = with_peak_memory(&p.device, || -> Result<I2vModels, BenchError> {
         let dit = random_model(|c| MugDit::load(c, &dit_c), dtype, &p.device, &p.device)?;
         let vae = random_model(|c| MugVae::load(c, &vae_c), dtype, &p.device, &p.device)?;
         // Made on the GPU (a fast generator), served to T5 on its own device.
@@ -402,7 +445,7 @@ pub fn gpu_bench(a: &GpuBenchArgs) -> Result<(), BenchError> {
         Ok(I2vModels::new(dit, vae, t5, tokenizer))
     });
     let models = models?;
-    println!("random models      {:>8.1} s   peak GPU {}", t.elapsed().as_secs_f64(), mib(peak));
+    println!("random models      {:>8.1} s   {peak}", t.elapsed().as_secs_f64());
 
     let prompt = "A glass vase on a marble table; the camera slowly arcs around it. aesthetic score: 6.0.";
     let (h, w, frames) = (a.height, a.width, a.frames);
@@ -415,7 +458,7 @@ pub fn gpu_bench(a: &GpuBenchArgs) -> Result<(), BenchError> {
         shift: ShiftPrecision::PipelineBf16,
     };
     let t = Instant::now();
-    let (latent, peak) = with_peak_memory(|| {
+    let (latent, peak) = with_peak_memory(&p.device, || {
         let started = Instant::now();
         // Timestamps as each part ends (synchronised, so they are the GPU's times too).
         let mut progress = |what: &str| {
@@ -429,17 +472,17 @@ pub fn gpu_bench(a: &GpuBenchArgs) -> Result<(), BenchError> {
     let latent = latent?;
     let tokens = latent.dim(1)? * latent.dim(2)?.div_ceil(2) * latent.dim(3)?.div_ceil(2);
     println!(
-        "generate           {:>8.1} s   peak GPU {}   ({} steps x CFG 2 over {tokens} tokens, T5 and reference latent included)",
+        "generate           {:>8.1} s   {peak}   ({} steps x CFG 2 over {tokens} tokens, T5 and reference latent included)",
         t.elapsed().as_secs_f64(),
-        mib(peak),
         a.steps
     );
 
     let t = Instant::now();
-    let (video, peak) =
-        with_peak_memory(|| decode_video(&models.vae, &latent, &image, w, frames, &p.device, dtype, &mut |_| Ok(())));
+    let (video, peak) = with_peak_memory(&p.device, || {
+        decode_video(&models.vae, &latent, &image, w, frames, &p.device, dtype, &mut |_| Ok(()))
+    });
     let video = video?;
-    println!("vae decode         {:>8.1} s   peak GPU {}   ({frames} frames)", t.elapsed().as_secs_f64(), mib(peak));
+    println!("vae decode         {:>8.1} s   {peak}   ({frames} frames)", t.elapsed().as_secs_f64());
 
     let path = a.out.join("bench.y4m");
     let write_error = |source| BenchError::Write { path: path.clone(), source };

@@ -14,7 +14,8 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoints::{default_device, ModelPreset, ModelThread, Placement, Precision};
+use crate::batch::Batcher;
+use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
 use crate::video::decode::{FrameFormat, Layout, VideoReader};
 use crate::video::pillow::clip_pixel_values;
 
@@ -59,16 +60,51 @@ fn sample_indices(start: usize, end: usize, n: usize) -> Vec<usize> {
     idx
 }
 
+/// Frames scored in one CLIP call at most: on a GPU the sampled frames of many clips go through
+/// the model together (a ViT-L/14 call of 4 frames costs about what one of 256 does).
+const MAX_BATCH_FRAMES: usize = 256;
+
 /// The runnable stage; cheap to clone into a worker thread.
 #[derive(Clone)]
 struct Aesthetic {
     frames: usize,
     min_score: Option<f64>,
-    scorer: Arc<AestheticScorer>,
+    size: usize,
+    /// Clips' frames scored together on the placement's model thread.
+    batcher: Batcher<Vec<f32>, f64>,
+}
+
+/// The CLIP scorer on its placement: what the batches run.
+struct Scorer {
+    scorer: AestheticScorer,
     size: usize,
     device: candle_core::Device,
     dtype: candle_core::DType,
-    thread: ModelThread,
+}
+
+impl Scorer {
+    /// The mean score of each clip's frames, one clip per entry of `clips` (CLIP's input values
+    /// of its frames, flattened), all frames in one model call.
+    fn clip_scores(&self, clips: Vec<Vec<f32>>) -> Result<Vec<f64>, String> {
+        let per_frame = 3 * self.size * self.size;
+        let counts: Vec<usize> = clips.iter().map(|c| c.len() / per_frame).collect();
+        let n: usize = counts.iter().sum();
+        let run = || -> candle_core::Result<Vec<f32>> {
+            let frames =
+                Tensor::from_vec(clips.concat(), (n, 3, self.size, self.size), &self.device)?.to_dtype(self.dtype)?;
+            self.scorer.score(&frames)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()
+        };
+        let scores = run().map_err(|e| format!("aesthetic scoring failed: {e}"))?;
+        let mut at = 0;
+        Ok(counts
+            .into_iter()
+            .map(|k| {
+                let mean = scores[at..at + k].iter().map(|&s| f64::from(s)).sum::<f64>() / k as f64;
+                at += k;
+                mean
+            })
+            .collect())
+    }
 }
 
 impl Aesthetic {
@@ -85,18 +121,6 @@ impl Aesthetic {
             return Err(StageError::msg(format!("frames {start}..{end} are past the video's end")));
         }
         Ok(values)
-    }
-
-    /// The mean score of the frames' values.
-    fn score(&self, values: Vec<f32>) -> Result<f64, StageError> {
-        let n = values.len() / (3 * self.size * self.size);
-        let run = || -> candle_core::Result<f64> {
-            let frames =
-                Tensor::from_vec(values, (1, n, 3, self.size, self.size), &self.device)?.to_dtype(self.dtype)?;
-            let score = self.scorer.clip_scores(&frames)?.to_dtype(candle_core::DType::F32)?;
-            Ok(f64::from(score.flatten_all()?.to_vec1::<f32>()?[0]))
-        };
-        run().map_err(|e| StageError::from(e).context("aesthetic scoring failed"))
     }
 }
 
@@ -118,8 +142,7 @@ impl Stage for Aesthetic {
                 me.pixel_values(&path, start, end)
             })
             .await??;
-        let me = self.clone();
-        let score = self.thread.run(ctx, move || me.score(values)).await??;
+        let (score, _) = self.batcher.run(ctx, values).await?;
         if self.min_score.is_some_and(|min| score < min) {
             let example = DroppedExample {
                 id: item.id.clone(),
@@ -154,6 +177,12 @@ impl StageConfig for AestheticConfig {
         }
     }
 
+    /// Twice the cores: decoding the sampled frames keeps the CPU pool busy while the clips
+    /// decoded meanwhile queue for the next batch on the GPU.
+    fn default_parallelism(&self) -> usize {
+        2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+
     fn reusable(&self) -> bool {
         true
     }
@@ -164,18 +193,21 @@ impl StageConfig for AestheticConfig {
     fn build(&self, _: &pipeline::BuildContext) -> Result<Runnable, pipeline::BuildError> {
         let config = self.preset.sizes().aesthetic();
         let placement = Placement::new(&self.device, self.dtype)?;
-        let scorer = AestheticScorer {
-            clip: placement.load(Self::KIND, "clip", &self.clip, |c| ClipVision::load(c, &config.clip))?,
-            mlp: placement.load(Self::KIND, "mlp", &self.mlp, |c| AestheticMlp::load(c, &config))?,
-        };
-        Ok(Runnable::Transform(Arc::new(Aesthetic {
-            frames: self.frames,
-            min_score: self.min_score,
-            scorer: Arc::new(scorer),
+        let scorer = Scorer {
+            scorer: AestheticScorer {
+                clip: placement.load(Self::KIND, "clip", &self.clip, |c| ClipVision::load(c, &config.clip))?,
+                mlp: placement.load(Self::KIND, "mlp", &self.mlp, |c| AestheticMlp::load(c, &config))?,
+            },
             size: config.clip.image_size,
             device: placement.device,
             dtype: placement.dtype,
-            thread: placement.thread,
+        };
+        let clips = (MAX_BATCH_FRAMES / self.frames).max(1);
+        Ok(Runnable::Transform(Arc::new(Aesthetic {
+            frames: self.frames,
+            min_score: self.min_score,
+            size: config.clip.image_size,
+            batcher: Batcher::new(placement.thread, clips, move |c| scorer.clip_scores(c)),
         })))
     }
 }
@@ -190,5 +222,37 @@ mod tests {
         assert_eq!(sample_indices(10, 110, 4), [22, 47, 72, 97]);
         assert_eq!(sample_indices(5, 7, 4), [5, 6]);
         assert!(sample_indices(5, 5, 4).is_empty());
+    }
+
+    #[test]
+    fn clips_scored_in_one_batch_score_as_each_alone() {
+        use candle_core::{DType, Device};
+        use models::random::{model_keys, random_checkpoint};
+        let config = models::aesthetic::AestheticConfig::golden();
+        let random =
+            |keys: Vec<(String, Vec<usize>)>| random_checkpoint(&keys, DType::F32, &Device::Cpu, &Device::Cpu).unwrap();
+        let clip = random(model_keys(|c| ClipVision::load(c, &config.clip)).unwrap());
+        let mlp = random(model_keys(|c| AestheticMlp::load(c, &config)).unwrap());
+        let size = config.clip.image_size;
+        let scorer = Scorer {
+            scorer: AestheticScorer::load(&clip, &mlp, &config).unwrap(),
+            size,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        };
+        // Clips of 3, 1 and 2 frames (a short clip samples fewer frames than asked).
+        let clips: Vec<Vec<f32>> = [3usize, 1, 2]
+            .iter()
+            .enumerate()
+            .map(|(c, &n)| (0..n * 3 * size * size).map(|i| ((i * 7 + c * 13) % 255) as f32 / 127.5 - 1.0).collect())
+            .collect();
+        let batched = scorer.clip_scores(clips.clone()).unwrap();
+        assert_eq!(batched.len(), 3);
+        for (values, got) in clips.into_iter().zip(batched) {
+            let n = values.len() / (3 * size * size);
+            let frames = Tensor::from_vec(values, (1, n, 3, size, size), &Device::Cpu).unwrap();
+            let alone = scorer.scorer.clip_scores(&frames).unwrap().to_vec1::<f32>().unwrap()[0];
+            assert!((got - f64::from(alone)).abs() <= 1e-5 * f64::from(alone).abs().max(1.0), "{got} vs {alone}");
+        }
     }
 }

@@ -47,13 +47,22 @@ impl ModelThread {
     }
 
     /// A new own thread called `name` (in stack traces and `top -H`).
-    fn spawn(name: &str) -> Result<ModelThread, BuildError> {
+    pub(crate) fn spawn(name: &str) -> Result<ModelThread, BuildError> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || rx.into_iter().for_each(|job| job()))
             .map_err(|e| BuildError::new("cannot start the model thread").with_source(e))?;
         Ok(ModelThread::Own(tx))
+    }
+
+    /// Hand `job` to this thread (the pool's: any free pool thread) without waiting for it; a
+    /// job sent to a thread that is gone is dropped unrun.
+    pub fn send(&self, job: Job) {
+        match self {
+            ModelThread::Pool => rayon::spawn(job),
+            ModelThread::Own(tx) => drop(tx.send(job)),
+        }
     }
 
     /// Run `f` (a model call) on this thread and await it, with the item's cancellation token and
@@ -63,11 +72,8 @@ impl ModelThread {
         ctx: &StageContext,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, StageError> {
-        match self {
-            ModelThread::Pool => ctx.cpu(f).await,
-            // A send fails only when the thread is gone; the dropped job then reads as that.
-            ModelThread::Own(tx) => ctx.run_on(|job| drop(tx.send(job)), f).await,
-        }
+        // A send fails only when the thread is gone; the dropped job then reads as that.
+        ctx.run_on(|job| self.send(job), f).await
     }
 }
 

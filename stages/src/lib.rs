@@ -3,6 +3,7 @@
 //! One stage = one module = one config struct (serde + schemars) with a `build()`.
 
 pub mod aesthetic;
+pub mod batch;
 pub mod checkpoints;
 pub mod clip_filter;
 pub mod encode_mp4;
