@@ -29,4 +29,4 @@ pub use cuda::{
 #[cfg(feature = "cuda")]
 pub use linear::linear;
 #[cfg(feature = "cuda")]
-pub use memory::{allocated_peak, reset_allocated_peak};
+pub use memory::{allocated_peak, keep_freed_memory, reset_allocated_peak};

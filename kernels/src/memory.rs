@@ -39,3 +39,15 @@ pub fn reset_allocated_peak(dev: &CudaDevice) -> Result<()> {
     unsafe { sys::cuMemPoolSetAttribute(pool(dev)?, attr, (&mut zero as *mut u64).cast()) }.result().w()?;
     Ok(())
 }
+
+/// Keeps freed memory in `dev`'s pool instead of handing it back to the driver at every
+/// synchronisation (the pool's default release threshold is 0). A model stage synchronises once
+/// per item (its output goes to the host), so without this each VAE call re-maps gigabytes of
+/// activations; PyTorch's caching allocator keeps its blocks the same way.
+pub fn keep_freed_memory(dev: &CudaDevice) -> Result<()> {
+    let mut all = u64::MAX;
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    // SAFETY: RELEASE_THRESHOLD is a u64 attribute; `all` outlives the call.
+    unsafe { sys::cuMemPoolSetAttribute(pool(dev)?, attr, (&mut all as *mut u64).cast()) }.result().w()?;
+    Ok(())
+}

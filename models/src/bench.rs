@@ -329,7 +329,7 @@ fn device(name: &str) -> Result<Device, BenchError> {
                 .strip_prefix("cuda:")
                 .map_or(Ok(0), str::parse::<usize>)
                 .map_err(|_| BenchError::Usage(format!("device `{d}`: expected \"cuda:N\" with N a GPU number")))?;
-            Ok(Device::new_cuda(ordinal)?)
+            Ok(crate::device::cuda(ordinal)?)
         }
         d => Err(BenchError::Usage(format!("unknown device `{d}`: use \"cpu\", \"cuda\" or \"cuda:N\""))),
     }

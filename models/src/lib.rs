@@ -8,6 +8,7 @@ pub mod bench;
 pub mod checkpoint_files;
 pub mod clip;
 mod conv;
+pub mod device;
 pub mod enhancer;
 pub mod i2v;
 mod layers;

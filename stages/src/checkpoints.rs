@@ -105,7 +105,7 @@ impl Placement {
                 let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse::<usize>).map_err(|_| {
                     BuildError::new(format!("device `{d}`: expected \"cuda:N\" with N a GPU number, e.g. \"cuda:0\""))
                 })?;
-                Device::new_cuda(ordinal).map_err(|e| {
+                models::device::cuda(ordinal).map_err(|e| {
                     BuildError::new(format!(
                         "device `{d}` is not available; use device = \"cpu\" or a CUDA build of mugflow"
                     ))

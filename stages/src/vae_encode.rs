@@ -206,12 +206,15 @@ impl VaeEncode {
     }
 
     /// Encode same-shape clips in one VAE call: one latent `(24, T', H/8, W/8)` per clip, in order.
-    fn encode(&self, clips: &[&Prepared]) -> candle_core::Result<Vec<Tensor>> {
-        let (b, c0) = (clips.len(), clips[0]);
+    /// The clips' pixels move into the input (one clip's without a copy: 290 MB at 720p).
+    fn encode(&self, clips: Vec<Prepared>) -> candle_core::Result<Vec<Tensor>> {
+        let (b, c0) = (clips.len(), &clips[0]);
         let (t, h, w) = (c0.frames, c0.height, c0.width);
-        let pixels = clips.iter().flat_map(|c| c.pixels.iter().copied()).collect();
+        let (pixels, noise): (Vec<Vec<u8>>, Vec<Option<Vec<f32>>>) =
+            clips.into_iter().map(|c| (c.pixels, c.noise)).unzip();
+        let pixels = if b == 1 { pixels.into_iter().next().unwrap_or_default() } else { pixels.concat() };
         let x = pixels_to_input(pixels, (b, t, h, w), self.config.pixel_range, &self.device, self.dtype)?;
-        let noise = match clips.iter().map(|c| c.noise.clone()).collect::<Option<Vec<_>>>() {
+        let noise = match noise.into_iter().collect::<Option<Vec<_>>>() {
             Some(n) => {
                 let (lt, lh, lw) = self.vae.config().latent_size(t, h, w);
                 let shape = (b, self.vae.config().temporal.latent_channels, lt, lh, lw);
@@ -227,8 +230,7 @@ impl VaeEncode {
     async fn run_batch(&self, batch: Vec<Waiting>, ctx: &StageContext) {
         let me = self.clone();
         let (clips, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().map(|w| (w.clip, w.reply)).unzip();
-        let result =
-            self.thread.run(ctx, move || me.encode(&clips.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())).await;
+        let result = self.thread.run(ctx, move || me.encode(clips).map_err(|e| e.to_string())).await;
         match result {
             Ok(Ok(latents)) => {
                 let n = latents.len();

@@ -455,13 +455,21 @@ fn remove_dead_staging_files(out: &Location) {
 /// How the job's dataset is made: each stage's parameters with the identity (path, sha256) of
 /// every checkpoint it reads, and the input dataset's own pipeline when the job reads one.
 async fn lineage(plan: &Plan) -> Result<Lineage, PipelineError> {
+    // Every checkpoint hashed at once (a fresh node reads each file once, ~1 s per GB), then
+    // gathered in stage order.
+    let hashing: Vec<Vec<_>> = plan
+        .stages
+        .iter()
+        .map(|s| {
+            let paths = s.config.checkpoints().into_iter();
+            paths.map(|path| tokio::task::spawn_blocking(move || checkpoint_identity(&path))).collect()
+        })
+        .collect();
     let mut pipeline = Vec::new();
-    for s in &plan.stages {
+    for (s, tasks) in plan.stages.iter().zip(hashing) {
         let mut checkpoints = Vec::new();
-        for path in s.config.checkpoints() {
-            let id = tokio::task::spawn_blocking(move || checkpoint_identity(&path))
-                .await
-                .map_err(|e| PipelineError::Input(format!("checkpoint hashing stopped: {e}")))??;
+        for task in tasks {
+            let id = task.await.map_err(|e| PipelineError::Input(format!("checkpoint hashing stopped: {e}")))??;
             checkpoints.push(id);
         }
         pipeline.push(serde_json::json!({ "kind": s.kind, "params": s.config.params(), "checkpoints": checkpoints }));
