@@ -6,16 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::Moto;
-
-fn run_with(env: &[(&'static str, String)], args: &[&str]) -> (i32, String, String) {
-    let out = common::mugflow(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::{run_with, Moto};
 
 #[test]
 fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
@@ -120,6 +111,14 @@ fn leases_races_and_multipart_uploads_work_on_s3() {
             assert!(s3.read("big.bin").await.unwrap() == big);
         })
     });
+}
+
+/// The same damage on S3: the run stops naming `mugflow repair`; after it, every item once.
+#[test]
+fn a_damaged_journal_entry_and_lease_on_s3_are_repaired_and_the_run_finishes() {
+    let server = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    common::damage_repair_and_finish(dir.path(), "s3://mugflow/repaired", &server.env(server.port));
 }
 
 /// SIGKILL at 10 seeded random moments of probe runs writing to S3 (the seed is printed;

@@ -242,12 +242,12 @@ impl Location {
     /// listings, so they are found with a plain directory walk.
     pub fn remove_local_staging_files(
         &self,
-        dead: impl Fn(&str, std::time::Duration) -> bool,
+        mut dead: impl FnMut(&str, std::time::Duration) -> bool,
     ) -> Result<usize, PipelineError> {
         fn walk(
             base: &Path,
             dir: &Path,
-            dead: &dyn Fn(&str, std::time::Duration) -> bool,
+            dead: &mut dyn FnMut(&str, std::time::Duration) -> bool,
             removed: &mut usize,
         ) -> std::io::Result<()> {
             for entry in std::fs::read_dir(dir)? {
@@ -271,7 +271,7 @@ impl Location {
         }
         let mut removed = 0;
         if let Some(dir) = self.local_dir.as_ref().filter(|d| d.is_dir()) {
-            walk(dir, dir, &dead, &mut removed)
+            walk(dir, dir, &mut dead, &mut removed)
                 .map_err(|e| PipelineError::io(format!("cannot clean {}", dir.display()), e))?;
         }
         Ok(removed)

@@ -66,9 +66,11 @@ impl Leases {
     /// The lease generation stored as `name`, if it exists; an error naming it if it is corrupt.
     async fn read(&self, name: &str) -> Result<Option<Lease>, PipelineError> {
         match self.out.read_opt(name).await? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| PipelineError::CorruptLease { location: self.out.url_of(name), detail: e.to_string() }),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| PipelineError::CorruptLease {
+                location: self.out.url_of(name),
+                output: self.out.url.clone(),
+                detail: e.to_string(),
+            }),
             None => Ok(None),
         }
     }
@@ -161,6 +163,6 @@ mod tests {
         let e = w.try_claim(3).await.unwrap_err();
         assert!(matches!(e, PipelineError::CorruptLease { .. }), "{e}");
         assert!(e.to_string().contains("_leases/p1/shard-00003/gen-000000.json"), "{e}");
-        assert!(e.hint().unwrap().contains("delete"), "{e:?}");
+        assert!(e.hint().unwrap().contains("mugflow repair memory://lease-corrupt/ds"), "{e:?}");
     }
 }
