@@ -24,6 +24,7 @@ pub mod repair;
 pub mod report;
 pub mod stage;
 pub mod torch_pt;
+pub mod upload;
 pub mod vacuum;
 pub mod version;
 

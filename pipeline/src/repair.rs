@@ -1,19 +1,20 @@
 //! `mugflow repair`: find the stuck states a run stops at (a damaged lease, journal entry or
-//! version file; an upload staging file of a dead writer) and end them without touching
-//! committed data.
+//! version file) and the leftovers of dead writers (an upload staging file, an abandoned
+//! multipart upload) and end them without touching committed data.
 //!
 //! A damaged file is never deleted: it is moved to `_quarantine/<repair id>/<its name>`, where
 //! nothing reads it and `mugflow vacuum` leaves it, so a person can still look at it. A damaged
 //! journal entry moved aside makes its shard uncommitted (the next run redoes it); a damaged
 //! lease, a shard claimed afresh; a damaged version, the dataset falls back to the version
 //! before. Valid files are never changed. Staging files are partial copies of files that were
-//! never published: those of dead writers are deleted.
+//! never published: those of dead writers are deleted; so are their multipart uploads, aborted.
 
 use object_store::ObjectStoreExt;
 
 use crate::io::Location;
 use crate::journal::{ShardEntry, JOURNAL_DIR};
 use crate::lease::{Lease, LEASE_DIR};
+use crate::upload::{self, Intent};
 use crate::version;
 use crate::PipelineError;
 
@@ -27,6 +28,9 @@ pub enum Fix {
     Quarantine(String),
     /// Delete the file: a dead writer's staging file, a partial copy never published.
     Delete,
+    /// Abort the multipart upload this record (the finding's file) names, then delete the
+    /// record: its uploader is gone (see [`crate::upload`]).
+    AbortUpload(Intent),
 }
 
 /// One stuck state: the object (relative to the output), what is wrong, and the fix.
@@ -85,6 +89,19 @@ pub async fn repair(out: &Location, dry_run: bool) -> Result<Vec<Finding>, Pipel
             problem: "upload staging file of a writer that is gone".into(),
             fix: Fix::Delete,
         }));
+    }
+    if let Some(store) = &out.multipart {
+        for (record, intent) in upload::abandoned(out).await? {
+            let problem = format!("multipart upload of {} abandoned (its uploader is gone)", intent.name);
+            findings.push(Finding { name: record, problem, fix: Fix::AbortUpload(intent) });
+        }
+        if !dry_run {
+            for f in &findings {
+                if let Fix::AbortUpload(intent) = &f.fix {
+                    upload::abort(out, store, &f.name, intent).await?;
+                }
+            }
+        }
     }
     if !dry_run {
         for f in &findings {
@@ -167,6 +184,29 @@ mod tests {
             assert!(version::list(&out).await.unwrap().is_empty());
             assert!(repair(&out, false).await.unwrap().is_empty(), "nothing left to repair");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_uploads_are_aborted() {
+        let out = Location::parse("memory://repair-uploads/ds").unwrap();
+        let store = out.multipart.clone().unwrap();
+        let gone = upload::Uploader {
+            attempt: "20261129T093012-3fa2c1".into(),
+            host: crate::attempt::hostname(),
+            pid: 1 << 40,
+            lease_owner: None,
+            ttl_ms: 0,
+        };
+        let (record, intent) = upload::begin(&out, &store, "shards/x.parquet", &gone).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let found = repair(&out, true).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].name.as_str(), &found[0].fix), (record.as_str(), &Fix::AbortUpload(intent.clone())));
+        assert!(out.read_opt(&record).await.unwrap().is_some(), "a dry run aborts nothing");
+        assert_eq!(repair(&out, false).await.unwrap(), found);
+        assert!(out.read_opt(&record).await.unwrap().is_none());
+        let part = store.put_part(&out.key(&intent.name), &intent.upload_id, 0, vec![0u8; 8].into()).await;
+        assert!(part.is_err(), "the upload is aborted");
     }
 
     #[tokio::test]

@@ -181,6 +181,8 @@ pub fn repair(path: &str, dry_run: bool) -> anyhow::Result<()> {
                 (pipeline::repair::Fix::Quarantine(to), false) => format!("moved it to {to}"),
                 (pipeline::repair::Fix::Delete, true) => "would delete it".into(),
                 (pipeline::repair::Fix::Delete, false) => "deleted it".into(),
+                (pipeline::repair::Fix::AbortUpload(_), true) => "would abort the upload and delete this record".into(),
+                (pipeline::repair::Fix::AbortUpload(_), false) => "aborted the upload, deleted this record".into(),
             };
             println!("{}: {}; {action}", f.name, f.problem);
         }

@@ -122,7 +122,8 @@ enum Command {
     },
     /// Fix what stops a run: damaged lease, journal and version files are moved aside to
     /// `_quarantine/` (never deleted; a damaged journal entry's shard is redone), staging files
-    /// of dead writers are deleted. Valid committed files are never touched.
+    /// and multipart uploads of dead writers are deleted or aborted. Valid committed files are
+    /// never touched.
     Repair {
         /// Dataset directory or URL.
         output: String,

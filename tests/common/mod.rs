@@ -251,10 +251,21 @@ impl Moto {
 
     /// A bare S3 CreateBucket request (moto accepts it unsigned).
     fn create_bucket(&self) -> std::io::Result<String> {
+        self.request("PUT", "/mugflow")
+    }
+
+    /// Keys of the bucket's multipart uploads in progress (ListMultipartUploads, unsigned):
+    /// what object_store cannot list.
+    pub fn multipart_uploads(&self) -> Vec<String> {
+        let resp = self.request("GET", "/mugflow?uploads").unwrap();
+        resp.split("<Key>").skip(1).filter_map(|k| k.split_once("</Key>")).map(|(k, _)| k.to_string()).collect()
+    }
+
+    fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             s,
-            "PUT /mugflow HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         )?;
         let mut resp = String::new();

@@ -89,11 +89,18 @@ where
     let committed = journal::load(&out, &planned.plan).await?;
     let attempt = crate::names::attempt_id();
     remove_dead_staging_files(&out);
-    let leases = (job.balance == Balance::Leases).then(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        let owner = format!("{host}:{}:{}", std::process::id(), opts.cluster.rank);
-        Leases::new(out.clone(), &planned.plan, owner, job.lease_ttl.0)
-    });
+    crate::upload::abort_abandoned(&out).await;
+    let host = attempt::hostname();
+    let lease_owner =
+        (job.balance == Balance::Leases).then(|| format!("{host}:{}:{}", std::process::id(), opts.cluster.rank));
+    let leases = lease_owner.clone().map(|owner| Leases::new(out.clone(), &planned.plan, owner, job.lease_ttl.0));
+    let uploader = crate::upload::Uploader {
+        attempt: attempt.clone(),
+        host,
+        pid: u64::from(std::process::id()),
+        lease_owner,
+        ttl_ms: job.lease_ttl.0.as_millis() as u64,
+    };
     // With leases every shard is a candidate; each worker starts with the ones static sharding
     // would give it, so that workers rarely contend for the same shard.
     let mut mine: Vec<usize> = (0..shards.len()).filter(|k| opts.cluster.owns(*k)).collect();
@@ -161,7 +168,7 @@ where
         // Every shard of the plan is committed (by an earlier, interrupted run or by the other
         // workers): only the version may be missing.
         let outcome =
-            finish_version(&out, job, &lineage, &planned, shards.len(), &attempt, scratch.path(), sink.as_ref()).await;
+            finish_version(&out, job, &lineage, &planned, shards.len(), &uploader, scratch.path(), sink.as_ref()).await;
         report.version = outcome?;
         report.wall_s = started.elapsed().as_secs_f64();
         opts.reporter.finish(&report);
@@ -290,7 +297,7 @@ where
                     Some(w) => w,
                     None => match open_shard(k) { Ok(w) => w, Err(e) => break Err(e) },
                 };
-                let which = (planned.plan.as_str(), k, attempt.as_str());
+                let which = (planned.plan.as_str(), k, &uploader);
                 let entry = match commit::commit_shard(&out, writer, which, shards[k], tracker.take(k)).await {
                     Ok(e) => e,
                     Err(e) => break Err(e),
@@ -357,7 +364,7 @@ where
         report.shards_other_workers = held_elsewhere.load(Ordering::Relaxed);
     }
     let outcome = match outcome {
-        Ok(()) => finish_version(&out, job, &lineage, &planned, shards.len(), &attempt, scratch.path(), sink.as_ref())
+        Ok(()) => finish_version(&out, job, &lineage, &planned, shards.len(), &uploader, scratch.path(), sink.as_ref())
             .await
             .map(|v| report.version = v),
         Err(e) => Err(e),
@@ -391,11 +398,11 @@ async fn finish_version(
     lineage: &Lineage,
     planned: &Planned,
     shards_total: usize,
-    attempt: &str,
+    uploader: &crate::upload::Uploader,
     scratch: &std::path::Path,
     sink: &dyn Sink,
 ) -> Result<Option<u64>, PipelineError> {
-    match commit::commit_version(out, &job.name, lineage, planned, shards_total, attempt, scratch).await? {
+    match commit::commit_version(out, &job.name, lineage, planned, shards_total, uploader, scratch).await? {
         Some(index) => {
             commit::publish(out, &index, sink).await?;
             Ok(Some(index.version))
