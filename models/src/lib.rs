@@ -10,6 +10,7 @@ pub mod clip;
 mod conv;
 pub mod enhancer;
 pub mod i2v;
+pub mod interrupt;
 mod layers;
 pub mod lora;
 pub mod mugdit;
