@@ -286,6 +286,15 @@ fn workers_balancing_with_leases_share_the_job_and_take_over_a_killed_workers_sh
     assert_eq!(index["items"], n);
 }
 
+/// A truncated journal entry and a half-written lease stop the run with `mugflow repair` as the
+/// fix; after the repair the run finishes with every item exactly once.
+#[test]
+fn a_damaged_journal_entry_and_lease_are_repaired_and_the_run_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    common::damage_repair_and_finish(dir.path(), out.to_str().unwrap(), &[]);
+}
+
 /// 20 incremental runs killed at pseudo-random moments (a printed seed, so failures reproduce):
 /// each output first holds version 1 over 250 items, then a run over 300 is SIGKILLed and run
 /// again. No item is lost or duplicated, and no file a journal entry named at the kill is ever

@@ -6,16 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::Moto;
-
-fn run_with(env: &[(&'static str, String)], args: &[&str]) -> (i32, String, String) {
-    let out = common::mugflow(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::{run_with, Moto};
 
 #[test]
 fn a_job_writes_to_s3_with_the_same_results_as_to_disk() {
@@ -116,10 +107,75 @@ fn leases_races_and_multipart_uploads_work_on_s3() {
             let dir = tempfile::tempdir().unwrap();
             let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
             std::fs::write(dir.path().join("big.bin"), &big).unwrap();
-            assert_eq!(s3.upload(&dir.path().join("big.bin"), "big.bin").await.unwrap(), big.len() as u64);
+            let me = uploader(u64::from(std::process::id()));
+            assert_eq!(s3.upload(&dir.path().join("big.bin"), "big.bin", &me).await.unwrap(), big.len() as u64);
             assert!(s3.read("big.bin").await.unwrap() == big);
+            assert!(s3.list(pipeline::upload::UPLOADS_DIR).await.unwrap().is_empty(), "its record is deleted");
+            assert!(server.multipart_uploads().is_empty());
         })
     });
+}
+
+/// An uploader recorded as `pid` of this host, with a lease TTL of 1 ms.
+fn uploader(pid: u64) -> pipeline::upload::Uploader {
+    pipeline::upload::Uploader {
+        attempt: pipeline::names::attempt_id(),
+        host: pipeline::attempt::hostname(),
+        pid,
+        lease_owner: None,
+        ttl_ms: 1,
+    }
+}
+
+/// A multipart upload whose uploader was killed (its process gone, its TTL passed) is listed by
+/// `mugflow repair --dry-run` and aborted by the next run's start; a live uploader's stays.
+#[test]
+fn abandoned_multipart_uploads_on_s3_are_aborted_at_the_next_start() {
+    let server = Moto::start();
+    let env = server.env(server.port);
+    let url = "s3://mugflow/abandoned";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = common::with_env(&env, || pipeline::io::Location::parse(url).unwrap());
+    let store = s3.multipart.clone().expect("S3 does multipart uploads");
+    let (dead, live) = rt.block_on(async {
+        let begin = |name: &'static str, pid: u64| {
+            let (s3, store) = (s3.clone(), store.clone());
+            async move {
+                let (record, intent) = pipeline::upload::begin(&s3, &store, name, &uploader(pid)).await.unwrap();
+                store.put_part(&s3.key(name), &intent.upload_id, 0, vec![7u8; 5 << 20].into()).await.unwrap();
+                record
+            }
+        };
+        // A pid above Linux's pid_max: a process that is gone.
+        (
+            begin("shards/killed.parquet", 1 << 40).await,
+            begin("shards/alive.parquet", u64::from(std::process::id())).await,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    let mut keys = server.multipart_uploads();
+    keys.sort();
+    assert_eq!(keys, ["abandoned/shards/alive.parquet", "abandoned/shards/killed.parquet"]);
+
+    let (code, out, err) = run_with(&env, &["repair", url, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{dead}: multipart upload of shards/killed.parquet abandoned")), "{out}");
+    assert!(!out.contains(&live) && out.contains("1 problem(s) found"), "{out}");
+    assert_eq!(server.multipart_uploads().len(), 2, "a dry run aborts nothing");
+
+    let (code, _, err) = run_with(&env, &["run", "manifests/demo.toml", "--set", &format!("job.output={url}")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(server.multipart_uploads(), ["abandoned/shards/alive.parquet"], "the killed uploader's is aborted");
+    let records = rt.block_on(s3.list(pipeline::upload::UPLOADS_DIR)).unwrap();
+    assert_eq!(records, [live], "its record is deleted, the live one's kept");
+}
+
+/// The same damage on S3: the run stops naming `mugflow repair`; after it, every item once.
+#[test]
+fn a_damaged_journal_entry_and_lease_on_s3_are_repaired_and_the_run_finishes() {
+    let server = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    common::damage_repair_and_finish(dir.path(), "s3://mugflow/repaired", &server.env(server.port));
 }
 
 /// SIGKILL at 10 seeded random moments of probe runs writing to S3 (the seed is printed;

@@ -172,6 +172,7 @@ impl ClipVision {
         let split = |y: Tensor| y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
         let scale = (d as f64).powf(-0.5);
         for (i, layer) in self.layers.iter().enumerate() {
+            crate::interrupt::check("the CLIP forward")?;
             let a = layer.layer_norm1.forward(&x)?;
             // As HF does: the query is scaled before the product, every key is attended (no mask).
             let q = split((layer.q_proj.forward(&a)? * scale)?)?;

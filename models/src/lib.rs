@@ -11,6 +11,7 @@ mod conv;
 pub mod device;
 pub mod enhancer;
 pub mod i2v;
+pub mod interrupt;
 mod layers;
 pub mod lora;
 pub mod mugdit;

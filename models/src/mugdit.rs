@@ -528,6 +528,7 @@ impl MugDit {
             fused,
         };
         for (i, block) in self.blocks.iter().enumerate() {
+            crate::interrupt::check("the MUG-DiT forward")?;
             x = block.forward(&x, &cx, nh)?;
             hook(DitPoint::Block(i), &x);
         }

@@ -355,6 +355,7 @@ impl SpatialEncoder {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.conv_in.forward(x)?;
         for block in &self.down_blocks {
+            crate::interrupt::check("the VideoVAE spatial encoder")?;
             for r in &block.resnets {
                 x = r.forward(&x)?;
             }
@@ -383,6 +384,7 @@ impl SpatialDecoder {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.mid_block.forward(x)?;
         for block in &self.up_blocks {
+            crate::interrupt::check("the VideoVAE spatial decoder")?;
             for r in &block.resnets {
                 x = r.forward(&x)?;
             }
@@ -505,6 +507,7 @@ fn res_blocks(w: &Weights, n: usize, cin: usize, cout: usize, groups: usize) -> 
 
 fn run(blocks: &[ResBlock], mut x: Tensor) -> candle_core::Result<Tensor> {
     for b in blocks {
+        crate::interrupt::check("the VideoVAE temporal blocks")?;
         x = b.forward(&x)?;
     }
     Ok(x)

@@ -224,6 +224,7 @@ impl T5Encoder {
         let dev = ids.device();
         let span = |name, f: &dyn Fn() -> candle_core::Result<Tensor>| profile::span(dev, name, f);
         for (i, blk) in self.blocks.iter().enumerate() {
+            crate::interrupt::check("the T5 forward")?;
             let a = span("RMSNorm", &|| rms_norm(&x, &blk.attn_norm, c.eps))?;
             let q = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.q, &a, false)?))?;
             let k = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.k, &a, false)?))?;

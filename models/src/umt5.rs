@@ -182,6 +182,7 @@ impl Umt5Encoder {
         let buckets = self.buckets(len, ids.device())?.flatten_all()?;
         let heads = |t: Tensor| t.reshape((b, len, nh, hd))?.transpose(1, 2)?.contiguous();
         for (i, blk) in self.blocks.iter().enumerate() {
+            crate::interrupt::check("the UMT5 forward")?;
             let pos_bias = blk
                 .pos_embedding
                 .index_select(&buckets, 0)?

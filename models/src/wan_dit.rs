@@ -443,6 +443,7 @@ impl WanDit {
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let cx = Context { e0: (&e0, t0.as_ref().map(|(_, e0)| e0)), first: h * w, cos: &cos, sin: &sin, text: &text };
         for (i, block) in self.blocks.iter().enumerate() {
+            crate::interrupt::check("the Wan DiT forward")?;
             x = self.block(block, i, &x, &cx, hook)?;
             hook(WanDitPoint::Block(i), &x);
         }

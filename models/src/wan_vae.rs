@@ -520,6 +520,7 @@ impl Coder {
             x = self.middle.forward(&x, cache)?;
         }
         for layer in &self.stages {
+            crate::interrupt::check("the Wan VAE")?;
             x = match layer {
                 Layer::Residual(r) => r.forward(&x, cache)?,
                 Layer::Resample(r) => r.forward(&x, cache)?,

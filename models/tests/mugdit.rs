@@ -78,3 +78,22 @@ fn bad_inputs_are_errors_not_panics() {
     let err = model.forward(&input).unwrap_err().to_string();
     assert!(err.contains("frame indices: 3 given, 5 needed"), "{err}");
 }
+
+/// A cancelled caller stops the forward between its blocks (one check per block).
+#[test]
+fn a_forward_stops_between_blocks_when_its_caller_says_so() {
+    let ckpt = Checkpoint::open(&data("weights.safetensors"), DType::F32, &Device::Cpu).unwrap();
+    let model = MugDit::load(&ckpt, &MugDitConfig::golden()).unwrap();
+    let c = case("case_i2v.safetensors");
+    let d = common::dit_case(&c);
+    let input = DitInput {
+        x: &c["in_x"],
+        timestep: &d.timestep,
+        y: &c["in_y"],
+        text_lens: &d.text_lens,
+        x_mask: &d.x_mask,
+        fps: d.fps,
+        frame_indices: &d.frames,
+    };
+    common::stops_at_the_check_that_says_stop(3, || model.forward(&input));
+}

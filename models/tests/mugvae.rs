@@ -171,3 +171,11 @@ json.dump(index, open(f"{out}/sharded/model.safetensors.index.json", "w"))
     let ckpt = Checkpoint::open(&dir.path().join("vae.pt"), DType::BF16, &Device::Cpu).unwrap();
     assert!(MugVae::load(&ckpt, &MugVaeConfig::golden()).is_ok());
 }
+
+/// A cancelled caller stops the encoder and the decoder between their blocks.
+#[test]
+fn encode_and_decode_stop_between_blocks_when_their_caller_says_so() {
+    let (vae, c) = (vae(), case("case_full.safetensors"));
+    common::stops_at_the_check_that_says_stop(4, || vae.encode(&c["video"], Some(&c["noise"])));
+    common::stops_at_the_check_that_says_stop(4, || vae.decode(&c["z"], 57));
+}

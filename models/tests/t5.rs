@@ -88,3 +88,15 @@ fn a_checkpoint_with_wrong_keys_names_every_one() {
     let err = T5Encoder::load(&ckpt, &T5Config { num_layers: 3, ..T5Config::xxl() }).err().unwrap().to_string();
     assert!(err.contains("has shape") && err.contains("expects"), "{err}");
 }
+
+/// A cancelled caller stops the encoder between its layers.
+#[test]
+fn the_encoder_stops_between_layers_when_its_caller_says_so() {
+    let ckpt = Checkpoint::open(&data("weights.safetensors"), DType::F32, &Device::Cpu).unwrap();
+    let config = T5Config::golden();
+    let model = T5Encoder::load(&ckpt, &config).unwrap();
+    let c = case("case_batch2_padded.safetensors");
+    common::stops_at_the_check_that_says_stop(config.num_layers, || {
+        model.forward(&c["input_ids"], &c["attention_mask_in"])
+    });
+}

@@ -52,6 +52,8 @@ pub enum PipelineError {
     CorruptLease {
         /// The lease file.
         location: String,
+        /// The output location it belongs to (for the fix: `mugflow repair OUTPUT`).
+        output: String,
         /// Why it cannot be read.
         detail: String,
     },
@@ -118,9 +120,9 @@ impl PipelineError {
             PipelineError::JournalMismatch { .. } => {
                 Some("a damaged journal or version file: the message says which file and what to do".into())
             }
-            PipelineError::CorruptLease { .. } => Some(
-                "delete that lease file (its shard is then claimed afresh), or its folder under _leases/; no committed data is lost".into(),
-            ),
+            PipelineError::CorruptLease { output, .. } => Some(format!(
+                "run `mugflow repair {output}`: it moves the lease aside and its shard is claimed afresh; no committed data is lost"
+            )),
             PipelineError::VersionConflict { .. } => Some(
                 "two runs wrote to the same output at once; run again: the next run builds on the new version and redoes only what changed".into(),
             ),

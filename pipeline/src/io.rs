@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::PipelineError;
 
 /// A place in a store: the store plus a key prefix, and the text the user wrote.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Location {
     /// The store (local disk, memory, S3, GCS, Azure).
     pub store: Arc<dyn ObjectStore>,
@@ -26,6 +27,22 @@ pub struct Location {
     pub url: String,
     /// The directory on local disk, when the store is the local file system.
     pub local_dir: Option<PathBuf>,
+    /// The same store's multipart API, when it has one (S3, GCS, Azure, memory): large uploads
+    /// go through it so that their ids are on record (see [`crate::upload`]).
+    pub multipart: Option<Arc<dyn MultipartStore>>,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The multipart API is the same store again: say only whether there is one.
+        f.debug_struct("Location")
+            .field("store", &self.store)
+            .field("prefix", &self.prefix)
+            .field("url", &self.url)
+            .field("local_dir", &self.local_dir)
+            .field("multipart", &self.multipart.is_some())
+            .finish()
+    }
 }
 
 /// `memory://` stores live for the whole process and are shared by name.
@@ -54,28 +71,39 @@ impl Location {
                     .or_default()
                     .clone();
                 Ok(Location {
-                    store,
+                    store: store.clone(),
                     prefix: StorePath::from(key),
                     url: text.trim_end_matches('/').to_string(),
                     local_dir: None,
+                    multipart: Some(store),
                 })
             }
             "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
                 let url = url::Url::parse(text)
                     .map_err(|e| PipelineError::Input(format!("`{text}` is not a valid URL: {e}")))?;
-                let store: Arc<dyn ObjectStore> = match scheme {
+                fn both<S: ObjectStore + MultipartStore>(s: S) -> (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) {
+                    let s = Arc::new(s);
+                    (s.clone(), s)
+                }
+                let (store, multipart) = match scheme {
                     "s3" | "s3a" => {
-                        Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(text).build().map_err(bad)?)
+                        both(object_store::aws::AmazonS3Builder::from_env().with_url(text).build().map_err(bad)?)
                     }
-                    "gs" => Arc::new(
+                    "gs" => both(
                         object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(text).build().map_err(bad)?,
                     ),
-                    _ => Arc::new(
+                    _ => both(
                         object_store::azure::MicrosoftAzureBuilder::from_env().with_url(text).build().map_err(bad)?,
                     ),
                 };
                 let prefix = StorePath::from_url_path(url.path()).map_err(|e| bad(e.into()))?;
-                Ok(Location { store, prefix, url: text.trim_end_matches('/').to_string(), local_dir: None })
+                Ok(Location {
+                    store,
+                    prefix,
+                    url: text.trim_end_matches('/').to_string(),
+                    local_dir: None,
+                    multipart: Some(multipart),
+                })
             }
             other => Err(PipelineError::Input(format!(
                 "unsupported URL scheme `{other}://` in `{text}`; use a path or file://, memory://, s3://, gs://, az://"
@@ -93,6 +121,7 @@ impl Location {
             prefix,
             url: abs.display().to_string(),
             local_dir: Some(abs),
+            multipart: None,
         })
     }
 
@@ -133,9 +162,23 @@ impl Location {
         Ok(())
     }
 
-    /// Upload a local file to `name`, streaming large files as a multipart upload.
-    pub async fn upload(&self, local: &Path, name: &str) -> Result<u64, PipelineError> {
+    /// Upload a local file to `name` for `uploader`. Large files go to object stores as multipart
+    /// uploads on record (a killed uploader's is aborted later, see [`crate::upload`]); on local
+    /// disk, and for small files, as one streamed put.
+    pub async fn upload(
+        &self,
+        local: &Path,
+        name: &str,
+        uploader: &crate::upload::Uploader,
+    ) -> Result<u64, PipelineError> {
         use tokio::io::AsyncReadExt;
+        let size = tokio::fs::metadata(local)
+            .await
+            .map_err(|e| PipelineError::io(format!("cannot open {}", local.display()), e))?
+            .len();
+        if let Some(store) = self.multipart.as_ref().filter(|_| size > crate::upload::MULTIPART_THRESHOLD) {
+            return crate::upload::upload(self, store, local, name, size, uploader).await;
+        }
         let mut file = tokio::fs::File::open(local)
             .await
             .map_err(|e| PipelineError::io(format!("cannot open {}", local.display()), e))?;
@@ -242,12 +285,12 @@ impl Location {
     /// listings, so they are found with a plain directory walk.
     pub fn remove_local_staging_files(
         &self,
-        dead: impl Fn(&str, std::time::Duration) -> bool,
+        mut dead: impl FnMut(&str, std::time::Duration) -> bool,
     ) -> Result<usize, PipelineError> {
         fn walk(
             base: &Path,
             dir: &Path,
-            dead: &dyn Fn(&str, std::time::Duration) -> bool,
+            dead: &mut dyn FnMut(&str, std::time::Duration) -> bool,
             removed: &mut usize,
         ) -> std::io::Result<()> {
             for entry in std::fs::read_dir(dir)? {
@@ -271,7 +314,7 @@ impl Location {
         }
         let mut removed = 0;
         if let Some(dir) = self.local_dir.as_ref().filter(|d| d.is_dir()) {
-            walk(dir, dir, &dead, &mut removed)
+            walk(dir, dir, &mut dead, &mut removed)
                 .map_err(|e| PipelineError::io(format!("cannot clean {}", dir.display()), e))?;
         }
         Ok(removed)

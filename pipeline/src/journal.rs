@@ -109,7 +109,8 @@ fn parse(out: &Location, name: &str, bytes: &[u8]) -> Result<ShardEntry, Pipelin
     serde_json::from_slice(bytes).map_err(|e| PipelineError::JournalMismatch {
         location: out.url_of(name),
         detail: format!(
-            "unreadable journal entry ({e}); if it is damaged, delete it and run again (its shard is redone)"
+            "unreadable journal entry ({e}); run `mugflow repair {}` to move it aside (its shard is redone)",
+            out.url
         ),
     })
 }
@@ -225,7 +226,7 @@ mod tests {
         let name = entry_name("p1", 1);
         out.write(&name, &b"{\"plan\": \"p1\", \"sha"[..]).await.unwrap();
         let err = load(&out, "p1").await.unwrap_err().to_string();
-        assert!(err.contains(&out.url_of(&name)) && err.contains("delete it and run again"), "{err}");
+        assert!(err.contains(&out.url_of(&name)) && err.contains(&format!("mugflow repair {}", out.url)), "{err}");
     }
 
     #[test]

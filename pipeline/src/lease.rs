@@ -66,9 +66,11 @@ impl Leases {
     /// The lease generation stored as `name`, if it exists; an error naming it if it is corrupt.
     async fn read(&self, name: &str) -> Result<Option<Lease>, PipelineError> {
         match self.out.read_opt(name).await? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| PipelineError::CorruptLease { location: self.out.url_of(name), detail: e.to_string() }),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| PipelineError::CorruptLease {
+                location: self.out.url_of(name),
+                output: self.out.url.clone(),
+                detail: e.to_string(),
+            }),
             None => Ok(None),
         }
     }
@@ -119,6 +121,26 @@ impl Leases {
     }
 }
 
+/// The owners of every live lease under `out` (any plan): the workers known to be alive.
+pub async fn live_owners(out: &Location) -> Result<std::collections::HashSet<String>, PipelineError> {
+    let mut newest: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for name in out.list(LEASE_DIR).await?.into_iter().filter(|n| n.ends_with(".json")) {
+        let shard = name.rsplit_once('/').map_or("", |(dir, _)| dir).to_string();
+        // Generations are zero-padded: the greatest name is the newest.
+        if newest.get(&shard).is_none_or(|n| *n < name) {
+            newest.insert(shard, name);
+        }
+    }
+    let now = now_ms();
+    let mut owners = std::collections::HashSet::new();
+    for name in newest.values() {
+        // A damaged lease names no owner; `mugflow repair` deals with it.
+        let lease = out.read_opt(name).await?.and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
+        owners.extend(lease.filter(|l| l.expires_at_ms > now).map(|l| l.owner));
+    }
+    Ok(owners)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +170,7 @@ mod tests {
             let taken = other.try_claim(0).await.unwrap().expect("an expired lease is taken over");
             assert_eq!((taken.generation, taken.owner.as_str()), (2, other.owner.as_str()));
             assert!(holder.renew(&renewed).await.unwrap().is_none(), "the old holder learns it lost the shard");
+            assert_eq!(live_owners(&out).await.unwrap(), [other.owner.clone()].into());
             other.release(0).await.unwrap();
             assert!(other.newest(0).await.unwrap().is_none());
         }
@@ -161,6 +184,6 @@ mod tests {
         let e = w.try_claim(3).await.unwrap_err();
         assert!(matches!(e, PipelineError::CorruptLease { .. }), "{e}");
         assert!(e.to_string().contains("_leases/p1/shard-00003/gen-000000.json"), "{e}");
-        assert!(e.hint().unwrap().contains("delete"), "{e:?}");
+        assert!(e.hint().unwrap().contains("mugflow repair memory://lease-corrupt/ds"), "{e:?}");
     }
 }

@@ -3,6 +3,7 @@
 //! This crate moves items through stages; it knows nothing about video or models. Stages live
 //! in the `stages` crate and register their config types in a [`Registry`].
 
+pub mod attempt;
 pub mod budget;
 pub mod cancel;
 pub mod cluster;
@@ -19,9 +20,11 @@ pub mod lease;
 pub mod manifest;
 pub mod names;
 pub mod plan;
+pub mod repair;
 pub mod report;
 pub mod stage;
 pub mod torch_pt;
+pub mod upload;
 pub mod vacuum;
 pub mod version;
 

@@ -4,7 +4,9 @@
 //! Kept: the newest `keep` versions and every file their shards name; the journal entries,
 //! leases and files of plans built on the latest version (a run in progress or interrupted,
 //! which can still commit the next version); anything younger than `older_than` (a file being
-//! written right now); the root files (`index.json`, `report.json`, `report.html`, `train.csv`).
+//! written right now); the root files (`index.json`, `report.json`, `report.html`, `train.csv`);
+//! the files `mugflow repair` moved aside (`_quarantine/`, for a person to look at); the records
+//! of multipart uploads (`_uploads/`: deleted only with their upload aborted).
 //! Deleted, in this order so that nothing kept ever names a missing file: the versions beyond
 //! `keep`, the journal entries and leases of plans that can no longer commit, then the files.
 
@@ -15,6 +17,8 @@ use crate::executor::incremental::plan_base;
 use crate::io::Location;
 use crate::journal::{ShardEntry, JOURNAL_DIR};
 use crate::lease::LEASE_DIR;
+use crate::repair::QUARANTINE_DIR;
+use crate::upload::UPLOADS_DIR;
 use crate::version::{self, VERSIONS_DIR};
 use crate::PipelineError;
 
@@ -87,6 +91,8 @@ pub async fn vacuum(
         let first = name.split('/').next().unwrap_or("");
         let rank = match first {
             _ if !name.contains('/') => continue,
+            // An upload record is deleted with its upload aborted, never alone (crate::upload).
+            QUARANTINE_DIR | UPLOADS_DIR => continue,
             VERSIONS_DIR => {
                 let v = name.strip_prefix(&format!("{VERSIONS_DIR}/v")).and_then(|n| n.strip_suffix(".json"));
                 match v.and_then(|v| v.parse::<u64>().ok()) {

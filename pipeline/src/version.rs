@@ -82,7 +82,8 @@ fn unreadable(out: &Location, version: u64, e: serde_json::Error) -> PipelineErr
     PipelineError::JournalMismatch {
         location: out.url_of(&version_name(version)),
         detail: format!(
-            "unreadable version file ({e}); restore it from a backup or delete it to fall back to the version before"
+            "unreadable version file ({e}); restore it from a backup, or run `mugflow repair {}` to move it aside (the dataset falls back to the version before)",
+            out.url
         ),
     }
 }

@@ -1,5 +1,5 @@
 //! `mugflow inspect`: what a dataset (and each of its versions), shard table or tensor file
-//! holds; `mugflow vacuum`: delete old versions.
+//! holds; `mugflow vacuum`: delete old versions; `mugflow repair`: end stuck states.
 
 use std::collections::BTreeMap;
 
@@ -165,6 +165,32 @@ pub fn vacuum(path: &str, keep: usize, older_than: &str, dry_run: bool) -> anyho
             r.deleted_bytes,
             r.kept_versions
         );
+        Ok(())
+    })
+}
+
+/// `mugflow repair`.
+pub fn repair(path: &str, dry_run: bool) -> anyhow::Result<()> {
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let loc = Location::parse(path.trim_end_matches('/'))?;
+        let found = pipeline::repair::repair(&loc, dry_run).await?;
+        for f in &found {
+            let action = match (&f.fix, dry_run) {
+                (pipeline::repair::Fix::Quarantine(to), true) => format!("would move it to {to}"),
+                (pipeline::repair::Fix::Quarantine(to), false) => format!("moved it to {to}"),
+                (pipeline::repair::Fix::Delete, true) => "would delete it".into(),
+                (pipeline::repair::Fix::Delete, false) => "deleted it".into(),
+                (pipeline::repair::Fix::AbortUpload(_), true) => "would abort the upload and delete this record".into(),
+                (pipeline::repair::Fix::AbortUpload(_), false) => "aborted the upload, deleted this record".into(),
+            };
+            println!("{}: {}; {action}", f.name, f.problem);
+        }
+        match (found.len(), dry_run) {
+            (0, _) => println!("nothing to repair in {}", loc.url),
+            (n, true) => println!("{n} problem(s) found; run again without --dry-run to fix them"),
+            (n, false) => println!("{n} problem(s) fixed; run the job again to finish it"),
+        }
         Ok(())
     })
 }

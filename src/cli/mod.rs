@@ -120,6 +120,17 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Fix what stops a run: damaged lease, journal and version files are moved aside to
+    /// `_quarantine/` (never deleted; a damaged journal entry's shard is redone), staging files
+    /// and multipart uploads of dead writers are deleted or aborted. Valid committed files are
+    /// never touched.
+    Repair {
+        /// Dataset directory or URL.
+        output: String,
+        /// Print what would be fixed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Generate one MP4 per row of a product catalog (id, image, prompt; optional seed, aspect,
     /// length) with MUG-V image-to-video, using the bundled manifests/catalog-generate.toml.
     Generate {
@@ -216,6 +227,7 @@ pub fn main() -> ExitCode {
         },
         Command::Report { output, version, out } => report::report(&output, version, out.as_deref()),
         Command::Vacuum { output, keep, older_than, dry_run } => inspect::vacuum(&output, keep, &older_than, dry_run),
+        Command::Repair { output, dry_run } => inspect::repair(&output, dry_run),
         Command::Generate { args, worker, progress } => generate::generate(&args, &worker, progress),
         Command::Models(command) => model_sets::models(command),
         Command::Bench(BenchCommand::Scenes { videos, pyscenedetect }) => {

@@ -66,12 +66,14 @@ impl ModelThread {
     }
 
     /// Run `f` (a model call) on this thread and await it, with the item's cancellation token and
-    /// panics as item errors, as [`StageContext::cpu`] does.
+    /// panics as item errors, as [`StageContext::cpu`] does. The models' block loops check the
+    /// token ([`models::interrupt`]), so a cancelled call ends within one block.
     pub async fn run<R: Send + 'static>(
         &self,
         ctx: &StageContext,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, StageError> {
+        let f = move || models::interrupt::scope(pipeline::cancel::cancelled, f);
         // A send fails only when the thread is gone; the dropped job then reads as that.
         ctx.run_on(|job| self.send(job), f).await
     }

@@ -37,6 +37,17 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Run with extra environment variables (a [`Moto`]'s) and capture; returns (exit code, stdout,
+/// stderr).
+pub fn run_with(env: &[(&'static str, String)], args: &[&str]) -> (i32, String, String) {
+    let out = mugflow(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
 /// Tiny random-weight checkpoints written by `mugflow models init-tiny` into `dir/tiny`.
 pub fn tiny_models(dir: &Path) -> PathBuf {
     let models = dir.join("tiny");
@@ -240,10 +251,21 @@ impl Moto {
 
     /// A bare S3 CreateBucket request (moto accepts it unsigned).
     fn create_bucket(&self) -> std::io::Result<String> {
+        self.request("PUT", "/mugflow")
+    }
+
+    /// Keys of the bucket's multipart uploads in progress (ListMultipartUploads, unsigned):
+    /// what object_store cannot list.
+    pub fn multipart_uploads(&self) -> Vec<String> {
+        let resp = self.request("GET", "/mugflow?uploads").unwrap();
+        resp.split("<Key>").skip(1).filter_map(|k| k.split_once("</Key>")).map(|(k, _)| k.to_string()).collect()
+    }
+
+    fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             s,
-            "PUT /mugflow HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         )?;
         let mut resp = String::new();
@@ -272,4 +294,68 @@ pub fn with_env<R>(env: &[(&'static str, String)], f: impl FnOnce() -> R) -> R {
         std::env::set_var(k, v);
     }
     f()
+}
+
+/// Damage an output the way a crash and a bad disk do, check that the run stops naming
+/// `mugflow repair`, repair it, and check that the run then completes with every item exactly
+/// once. The output is `url` (a local path, or `s3://` with `env` a [`Moto`]'s); the job is the
+/// probe job over 12 items in shards of 3, balanced with leases, its manifest in `dir`.
+pub fn damage_repair_and_finish(dir: &Path, url: &str, env: &[(&'static str, String)]) {
+    use pipeline::{journal, version};
+    let n = 12;
+    let m = probe_job(dir, &big_listing(dir, n), 3, "balance = \"leases\"");
+    let set = format!("job.output={url}");
+    let run_job = || run_with(env, &["run", m.to_str().unwrap(), "--set", &set, "--progress", "none"]);
+    let (code, _, err) = run_job();
+    assert_eq!(code, 0, "{err}");
+    let loc = with_env(env, || pipeline::io::Location::parse(url).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A kill between the last shard commit and the version commit: every shard has its entry
+    // and there is no version. Then a bad disk: shard 1's entry is truncated and a lease of it
+    // half written.
+    let (entry, lease) = rt.block_on(async {
+        let plan = version::latest(&loc).await.unwrap().unwrap().plan;
+        for v in version::list(&loc).await.unwrap() {
+            loc.delete(&version::version_name(v)).await.unwrap();
+        }
+        let entry = journal::entry_name(&plan, 1);
+        let bytes = loc.read(&entry).await.unwrap();
+        loc.write(&entry, bytes.slice(..bytes.len() / 2)).await.unwrap();
+        let lease = format!("{}/{plan}/shard-00001/gen-000000.json", pipeline::lease::LEASE_DIR);
+        loc.write(&lease, &b"{ half a lease"[..]).await.unwrap();
+        (entry, lease)
+    });
+    let (code, _, err) = run_job();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&entry) && err.contains(&format!("run `mugflow repair {url}`")), "{err}");
+
+    let (code, out, err) = run_with(env, &["repair", url, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{entry}: unreadable journal entry")) && out.contains("would move it to"), "{out}");
+    assert!(out.contains(&format!("{lease}: unreadable lease")) && out.contains("2 problem(s) found"), "{out}");
+    assert_eq!(run_job().0, 1, "a dry run changes nothing");
+    let (code, out, err) = run_with(env, &["repair", url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 problem(s) fixed"), "{out}");
+
+    let (code, _, err) = run_job();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 shard(s) committed, 3 skipped (of 4)"), "{err}");
+    rt.block_on(async {
+        let index = version::latest(&loc).await.unwrap().expect("a version");
+        let mut ids = Vec::new();
+        for shard in &index.shards {
+            let table = pipeline::inspect::read_table_summary(&loc, &shard.table).await.unwrap();
+            ids.extend(table.rows.into_iter().map(|r| r["id"].clone()));
+        }
+        ids.sort();
+        let all = ids.len();
+        ids.dedup();
+        assert_eq!((all, ids.len()), (n, n), "every item exactly once");
+        let kept = loc.list(pipeline::repair::QUARANTINE_DIR).await.unwrap();
+        assert!(kept.iter().any(|k| k.ends_with(&entry)) && kept.iter().any(|k| k.ends_with(&lease)), "{kept:?}");
+    });
+    let (code, out, _) = run_with(env, &["repair", url]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to repair"), "{out}");
 }

@@ -67,3 +67,34 @@ pub fn dit_case(c: &HashMap<String, Tensor>) -> DitCase {
         fps: c["in_fps"].to_vec1::<f32>().unwrap()[0],
     }
 }
+
+/// Check that `forward` stops between its blocks when its caller says so: counted with a stop
+/// check that never stops, the forward checks `at_least` times or more and gives the same
+/// result as without a check; told to stop at the k-th check (the first, and the last), it
+/// returns [`models::interrupt::Interrupted`]'s error at exactly that check, computing no more.
+pub fn stops_at_the_check_that_says_stop(at_least: usize, forward: impl Fn() -> candle_core::Result<Tensor>) {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let counting = |stop_at: usize| {
+        let calls = Rc::new(Cell::new(0usize));
+        let c = calls.clone();
+        let out = models::interrupt::scope(
+            move || {
+                c.set(c.get() + 1);
+                c.get() == stop_at
+            },
+            &forward,
+        );
+        (out, calls.get())
+    };
+    let (out, checks) = counting(0);
+    assert!(checks >= at_least, "{checks} checks, expected at least {at_least}");
+    assert_eq!(rel_l2(&out.unwrap(), &forward().unwrap()), 0.0, "a check that never stops changes nothing");
+    for k in [1, checks] {
+        let (out, calls) = counting(k);
+        let err = out.expect_err("a forward told to stop finishes anyway");
+        assert_eq!(calls, k, "it went on checking after it was told to stop at check {k}");
+        // candle keeps a wrapped error as text only: the message is what says which it was.
+        assert!(err.to_string().contains("stopped between blocks: the work was cancelled"), "{err}");
+    }
+}

@@ -5,7 +5,8 @@
 //!    (`shards/<attempt>/shard-00003.parquet`, `videos/<attempt>/<id>.mp4`), so two attempts at
 //!    the same shard (a worker that lost its lease, a requeued task) never write the same name.
 //! 2. **Shard commit.** The shard's files are finished in local scratch, each uploaded with an
-//!    atomic put (and, on local disk, fsynced with their folders), then the journal entry `_journal/<plan>/shard-XXXXX.json` is created with a
+//!    atomic put (a large one to an object store: a multipart upload on record, see
+//!    [`crate::upload`]; on local disk, fsynced with their folders), then the journal entry `_journal/<plan>/shard-XXXXX.json` is created with a
 //!    conditional put. The entry names its files and the input items it finished. An attempt
 //!    that loses the race deletes its own uploads; files no entry names are never read (and
 //!    `mugflow vacuum` removes what a killed attempt left).
@@ -27,6 +28,7 @@ use crate::format::{filter_table, DatasetIndex, Lineage};
 use crate::io::Location;
 use crate::journal::{self, Done, ShardEntry};
 use crate::stage::{ShardSink, Sink};
+use crate::upload::Uploader;
 use crate::version;
 use crate::PipelineError;
 
@@ -39,13 +41,13 @@ fn now() -> String {
 pub(super) async fn commit_shard(
     out: &Location,
     writer: Box<dyn ShardSink>,
-    (plan, shard, attempt): (&str, usize, &str),
+    (plan, shard, uploader): (&str, usize, &Uploader),
     items: &[WorkItem],
     outcome: ShardOutcome,
 ) -> Result<Option<ShardEntry>, PipelineError> {
     let files = tokio::task::block_in_place(|| writer.finish(&outcome.errors))?;
     for (local, name) in &files.files {
-        out.upload(local, name).await?;
+        out.upload(local, name, uploader).await?;
     }
     let names: Vec<String> = files.files.iter().map(|(_, n)| n.clone()).collect();
     tokio::task::block_in_place(|| out.sync(&names))?;
@@ -66,7 +68,7 @@ pub(super) async fn commit_shard(
     let entry = ShardEntry {
         plan: plan.to_string(),
         shard,
-        attempt: attempt.to_string(),
+        attempt: uploader.attempt.clone(),
         fingerprint: journal::fingerprint(items.iter().map(|w| (w.input.id.as_str(), w.key.as_str()))),
         inputs: items.len(),
         items: files.items,
@@ -102,7 +104,7 @@ async fn carry(
     out: &Location,
     shard: &ShardEntry,
     keep: &[bool],
-    attempt: &str,
+    uploader: &Uploader,
     scratch: &Path,
 ) -> Result<(ShardEntry, Option<String>), PipelineError> {
     let kept: Vec<Done> = shard.done.iter().zip(keep).filter(|(_, k)| **k).map(|(d, _)| d.clone()).collect();
@@ -122,14 +124,14 @@ async fn carry(
         .flat_map(|d| d.files.iter().map(String::as_str))
         .filter(|f| !keep_files.contains(f))
         .collect();
-    let table = format!("shards/{attempt}/carried-{}-{:05}.parquet", shard.plan, shard.shard);
+    let table = format!("shards/{}/carried-{}-{:05}.parquet", uploader.attempt, shard.plan, shard.shard);
     let local = scratch.join(table.replace('/', "__"));
     let bytes = out.read(&shard.table).await?;
     let written = {
         let (local, keep) = (local.clone(), keep_rows);
         tokio::task::block_in_place(|| filter_table(bytes, &keep, &local))?
     };
-    out.upload(&local, &table).await?;
+    out.upload(&local, &table, uploader).await?;
     tokio::task::block_in_place(|| out.sync(std::slice::from_ref(&table)))?;
     let _ = std::fs::remove_file(&local);
     files.retain(|f| *f != shard.table && !dropped_files.contains(f.as_str()));
@@ -149,7 +151,7 @@ pub(super) async fn commit_version(
     lineage: &Lineage,
     planned: &Planned,
     shards_total: usize,
-    attempt: &str,
+    uploader: &Uploader,
     scratch: &Path,
 ) -> Result<Option<DatasetIndex>, PipelineError> {
     let entries = journal::load(out, &planned.plan).await?;
@@ -168,7 +170,7 @@ pub(super) async fn commit_version(
             location: out.url_of(&version::version_name(planned.base_version.unwrap_or(0))),
             detail: format!("the version changed while the run planned on it (it has no shard {s} any more)"),
         })?;
-        let (carried, copy) = carry(out, shard, keep, attempt, scratch).await?;
+        let (carried, copy) = carry(out, shard, keep, uploader, scratch).await?;
         shards.push(carried);
         copies.extend(copy);
     }

@@ -33,6 +33,7 @@ use self::incremental::{Planned, WorkItem};
 use self::source::Source;
 use self::tracker::{Event, Tracker};
 use self::worker::{input_of, record, Worker};
+use crate::attempt;
 use crate::budget::MemoryBudget;
 use crate::cluster::Cluster;
 use crate::format::{checkpoint_identity, DatasetIndex, Lineage};
@@ -57,10 +58,6 @@ pub struct RunOptions<S> {
     /// Completes with the signal's name when the user asks to stop (Ctrl-C, SIGTERM).
     pub stop: S,
 }
-
-/// The folder of attempt records: who (host, process) runs each attempt, so that a later run
-/// can tell a dead attempt's leftovers from a live one's.
-const ATTEMPTS_DIR: &str = "_attempts";
 
 /// Run a validated plan to completion (or until stopped): compute the items the output's latest
 /// version does not hold, resuming the plan's committed shards, and commit the next version.
@@ -92,11 +89,18 @@ where
     let committed = journal::load(&out, &planned.plan).await?;
     let attempt = crate::names::attempt_id();
     remove_dead_staging_files(&out);
-    let leases = (job.balance == Balance::Leases).then(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        let owner = format!("{host}:{}:{}", std::process::id(), opts.cluster.rank);
-        Leases::new(out.clone(), &planned.plan, owner, job.lease_ttl.0)
-    });
+    crate::upload::abort_abandoned(&out).await;
+    let host = attempt::hostname();
+    let lease_owner =
+        (job.balance == Balance::Leases).then(|| format!("{host}:{}:{}", std::process::id(), opts.cluster.rank));
+    let leases = lease_owner.clone().map(|owner| Leases::new(out.clone(), &planned.plan, owner, job.lease_ttl.0));
+    let uploader = crate::upload::Uploader {
+        attempt: attempt.clone(),
+        host,
+        pid: u64::from(std::process::id()),
+        lease_owner,
+        ttl_ms: job.lease_ttl.0.as_millis() as u64,
+    };
     // With leases every shard is a candidate; each worker starts with the ones static sharding
     // would give it, so that workers rarely contend for the same shard.
     let mut mine: Vec<usize> = (0..shards.len()).filter(|k| opts.cluster.owns(*k)).collect();
@@ -164,13 +168,13 @@ where
         // Every shard of the plan is committed (by an earlier, interrupted run or by the other
         // workers): only the version may be missing.
         let outcome =
-            finish_version(&out, job, &lineage, &planned, shards.len(), &attempt, scratch.path(), sink.as_ref()).await;
+            finish_version(&out, job, &lineage, &planned, shards.len(), &uploader, scratch.path(), sink.as_ref()).await;
         report.version = outcome?;
         report.wall_s = started.elapsed().as_secs_f64();
         opts.reporter.finish(&report);
         return Ok(report);
     }
-    record_attempt(&out, &attempt, &opts.cluster).await?;
+    attempt::record(&out, &attempt, &opts.cluster).await?;
     let stage_ctx = StageContext {
         scratch: scratch.path().to_path_buf(),
         attempt: attempt.clone(),
@@ -293,7 +297,7 @@ where
                     Some(w) => w,
                     None => match open_shard(k) { Ok(w) => w, Err(e) => break Err(e) },
                 };
-                let which = (planned.plan.as_str(), k, attempt.as_str());
+                let which = (planned.plan.as_str(), k, &uploader);
                 let entry = match commit::commit_shard(&out, writer, which, shards[k], tracker.take(k)).await {
                     Ok(e) => e,
                     Err(e) => break Err(e),
@@ -360,7 +364,7 @@ where
         report.shards_other_workers = held_elsewhere.load(Ordering::Relaxed);
     }
     let outcome = match outcome {
-        Ok(()) => finish_version(&out, job, &lineage, &planned, shards.len(), &attempt, scratch.path(), sink.as_ref())
+        Ok(()) => finish_version(&out, job, &lineage, &planned, shards.len(), &uploader, scratch.path(), sink.as_ref())
             .await
             .map(|v| report.version = v),
         Err(e) => Err(e),
@@ -394,11 +398,11 @@ async fn finish_version(
     lineage: &Lineage,
     planned: &Planned,
     shards_total: usize,
-    attempt: &str,
+    uploader: &crate::upload::Uploader,
     scratch: &std::path::Path,
     sink: &dyn Sink,
 ) -> Result<Option<u64>, PipelineError> {
-    match commit::commit_version(out, &job.name, lineage, planned, shards_total, attempt, scratch).await? {
+    match commit::commit_version(out, &job.name, lineage, planned, shards_total, uploader, scratch).await? {
         Some(index) => {
             commit::publish(out, &index, sink).await?;
             Ok(Some(index.version))
@@ -407,49 +411,12 @@ async fn finish_version(
     }
 }
 
-/// Write `_attempts/<attempt>.json`: which host and process run this attempt.
-async fn record_attempt(out: &Location, attempt: &str, cluster: &Cluster) -> Result<(), PipelineError> {
-    let body = serde_json::json!({
-        "attempt": attempt,
-        "host": hostname(),
-        "pid": std::process::id(),
-        "worker": cluster.to_string(),
-        "started_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    });
-    out.write(&format!("{ATTEMPTS_DIR}/{attempt}.json"), serde_json::to_vec_pretty(&body).expect("json")).await
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// Remove the upload staging files that dead attempts left in a local output: a file under an
-/// attempt's folder when that attempt's process (on this host) is gone, any other staging file
-/// (of a small put: journal, version, index) once it is an hour old. Live workers' files stay.
+/// Remove the upload staging files that dead attempts left in a local output
+/// ([`attempt::staging_file_dead`]); live workers' files stay.
 fn remove_dead_staging_files(out: &Location) {
     let Some(dir) = out.local_dir.clone() else { return };
-    let host = hostname();
-    let dead = |name: &str, age: Duration| -> bool {
-        let Some(attempt) = name.split('/').find(|c| crate::names::is_attempt_id(c)) else {
-            return age > Duration::from_secs(3600);
-        };
-        let record = std::fs::read(dir.join(ATTEMPTS_DIR).join(format!("{attempt}.json")))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        match record {
-            Some(r) if r["host"] == host.as_str() => {
-                r["pid"].as_u64().is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-            }
-            // Another host's attempt: only its age tells.
-            Some(_) => age > Duration::from_secs(24 * 3600),
-            None => age > Duration::from_secs(3600),
-        }
-    };
-    // Best effort: a file we cannot remove is one more for `mugflow vacuum`.
-    let _ = out.remove_local_staging_files(dead);
+    // Best effort: a file we cannot remove is one more for `mugflow repair`.
+    let _ = out.remove_local_staging_files(|name, age| attempt::staging_file_dead(&dir, name, age));
 }
 
 /// How the job's dataset is made: each stage's parameters with the identity (path, sha256) of
