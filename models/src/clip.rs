@@ -6,7 +6,8 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
-use crate::layers::{layer_norm, linear, linear_no_bias};
+use crate::attention::attention_tokens;
+use crate::layers::{layer_norm, layer_norm_forward, linear, linear_forward, linear_no_bias};
 use crate::weights::{Checkpoint, WeightsError};
 
 /// Sizes of a CLIP ViT image tower.
@@ -166,22 +167,20 @@ impl ClipVision {
         let class = self.class_embedding.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
         let mut x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
         hook(ClipPoint::Embeddings, &x);
-        x = self.pre_layrnorm.forward(&x)?;
+        x = layer_norm_forward(&self.pre_layrnorm, &x, c.eps)?;
         hook(ClipPoint::AfterPreLayrnorm, &x);
         let t = x.dim(1)?;
-        let split = |y: Tensor| y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
         let scale = (d as f64).powf(-0.5);
         for (i, layer) in self.layers.iter().enumerate() {
             crate::interrupt::check("the CLIP forward")?;
-            let a = layer.layer_norm1.forward(&x)?;
-            // As HF does: the query is scaled before the product, every key is attended (no mask).
-            let q = split((layer.q_proj.forward(&a)? * scale)?)?;
-            let (k, v) = (split(layer.k_proj.forward(&a)?)?, split(layer.v_proj.forward(&a)?)?);
-            let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?;
-            let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
-            x = (x + layer.out_proj.forward(&o)?)?;
-            let h = layer.fc1.forward(&layer.layer_norm2.forward(&x)?)?;
-            x = (x + layer.fc2.forward(&quick_gelu(&h)?)?)?;
+            let a = layer_norm_forward(&layer.layer_norm1, &x, c.eps)?;
+            // Every key is attended (no mask); token-major heads `[B, T, H, d]` for the attention.
+            let split = |l: &Linear| linear_forward(l, &a, false)?.reshape((b, t, heads, d));
+            let (q, k, v) = (split(&layer.q_proj)?, split(&layer.k_proj)?, split(&layer.v_proj)?);
+            let o = attention_tokens(&q, &k, &v, None, scale)?.reshape((b, t, w))?;
+            x = (x + linear_forward(&layer.out_proj, &o, false)?)?;
+            let h = linear_forward(&layer.fc1, &layer_norm_forward(&layer.layer_norm2, &x, c.eps)?, false)?;
+            x = (x + linear_forward(&layer.fc2, &quick_gelu(&h)?, false)?)?;
             hook(ClipPoint::AfterLayer(i), &x);
         }
         let pooled = self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;

@@ -21,6 +21,20 @@ pub(crate) fn layer_norm(w: &Weights, dim: usize, eps: f64) -> Result<LayerNorm,
     Ok(LayerNorm::new(w.get("weight", &[dim])?, w.get("bias", &[dim])?, eps))
 }
 
+/// `ln(x)` over the last axis with `ln`'s weight and bias. On CUDA in bf16 over `[B, L, D]` one
+/// fused kernel (statistics in f32, one rounding) instead of candle's separate passes.
+pub(crate) fn layer_norm_forward(ln: &LayerNorm, x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let (true, Some(bias), Ok((_, _, d))) =
+        (x.device().is_cuda() && x.dtype() == candle_core::DType::BF16, ln.bias(), x.dims3())
+    {
+        let (shift, scale) = (bias.reshape((1, 1, d))?, ln.weight().reshape((1, 1, d))?);
+        return kernels::ln_modulate(&x.contiguous()?, &shift, &scale, None, 0.0, eps as f32);
+    }
+    let _ = eps; // candle's LayerNorm keeps its own
+    ln.forward(x)
+}
+
 /// `l(x)`, then GELU (tanh approximation) with `gelu`. On CUDA in bf16 this is one cuBLASLt
 /// product over all leading axes with the bias and GELU in its epilogue (`MUGFLOW_LINEAR=candle`
 /// keeps candle's batched matmul + bias + GELU, to compare the two).
