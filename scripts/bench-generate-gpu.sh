@@ -9,6 +9,9 @@
 #
 #   MUGFLOW=/path/to/mugflow scripts/bench-generate-gpu.sh WORKDIR
 #
+# The text encoders (T5-XXL, UMT5-XXL) run where the bundled manifest puts them, on the CPU;
+# TEXT_DEVICE=cuda puts them on the GPU too (faster, ~30 GB more GPU memory).
+#
 # WORKDIR gets the weights (dit, vae, t5 and the enhancer's four files: ~62 GB, kept for the next
 # run; MODELS=DIR puts them elsewhere), the catalog, the videos and the GPU samples.
 source "$(dirname "$0")/bench-gpu-common.sh"
@@ -44,7 +47,7 @@ smi=$!
 start=$(t)
 "$mugflow" generate --catalog "$work/catalog/catalog.csv" --out "$work/videos" --models "$models" --device cuda \
   --enhance --progress plain --set "stage.i2v_generate.steps=$steps" \
-  --set stage.i2v_generate.t5_device=cuda --set stage.enhance.umt5_device=cuda "$@"
+  --set "stage.i2v_generate.t5_device=${TEXT_DEVICE:-cpu}" --set "stage.enhance.umt5_device=${TEXT_DEVICE:-cpu}" "$@"
 wall=$(secs "$start")
 kill $smi
 
