@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -231,6 +231,43 @@ fn a_full_disk_fails_the_shard_cleanly_and_a_later_run_completes_it() {
 ///
 /// What is covered: a read that waits for data that never comes (the writer end is held open).
 /// A FIFO nobody writes to at all is not a hang: it is opened without blocking and reads as empty.
+/// A job probing the rows of `dir/listing.csv` (`id,path`) on 2 workers with `item_timeout`.
+fn probe_listing_job(dir: &Path, item_timeout: &str) -> PathBuf {
+    common::manifest(
+        dir,
+        "job.toml",
+        &format!(
+            "[job]\nname = \"t\"\ninput = {{ table = \"{d}/listing.csv\", id_column = \"id\" }}\noutput = \"{d}/out\"\n\
+             shard_size = 8\nitem_timeout = \"{item_timeout}\"\nmax_error_rate = 0.5\n{}\n\n[[stage]]\nkind = \"probe\"\nparallelism = 2\n\n\
+             [[stage]]\nkind = \"write\"\n",
+            common::allowed_videos(),
+            d = dir.display()
+        ),
+    )
+}
+
+#[test]
+fn a_fifo_nobody_writes_to_is_an_error_record_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("nobody.mp4");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let video = std::fs::read_dir(common::videos()).unwrap().next().unwrap().unwrap().path();
+    let csv = format!("id,path\na-fifo,{}\nb-good,{}\n", fifo.display(), video.display());
+    std::fs::write(dir.path().join("listing.csv"), csv).unwrap();
+    let job = probe_listing_job(dir.path(), "60s");
+    let t0 = std::time::Instant::now();
+    let out = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"]).output().unwrap();
+    let wall = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::written_ids(&dir.path().join("out")), ["b-good"], "{stderr}");
+    let errors = common::error_rows(&dir.path().join("out"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "a-fifo");
+    assert!(!errors[0].2.contains("timed out"), "read as empty, not waited on: {errors:?}");
+    // No wait for a writer: far below the 60 s item timeout.
+    assert!(wall < Duration::from_secs(30), "took {wall:?}\n{stderr}");
+}
+
 #[test]
 fn hung_inputs_time_out_and_free_their_threads() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,17 +287,7 @@ fn hung_inputs_time_out_and_free_their_threads() {
         csv.push_str(&format!("b-good{i:02},{}\n", videos[i % videos.len()].display()));
     }
     std::fs::write(dir.path().join("listing.csv"), csv).unwrap();
-    let job = common::manifest(
-        dir.path(),
-        "job.toml",
-        &format!(
-            "[job]\nname = \"t\"\ninput = {{ table = \"{d}/listing.csv\", id_column = \"id\" }}\noutput = \"{d}/out\"\n\
-             shard_size = 8\nitem_timeout = \"2s\"\nmax_error_rate = 0.5\n{}\n\n[[stage]]\nkind = \"probe\"\nparallelism = 2\n\n\
-             [[stage]]\nkind = \"write\"\n",
-            common::allowed_videos(),
-            d = dir.path().display()
-        ),
-    );
+    let job = probe_listing_job(dir.path(), "2s");
     let t0 = std::time::Instant::now();
     let out = common::mugflow(&["run", job.to_str().unwrap(), "--progress", "none"])
         .env("RAYON_NUM_THREADS", "2")
