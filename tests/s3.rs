@@ -222,16 +222,12 @@ fn runs_on_s3_killed_at_ten_random_moments_lose_and_duplicate_nothing() {
         let (code, _, err) = run_with(&env, &args);
         assert_eq!(code, 0, "round {round} (killed after {delay:?}): {err}");
         rt.block_on(async {
-            let index = pipeline::version::latest(&loc).await.unwrap().expect("a version");
-            let mut ids = Vec::new();
-            for shard in &index.shards {
-                let table = pipeline::inspect::read_table_summary(&loc, &shard.table).await.unwrap();
-                ids.extend(table.rows.into_iter().map(|r| r["id"].clone()));
-            }
-            ids.sort();
-            let all = ids.len();
-            ids.dedup();
-            assert_eq!((all, ids.len()), (n, n), "round {round} (killed after {delay:?}): every item exactly once");
+            let (index, ids) = common::latest_ids(&loc).await;
+            assert_eq!(
+                common::exactly_once(ids),
+                Some(n),
+                "round {round} (killed after {delay:?}): every item exactly once"
+            );
             for entry in pipeline::journal::load(&loc, &index.plan).await.unwrap().values() {
                 for f in &entry.files {
                     assert!(loc.head(f).await.is_ok(), "round {round}: shard {} names {f}, which is gone", entry.shard);

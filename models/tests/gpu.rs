@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use models::aesthetic::{AestheticConfig, AestheticScorer};
-use models::mugdit::{DitInput, MugDit, MugDitConfig};
+use models::mugdit::{MugDit, MugDitConfig};
 use models::mugvae::{MugVae, MugVaeConfig};
 use models::t5::{T5Config, T5Encoder};
 use models::umt5::{Umt5Config, Umt5Encoder};
@@ -133,15 +133,7 @@ fn mugdit_on_cuda() {
             let c: HashMap<String, Tensor> = case("mugdit", name);
             let (x, y) = (on(&c["in_x"], &dev, dtype), on(&c["in_y"], &dev, dtype));
             let d = common::dit_case(&c);
-            let input = DitInput {
-                x: &x,
-                timestep: &d.timestep,
-                y: &y,
-                text_lens: &d.text_lens,
-                x_mask: &d.x_mask,
-                fps: d.fps,
-                frame_indices: &d.frames,
-            };
+            let input = d.input(&x, &y);
             let out = model.forward(&input).unwrap();
             assert_within(&format!("mugdit {name} {dtype:?}"), &back(&out), &c["out"], tol);
         }

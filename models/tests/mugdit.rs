@@ -28,15 +28,7 @@ fn every_case_matches_the_reference_step_by_step() {
         let c = case(name);
         let b = c["in_x"].dim(0).unwrap();
         let d = common::dit_case(&c);
-        let input = DitInput {
-            x: &c["in_x"],
-            timestep: &d.timestep,
-            y: &c["in_y"],
-            text_lens: &d.text_lens,
-            x_mask: &d.x_mask,
-            fps: d.fps,
-            frame_indices: &d.frames,
-        };
+        let input = d.input(&c["in_x"], &c["in_y"]);
         let mut seen = HashMap::new();
         let out = model
             .forward_with(&input, &mut |p, x| {
@@ -86,14 +78,6 @@ fn a_forward_stops_between_blocks_when_its_caller_says_so() {
     let model = MugDit::load(&ckpt, &MugDitConfig::golden()).unwrap();
     let c = case("case_i2v.safetensors");
     let d = common::dit_case(&c);
-    let input = DitInput {
-        x: &c["in_x"],
-        timestep: &d.timestep,
-        y: &c["in_y"],
-        text_lens: &d.text_lens,
-        x_mask: &d.x_mask,
-        fps: d.fps,
-        frame_indices: &d.frames,
-    };
+    let input = d.input(&c["in_x"], &c["in_y"]);
     common::stops_at_the_check_that_says_stop(3, || model.forward(&input));
 }

@@ -126,6 +126,30 @@ mod tests {
 
     use crate::checkpoints::testing::context as ctx;
 
+    /// Items 0..n submitted while `thread` is held busy, then the thread let go: their tasks.
+    async fn queued_behind_a_busy_thread(
+        batcher: &Batcher<u32, u32>,
+        thread: &ModelThread,
+        n: u32,
+    ) -> Vec<tokio::task::JoinHandle<Result<(u32, usize), StageError>>> {
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        thread.send(Box::new(move || {
+            let _ = release.recv();
+        }));
+        let ctx = ctx();
+        let tasks = (0..n)
+            .map(|i| {
+                let (b, ctx) = (batcher.clone(), ctx.clone());
+                tokio::spawn(async move { b.run(&ctx, i).await })
+            })
+            .collect();
+        while batcher.queue.lock().unwrap().waiting.len() < n as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        hold.send(()).unwrap();
+        tasks
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn inputs_queued_while_the_thread_is_busy_run_as_one_batch() {
         let thread = ModelThread::spawn("batch-test").unwrap();
@@ -135,23 +159,7 @@ mod tests {
             seen.fetch_add(1, Ordering::SeqCst);
             Ok(xs.into_iter().map(|x| x * 10).collect())
         });
-        // Hold the thread so that the next 20 inputs queue behind it.
-        let (hold, release) = std::sync::mpsc::channel::<()>();
-        thread.send(Box::new(move || {
-            let _ = release.recv();
-        }));
-        let ctx = ctx();
-        let tasks: Vec<_> = (0..20u32)
-            .map(|i| {
-                let (b, ctx) = (batcher.clone(), ctx.clone());
-                tokio::spawn(async move { b.run(&ctx, i).await })
-            })
-            .collect();
-        while batcher.queue.lock().unwrap().waiting.len() < 20 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        hold.send(()).unwrap();
-        for (i, t) in tasks.into_iter().enumerate() {
+        for (i, t) in queued_behind_a_busy_thread(&batcher, &thread, 20).await.into_iter().enumerate() {
             let (out, n) = t.await.unwrap().unwrap();
             assert_eq!(out, i as u32 * 10, "each input gets its own output back");
             assert_eq!(n, 20);
@@ -170,21 +178,7 @@ mod tests {
         });
         let ctx = ctx();
         assert_eq!(batcher.run(&ctx, 7).await.unwrap(), (7, 1), "an idle thread runs a lone input");
-        let (hold, release) = std::sync::mpsc::channel::<()>();
-        thread.send(Box::new(move || {
-            let _ = release.recv();
-        }));
-        let tasks: Vec<_> = (0..20u32)
-            .map(|i| {
-                let (b, ctx) = (batcher.clone(), ctx.clone());
-                tokio::spawn(async move { b.run(&ctx, i).await })
-            })
-            .collect();
-        while batcher.queue.lock().unwrap().waiting.len() < 20 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        hold.send(()).unwrap();
-        for t in tasks {
+        for t in queued_behind_a_busy_thread(&batcher, &thread, 20).await {
             t.await.unwrap().unwrap();
         }
         assert_eq!(*sizes.lock().unwrap(), [1, 8, 8, 4]);

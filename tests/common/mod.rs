@@ -296,6 +296,26 @@ pub fn with_env<R>(env: &[(&'static str, String)], f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The latest version of the output at `loc` and the ids of every row its shards hold, sorted
+/// (duplicates kept).
+pub async fn latest_ids(loc: &pipeline::io::Location) -> (pipeline::format::DatasetIndex, Vec<String>) {
+    let index = pipeline::version::latest(loc).await.unwrap().expect("a version");
+    let mut ids = Vec::new();
+    for shard in &index.shards {
+        let table = pipeline::inspect::read_table_summary(loc, &shard.table).await.unwrap();
+        ids.extend(table.rows.into_iter().map(|r| r["id"].clone()));
+    }
+    ids.sort();
+    (index, ids)
+}
+
+/// How many ids there are when each is there once (`None` when one repeats).
+pub fn exactly_once(mut ids: Vec<String>) -> Option<usize> {
+    let all = ids.len();
+    ids.dedup();
+    (ids.len() == all).then_some(all)
+}
+
 /// Damage an output the way a crash and a bad disk do, check that the run stops naming
 /// `mugflow repair`, repair it, and check that the run then completes with every item exactly
 /// once. The output is `url` (a local path, or `s3://` with `env` a [`Moto`]'s); the job is the
@@ -342,16 +362,8 @@ pub fn damage_repair_and_finish(dir: &Path, url: &str, env: &[(&'static str, Str
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 shard(s) committed, 3 skipped (of 4)"), "{err}");
     rt.block_on(async {
-        let index = version::latest(&loc).await.unwrap().expect("a version");
-        let mut ids = Vec::new();
-        for shard in &index.shards {
-            let table = pipeline::inspect::read_table_summary(&loc, &shard.table).await.unwrap();
-            ids.extend(table.rows.into_iter().map(|r| r["id"].clone()));
-        }
-        ids.sort();
-        let all = ids.len();
-        ids.dedup();
-        assert_eq!((all, ids.len()), (n, n), "every item exactly once");
+        let (_, ids) = latest_ids(&loc).await;
+        assert_eq!(exactly_once(ids), Some(n), "every item exactly once");
         let kept = loc.list(pipeline::repair::QUARANTINE_DIR).await.unwrap();
         assert!(kept.iter().any(|k| k.ends_with(&entry)) && kept.iter().any(|k| k.ends_with(&lease)), "{kept:?}");
     });

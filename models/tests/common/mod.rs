@@ -55,6 +55,21 @@ pub struct DitCase {
     pub fps: f32,
 }
 
+impl DitCase {
+    /// The DiT's input: these settings with the latents `x` and the text features `y`.
+    pub fn input<'a>(&'a self, x: &'a Tensor, y: &'a Tensor) -> models::mugdit::DitInput<'a> {
+        models::mugdit::DitInput {
+            x,
+            timestep: &self.timestep,
+            y,
+            text_lens: &self.text_lens,
+            x_mask: &self.x_mask,
+            fps: self.fps,
+            frame_indices: &self.frames,
+        }
+    }
+}
+
 /// Reads [`DitCase`] from a case's `in_*` and `mid_text_lens` tensors.
 pub fn dit_case(c: &HashMap<String, Tensor>) -> DitCase {
     let ints = |t: &Tensor| -> Vec<i64> { t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap() };
