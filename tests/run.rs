@@ -295,6 +295,16 @@ fn a_damaged_journal_entry_and_lease_are_repaired_and_the_run_finishes() {
     common::damage_repair_and_finish(dir.path(), out.to_str().unwrap(), &[]);
 }
 
+/// A mistyped output path is an error naming it, not "nothing to repair".
+#[test]
+fn repair_of_a_path_that_holds_nothing_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("ouput");
+    let (code, _, err) = common::run(&["repair", typo.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("holds nothing") && err.contains("check the path"), "{err}");
+}
+
 /// 20 incremental runs killed at pseudo-random moments (a printed seed, so failures reproduce):
 /// each output first holds version 1 over 250 items, then a run over 300 is SIGKILLed and run
 /// again. No item is lost or duplicated, and no file a journal entry named at the kill is ever

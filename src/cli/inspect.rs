@@ -186,6 +186,10 @@ pub fn repair(path: &str, dry_run: bool) -> anyhow::Result<()> {
             };
             println!("{}: {}; {action}", f.name, f.problem);
         }
+        if found.is_empty() && loc.list("").await.map_or(true, |names| names.is_empty()) {
+            // A mistyped path reads as an empty output; saying "nothing to repair" would hide it.
+            anyhow::bail!("{} holds nothing: no dataset there to repair (check the path)", loc.url);
+        }
         match (found.len(), dry_run) {
             (0, _) => println!("nothing to repair in {}", loc.url),
             (n, true) => println!("{n} problem(s) found; run again without --dry-run to fix them"),
