@@ -11,6 +11,7 @@ use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
 use super::probe::{display_rotation, open_input, DecodeError, Demuxer};
+use super::yuv::{coefficients, colorspace, set_colorspace, target, Yuv444};
 
 /// One decoded picture, packed 8-bit, 3 channels, rows without padding.
 #[derive(Debug, Clone)]
@@ -416,24 +417,31 @@ impl VideoReader {
     }
 }
 
-/// Converts decoded frames to packed images of one [`FrameFormat`], rebuilding the swscale
-/// context when the stream changes size or pixel format mid-way.
+/// Converts decoded frames to packed images of one [`FrameFormat`], rebuilding its conversion
+/// when the stream changes size or pixel format mid-way.
 struct Converter<'r> {
     format: FrameFormat,
     rotation: i64,
-    /// What the consumer reads (full-size frames, handed out unrotated), and from it the slices
-    /// of output rows `(first, count)` to convert (`None`: all).
+    /// What the consumer reads (full-size frames, handed out unrotated).
     reads: Option<&'r dyn Fn(usize, usize) -> PixelsRead>,
-    slices: Option<Vec<(u32, u32)>>,
-    /// The scaler and the (format, width, height) of the frames it was built for.
-    ctx: Option<(scaling::Context, Pixel, u32, u32)>,
+    /// The conversion and the (format, width, height) of the frames it was built for.
+    conversion: Option<(Conversion, Pixel, u32, u32)>,
     /// Scaled size before rotation, and the crop window after it.
     scaled: (u32, u32),
     crop: (usize, usize, usize, usize),
-    /// The scaler's output frame and the rotated/cropped image, reused from frame to frame: fresh
-    /// megabyte buffers per frame cost more in page faults than the conversion itself.
+    /// The conversion's output frame and the rotated/cropped image, reused from frame to frame:
+    /// fresh megabyte buffers per frame cost more in page faults than the conversion itself.
     out: ffmpeg::frame::Video,
     image: Image,
+}
+
+/// How one stream's frames are converted.
+enum Conversion {
+    /// By swscale: whole frames, or only the output row slices `(first, count)` listed.
+    Swscale(scaling::Context, Option<Vec<(u32, u32)>>),
+    /// 8-bit 4:4:4 at full size by our bit-exact copy of swscale's arithmetic, only the source
+    /// rows marked: swscale's general path, which 4:4:4 takes, cannot skip rows cheaply.
+    Yuv444(Yuv444, Vec<bool>),
 }
 
 impl<'r> Converter<'r> {
@@ -442,8 +450,7 @@ impl<'r> Converter<'r> {
             format,
             rotation,
             reads: reads.filter(|_| format.fill.is_none()),
-            slices: None,
-            ctx: None,
+            conversion: None,
             scaled: (0, 0),
             crop: (0, 0, 0, 0),
             out: ffmpeg::frame::Video::empty(),
@@ -451,49 +458,59 @@ impl<'r> Converter<'r> {
         }
     }
 
+    /// The conversion for frames like `decoded`, scaled to `self.scaled`.
+    fn build(&self, decoded: &ffmpeg::frame::Video) -> Result<Conversion, DecodeError> {
+        let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
+        let (matrix, full_range) = colorspace(decoded);
+        let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, matrix, full_range);
+        let quarter = self.rotation.rem_euclid(180) == 90;
+        let (dw, dh) = if quarter { (h, w) } else { (w, h) };
+        let rows = || self.reads.map(|reads| source_rows(&reads(dw as usize, dh as usize), self.rotation, h as usize));
+        if self.scaled == (w, h) {
+            let layout = self.format.layout;
+            if let Some(own) = Yuv444::matching_swscale(fmt, coefficients(matrix), full_range, layout, configure) {
+                return Ok(Conversion::Yuv444(own, rows().unwrap_or_else(|| vec![true; h as usize])));
+            }
+        }
+        let (sw, sh) = self.scaled;
+        let mut ctx = scaling::Context::get(fmt, w, h, target(self.format.layout), sw, sh, scaling::Flags::BICUBIC)
+            .map_err(|e| DecodeError::Convert(fmt, e))?;
+        configure(&mut ctx);
+        // SAFETY: the context is valid.
+        let align = unsafe { ffmpeg::ffi::sws_receive_slice_alignment(ctx.as_mut_ptr()) } as usize;
+        // Only swscale's direct YUV -> RGB converter (the one that asks for slices of 2 rows)
+        // converts rows independently; its general path re-filters the chroma lines around every
+        // slice's start, which costs more than the skipped rows save (measured: 10% slower on
+        // the odd-height MPEG-2 video).
+        let slices = rows().filter(|_| align > 1).and_then(|rows| row_slices(&rows, align));
+        Ok(Conversion::Swscale(ctx, slices))
+    }
+
     /// Convert one decoded frame; the image is valid until the next call. Upright full frames are
-    /// lent straight from the scaler's output, without a copy.
+    /// lent straight from the conversion's output, without a copy.
     fn convert(&mut self, decoded: &ffmpeg::frame::Video) -> Result<ImageRef<'_>, DecodeError> {
         let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
-        if self.ctx.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
+        if self.conversion.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
             let quarter = self.rotation.rem_euclid(180) == 90;
             let (dw, dh) = if quarter { (h, w) } else { (w, h) };
             let (rw, rh, crop) = fill_plan(dw, dh, self.format.fill);
             self.scaled = if quarter { (rh, rw) } else { (rw, rh) };
             self.crop = crop;
-            let target = match self.format.layout {
-                Layout::Bgr => Pixel::BGR24,
-                Layout::Rgb => Pixel::RGB24,
-            };
-            let mut ctx =
-                scaling::Context::get(fmt, w, h, target, self.scaled.0, self.scaled.1, scaling::Flags::BICUBIC)
-                    .map_err(|e| DecodeError::Convert(fmt, e))?;
-            set_colorspace(&mut ctx, decoded);
-            self.slices = match self.reads {
-                Some(reads) => {
-                    let read = reads(dw as usize, dh as usize);
-                    // SAFETY: the context is valid.
-                    let align = unsafe { ffmpeg::ffi::sws_receive_slice_alignment(ctx.as_mut_ptr()) } as usize;
-                    // Only swscale's direct YUV -> RGB converter (the one that asks for slices
-                    // of 2 rows) converts rows independently; its general path re-filters the
-                    // chroma lines around every slice's start, which costs more than the
-                    // skipped rows save (measured: 10% slower on the odd-height MPEG-2 video).
-                    let slices = (align > 1).then(|| row_slices(&source_rows(&read, self.rotation, h as usize), align));
-                    slices.flatten()
-                }
-                None => None,
-            };
-            self.ctx = Some((ctx, fmt, w, h));
-            self.out = ffmpeg::frame::Video::new(target, self.scaled.0, self.scaled.1);
+            self.conversion = Some((self.build(decoded)?, fmt, w, h));
+            self.out = ffmpeg::frame::Video::new(target(self.format.layout), self.scaled.0, self.scaled.1);
         }
-        let ctx = &mut self.ctx.as_mut().expect("set above").0;
-        match &self.slices {
-            None => ctx.run(decoded, &mut self.out),
-            Some(slices) => convert_slices(ctx, decoded, &mut self.out, slices),
+        let stride = self.out.stride(0);
+        match &mut self.conversion.as_mut().expect("set above").0 {
+            Conversion::Swscale(ctx, None) => ctx.run(decoded, &mut self.out),
+            Conversion::Swscale(ctx, Some(slices)) => convert_slices(ctx, decoded, &mut self.out, slices),
+            Conversion::Yuv444(own, rows) => {
+                own.convert_rows(decoded, rows, self.format.layout, self.out.data_mut(0), stride);
+                Ok(())
+            }
         }
         .map_err(|e| DecodeError::Convert(fmt, e))?;
         let (width, height) = (self.scaled.0 as usize, self.scaled.1 as usize);
-        let whole = ImageRef { width, height, stride: self.out.stride(0), data: self.out.data(0) };
+        let whole = ImageRef { width, height, stride, data: self.out.data(0) };
         let (x, y, cw, ch) = self.crop;
         // A consumer that says what it reads gets frames as stored (and full size: no crop).
         if self.reads.is_some() || (self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height)) {
@@ -620,30 +637,6 @@ pub fn nearest_bucket(width: u32, height: u32, buckets: &[(u32, u32)]) -> Option
     let aspect = (f64::from(width) / f64::from(height.max(1))).ln();
     let distance = |&(w, h): &(u32, u32)| (aspect - (f64::from(w) / f64::from(h.max(1))).ln()).abs();
     buckets.iter().copied().reduce(|best, b| if distance(&b) < distance(&best) { b } else { best })
-}
-
-/// Convert with the frame's own colour matrix and range (BT.709 when tagged, BT.601 otherwise),
-/// as OpenCV and PyAV do; swscale would otherwise assume BT.601 limited range for everything.
-fn set_colorspace(ctx: &mut scaling::Context, frame: &ffmpeg::frame::Video) {
-    use ffmpeg::ffi;
-    use ffmpeg::util::color::{Range, Space};
-    let cs = match frame.color_space() {
-        Space::BT709 => ffi::SWS_CS_ITU709,
-        Space::FCC => ffi::SWS_CS_FCC,
-        Space::SMPTE240M => ffi::SWS_CS_SMPTE240M,
-        Space::BT2020NCL | Space::BT2020CL => ffi::SWS_CS_BT2020,
-        _ => ffi::SWS_CS_DEFAULT,
-    };
-    let full = i32::from(
-        frame.color_range() == Range::JPEG
-            || matches!(frame.format(), Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P),
-    );
-    // SAFETY: the context is valid and the coefficient tables are static FFmpeg data.
-    unsafe {
-        let coefs = ffi::sws_getCoefficients(cs);
-        let dst = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT);
-        ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), coefs, full, dst, 1, 0, 1 << 16, 1 << 16);
-    }
 }
 
 #[cfg(test)]
