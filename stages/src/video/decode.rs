@@ -11,7 +11,7 @@ use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
 use super::probe::{display_rotation, open_input, DecodeError, Demuxer};
-use super::yuv::{coefficients, colorspace, set_colorspace, target, Yuv444};
+use super::yuv::{coefficients, colorspace, set_colorspace, target, YuvToRgb};
 
 /// One decoded picture, packed 8-bit, 3 channels, rows without padding.
 #[derive(Debug, Clone)]
@@ -439,9 +439,11 @@ struct Converter<'r> {
 enum Conversion {
     /// By swscale: whole frames, or only the output row slices `(first, count)` listed.
     Swscale(scaling::Context, Option<Vec<(u32, u32)>>),
-    /// 8-bit 4:4:4 at full size by our bit-exact copy of swscale's arithmetic, only the source
-    /// rows marked: swscale's general path, which 4:4:4 takes, cannot skip rows cheaply.
-    Yuv444(Yuv444, Vec<bool>),
+    /// At full size by our bit-exact copy of swscale's arithmetic (8-bit 4:4:4 and 4:2:0), only
+    /// the source rows marked and, when listed, only the columns listed: swscale's general
+    /// path, which 4:4:4 takes, cannot skip rows cheaply, and its direct 4:2:0 converter
+    /// converts whole rows in pairs.
+    Own(YuvToRgb, Vec<bool>, Option<Vec<usize>>),
 }
 
 impl<'r> Converter<'r> {
@@ -465,11 +467,25 @@ impl<'r> Converter<'r> {
         let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, matrix, full_range);
         let quarter = self.rotation.rem_euclid(180) == 90;
         let (dw, dh) = if quarter { (h, w) } else { (w, h) };
-        let rows = || self.reads.map(|reads| source_rows(&reads(dw as usize, dh as usize), self.rotation, h as usize));
-        if self.scaled == (w, h) {
-            let layout = self.format.layout;
-            if let Some(own) = Yuv444::matching_swscale(fmt, coefficients(matrix), full_range, layout, configure) {
-                return Ok(Conversion::Yuv444(own, rows().unwrap_or_else(|| vec![true; h as usize])));
+        let read = self.reads.map(|reads| reads(dw as usize, dh as usize));
+        let rows = read.as_ref().map(|read| source_rows(read, self.rotation, h as usize));
+        // The stored columns read, listed when they are few (a 5:1 shrink reads one in five):
+        // converting just those pixels then beats converting whole rows.
+        let columns = read.as_ref().map(|read| source_columns(read, self.rotation, w as usize)).and_then(|columns| {
+            let listed: Vec<usize> = (0..columns.len()).filter(|&x| columns[x]).collect();
+            (4 * listed.len() <= columns.len()).then_some(listed)
+        });
+        // Our 4:4:4 rows vectorise and beat swscale's general path; our 4:2:0 conversion is per
+        // pixel and beats swscale's SIMD rows only on few columns.
+        let worth_it = match fmt {
+            Pixel::YUV444P | Pixel::YUVJ444P => true,
+            Pixel::YUV420P | Pixel::YUVJ420P => columns.is_some(),
+            _ => false,
+        };
+        if worth_it && self.scaled == (w, h) {
+            let (table, layout) = (coefficients(matrix), self.format.layout);
+            if let Some(own) = YuvToRgb::matching_swscale(fmt, (w, h), table, full_range, layout, configure) {
+                return Ok(Conversion::Own(own, rows.unwrap_or_else(|| vec![true; h as usize]), columns));
             }
         }
         let (sw, sh) = self.scaled;
@@ -482,7 +498,7 @@ impl<'r> Converter<'r> {
         // converts rows independently; its general path re-filters the chroma lines around every
         // slice's start, which costs more than the skipped rows save (measured: 10% slower on
         // the odd-height MPEG-2 video).
-        let slices = rows().filter(|_| align > 1).and_then(|rows| row_slices(&rows, align));
+        let slices = rows.filter(|_| align > 1).and_then(|rows| row_slices(&rows, align));
         Ok(Conversion::Swscale(ctx, slices))
     }
 
@@ -503,8 +519,9 @@ impl<'r> Converter<'r> {
         match &mut self.conversion.as_mut().expect("set above").0 {
             Conversion::Swscale(ctx, None) => ctx.run(decoded, &mut self.out),
             Conversion::Swscale(ctx, Some(slices)) => convert_slices(ctx, decoded, &mut self.out, slices),
-            Conversion::Yuv444(own, rows) => {
-                own.convert_rows(decoded, rows, self.format.layout, self.out.data_mut(0), stride);
+            Conversion::Own(own, rows, columns) => {
+                let columns = columns.as_deref();
+                own.convert_rows(decoded, rows, columns, self.format.layout, self.out.data_mut(0), stride);
                 Ok(())
             }
         }
@@ -546,6 +563,18 @@ fn source_rows(read: &PixelsRead, clockwise: i64, height: usize) -> Vec<bool> {
         180 => (0..height).map(|r| read.rows[height - 1 - r]).collect(),
         270 => read.columns.clone(),
         _ => read.rows.clone(),
+    }
+}
+
+/// Which columns of the unrotated `width`-column frame hold the displayed pixels in `read`: the
+/// displayed columns themselves, or with a quarter turn the displayed rows.
+fn source_columns(read: &PixelsRead, clockwise: i64, width: usize) -> Vec<bool> {
+    match clockwise.rem_euclid(360) {
+        // Displayed (x, y) comes from source column y (90), w - 1 - x (180) or w - 1 - y (270).
+        90 => read.rows.clone(),
+        180 => (0..width).map(|c| read.columns[width - 1 - c]).collect(),
+        270 => (0..width).map(|c| read.rows[width - 1 - c]).collect(),
+        _ => read.columns.clone(),
     }
 }
 
@@ -668,6 +697,11 @@ mod tests {
         let cols = PixelsRead { rows: vec![true; 2], columns: vec![true, false, false] };
         assert_eq!(source_rows(&cols, 90, 3), [false, false, true]);
         assert_eq!(source_rows(&cols, 270, 3), [true, false, false]);
+        // And the source columns of a quarter turn are the displayed rows.
+        let rows = PixelsRead { rows: vec![true, false], columns: vec![true; 3] };
+        assert_eq!(source_columns(&rows, 90, 2), [true, false]);
+        assert_eq!(source_columns(&rows, 270, 2), [false, true]);
+        assert_eq!(source_columns(&cols, 180, 3), [false, false, true]);
     }
 
     #[test]
