@@ -91,7 +91,10 @@ fn hash_read(img: stages::video::decode::ImageRef<'_>, sparse: bool) -> u64 {
     let mut h = DefaultHasher::new();
     for y in (0..img.height).filter(|&y| read.rows[y]) {
         let row = img.row(y);
-        (0..img.width).filter(|&x| read.columns[x]).for_each(|x| row[3 * x..3 * x + 3].hash(&mut h));
+        match sparse {
+            true => (0..img.width).filter(|&x| read.columns[x]).for_each(|x| row[3 * x..3 * x + 3].hash(&mut h)),
+            false => row.hash(&mut h),
+        }
     }
     h.finish()
 }
