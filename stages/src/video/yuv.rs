@@ -161,16 +161,6 @@ impl YuvToRgb {
 /// interleaved into the packed row.
 const CHUNK: usize = 64;
 
-/// Write the (R, G, B) pixel `rgb` as pixel `x` of the packed row `out`, in `layout` order.
-#[inline(always)]
-fn put(out: &mut [u8], x: usize, [r, g, b]: [u8; 3], layout: Layout) {
-    let px: &mut [u8; 3] = (&mut out[3 * x..3 * x + 3]).try_into().expect("three bytes");
-    *px = match layout {
-        Layout::Bgr => [b, g, r],
-        Layout::Rgb => [r, g, b],
-    };
-}
-
 /// One 4:4:4 pixel, (R, G, B), as swscale's general path computes it: the 8-bit values scaled
 /// to its 15-bit intermediate and on to 9 fractional bits, then `(y - offset) * y_coeff + 2^21`
 /// plus the chroma terms in wrapping 32-bit arithmetic (swscale's `int` sums wrap for the
@@ -302,8 +292,17 @@ fn listed_pixels(
         for i in 0..CHUNK {
             [channels[0][i], channels[1][i], channels[2][i]] = pixel(samples[0][i], samples[1][i], samples[2][i]);
         }
+        if layout == Layout::Bgr {
+            channels.swap(0, 2);
+        }
         for (i, &x) in columns.iter().enumerate() {
-            put(out, x, [channels[0][i], channels[1][i], channels[2][i]], layout);
+            // x is a column of the row, so 3 * x + 3 cannot wrap (wrapping operations keep
+            // debug builds' overflow checks out of the loop).
+            let at = x.wrapping_mul(3);
+            // Three byte stores (a copy from a 3-byte temporary reloads it across the stores,
+            // a store-forwarding stall that tripled this loop's time).
+            let px = &mut out[at..at.wrapping_add(3)];
+            (px[0], px[1], px[2]) = (channels[0][i], channels[1][i], channels[2][i]);
         }
     }
 }
