@@ -1,5 +1,5 @@
 //! Bit-exact re-implementations of swscale's conversions of 8-bit YUV to packed BGR or RGB at
-//! the same size, so that the decoder can convert only the rows a consumer reads, in loops that
+//! the same size, so that the decoder can convert only the pixels a consumer reads, in loops that
 //! vectorise. Two of swscale's paths are reproduced element for element: the general path that
 //! 4:4:4 input takes (identity filters, then its full-chroma per-pixel output, scalar C that
 //! converts every row of every frame), and the direct converter of 4:2:0 frames of even height
@@ -353,7 +353,7 @@ pub fn set_colorspace(ctx: &mut scaling::Context, matrix: i32, full_range: bool)
 }
 
 /// Row `y` of plane `plane` of a planar 8-bit frame: its bytes.
-pub fn plane_row(frame: &ffmpeg::frame::Video, plane: usize, y: usize) -> &[u8] {
+fn plane_row(frame: &ffmpeg::frame::Video, plane: usize, y: usize) -> &[u8] {
     let w = frame.plane_width(plane) as usize;
     &frame.data(plane)[y * frame.stride(plane)..][..w]
 }
