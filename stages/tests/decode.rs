@@ -74,10 +74,35 @@ fn seeking_to_a_clip_gives_the_frames_of_a_sequential_decode() {
     }
 }
 
-/// Hashes of the rows of every frame that `reads` marks, read with `for_each_frame_reading`
-/// and moved to the helper thread from frame `offload_from` on.
-fn read_rows(path: &Path, offload_from: usize) -> Vec<u64> {
-    let reads = |w: usize, h: usize| PixelsRead { rows: (0..h).map(|y| y % 3 == 1).collect(), columns: vec![true; w] };
+/// The pixels a partial-conversion test reads: rows 1, 4, 7, ... of every column, or when
+/// `sparse` rows 1, 6, 11, ... of columns 2, 7, 12, ... (few enough, also on the quarter-turned
+/// video, that only those pixels are converted).
+fn pattern(w: usize, h: usize, sparse: bool) -> PixelsRead {
+    let (every, columns) = if sparse { (5, 5) } else { (3, 1) };
+    PixelsRead {
+        rows: (0..h).map(|y| y % every == 1).collect(),
+        columns: (0..w).map(|x| columns == 1 || x % columns == 2).collect(),
+    }
+}
+
+/// Hash of the pixels of an upright frame that `pattern` marks.
+fn hash_read(img: stages::video::decode::ImageRef<'_>, sparse: bool) -> u64 {
+    let read = pattern(img.width, img.height, sparse);
+    let mut h = DefaultHasher::new();
+    for y in (0..img.height).filter(|&y| read.rows[y]) {
+        let row = img.row(y);
+        match sparse {
+            true => (0..img.width).filter(|&x| read.columns[x]).for_each(|x| row[3 * x..3 * x + 3].hash(&mut h)),
+            false => row.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// Hashes of the pixels of every frame that [`pattern`] marks, read with
+/// `for_each_frame_reading` and moved to the helper thread from frame `offload_from` on.
+fn read_rows(path: &Path, sparse: bool, offload_from: usize) -> Vec<u64> {
+    let reads = move |w: usize, h: usize| pattern(w, h, sparse);
     let (seen, mut out) = (std::cell::Cell::new(0), Vec::new());
     let offload = || {
         seen.set(seen.get() + 1);
@@ -88,12 +113,9 @@ fn read_rows(path: &Path, offload_from: usize) -> Vec<u64> {
     reader
         .for_each_frame_reading(Layout::Bgr, &reads, &offload, |index, img| {
             assert_eq!(index, out.len());
-            // Handed out as stored: upright here (the rows read are converted, with a quarter
-            // turn every stored row is).
-            let img = img.to_image().rotated(rotation);
-            let mut h = DefaultHasher::new();
-            (0..img.height).filter(|y| y % 3 == 1).for_each(|y| img.view().row(y).hash(&mut h));
-            out.push(h.finish());
+            // Handed out as stored: turned upright here (the pixels read are converted; the
+            // others may hold anything).
+            out.push(hash_read(img.to_image().rotated(rotation).view(), sparse));
             true
         })
         .unwrap();
@@ -101,22 +123,22 @@ fn read_rows(path: &Path, offload_from: usize) -> Vec<u64> {
 }
 
 #[test]
-fn partial_conversion_gives_the_rows_of_a_full_one_on_any_thread() {
+fn partial_conversion_gives_the_pixels_of_a_full_one_on_any_thread() {
     for path in videos() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let mut full = Vec::new();
-        VideoReader::open(&path, 1)
-            .unwrap()
-            .for_each_frame(FrameFormat::full(Layout::Bgr), |_, img| {
-                let mut h = DefaultHasher::new();
-                (0..img.height).filter(|y| y % 3 == 1).for_each(|y| img.row(y).hash(&mut h));
-                full.push(h.finish());
-                true
-            })
-            .unwrap();
-        // Never offloaded, and offloaded from the middle of the video.
-        for from in [usize::MAX, full.len() / 2] {
-            assert_eq!(read_rows(&path, from), full, "{name}: helper from frame {from}");
+        for sparse in [false, true] {
+            let mut full = Vec::new();
+            VideoReader::open(&path, 1)
+                .unwrap()
+                .for_each_frame(FrameFormat::full(Layout::Bgr), |_, img| {
+                    full.push(hash_read(img, sparse));
+                    true
+                })
+                .unwrap();
+            // Never offloaded, and offloaded from the middle of the video.
+            for from in [usize::MAX, full.len() / 2] {
+                assert_eq!(read_rows(&path, sparse, from), full, "{name}: sparse {sparse}, helper from frame {from}");
+            }
         }
     }
 }

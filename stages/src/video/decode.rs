@@ -11,6 +11,7 @@ use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
 use super::probe::{display_rotation, open_input, DecodeError, Demuxer};
+use super::yuv::{coefficients, colorspace, set_colorspace, target, YuvToRgb};
 
 /// One decoded picture, packed 8-bit, 3 channels, rows without padding.
 #[derive(Debug, Clone)]
@@ -416,24 +417,33 @@ impl VideoReader {
     }
 }
 
-/// Converts decoded frames to packed images of one [`FrameFormat`], rebuilding the swscale
-/// context when the stream changes size or pixel format mid-way.
+/// Converts decoded frames to packed images of one [`FrameFormat`], rebuilding its conversion
+/// when the stream changes size or pixel format mid-way.
 struct Converter<'r> {
     format: FrameFormat,
     rotation: i64,
-    /// What the consumer reads (full-size frames, handed out unrotated), and from it the slices
-    /// of output rows `(first, count)` to convert (`None`: all).
+    /// What the consumer reads (full-size frames, handed out unrotated).
     reads: Option<&'r dyn Fn(usize, usize) -> PixelsRead>,
-    slices: Option<Vec<(u32, u32)>>,
-    /// The scaler and the (format, width, height) of the frames it was built for.
-    ctx: Option<(scaling::Context, Pixel, u32, u32)>,
+    /// The conversion and the (format, width, height) of the frames it was built for.
+    conversion: Option<(Conversion, Pixel, u32, u32)>,
     /// Scaled size before rotation, and the crop window after it.
     scaled: (u32, u32),
     crop: (usize, usize, usize, usize),
-    /// The scaler's output frame and the rotated/cropped image, reused from frame to frame: fresh
-    /// megabyte buffers per frame cost more in page faults than the conversion itself.
+    /// The conversion's output frame and the rotated/cropped image, reused from frame to frame:
+    /// fresh megabyte buffers per frame cost more in page faults than the conversion itself.
     out: ffmpeg::frame::Video,
     image: Image,
+}
+
+/// How one stream's frames are converted.
+enum Conversion {
+    /// By swscale: whole frames, or only the output row slices `(first, count)` listed.
+    Swscale(scaling::Context, Option<Vec<(u32, u32)>>),
+    /// At full size by our bit-exact copy of swscale's arithmetic (8-bit 4:4:4 and 4:2:0), only
+    /// the source rows marked and, when listed, only the columns listed: swscale's general
+    /// path, which 4:4:4 takes, cannot skip rows cheaply, and its direct 4:2:0 converter
+    /// converts whole rows in pairs.
+    Own(YuvToRgb, Vec<bool>, Option<Vec<usize>>),
 }
 
 impl<'r> Converter<'r> {
@@ -442,8 +452,7 @@ impl<'r> Converter<'r> {
             format,
             rotation,
             reads: reads.filter(|_| format.fill.is_none()),
-            slices: None,
-            ctx: None,
+            conversion: None,
             scaled: (0, 0),
             crop: (0, 0, 0, 0),
             out: ffmpeg::frame::Video::empty(),
@@ -451,49 +460,74 @@ impl<'r> Converter<'r> {
         }
     }
 
+    /// The conversion for frames like `decoded`, scaled to `self.scaled`.
+    fn build(&self, decoded: &ffmpeg::frame::Video) -> Result<Conversion, DecodeError> {
+        let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
+        let (matrix, full_range) = colorspace(decoded);
+        let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, matrix, full_range);
+        let quarter = self.rotation.rem_euclid(180) == 90;
+        let (dw, dh) = if quarter { (h, w) } else { (w, h) };
+        let read = self.reads.map(|reads| reads(dw as usize, dh as usize));
+        let rows = read.as_ref().map(|read| source_rows(read, self.rotation, h as usize));
+        // The stored columns read, listed when they are few (a 5:1 shrink reads one in five):
+        // converting just those pixels then beats converting whole rows.
+        let columns = read.as_ref().map(|read| source_columns(read, self.rotation, w as usize)).and_then(|columns| {
+            let listed: Vec<usize> = (0..columns.len()).filter(|&x| columns[x]).collect();
+            (4 * listed.len() <= columns.len()).then_some(listed)
+        });
+        // Our 4:4:4 rows vectorise and beat swscale's general path; our 4:2:0 conversion is per
+        // pixel and beats swscale's SIMD rows only on few columns.
+        let worth_it = match fmt {
+            Pixel::YUV444P | Pixel::YUVJ444P => true,
+            Pixel::YUV420P | Pixel::YUVJ420P => columns.is_some(),
+            _ => false,
+        };
+        if worth_it && self.scaled == (w, h) {
+            let (table, layout) = (coefficients(matrix), self.format.layout);
+            if let Some(own) = YuvToRgb::matching_swscale(fmt, (w, h), table, full_range, layout, configure) {
+                return Ok(Conversion::Own(own, rows.unwrap_or_else(|| vec![true; h as usize]), columns));
+            }
+        }
+        let (sw, sh) = self.scaled;
+        let mut ctx = scaling::Context::get(fmt, w, h, target(self.format.layout), sw, sh, scaling::Flags::BICUBIC)
+            .map_err(|e| DecodeError::Convert(fmt, e))?;
+        configure(&mut ctx);
+        // SAFETY: the context is valid.
+        let align = unsafe { ffmpeg::ffi::sws_receive_slice_alignment(ctx.as_mut_ptr()) } as usize;
+        // Only swscale's direct YUV -> RGB converter (the one that asks for slices of 2 rows)
+        // converts rows independently; its general path re-filters the chroma lines around every
+        // slice's start, which costs more than the skipped rows save (measured: 10% slower on
+        // the odd-height MPEG-2 video).
+        let slices = rows.filter(|_| align > 1).and_then(|rows| row_slices(&rows, align));
+        Ok(Conversion::Swscale(ctx, slices))
+    }
+
     /// Convert one decoded frame; the image is valid until the next call. Upright full frames are
-    /// lent straight from the scaler's output, without a copy.
+    /// lent straight from the conversion's output, without a copy.
     fn convert(&mut self, decoded: &ffmpeg::frame::Video) -> Result<ImageRef<'_>, DecodeError> {
         let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
-        if self.ctx.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
+        if self.conversion.as_ref().is_none_or(|c| (c.1, c.2, c.3) != (fmt, w, h)) {
             let quarter = self.rotation.rem_euclid(180) == 90;
             let (dw, dh) = if quarter { (h, w) } else { (w, h) };
             let (rw, rh, crop) = fill_plan(dw, dh, self.format.fill);
             self.scaled = if quarter { (rh, rw) } else { (rw, rh) };
             self.crop = crop;
-            let target = match self.format.layout {
-                Layout::Bgr => Pixel::BGR24,
-                Layout::Rgb => Pixel::RGB24,
-            };
-            let mut ctx =
-                scaling::Context::get(fmt, w, h, target, self.scaled.0, self.scaled.1, scaling::Flags::BICUBIC)
-                    .map_err(|e| DecodeError::Convert(fmt, e))?;
-            set_colorspace(&mut ctx, decoded);
-            self.slices = match self.reads {
-                Some(reads) => {
-                    let read = reads(dw as usize, dh as usize);
-                    // SAFETY: the context is valid.
-                    let align = unsafe { ffmpeg::ffi::sws_receive_slice_alignment(ctx.as_mut_ptr()) } as usize;
-                    // Only swscale's direct YUV -> RGB converter (the one that asks for slices
-                    // of 2 rows) converts rows independently; its general path re-filters the
-                    // chroma lines around every slice's start, which costs more than the
-                    // skipped rows save (measured: 10% slower on the odd-height MPEG-2 video).
-                    let slices = (align > 1).then(|| row_slices(&source_rows(&read, self.rotation, h as usize), align));
-                    slices.flatten()
-                }
-                None => None,
-            };
-            self.ctx = Some((ctx, fmt, w, h));
-            self.out = ffmpeg::frame::Video::new(target, self.scaled.0, self.scaled.1);
+            self.conversion = Some((self.build(decoded)?, fmt, w, h));
+            self.out = ffmpeg::frame::Video::new(target(self.format.layout), self.scaled.0, self.scaled.1);
         }
-        let ctx = &mut self.ctx.as_mut().expect("set above").0;
-        match &self.slices {
-            None => ctx.run(decoded, &mut self.out),
-            Some(slices) => convert_slices(ctx, decoded, &mut self.out, slices),
+        let stride = self.out.stride(0);
+        match &mut self.conversion.as_mut().expect("set above").0 {
+            Conversion::Swscale(ctx, None) => ctx.run(decoded, &mut self.out),
+            Conversion::Swscale(ctx, Some(slices)) => convert_slices(ctx, decoded, &mut self.out, slices),
+            Conversion::Own(own, rows, columns) => {
+                let columns = columns.as_deref();
+                own.convert_rows(decoded, rows, columns, self.format.layout, self.out.data_mut(0), stride);
+                Ok(())
+            }
         }
         .map_err(|e| DecodeError::Convert(fmt, e))?;
         let (width, height) = (self.scaled.0 as usize, self.scaled.1 as usize);
-        let whole = ImageRef { width, height, stride: self.out.stride(0), data: self.out.data(0) };
+        let whole = ImageRef { width, height, stride, data: self.out.data(0) };
         let (x, y, cw, ch) = self.crop;
         // A consumer that says what it reads gets frames as stored (and full size: no crop).
         if self.reads.is_some() || (self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height)) {
@@ -529,6 +563,18 @@ fn source_rows(read: &PixelsRead, clockwise: i64, height: usize) -> Vec<bool> {
         180 => (0..height).map(|r| read.rows[height - 1 - r]).collect(),
         270 => read.columns.clone(),
         _ => read.rows.clone(),
+    }
+}
+
+/// Which columns of the unrotated `width`-column frame hold the displayed pixels in `read`: the
+/// displayed columns themselves, or with a quarter turn the displayed rows.
+fn source_columns(read: &PixelsRead, clockwise: i64, width: usize) -> Vec<bool> {
+    match clockwise.rem_euclid(360) {
+        // Displayed (x, y) comes from source column y (90), w - 1 - x (180) or w - 1 - y (270).
+        90 => read.rows.clone(),
+        180 => (0..width).map(|c| read.columns[width - 1 - c]).collect(),
+        270 => (0..width).map(|c| read.rows[width - 1 - c]).collect(),
+        _ => read.columns.clone(),
     }
 }
 
@@ -622,30 +668,6 @@ pub fn nearest_bucket(width: u32, height: u32, buckets: &[(u32, u32)]) -> Option
     buckets.iter().copied().reduce(|best, b| if distance(&b) < distance(&best) { b } else { best })
 }
 
-/// Convert with the frame's own colour matrix and range (BT.709 when tagged, BT.601 otherwise),
-/// as OpenCV and PyAV do; swscale would otherwise assume BT.601 limited range for everything.
-fn set_colorspace(ctx: &mut scaling::Context, frame: &ffmpeg::frame::Video) {
-    use ffmpeg::ffi;
-    use ffmpeg::util::color::{Range, Space};
-    let cs = match frame.color_space() {
-        Space::BT709 => ffi::SWS_CS_ITU709,
-        Space::FCC => ffi::SWS_CS_FCC,
-        Space::SMPTE240M => ffi::SWS_CS_SMPTE240M,
-        Space::BT2020NCL | Space::BT2020CL => ffi::SWS_CS_BT2020,
-        _ => ffi::SWS_CS_DEFAULT,
-    };
-    let full = i32::from(
-        frame.color_range() == Range::JPEG
-            || matches!(frame.format(), Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P),
-    );
-    // SAFETY: the context is valid and the coefficient tables are static FFmpeg data.
-    unsafe {
-        let coefs = ffi::sws_getCoefficients(cs);
-        let dst = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT);
-        ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), coefs, full, dst, 1, 0, 1 << 16, 1 << 16);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,6 +697,11 @@ mod tests {
         let cols = PixelsRead { rows: vec![true; 2], columns: vec![true, false, false] };
         assert_eq!(source_rows(&cols, 90, 3), [false, false, true]);
         assert_eq!(source_rows(&cols, 270, 3), [true, false, false]);
+        // And the source columns of a quarter turn are the displayed rows.
+        let rows = PixelsRead { rows: vec![true, false], columns: vec![true; 3] };
+        assert_eq!(source_columns(&rows, 90, 2), [true, false]);
+        assert_eq!(source_columns(&rows, 270, 2), [false, true]);
+        assert_eq!(source_columns(&cols, 180, 3), [false, false, true]);
     }
 
     #[test]

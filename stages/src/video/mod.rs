@@ -10,6 +10,7 @@ pub mod opencv;
 pub mod pillow;
 pub mod probe;
 pub mod scenes;
+pub mod yuv;
 
 /// Initialise FFmpeg once per process and keep its own logging quiet: failures reach the user
 /// as error records, not as interleaved stderr lines.

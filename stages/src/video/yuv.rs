@@ -1,0 +1,429 @@
+//! Bit-exact re-implementations of swscale's conversions of 8-bit YUV to packed BGR or RGB at
+//! the same size, so that the decoder can convert only the pixels a consumer reads, in loops that
+//! vectorise. Two of swscale's paths are reproduced element for element: the general path that
+//! 4:4:4 input takes (identity filters, then its full-chroma per-pixel output, scalar C that
+//! converts every row of every frame), and the direct converter of 4:2:0 frames of even height
+//! (x86 SIMD in 16-bit lanes, which converts rows in pairs). Each is checked against swscale
+//! itself before use ([`YuvToRgb::matching_swscale`]), so an FFmpeg build that computes
+//! otherwise keeps swscale.
+
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+
+use super::decode::Layout;
+use super::opencv::with_simd;
+
+/// swscale's integer YUV -> RGB coefficients for one colour matrix and range, as
+/// `ff_yuv2rgb_c_init_tables` derives them (neutral brightness, contrast and saturation): the
+/// luma offset as the general path (9 fractional bits) and the x86 direct converter (3
+/// fractional bits) subtract it, and the five multipliers with 13 fractional bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coefficients {
+    y_offset_general: i32,
+    y_offset_direct: i16,
+    y_coeff: i32,
+    v2r: i32,
+    v2g: i32,
+    u2g: i32,
+    u2b: i32,
+}
+
+/// swscale's `roundToInt16`: a 16.16 fixed-point value rounded to an integer, saturated to i16.
+fn round_to_i16(f: i64) -> i32 {
+    ((f + (1 << 15)) >> 16).clamp(-0x8000, 0x7fff) as i32
+}
+
+impl Coefficients {
+    /// From a matrix as `sws_getCoefficients` gives it, `[crv, cbu, cgu, cgv]`, for limited- or
+    /// full-range input.
+    pub fn new(table: [i32; 4], full_range: bool) -> Coefficients {
+        let [mut crv, mut cbu, mut cgu, mut cgv] = [table[0], table[1], -table[2], -table[3]].map(i64::from);
+        let (mut cy, mut oy) = (1i64 << 16, 0i64);
+        if full_range {
+            // Integer division truncates towards zero, as in C.
+            [crv, cbu, cgu, cgv] = [crv, cbu, cgu, cgv].map(|c| c * 224 / 255);
+        } else {
+            (cy, oy) = (cy * 255 / 219, 16 << 16);
+        }
+        Coefficients {
+            y_offset_general: round_to_i16(oy << 9),
+            y_offset_direct: round_to_i16(oy * 8) as i16,
+            y_coeff: round_to_i16(cy << 13),
+            v2r: round_to_i16(crv << 13),
+            v2g: round_to_i16(cgv << 13),
+            u2g: round_to_i16(cgu << 13),
+            u2b: round_to_i16(cbu << 13),
+        }
+    }
+}
+
+/// A conversion of 8-bit YUV frames to packed BGR or RGB at the same size that gives swscale's
+/// bytes, for the two layouts whose swscale paths are reproduced here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YuvToRgb {
+    /// 4:4:4 through swscale's general path.
+    Full444(Coefficients),
+    /// 4:2:0 of even height through swscale's direct converter (x86 SIMD).
+    Direct420(Coefficients),
+}
+
+impl YuvToRgb {
+    /// The conversion of `format` frames of `width x height` pixels, with the colour matrix
+    /// `table` and range `full_range`, set on swscale by `configure`, when it gives swscale's
+    /// bytes exactly on a calibration frame of that width and of the height's parity (swscale
+    /// picks its path by both; every luma value, extreme and scattered chroma); `None` for
+    /// other formats, or when the bytes differ.
+    pub fn matching_swscale(
+        format: Pixel,
+        (width, height): (u32, u32),
+        table: [i32; 4],
+        full_range: bool,
+        layout: Layout,
+        configure: impl Fn(&mut scaling::Context),
+    ) -> Option<YuvToRgb> {
+        let coefficients = Coefficients::new(table, full_range);
+        let conversion = match format {
+            Pixel::YUV444P | Pixel::YUVJ444P => YuvToRgb::Full444(coefficients),
+            Pixel::YUV420P | Pixel::YUVJ420P => YuvToRgb::Direct420(coefficients),
+            _ => return None,
+        };
+        let mut frame = ffmpeg::frame::Video::new(format, width, if height <= 64 { height } else { 64 + height % 2 });
+        let extremes = [0u8, 16, 128, 240, 255];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut scattered = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        };
+        for plane in 0..3 {
+            let (w, h) = (frame.plane_width(plane) as usize, frame.plane_height(plane) as usize);
+            let stride = frame.stride(plane);
+            for y in 0..h {
+                for x in 0..w {
+                    // Luma rows 0-1 count up; chroma rows 0-4 pair the extremes.
+                    frame.data_mut(plane)[y * stride + x] = match (plane, y) {
+                        (0, 0..2) => x as u8,
+                        (1, 0..5) => extremes[y],
+                        (2, 0..5) => extremes[x % 5],
+                        _ => scattered(),
+                    };
+                }
+            }
+        }
+        conversion.matches(&frame, layout, configure).then_some(conversion)
+    }
+
+    /// Whether converting `frame` (of this conversion's format) gives the bytes swscale gives,
+    /// set up by `configure`.
+    pub fn matches(
+        &self,
+        frame: &ffmpeg::frame::Video,
+        layout: Layout,
+        configure: impl Fn(&mut scaling::Context),
+    ) -> bool {
+        let (w, h) = (frame.width(), frame.height());
+        let Ok(mut ctx) = scaling::Context::get(frame.format(), w, h, target(layout), w, h, scaling::Flags::BICUBIC)
+        else {
+            return false;
+        };
+        configure(&mut ctx);
+        let mut want = ffmpeg::frame::Video::empty();
+        if ctx.run(frame, &mut want).is_err() {
+            return false;
+        }
+        let mut got = vec![0u8; want.data(0).len()];
+        self.convert_rows(frame, &vec![true; h as usize], None, layout, &mut got, want.stride(0));
+        let row = 3 * w as usize;
+        (0..h as usize).all(|y| got[y * want.stride(0)..][..row] == want.data(0)[y * want.stride(0)..][..row])
+    }
+
+    /// Convert the rows of `frame` marked in `rows` into `out`, whose rows are `stride` bytes
+    /// apart: whole rows, or only the pixels at `columns` (ascending), which is what pays when a
+    /// consumer reads few of them. The other bytes of `out` keep what they held. Compiled for the
+    /// CPU's widest SIMD ([`with_simd`]); whole 4:4:4 rows vectorise, the rest is per pixel.
+    pub fn convert_rows(
+        &self,
+        frame: &ffmpeg::frame::Video,
+        rows: &[bool],
+        columns: Option<&[usize]>,
+        layout: Layout,
+        out: &mut [u8],
+        stride: usize,
+    ) {
+        with_simd(ConvertRows { conversion: *self, frame, rows, columns, layout, out, stride });
+    }
+}
+
+/// Pixels converted per chunk: the samples sit in (or are gathered into) contiguous arrays, the
+/// arithmetic fills one array per channel (a loop that vectorises), then the channels are
+/// interleaved into the packed row.
+const CHUNK: usize = 64;
+
+/// One 4:4:4 pixel, (R, G, B), as swscale's general path computes it: the 8-bit values scaled
+/// to its 15-bit intermediate and on to 9 fractional bits, then `(y - offset) * y_coeff + 2^21`
+/// plus the chroma terms in wrapping 32-bit arithmetic (swscale's `int` sums wrap for the
+/// brightest inputs of some matrices: a wrapped sum reads as negative and clips to 0, and so it
+/// does here), clipped to 30 bits and shifted down by 22.
+#[inline(always)]
+fn full_444_pixel(c: Coefficients, y: u8, u: u8, v: u8) -> [u8; 3] {
+    let yt = (i32::from(y) << 9).wrapping_sub(c.y_offset_general).wrapping_mul(c.y_coeff).wrapping_add(1 << 21);
+    let (u, v) = ((i32::from(u) << 9).wrapping_sub(128 << 9), (i32::from(v) << 9).wrapping_sub(128 << 9));
+    [
+        clip_30_bits(yt.wrapping_add(v.wrapping_mul(c.v2r))),
+        clip_30_bits(yt.wrapping_add(v.wrapping_mul(c.v2g)).wrapping_add(u.wrapping_mul(c.u2g))),
+        clip_30_bits(yt.wrapping_add(u.wrapping_mul(c.u2b))),
+    ]
+}
+
+/// swscale's last step of its general RGB output: a value with 22 fractional bits clipped to 30
+/// bits (negative to 0), then its integer part.
+#[inline(always)]
+fn clip_30_bits(x: i32) -> u8 {
+    (x.clamp(0, (1 << 30) - 1) >> 22) as u8
+}
+
+/// The high half of a signed 16-bit product (`pmulhw`).
+#[inline(always)]
+fn mul_high(a: i16, b: i32) -> i16 {
+    (i32::from(a).wrapping_mul(b) >> 16) as i16
+}
+
+/// One 4:2:0 pixel, (R, G, B), as swscale's direct x86 converter computes it in 16-bit lanes:
+/// luma and chroma scaled by 8 and offset (`y * 8 - offset`, `u * 8 - 1024`), the high halves
+/// of their products with the coefficients (`pmulhw`), 16-bit sums, then saturated to 8 bits.
+/// swscale saturates its subtractions and sums to 16 bits, which never applies: the scaled
+/// values lie in -1024..=2040 and the coefficients in i16, so each product's high half is
+/// within +-1020 and every sum within +-2044 (plain wrapping operations are exact, and cheaper).
+#[inline(always)]
+fn direct_420_pixel(c: Coefficients, y: u8, u: u8, v: u8) -> [u8; 3] {
+    let ym = mul_high((i16::from(y) << 3).wrapping_sub(c.y_offset_direct), c.y_coeff);
+    let (u, v) = ((i16::from(u) << 3).wrapping_sub(1024), (i16::from(v) << 3).wrapping_sub(1024));
+    let green = mul_high(u, c.u2g).wrapping_add(mul_high(v, c.v2g));
+    [mul_high(v, c.v2r), green, mul_high(u, c.u2b)].map(|chroma| ym.wrapping_add(chroma).clamp(0, 255) as u8)
+}
+
+/// A whole row of 4:4:4 planes Y, U, V (equal lengths) into packed pixels, in chunks that
+/// vectorise.
+#[inline(always)]
+fn full_444_row(c: Coefficients, y: &[u8], u: &[u8], v: &[u8], layout: Layout, out: &mut [u8]) {
+    let chunks = y.chunks(CHUNK).zip(u.chunks(CHUNK)).zip(v.chunks(CHUNK)).zip(out.chunks_mut(3 * CHUNK));
+    for (((y, u), v), out) in chunks {
+        let mut channels = [[0u8; CHUNK]; 3];
+        let n = y.len().min(u.len()).min(v.len()).min(CHUNK);
+        for i in 0..n {
+            [channels[0][i], channels[1][i], channels[2][i]] = full_444_pixel(c, y[i], u[i], v[i]);
+        }
+        let [r, g, b] = &channels;
+        let [c0, c1, c2] = match layout {
+            Layout::Bgr => [b, g, r],
+            Layout::Rgb => [r, g, b],
+        };
+        for (i, px) in out.chunks_exact_mut(3).enumerate().take(n) {
+            (px[0], px[1], px[2]) = (c0[i], c1[i], c2[i]);
+        }
+    }
+}
+
+/// [`YuvToRgb::convert_rows`] as an operation [`with_simd`] compiles for the CPU's widest SIMD.
+struct ConvertRows<'a> {
+    conversion: YuvToRgb,
+    frame: &'a ffmpeg::frame::Video,
+    rows: &'a [bool],
+    columns: Option<&'a [usize]>,
+    layout: Layout,
+    out: &'a mut [u8],
+    stride: usize,
+}
+
+impl pulp::WithSimd for ConvertRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let (frame, width, layout) = (self.frame, self.frame.width() as usize, self.layout);
+        for y in (0..self.rows.len()).filter(|&y| self.rows[y]) {
+            let out = &mut self.out[y * self.stride..][..3 * width];
+            match (self.conversion, self.columns) {
+                (YuvToRgb::Full444(c), None) => {
+                    let [py, pu, pv] = [0, 1, 2].map(|p| plane_row(frame, p, y));
+                    full_444_row(c, py, pu, pv, layout, out);
+                }
+                (YuvToRgb::Full444(c), Some(columns)) => {
+                    let planes = [0, 1, 2].map(|p| plane_row(frame, p, y));
+                    listed_pixels(|y, u, v| full_444_pixel(c, y, u, v), planes, 0, columns, layout, out);
+                }
+                (YuvToRgb::Direct420(c), columns) => {
+                    let planes = [(0, y), (1, y / 2), (2, y / 2)].map(|(p, y)| plane_row(frame, p, y));
+                    let all: Vec<usize>;
+                    let columns = match columns {
+                        Some(columns) => columns,
+                        None => {
+                            all = (0..width).collect();
+                            &all
+                        }
+                    };
+                    listed_pixels(|y, u, v| direct_420_pixel(c, y, u, v), planes, 1, columns, layout, out);
+                }
+            }
+        }
+    }
+}
+
+/// The pixels at `columns` of one row of planes `[y, u, v]` (chroma subsampled horizontally by
+/// `2^shift`) into the packed row `out`, by `pixel`: in chunks whose samples are first gathered
+/// into arrays, so that the arithmetic runs over contiguous lanes and vectorises.
+#[inline(always)]
+fn listed_pixels(
+    pixel: impl Fn(u8, u8, u8) -> [u8; 3],
+    [py, pu, pv]: [&[u8]; 3],
+    shift: u32,
+    columns: &[usize],
+    layout: Layout,
+    out: &mut [u8],
+) {
+    for columns in columns.chunks(CHUNK) {
+        let mut samples = [[0u8; CHUNK]; 3];
+        for (i, &x) in columns.iter().enumerate() {
+            [samples[0][i], samples[1][i], samples[2][i]] = [py[x], pu[x >> shift], pv[x >> shift]];
+        }
+        let mut channels = [[0u8; CHUNK]; 3];
+        for i in 0..CHUNK {
+            [channels[0][i], channels[1][i], channels[2][i]] = pixel(samples[0][i], samples[1][i], samples[2][i]);
+        }
+        if layout == Layout::Bgr {
+            channels.swap(0, 2);
+        }
+        for (i, &x) in columns.iter().enumerate() {
+            // x is a column of the row, so 3 * x + 3 cannot wrap (wrapping operations keep
+            // debug builds' overflow checks out of the loop).
+            let at = x.wrapping_mul(3);
+            // Three byte stores (a copy from a 3-byte temporary reloads it across the stores,
+            // a store-forwarding stall that tripled this loop's time).
+            let px = &mut out[at..at.wrapping_add(3)];
+            (px[0], px[1], px[2]) = (channels[0][i], channels[1][i], channels[2][i]);
+        }
+    }
+}
+
+/// The packed format swscale writes for `layout`.
+pub fn target(layout: Layout) -> Pixel {
+    match layout {
+        Layout::Bgr => Pixel::BGR24,
+        Layout::Rgb => Pixel::RGB24,
+    }
+}
+
+/// The colour matrix (swscale's `SWS_CS_*`) and whether the range is full, as a frame is
+/// converted: with its own matrix and range (BT.709 when tagged, BT.601 otherwise), as OpenCV and
+/// PyAV do; swscale would otherwise assume BT.601 limited range for everything.
+pub fn colorspace(frame: &ffmpeg::frame::Video) -> (i32, bool) {
+    use ffmpeg::ffi;
+    use ffmpeg::util::color::{Range, Space};
+    let matrix = match frame.color_space() {
+        Space::BT709 => ffi::SWS_CS_ITU709,
+        Space::FCC => ffi::SWS_CS_FCC,
+        Space::SMPTE240M => ffi::SWS_CS_SMPTE240M,
+        Space::BT2020NCL | Space::BT2020CL => ffi::SWS_CS_BT2020,
+        _ => ffi::SWS_CS_DEFAULT,
+    };
+    let full = frame.color_range() == Range::JPEG
+        || matches!(frame.format(), Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P);
+    (matrix, full)
+}
+
+/// swscale's coefficients `[crv, cbu, cgu, cgv]` of a colour matrix.
+pub fn coefficients(matrix: i32) -> [i32; 4] {
+    // SAFETY: sws_getCoefficients returns one of FFmpeg's static tables of (at least) four ints
+    // for any matrix number (the default one for unknown numbers).
+    unsafe { *(ffmpeg::ffi::sws_getCoefficients(matrix) as *const [i32; 4]) }
+}
+
+/// Set a scaler to convert from the colour matrix `matrix` and range ([`colorspace`]) to
+/// full-range RGB.
+pub fn set_colorspace(ctx: &mut scaling::Context, matrix: i32, full_range: bool) {
+    use ffmpeg::ffi;
+    // SAFETY: the context is valid and the coefficient tables are static FFmpeg data.
+    unsafe {
+        let coefs = ffi::sws_getCoefficients(matrix);
+        let dst = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT);
+        ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), coefs, i32::from(full_range), dst, 1, 0, 1 << 16, 1 << 16);
+    }
+}
+
+/// Row `y` of plane `plane` of a planar 8-bit frame: its bytes.
+fn plane_row(frame: &ffmpeg::frame::Video, plane: usize, y: usize) -> &[u8] {
+    let w = frame.plane_width(plane) as usize;
+    &frame.data(plane)[y * frame.stride(plane)..][..w]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ffmpeg::ffi;
+
+    /// A 4096 x 4096 frame of an 8-bit planar format holding every (Y, U, V) at least once:
+    /// pixel `i` (row-major) of 4:4:4 has the bytes of `i`; in 4:2:0, chroma block `b` has the
+    /// (U, V) of `b mod 2^16` and its four pixels the luma values `4 * (b / 2^16) + 0..4`.
+    fn every_colour(format: Pixel) -> ffmpeg::frame::Video {
+        let mut frame = ffmpeg::frame::Video::new(format, 4096, 4096);
+        let subsampled = frame.plane_width(1) < 4096;
+        for plane in 0..3 {
+            let (w, h) = (frame.plane_width(plane) as usize, frame.plane_height(plane) as usize);
+            let stride = frame.stride(plane);
+            let data = frame.data_mut(plane);
+            for y in 0..h {
+                for (x, v) in data[y * stride..][..w].iter_mut().enumerate() {
+                    *v = match (subsampled, plane) {
+                        (false, _) => ((y * w + x) >> (8 * plane)) as u8,
+                        (true, 0) => {
+                            let block = (y / 2) * (w / 2) + x / 2;
+                            (4 * (block >> 16) + 2 * (y % 2) + x % 2) as u8
+                        }
+                        (true, _) => ((y * w + x) >> (8 * (plane - 1))) as u8,
+                    };
+                }
+            }
+        }
+        frame
+    }
+
+    #[test]
+    fn every_colour_converts_as_swscale_does() {
+        super::super::ffmpeg_init();
+        let matrices =
+            [ffi::SWS_CS_DEFAULT, ffi::SWS_CS_ITU709, ffi::SWS_CS_FCC, ffi::SWS_CS_SMPTE240M, ffi::SWS_CS_BT2020];
+        for (format, conversion) in
+            [(Pixel::YUV444P, YuvToRgb::Full444 as fn(Coefficients) -> YuvToRgb), (Pixel::YUV420P, YuvToRgb::Direct420)]
+        {
+            let frame = every_colour(format);
+            for matrix in matrices {
+                for full in [false, true] {
+                    let own = conversion(Coefficients::new(coefficients(matrix), full));
+                    let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, matrix, full);
+                    for layout in [Layout::Bgr, Layout::Rgb] {
+                        assert!(own.matches(&frame, layout, configure), "{format:?}, matrix {matrix}, full {full}");
+                    }
+                    let calibrated = YuvToRgb::matching_swscale(
+                        format,
+                        (1280, 720),
+                        coefficients(matrix),
+                        full,
+                        Layout::Bgr,
+                        configure,
+                    );
+                    assert_eq!(calibrated, Some(own));
+                }
+            }
+            // Other coefficients are told apart.
+            let wrong = conversion(Coefficients::new(coefficients(ffi::SWS_CS_ITU709), false));
+            let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, ffi::SWS_CS_DEFAULT, false);
+            assert!(!wrong.matches(&frame, Layout::Bgr, configure));
+        }
+        // An odd height sends 4:2:0 through swscale's general path, which computes otherwise.
+        let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, ffi::SWS_CS_DEFAULT, false);
+        let table = coefficients(ffi::SWS_CS_DEFAULT);
+        assert!(YuvToRgb::matching_swscale(Pixel::YUV420P, (720, 405), table, false, Layout::Bgr, configure).is_none());
+    }
+}
