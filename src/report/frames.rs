@@ -8,7 +8,8 @@ use base64::Engine as _;
 use image::codecs::jpeg::JpegEncoder;
 use pipeline::io::{fetch_local, LocalFile, Location};
 use rayon::prelude::*;
-use stages::video::decode::{FrameFormat, Image, Layout, VideoReader};
+use stages::video::decode::{FrameFormat, Image, VideoReader};
+use stages::video::pixel::Layout;
 
 use super::collect::Dataset;
 

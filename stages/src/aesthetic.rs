@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::Batcher;
 use crate::checkpoints::{default_device, ModelPreset, Placement, Precision};
-use crate::video::decode::{FrameFormat, Layout, VideoReader};
+use crate::video::decode::{FrameFormat, VideoReader};
 use crate::video::pillow::clip_pixel_values;
+use crate::video::pixel::Layout;
 
 /// Score each clip with the LAION improved aesthetic predictor as Open-Sora's curation does:
 /// `frames` frames at the centres of equal parts of the clip, each resized (shorter side, Pillow

@@ -11,8 +11,9 @@ use pipeline::{Field, FieldType, Item, Runnable, Stage, StageConfig, StageContex
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Layout, VideoReader};
+use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, VideoReader};
 use crate::video::encode::{EncodeError, EncodeOptions, Mp4Writer, X264Preset};
+use crate::video::pixel::Layout;
 
 /// Encode each clip (frames `clip_start_frame..clip_end_frame` of its source) as an MP4 file
 /// `clips/<clip id>.mp4` in the output, optionally at another frame rate and resized to fill a

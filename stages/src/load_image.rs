@@ -11,8 +11,9 @@ use pipeline::{DType, Field, FieldType, Item, Runnable, Stage, StageConfig, Stag
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::video::decode::{FrameFormat, Image, Layout, VideoReader};
+use crate::video::decode::{FrameFormat, Image, VideoReader};
 use crate::video::pillow::resize_to_fill;
+use crate::video::pixel::Layout;
 
 /// MUG-V's 720p frame sizes as (height, width) per "height:width" aspect ratio
 /// (`mug_v/utils.py`; "16:9" is a portrait 1280-high frame).

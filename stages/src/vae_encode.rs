@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoints::{default_device, to_payload, ModelPreset, ModelThread, Placement, Precision};
 use crate::row::clip_range;
-use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, Layout, VideoReader};
+use crate::video::decode::{nearest_bucket, uniform_indices, FrameFormat, VideoReader};
+use crate::video::pixel::Layout;
 
 /// Encode each clip with the MUG-V VideoVAE: frames selected at `fps`, the first `frames` of
 /// them kept, each resized to fill `size` (or the nearest of `buckets`) and centre-cropped, pixels

@@ -6,9 +6,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use stages::video::decode::{uniform_indices, FrameFormat, Image, Layout, PixelsRead, VideoReader};
+use stages::video::decode::{uniform_indices, FrameFormat, Image, PixelsRead, VideoReader};
 use stages::video::encode::{EncodeOptions, Mp4Writer};
 use stages::video::motion::clip_stats;
+use stages::video::pixel::Layout;
 use stages::video::probe::probe_file;
 
 fn videos() -> Vec<PathBuf> {

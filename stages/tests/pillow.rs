@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use stages::video::decode::{FrameFormat, Image, Layout, VideoReader};
+use stages::video::decode::{FrameFormat, Image, VideoReader};
 use stages::video::pillow::{clip_crop, clip_pixel_values, reference_image_values, resize_bicubic, resize_to_fill};
+use stages::video::pixel::Layout;
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)

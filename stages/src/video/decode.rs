@@ -10,6 +10,7 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
+use super::pixel::Layout;
 use super::probe::{display_rotation, open_input, DecodeError, Demuxer};
 use super::yuv::{coefficients, colorspace, set_colorspace, target, YuvToRgb};
 
@@ -106,15 +107,6 @@ impl Image {
         }
         Image { width, height, data }
     }
-}
-
-/// Packed pixel layouts the reader can produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Blue, green, red (what OpenCV and PySceneDetect work on).
-    Bgr,
-    /// Red, green, blue (what the models take).
-    Rgb,
 }
 
 /// How decoded frames are handed out: pixel layout and, optionally, a size to fill.

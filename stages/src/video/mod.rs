@@ -8,6 +8,7 @@ pub mod encode;
 pub mod motion;
 pub mod opencv;
 pub mod pillow;
+pub mod pixel;
 pub mod probe;
 pub mod scenes;
 pub mod yuv;

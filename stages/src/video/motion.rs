@@ -8,7 +8,8 @@
 
 use serde::Serialize;
 
-use super::decode::{FrameFormat, Image, Layout, VideoReader};
+use super::decode::{FrameFormat, Image, VideoReader};
+use super::pixel::Layout;
 use super::probe::DecodeError;
 
 /// Long side, in pixels, of the grey images the statistics are computed on.

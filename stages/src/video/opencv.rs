@@ -116,7 +116,7 @@ impl Planar {
 /// Written for speed as well as exactness (it runs on every frame shot detection sees): each
 /// source row's horizontal pass is computed once and kept while the next output row needs it, and
 /// the vertical pass works on 16-bit lanes as OpenCV's SIMD code does, in a loop the compiler
-/// vectorises. Inline so that callers compiled for wider SIMD (see [`with_simd`]) get it too;
+/// vectorises. Inline so that callers compiled for wider SIMD (see [`super::pixel::with_simd`]) get it too;
 /// its per-pixel loops call no closure and no non-inline function, which would be compiled for the
 /// SSE2 baseline instead.
 #[inline(always)]
@@ -318,14 +318,6 @@ pub fn bgr_to_hsv_planes(img: &Planar) -> [Vec<u8>; 3] {
         (*ho, *so, *vo) = (h as u8, s as u8, v);
     }
     [hp, sp, vp]
-}
-
-/// Run `op` compiled for the widest SIMD instruction set this CPU has (AVX2 and FMA on current
-/// x86-64, checked at run time), so the pixel loops it inlines vectorise beyond the SSE2 baseline
-/// the crate is built for. The results are the same bytes on every instruction set: the loops
-/// are integer arithmetic.
-pub fn with_simd<Op: pulp::WithSimd>(op: Op) -> Op::Output {
-    pulp::Arch::new().dispatch(op)
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use super::decode::{ImageRef, Layout, PixelsRead, VideoReader};
-use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_linear_quarter, resize_reads, with_simd, Planar};
+use super::decode::{ImageRef, PixelsRead, VideoReader};
+use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_linear_quarter, resize_reads, Planar};
+use super::pixel::{with_simd, Layout};
 use super::probe::DecodeError;
 
 /// PySceneDetect's working width: frames are shrunk until their long side is this.

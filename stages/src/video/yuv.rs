@@ -11,8 +11,7 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
-use super::decode::Layout;
-use super::opencv::with_simd;
+use super::pixel::{with_simd, Layout};
 
 /// swscale's integer YUV -> RGB coefficients for one colour matrix and range, as
 /// `ff_yuv2rgb_c_init_tables` derives them (neutral brightness, contrast and saturation): the
