@@ -227,7 +227,7 @@ impl VaeEncode {
         (0..b).map(|i| z.get(i)).collect()
     }
 
-    /// Run a batch on the CPU pool and hand each clip its latent (or the batch's error).
+    /// Run a batch on the model thread and hand each clip its latent (or the batch's error).
     async fn run_batch(&self, batch: Vec<Waiting>, ctx: &StageContext) {
         let me = self.clone();
         let (clips, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().map(|w| (w.clip, w.reply)).unzip();
