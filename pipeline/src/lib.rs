@@ -33,5 +33,6 @@ pub use executor::{run, RunOptions};
 pub use item::{DType, Field, FieldType, Item, MissingField, Tensor, Value};
 pub use plan::Plan;
 pub use stage::{
-    BuildContext, Job, Registry, Runnable, ShardFiles, ShardSink, ShardTarget, Sink, Stage, StageConfig, StageContext,
+    panic_error, BuildContext, Job, Registry, Runnable, ShardFiles, ShardSink, ShardTarget, Sink, Stage, StageConfig,
+    StageContext,
 };

@@ -151,17 +151,19 @@ impl StageContext {
         }));
         match rx.await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(panic)) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned());
-                Err(StageError::msg(format!("internal error (panic): {}", msg.unwrap_or_default())))
-            }
+            Ok(Err(panic)) => Err(StageError::msg(panic_error(panic.as_ref()))),
             Err(_) if self.cancel.is_cancelled() => Err(crate::cancel::Cancelled.into()),
             Err(_) => Err(StageError::msg("the worker thread stopped")),
         }
     }
+}
+
+/// The item error for a panic caught in a stage's work: "internal error (panic): " and the
+/// panic's message (a `&str` or `String` payload; empty for any other).
+pub fn panic_error(payload: &(dyn std::any::Any + Send)) -> String {
+    let msg =
+        payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
+    format!("internal error (panic): {}", msg.unwrap_or_default())
 }
 
 /// Work handed to a thread by [`StageContext::run_on`].

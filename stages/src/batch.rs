@@ -96,13 +96,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = batch.into_iter().unzip();
         let n = inputs.len();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.run)(inputs)))
-            .unwrap_or_else(|panic| {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned());
-                Err(format!("internal error (panic): {}", msg.unwrap_or_default()))
-            })
+            .unwrap_or_else(|panic| Err(pipeline::panic_error(panic.as_ref())))
             .and_then(|outputs| {
                 if outputs.len() == n {
                     Ok(outputs)
