@@ -28,27 +28,49 @@ pub enum AttentionBackend {
     Cudnn,
     /// The FlashAttention-2 kernel of `kernels.cu` (also every call with key lengths).
     Kernel,
+    /// The FlashAttention-3-style kernel of `fa3.cu` (wgmma, TMA, warp specialisation) where it applies:
+    /// head dim 72 self-attention on a device of compute capability 9.0 (H100, H200); every other call
+    /// as [`AttentionBackend::Cudnn`].
+    Hopper,
 }
 
-/// 0: not chosen yet (read `MUGFLOW_ATTENTION`), 1: cuDNN, 2: the kernel.
+/// 0: not chosen yet (read `MUGFLOW_ATTENTION`), 1: cuDNN, 2: the kernel, 3: the Hopper kernel.
 static ATTENTION: AtomicU8 = AtomicU8::new(0);
 
 /// Chooses the attention implementation for this process (the default: `MUGFLOW_ATTENTION=kernel`
-/// picks the kernel, anything else cuDNN), so benchmarks and tests can run both.
+/// picks the FlashAttention-2 kernel, `MUGFLOW_ATTENTION=fa3` the Hopper kernel, anything else cuDNN),
+/// so benchmarks and tests can run each.
 pub fn set_attention_backend(backend: AttentionBackend) {
-    ATTENTION.store(if backend == AttentionBackend::Cudnn { 1 } else { 2 }, Ordering::SeqCst);
+    let code = match backend {
+        AttentionBackend::Cudnn => 1,
+        AttentionBackend::Kernel => 2,
+        AttentionBackend::Hopper => 3,
+    };
+    ATTENTION.store(code, Ordering::SeqCst);
 }
 
 fn attention_backend() -> AttentionBackend {
     match ATTENTION.load(Ordering::SeqCst) {
         1 => AttentionBackend::Cudnn,
         2 => AttentionBackend::Kernel,
+        3 => AttentionBackend::Hopper,
         _ => {
-            let kernel = std::env::var("MUGFLOW_ATTENTION").is_ok_and(|v| v == "kernel");
-            let backend = if kernel { AttentionBackend::Kernel } else { AttentionBackend::Cudnn };
+            let backend = match std::env::var("MUGFLOW_ATTENTION").as_deref() {
+                Ok("kernel") => AttentionBackend::Kernel,
+                Ok("fa3") => AttentionBackend::Hopper,
+                _ => AttentionBackend::Cudnn,
+            };
             set_attention_backend(backend);
             backend
         }
+    }
+}
+
+/// `MUGFLOW_ATTENTION_LOG=1`: prints `line` about the attention `engine` to stderr.
+pub(crate) fn attention_log(engine: &str, line: &str) {
+    static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *LOG.get_or_init(|| std::env::var("MUGFLOW_ATTENTION_LOG").is_ok_and(|v| v == "1")) {
+        eprintln!("attention ({engine}): {line}");
     }
 }
 
@@ -163,27 +185,44 @@ fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usi
 /// `softmax(q k^T * scale) v` per batch and head without the score matrix, in bf16 with f32
 /// accumulation. `q` `[B, Lq, H, D]`, `k`/`v` `[B, Lk, H, D]` in any strides with a contiguous last
 /// axis (e.g. views into a fused qkv projection); `k_lens` limits each batch's keys (cross-attention
-/// over padded text). Returns `[B, Lq, H, D]` contiguous. Self-attention runs cuDNN's fused SDPA
-/// where it takes the shape (see [`set_attention_backend`]), everything else the kernel of
-/// `kernels.cu` (head dims [`FLASH_HEAD_DIMS`]).
+/// over padded text). Returns `[B, Lq, H, D]` contiguous. Self-attention runs what
+/// [`set_attention_backend`] chose (cuDNN's fused SDPA by default) where it takes the shape, everything
+/// else the kernel of `kernels.cu` (head dims [`FLASH_HEAD_DIMS`]).
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, k_lens: Option<&[u32]>, scale: f32) -> Result<Tensor> {
-    let cudnn = k_lens.is_none() && attention_backend() == AttentionBackend::Cudnn;
-    let route = if cudnn { Route::CudnnOrKernel } else { Route::Kernel };
+    let route = match (k_lens, attention_backend()) {
+        (Some(_), _) | (None, AttentionBackend::Kernel) => Route::KERNEL,
+        (None, AttentionBackend::Cudnn) => Route { hopper: false, cudnn: true, kernel: true },
+        (None, AttentionBackend::Hopper) => Route { hopper: true, cudnn: true, kernel: true },
+    };
     q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route })
 }
 
 /// [`flash_attention`] through cuDNN's fused SDPA only (no key lengths): an error when cuDNN has no
 /// engine for the shape, instead of the kernel. For tests and benchmarks of that path.
 pub fn cudnn_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route: Route::Cudnn })
+    let route = Route { hopper: false, cudnn: true, kernel: false };
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route })
 }
 
-/// Which implementations a [`FlashAttention`] may run.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Cudnn,
-    CudnnOrKernel,
-    Kernel,
+/// [`flash_attention`] through the Hopper kernel of `fa3.cu` only (no key lengths): an error saying
+/// why when it does not take the call (head dim other than 72, a device other than compute capability
+/// 9.0, ...), instead of another implementation. For tests and benchmarks of that path.
+pub fn hopper_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let route = Route { hopper: true, cudnn: false, kernel: false };
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route })
+}
+
+/// Which implementations a [`FlashAttention`] may run, tried in this order: the Hopper kernel
+/// (self-attention only), cuDNN (self-attention only), the FlashAttention-2 kernel.
+#[derive(Clone, Copy)]
+struct Route {
+    hopper: bool,
+    cudnn: bool,
+    kernel: bool,
+}
+
+impl Route {
+    const KERNEL: Route = Route { hopper: false, cudnn: false, kernel: true };
 }
 
 struct FlashAttention {
@@ -244,13 +283,33 @@ impl CustomOp3 for FlashAttention {
         let v = view::<bf16>(vs, vl)?;
         let mut o = output::<bf16>(dev, b * lq * h * d)?;
         let ost = [(lq * h * d) as i64, d as i64, (h * d) as i64];
-        if self.route != Route::Kernel && d % 8 == 0 && d <= 256 {
-            let key = crate::sdpa::Key { dims: (b, h, lq, lk, d), strides: [qst, kst, vst, ost] };
-            if crate::sdpa::forward(dev, &key, (&q, &k, &v), &mut o, self.scale)? {
-                return Ok((CudaStorage::wrap_cuda_slice(o, dev.clone()), Shape::from((b, lq, h, d))));
+        let done = |o: CudaSlice<bf16>| -> Result<(CudaStorage, Shape)> {
+            Ok((CudaStorage::wrap_cuda_slice(o, dev.clone()), Shape::from((b, lq, h, d))))
+        };
+        let self_attention = self.k_lens.is_none();
+        if self.route.hopper && self_attention {
+            match crate::fa3::unsupported(dev, (b, h, lq, lk, d), [qst, kst, vst])? {
+                None => {
+                    crate::fa3::forward(dev, (b, h, lq), (&q, &k, &v), [qst, kst, vst], &mut o, self.scale)?;
+                    return done(o);
+                }
+                Some(why) if !self.route.cudnn && !self.route.kernel => {
+                    bail!(
+                        "hopper_attention: the Hopper kernel does not take q {:?}, k {:?}: {why}",
+                        ql.dims(),
+                        kl.dims()
+                    )
+                }
+                Some(why) => attention_log("Hopper kernel", &format!("not for q {:?}: {why}", ql.dims())),
             }
         }
-        if self.route == Route::Cudnn {
+        if self.route.cudnn && self_attention && d % 8 == 0 && d <= 256 {
+            let key = crate::sdpa::Key { dims: (b, h, lq, lk, d), strides: [qst, kst, vst, ost] };
+            if crate::sdpa::forward(dev, &key, (&q, &k, &v), &mut o, self.scale)? {
+                return done(o);
+            }
+        }
+        if !self.route.kernel {
             bail!("cudnn_attention: cuDNN has no fused SDPA engine for q {:?}, k {:?}", ql.dims(), kl.dims());
         }
         if !FLASH_HEAD_DIMS.contains(&d) {
@@ -284,7 +343,7 @@ impl CustomOp3 for FlashAttention {
         // SAFETY: shapes, strides and alignment were checked above; the kernel reads only rows below
         // lq / the key lengths and writes exactly the [B, Lq, H, D] output.
         unsafe { a.launch(cfg) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(o, dev.clone()), Shape::from((b, lq, h, d))))
+        done(o)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Fused CUDA kernels: attention (cuDNN's fused SDPA, or our flash kernel on bf16 tensor cores for
-//! head dims of [`FLASH_HEAD_DIMS`] and cross-attention with key lengths),
+//! head dims of [`FLASH_HEAD_DIMS`] and cross-attention with key lengths, or on Hopper our
+//! FlashAttention-3-style kernel for head dim 72, see [`AttentionBackend::Hopper`]),
 //! linear layers with the bias and GELU in cuBLASLt's epilogue, LayerNorm + adaLN modulation, per-head RMSNorm + RoPE and the gated residual of the DiTs, the
 //! VAEs' GroupNorm and channel norm (with SiLU), as candle ops; the VAEs' 2-D and 3-D convolutions
 //! through cuDNN (measured algorithms, tensor-op math, channels-last, fused bias and residual).
@@ -13,6 +14,8 @@ mod cuda;
 #[cfg(feature = "cuda")]
 mod cudnn;
 #[cfg(feature = "cuda")]
+mod fa3;
+#[cfg(feature = "cuda")]
 mod linear;
 #[cfg(feature = "cuda")]
 mod memory;
@@ -22,9 +25,9 @@ mod sdpa;
 pub use conv::{conv, ConvLayout};
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    channel_norm, cudnn_attention, flash_attention, gated_residual, group_norm, group_norm_channels_last, ln_modulate,
-    rms_norm, rms_norm_rope, set_attention_backend, set_poison_outputs, softmax_bias, AttentionBackend,
-    FLASH_HEAD_DIMS,
+    channel_norm, cudnn_attention, flash_attention, gated_residual, group_norm, group_norm_channels_last,
+    hopper_attention, ln_modulate, rms_norm, rms_norm_rope, set_attention_backend, set_poison_outputs, softmax_bias,
+    AttentionBackend, FLASH_HEAD_DIMS,
 };
 #[cfg(feature = "cuda")]
 pub use linear::linear;

@@ -202,10 +202,7 @@ impl Plan {
 
 /// `MUGFLOW_ATTENTION_LOG=1`: print the plan found for each new shape to stderr.
 fn log(line: &str) {
-    static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *LOG.get_or_init(|| std::env::var("MUGFLOW_ATTENTION_LOG").is_ok_and(|v| v == "1")) {
-        eprintln!("attention (cuDNN SDPA): {line}");
-    }
+    crate::cuda::attention_log("cuDNN SDPA", line);
 }
 
 /// `o = softmax(q k^T * scale) v` through cuDNN for the shape and strides of `key`; `Ok(false)`
