@@ -210,6 +210,14 @@ FA3_DEV uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t *>(&v);
 }
 
+// A branch that is never taken (`never` is 0 at run time, unknown to the compilers) on the row sums `l`, i.e. on
+// the last exp2 of the softmax. ptxas schedules within a basic block by data dependencies only (the empty asm
+// fences are invisible to it) and floats a wgmma wait up to where its block begins; a block boundary that
+// depends on the softmax keeps the wait that follows it below the softmax.
+FA3_DEV void softmax_done(const float (&l)[2], uint32_t never) {
+  if ((__float_as_uint(l[0]) | __float_as_uint(l[1])) & never) __trap();
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The math. One warpgroup owns 64 query rows; thread (warp w, lane) holds rows 16w + lane/4 and +8; S accumulator
 // element s[4j + e]: row (e < 2 ? r : r + 8), key 8j + 2(lane%4) + (e & 1).
@@ -394,6 +402,7 @@ FA3_DEV void attention(const TmaMaps &maps, const Params &p) {
     const int lane = threadIdx.x % 32;
     const uint64_t dq_a = desc_k_sw128(base + Q_A + cw * 64 * 128), dq_b = desc_k_sw32(base + Q_B + cw * 64 * 32);
     const int bar_mine = 1 + cw, bar_other = 1 + (cw + 1) % 2;  // ping-pong between the two consumers
+    const uint32_t never = p.n < 0 ? ~0u : 0u;  // 0 at run time; see softmax_done()
 
     float o_a[32], o_b[8], s[BN / 2];
     uint32_t pf[BN / 4];
@@ -453,6 +462,9 @@ FA3_DEV void attention(const TmaMaps &maps, const Params &p) {
       fence_regs(s);
       if (lane == 0) mbar_arrive(bar_empty_k(st));
       softmax_step(s, m, l, corr, p.scale_log2, false, 0, p.n);
+      // Without this ptxas hoists the wait below to right after the row max (the O rescale needs only that),
+      // reuses P's registers for the exp2s, and the softmax no longer overlaps PV_{i-1}.
+      softmax_done(l, never);
       wgmma_wait<0>();  // PV_{i-1} done: O and P registers free again
       fence_regs(o_a);
       fence_regs(o_b);
