@@ -510,11 +510,19 @@ impl Kernel for SoftmaxBias {
 /// `None`: no rotation), for `x` `[B, L, H, D]` in any strides with a contiguous last axis (e.g. the
 /// q or k part of a fused qkv projection). Returns `[B, L, H, D]` contiguous.
 pub fn rms_norm_rope(x: &Tensor, w: &Tensor, rope: Option<(&Tensor, &Tensor)>, eps: f32) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&Op(RmsNormRope { w: w.clone(), rope: rope.map(|(c, s)| (c.clone(), s.clone())), eps }))
+    x.apply_op1_no_bwd(&Op(RmsNormRope { w: Some(w.clone()), rope: rope.map(|(c, s)| (c.clone(), s.clone())), eps }))
 }
 
+/// Interleaved RoPE alone with `cos`/`sin` `[L, D/2]` (f32) for `x` `[B, L, H, D]` in any strides
+/// with a contiguous last axis, for models whose q/k norm spans all heads (the Wan DiT's) and so
+/// runs before the split into heads. Returns `[B, L, H, D]` contiguous.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op(RmsNormRope { w: None, rope: Some((cos.clone(), sin.clone())), eps: 0.0 }))
+}
+
+/// [`rms_norm_rope`] (a weight) or [`rope`] (none: no normalisation).
 struct RmsNormRope {
-    w: Tensor,
+    w: Option<Tensor>,
     rope: Option<(Tensor, Tensor)>,
     eps: f32,
 }
@@ -528,8 +536,8 @@ impl Kernel for RmsNormRope {
         if st[3] != 1 || d > 128 || !d.is_multiple_of(2) {
             bail!("rms_norm_rope: needs an even head dim <= 128 on a contiguous last axis, got {:?}", xl.dims());
         }
-        if self.w.dims() != [d] {
-            bail!("rms_norm_rope: weight {:?} for head dim {d}", self.w.dims());
+        if let Some(w) = self.w.as_ref().filter(|w| w.dims() != [d]) {
+            bail!("rms_norm_rope: weight {:?} for head dim {d}", w.dims());
         }
         if let Some((c, s)) = &self.rope {
             if c.dims() != [l, d / 2] || s.dims() != [l, d / 2] || c.dtype() != DType::F32 || s.dtype() != DType::F32 {
@@ -537,13 +545,13 @@ impl Kernel for RmsNormRope {
             }
         }
         let dev = xs.device();
-        let w = Aux::new(&self.w, "weight")?;
+        let w = self.w.as_ref().map(|w| Aux::new(w, "weight")).transpose()?;
         let rope = match &self.rope {
             Some((c, s)) => Some((Aux::new(c, "cos")?, Aux::new(s, "sin")?)),
             None => None,
         };
         let x = view::<T>(xs, xl)?;
-        let w = w.view::<T>()?;
+        let w = w.as_ref().map(|w| w.view::<T>()).transpose()?;
         let rope = match &rope {
             Some((c, s)) => Some((c.view::<f32>()?, s.view::<f32>()?)),
             None => None,
@@ -556,7 +564,10 @@ impl Kernel for RmsNormRope {
         let func = dev.get_or_load_custom_func(&format!("rms_norm_rope_{}", T::SUFFIX), MODULE, PTX)?;
         let mut a = func.builder();
         a.arg(&x);
-        a.arg(&w);
+        match &w {
+            Some(w) => a.arg(w),
+            None => a.arg(&null),
+        };
         match &rope {
             Some((c, s)) => {
                 a.arg(c);

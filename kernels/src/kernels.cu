@@ -11,7 +11,8 @@
 // - rms_norm_*: T5's RMSNorm over the last axis (f32 statistics, rounded, then times the weight).
 // - softmax_bias_*: softmax over keys of scores + a per-head position bias, masked keys excluded
 //   (T5's self-attention).
-// - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention).
+// - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention);
+//   without a weight, the RoPE alone.
 // - group_norm_{stats,finish,apply,apply_cl}_*: GroupNorm over contiguous (B, C, ...) with affine
 //   weight/bias, optional SiLU, output in the input's layout or channels-last.
 // - channel_norm_*: x / max(||x||_C, 1e-12) * gamma[c] over the channel axis of (N, C, S), optional
@@ -380,7 +381,7 @@ DEVICE void softmax_bias(const T *s, const T *pos, const float *keep, T *out, in
 
 // One warp per (b, l, h) head vector of hd <= 128 elements read through strides (sb, sl, sh):
 // out[b, l, h] = rope(x * rsqrt(mean(x^2) + eps) * w) with interleaved pairs and cos/sin [L, hd/2]
-// (f32; null: no rotation). Output contiguous [B, L, H, hd].
+// (f32; null: no rotation; w null: rope(x), no normalisation). Output contiguous [B, L, H, hd].
 template <typename T>
 DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float *sin, T *out, int64_t vectors, int l,
                           int h, int hd, int64_t sb, int64_t sl, int64_t sh, float eps) {
@@ -400,13 +401,17 @@ DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float 
     ss += a[j][0] * a[j][0] + a[j][1] * a[j][1];
   }
   for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
-  const float rstd = rsqrtf(ss / hd + eps);
+  const float rstd = w != nullptr ? rsqrtf(ss / hd + eps) : 1.f;
   T *ov = out + vec * hd;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     int p = lane + 32 * j;
     if (2 * p >= hd) continue;
-    float y0 = a[j][0] * rstd * to_f32(w[2 * p]), y1 = a[j][1] * rstd * to_f32(w[2 * p + 1]);
+    float y0 = a[j][0], y1 = a[j][1];
+    if (w != nullptr) {
+      y0 = y0 * rstd * to_f32(w[2 * p]);
+      y1 = y1 * rstd * to_f32(w[2 * p + 1]);
+    }
     if (cos != nullptr) {
       float cs = cos[tok * (hd / 2) + p], sn = sin[tok * (hd / 2) + p];
       float r0 = y0 * cs - y1 * sn, r1 = y0 * sn + y1 * cs;

@@ -210,14 +210,19 @@ fn rms_norm_rope_matches_f32_reference() {
             let ours = kernels::rms_norm_rope(&x, &w, None, 1e-6).unwrap();
             check(&format!("rms_norm hd {hd} {dtype:?}"), &ours, &n, tol);
 
-            let pairs = n.reshape((b, l, h, hd / 2, 2)).unwrap();
-            let (x0, x1) = (pairs.i((.., .., .., .., 0)).unwrap(), pairs.i((.., .., .., .., 1)).unwrap());
-            let (c, s) = (cos.reshape((1, l, 1, hd / 2)).unwrap(), sin.reshape((1, l, 1, hd / 2)).unwrap());
-            let r0 = (x0.broadcast_mul(&c).unwrap() - x1.broadcast_mul(&s).unwrap()).unwrap();
-            let r1 = (x0.broadcast_mul(&s).unwrap() + x1.broadcast_mul(&c).unwrap()).unwrap();
-            let r = Tensor::stack(&[r0, r1], D::Minus1).unwrap().reshape((b, l, h, hd)).unwrap();
+            // Interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos).
+            let rotate = |n: &Tensor| {
+                let pairs = n.reshape((b, l, h, hd / 2, 2)).unwrap();
+                let (x0, x1) = (pairs.i((.., .., .., .., 0)).unwrap(), pairs.i((.., .., .., .., 1)).unwrap());
+                let (c, s) = (cos.reshape((1, l, 1, hd / 2)).unwrap(), sin.reshape((1, l, 1, hd / 2)).unwrap());
+                let r0 = (x0.broadcast_mul(&c).unwrap() - x1.broadcast_mul(&s).unwrap()).unwrap();
+                let r1 = (x0.broadcast_mul(&s).unwrap() + x1.broadcast_mul(&c).unwrap()).unwrap();
+                Tensor::stack(&[r0, r1], D::Minus1).unwrap().reshape((b, l, h, hd)).unwrap()
+            };
             let ours = kernels::rms_norm_rope(&x, &w, Some((&cos, &sin)), 1e-6).unwrap();
-            check(&format!("rms_norm_rope hd {hd} {dtype:?}"), &ours, &r, tol);
+            check(&format!("rms_norm_rope hd {hd} {dtype:?}"), &ours, &rotate(&n), tol);
+            let ours = kernels::rope(&x, &cos, &sin).unwrap();
+            check(&format!("rope hd {hd} {dtype:?}"), &ours, &rotate(&xf), tol);
         }
     }
 }

@@ -173,9 +173,11 @@ fn random_model<T>(
 
 /// `--bench enhance`: MUG-V's enhancer on one 105-frame 1280x720 video with random bf16 weights
 /// (Wan DiT 1.3B, Wan VAE; random text features stand in for UMT5's), through the stage's own
-/// [`WanEnhancer`]: VAE encode, the one CFG step, chunked decode, each timed once (a warm-up run
-/// would double a minutes-long benchmark).
-fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
+/// [`WanEnhancer`]: VAE encode, the one CFG step, chunked decode. One warm-up run (cuDNN's
+/// algorithm searches and plans, once per shape and process, as a long-running stage pays them
+/// once), then each part's mean over `iters` runs, synchronised at the part's end.
+fn bench_enhance(p: &I2vPlacement, iters: usize) -> Result<(), BenchError> {
+    const PARTS: [&str; 3] = ["vae encode", "dit", "vae decode"];
     let (dev, dtype) = (&p.device, p.dtype);
     let (dit_c, vae_c) = (WanDitConfig::wan_1_3b(), WanVaeConfig::wan21());
     let enhancer = WanEnhancer {
@@ -187,32 +189,44 @@ fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
     };
     let video = Tensor::rand(-1f32, 1f32, (1, 3, 105, 720, 1280), dev)?.to_dtype(dtype)?;
     let (pos, neg) = (randn(&[60, dit_c.text_dim], dtype, dev)?, randn(&[40, dit_c.text_dim], dtype, dev)?);
-    dev.synchronize()?;
-    let (r, peak) = with_peak_memory(dev, || -> candle_core::Result<()> {
-        // Counted by the sink, read by the progress line of the decode.
+    // One run, adding each part's seconds to `laps` (in PARTS order); the frames decoded.
+    let run = |laps: &mut [f64; 3]| -> candle_core::Result<usize> {
+        dev.synchronize()?;
         let frames = std::cell::Cell::new(0);
         let mut lap = Instant::now();
-        // Each part's time as it ends (synchronised, so it is the GPU's time too).
         let mut progress = |part: &str| {
-            if !matches!(part, "vae encode" | "dit" | "vae decode") {
-                return Ok(()); // steps and chunks: the parts' lines are enough
+            if let Some(k) = PARTS.iter().position(|p| *p == part) {
+                dev.synchronize()?;
+                laps[k] += lap.elapsed().as_secs_f64();
+                lap = Instant::now();
             }
-            let _ = dev.synchronize();
-            let detail = match part {
-                "vae encode" => format!("latent {:?}", [1, vae_c.z_dim, vae_c.latent_frames(105), 90, 160]),
-                "dit" => "(1 step x CFG 2)".into(),
-                _ => format!("({} frames)", frames.get()),
-            };
-            println!("enhance {part:<10} {:>8.1} s   {detail}", lap.elapsed().as_secs_f64());
-            lap = Instant::now();
-            Ok(())
+            Ok(()) // steps and chunks: the parts' times are enough
         };
         enhancer.enhance(&video, &pos, &neg, 42, &mut progress, &mut |chunk| {
             frames.set(frames.get() + chunk.dim(2)?);
             Ok(())
-        })
+        })?;
+        Ok(frames.get())
+    };
+    let mut warm = [0.0; 3];
+    run(&mut warm)?;
+    let iters = iters.max(1);
+    let (r, peak) = with_peak_memory(dev, || -> candle_core::Result<([f64; 3], usize)> {
+        let mut laps = [0.0; 3];
+        let mut frames = 0;
+        for _ in 0..iters {
+            frames = run(&mut laps)?;
+        }
+        Ok((laps, frames))
     });
-    r?;
+    let (laps, frames) = r?;
+    let latent = [1, vae_c.z_dim, vae_c.latent_frames(105), 90, 160];
+    let details = [format!("latent {latent:?}"), "(1 step x CFG 2)".into(), format!("({frames} frames)")];
+    for ((part, secs), detail) in PARTS.iter().zip(laps).zip(details) {
+        println!("enhance {part:<10} {:>8.2} s   {detail}", secs / iters as f64);
+    }
+    let (total, total_warm) = (laps.iter().sum::<f64>() / iters as f64, warm.iter().sum::<f64>());
+    println!("enhance total      {total:>8.2} s   (mean of {iters} after a warm-up run of {total_warm:.2} s)");
     println!("enhance            {peak}");
     Ok(())
 }
@@ -302,7 +316,7 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
             println!("aesthetic          {:.0} frames/s ({} frames per call)", a.frames as f64 / secs, a.frames);
             (secs, peak, None)
         }
-        "enhance" => return bench_enhance(p),
+        "enhance" => return bench_enhance(p, a.iters),
         #[cfg(not(feature = "cuda"))]
         "attention" => return Err(BenchError::NoCuda("--bench attention".into())),
         other => {
