@@ -91,12 +91,13 @@ impl CustomOp2 for Linear {
         LT.with(|map| {
             let mut map = map.borrow_mut();
             let key = stream.cu_stream() as usize;
-            if !map.contains_key(&key) {
-                let lt = CudaBlasLT::new(stream.clone())
-                    .map_err(|e| candle_core::Error::Msg(format!("linear: cuBLASLt handle: {e:?}")))?;
-                map.insert(key, lt);
-            }
-            let lt = &map[&key];
+            let lt = match map.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    CudaBlasLT::new(stream.clone())
+                        .map_err(|e| candle_core::Error::Msg(format!("linear: cuBLASLt handle: {e:?}")))?,
+                ),
+            };
             // SAFETY: the layouts describe exactly the checked, contiguous buffers: w N x K, x
             // M x K, y M x N elements, bias N (when given); cuBLASLt writes only y.
             unsafe { lt.matmul(cfg, &w, &x, &mut y, b.as_ref(), act.as_ref()) }
