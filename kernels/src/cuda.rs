@@ -169,13 +169,34 @@ fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usi
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, k_lens: Option<&[u32]>, scale: f32) -> Result<Tensor> {
     let cudnn = k_lens.is_none() && attention_backend() == AttentionBackend::Cudnn;
     let route = if cudnn { Route::CudnnOrKernel } else { Route::Kernel };
-    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route })
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route, bias: None })
+}
+
+/// Head dims of [`flash_attention_bias`]'s kernel (T5's and UMT5's).
+pub const FLASH_BIAS_HEAD_DIMS: [usize; 1] = [64];
+
+/// `softmax(scale q k^T + bias[h]) v` with a per-head additive bias `[H, Lq, Lk]` (bf16, keys
+/// contiguous) and optional per-batch key lengths, for T5's attention with its relative position
+/// bias and padding mask: the scores never leave the chip, where the plain path writes and reads
+/// back a `[B, H, Lq, Lk]` score matrix and its probabilities. q, k, v and the result as in
+/// [`flash_attention`]; head dims [`FLASH_BIAS_HEAD_DIMS`].
+pub fn flash_attention_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    k_lens: Option<&[u32]>,
+    scale: f32,
+) -> Result<Tensor> {
+    let op =
+        FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route: Route::Kernel, bias: Some(bias.clone()) };
+    q.apply_op3_no_bwd(k, v, &op)
 }
 
 /// [`flash_attention`] through cuDNN's fused SDPA only (no key lengths): an error when cuDNN has no
 /// engine for the shape, instead of the kernel. For tests and benchmarks of that path.
 pub fn cudnn_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route: Route::Cudnn })
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route: Route::Cudnn, bias: None })
 }
 
 /// Which implementations a [`FlashAttention`] may run.
@@ -190,6 +211,8 @@ struct FlashAttention {
     scale: f32,
     k_lens: Option<Vec<u32>>,
     route: Route,
+    /// A per-head score bias `[H, Lq, Lk]` (the bias kernel; never cuDNN).
+    bias: Option<Tensor>,
 }
 
 /// Strides `[batch, head, row]` of a `[B, L, H, D]` layout, each a multiple of 8 elements (16 bytes).
@@ -256,11 +279,29 @@ impl CustomOp3 for FlashAttention {
         if !FLASH_HEAD_DIMS.contains(&d) {
             bail!("flash_attention: head dim {d} is not one of {FLASH_HEAD_DIMS:?} (and cuDNN has no engine for it)");
         }
+        let bias = match &self.bias {
+            Some(t) => {
+                if t.dims() != [h, lq, lk] || t.dtype() != DType::BF16 || !FLASH_BIAS_HEAD_DIMS.contains(&d) {
+                    bail!(
+                        "flash_attention_bias: bias {:?} {:?} for {h} heads x {lq} queries x {lk} keys at head dim {d}: \
+                         needs a contiguous bf16 [H, Lq, Lk] and a head dim of {FLASH_BIAS_HEAD_DIMS:?}",
+                        t.dims(),
+                        t.dtype()
+                    );
+                }
+                Some(Aux::new(t, "flash_attention_bias: the bias")?)
+            }
+            None => None,
+        };
         let lens = self.k_lens.as_ref().map(|l| dev.clone_htod(l.as_slice())).transpose()?;
         let null = 0u64;
         let (lq32, lk32) = (lq as i32, lk as i32);
         let scale_log2 = self.scale * std::f32::consts::LOG2_E;
-        let func = dev.get_or_load_custom_func(&format!("flash_attention_hd{d}"), MODULE, PTX)?;
+        let name =
+            if bias.is_some() { format!("flash_attention_bias_hd{d}") } else { format!("flash_attention_hd{d}") };
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let bias_view = bias.as_ref().map(|aux| aux.view::<bf16>()).transpose()?;
+        let (bias_head, bias_row, bias_scale) = ((lq * lk) as i64, lk as i64, 1.0 / self.scale);
         let mut a = func.builder();
         a.arg(&q);
         a.arg(&k);
@@ -276,6 +317,12 @@ impl CustomOp3 for FlashAttention {
             None => a.arg(&null),
         };
         a.arg(&scale_log2);
+        if let Some(view) = &bias_view {
+            a.arg(view);
+            a.arg(&bias_head);
+            a.arg(&bias_row);
+            a.arg(&bias_scale);
+        }
         let cfg = LaunchConfig {
             grid_dim: (lq.div_ceil(FLASH_BLOCK_ROWS) as u32, h as u32, b as u32),
             block_dim: (FLASH_THREADS, 1, 1),

@@ -4,7 +4,8 @@
 // - flash_attention_*: softmax(q k^T * scale) v without materialising the score matrix
 //   (FlashAttention-2 scheme: a block of 8 warps owns 128 query rows, streams 64-key tiles of K and
 //   V through shared memory with cp.async double buffering, tensor-core mma.m16n8k16 in bf16 with f32
-//   accumulation, online softmax in f32). Optional per-batch key lengths for cross-attention.
+//   accumulation, online softmax in f32). Optional per-batch key lengths for cross-attention;
+//   flash_attention_bias_* adds a per-head bias to the scores (T5's relative positions).
 // - ln_modulate_*: LayerNorm without affine over the last axis, then `n * (scale + one) + shift`
 //   with per-token rows of shift/scale tables (adaLN; clean frames pick another row).
 // - gated_residual_*: `x + gate[row] * y`.
@@ -84,12 +85,15 @@ DEVICE uint32_t pack_bf16(float lo, float hi) {
 }
 
 // HD: head dim (multiple of 8). Q/K/V/O are addressed as [B, H, L, HD] through strides (in
-// elements; the last axis contiguous, everything 16-byte aligned).
-template <int HD>
+// elements; the last axis contiguous, everything 16-byte aligned). BIAS: softmax(scale q k^T +
+// bias[h, row, key]) with the bias read through strides (bh, br; keys contiguous) and added to the
+// raw scores as bias * bias_scale (= bias / scale).
+template <int HD, bool BIAS>
 DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bfloat16 *__restrict__ k,
                     const __nv_bfloat16 *__restrict__ v, __nv_bfloat16 *__restrict__ o, int64_t qb, int64_t qh,
                     int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr, int64_t ob,
-                    int64_t oh, int64_t orow, int lq, int lk, const uint32_t *__restrict__ k_lens, float scale_log2) {
+                    int64_t oh, int64_t orow, int lq, int lk, const uint32_t *__restrict__ k_lens, float scale_log2,
+                    const __nv_bfloat16 *__restrict__ bias, int64_t bh, int64_t br, float bias_scale) {
   constexpr int HDP = (HD + 15) / 16 * 16;  // head dim padded for the q k^T reduction
   constexpr int STRIDE = HDP + 8;           // shared row stride (bank-conflict free ldmatrix)
   constexpr int KS = HDP / 16;              // k-steps of q k^T
@@ -109,6 +113,7 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
   k += b * kb + h * kh;
   v += b * vb + h * vh;
   o += b * ob + h * oh;
+  if (BIAS) bias += h * bh;
 
   // The padding columns of K (HD..HDP) meet the zero padding of q: keep them zero, never NaN.
   constexpr int PAD = HDP - HD > 0 ? HDP - HD : 1;
@@ -176,6 +181,17 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
         ldmatrix_x4(b0, b1, b2, b3, p);
         mma(s[n], qf[ks], b0, b1);
         mma(s[n + 1], qf[ks], b2, b3);
+      }
+    }
+
+    if (BIAS) {
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          int row = row0 + r + (i / 2) * 8, key = t * BN + n * 8 + c + (i % 2);
+          if (row < lq && key < klen) s[n][i] = fmaf(__bfloat162float(bias[row * br + key]), bias_scale, s[n][i]);
+        }
       }
     }
 
@@ -274,13 +290,25 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
       const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, int64_t qb,    \
       int64_t qh, int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr,          \
       int64_t ob, int64_t oh, int64_t orow, int lq, int lk, const uint32_t *k_lens, float scale_log2) {        \
-    fa::flash_attention<HD>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens,      \
-                            scale_log2);                                                                       \
+    fa::flash_attention<HD, false>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens, \
+                                   scale_log2, nullptr, 0, 0, 0.f);                                            \
   }
 FLASH(24, 2)
 FLASH(64, 2)
 FLASH(72, 2)
 FLASH(128, 1)
+
+// With an additive per-head bias (T5's relative position bias), at T5's head dim.
+#define FLASH_BIAS(HD, MINB)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(fa::THREADS, MINB) flash_attention_bias_hd##HD(                    \
+      const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, int64_t qb,    \
+      int64_t qh, int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr,          \
+      int64_t ob, int64_t oh, int64_t orow, int lq, int lk, const uint32_t *k_lens, float scale_log2,          \
+      const __nv_bfloat16 *bias, int64_t bh, int64_t br, float bias_scale) {                                   \
+    fa::flash_attention<HD, true>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens,  \
+                                  scale_log2, bias, bh, br, bias_scale);                                       \
+  }
+FLASH_BIAS(64, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Block-wide sum for the row kernels (blockDim.x a multiple of 32, at most 1024).
