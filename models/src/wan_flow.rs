@@ -119,15 +119,18 @@ impl Enhancer {
         for (i, (&sigma, &timestep)) in sigmas.iter().zip(&timesteps).enumerate() {
             latents = keep_first_frame(&latents, origin)?;
             hook(EnhancePoint::DitInput(i), &latents)?;
-            // The two guidance passes as one batch of 2b: the positive prompt's, then the negative's.
-            let both = dit.forward(&WanDitInput {
-                x: &Tensor::cat(&[&latents, &latents], 0)?,
-                y: Some(&Tensor::cat(&[origin, origin], 0)?),
-                timestep: &vec![timestep; 2 * b],
-                first_frame_clean: true,
-                context: &[vec![positive.clone(); b], vec![negative.clone(); b]].concat(),
-            })?;
-            let (pos, neg) = (both.narrow(0, 0, b)?, both.narrow(0, b, b)?);
+            let velocity = |text: &Tensor| {
+                dit.forward(&WanDitInput {
+                    x: &latents,
+                    y: Some(origin),
+                    timestep: &vec![timestep; b],
+                    first_frame_clean: true,
+                    context: &vec![text.clone(); b],
+                })
+            };
+            // Two passes, not one batch of 2: measured on the H200 the batch was no faster (the
+            // DiT's 97,200 tokens fill the GPU either way) and held 1.5 GB more.
+            let (pos, neg) = (velocity(positive)?, velocity(negative)?);
             hook(EnhancePoint::Positive(i), &pos)?;
             hook(EnhancePoint::Negative(i), &neg)?;
             let guided = (&neg + ((&pos - &neg)? * f64::from(self.cfg_scale))?)?;
