@@ -9,7 +9,7 @@
 //! docs/PERFORMANCE.md: `dit` (MUG-DiT-10B forward, 720p x 105 frames, CFG batch 2), `attention`
 //! (one self-attention layer at that size, fused kernel), `vae-encode` / `vae-decode` (the
 //! VideoVAE on a `--frames` 1280x720 clip, 105 by default), `wan-vae-encode` / `wan-vae-decode`
-//! (the Wan VAE likewise), `t5` (T5-XXL over 64 x 300 tokens), `aesthetic` (CLIP ViT-L/14 and the
+//! (the Wan VAE likewise), `t5` / `umt5` (T5-XXL / UMT5-XXL over 64 x 300 tokens), `aesthetic` (CLIP ViT-L/14 and the
 //! LAION head on `--frames` 224x224 images in one call, in frames/s: the model side of the
 //! aesthetic stage), `enhance` (the WAN enhancer on one such video), with TFLOP/s where the count
 //! is well defined.
@@ -32,6 +32,7 @@ use crate::presets::Preset;
 use crate::random::{model_keys, random_checkpoint};
 use crate::rflow::ShiftPrecision;
 use crate::t5::{T5Config, T5Encoder, T5Tokenizer};
+use crate::umt5::{Umt5Config, Umt5Encoder};
 use crate::wan_dit::{WanDit, WanDitConfig};
 use crate::wan_flow::Enhancer;
 use crate::wan_vae::{WanVae, WanVaeConfig};
@@ -73,7 +74,7 @@ pub struct GpuBenchArgs {
     #[arg(long, default_value = "out/gpu-bench")]
     pub out: PathBuf,
     /// Time one part instead of generating: dit, attention, vae-encode, vae-decode,
-    /// wan-vae-encode, wan-vae-decode, t5, aesthetic or enhance.
+    /// wan-vae-encode, wan-vae-decode, t5, umt5, aesthetic or enhance.
     #[arg(long)]
     pub bench: Option<String>,
     /// Timed runs of `--bench` (after one warm-up run).
@@ -294,14 +295,19 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
             };
             (secs, peak, None)
         }
-        "t5" => {
-            let c = T5Config::xxl();
-            let t5 = random_model(|k| T5Encoder::load(k, &c), dtype, dev, dev)?;
+        "t5" | "umt5" => {
+            // 64 texts of 300 tokens (MUG-V's caption length), no padding, for both encoders.
             let ids: Vec<i64> = (0..64 * 300).map(|i| (i * 7919 + 13) % 32000).collect();
             let ids = Tensor::from_vec(ids, (64, 300), dev)?;
             let mask = Tensor::ones((64, 300), DType::I64, dev)?;
-            let (secs, peak) = time_runs(dev, a.iters, || t5.forward(&ids, &mask).map(|_| ()))?;
-            println!("t5                 {:.0} tokens/s", 64.0 * 300.0 / secs);
+            let (secs, peak) = if what == "t5" {
+                let t5 = random_model(|k| T5Encoder::load(k, &T5Config::xxl()), dtype, dev, dev)?;
+                time_runs(dev, a.iters, || t5.forward(&ids, &mask).map(|_| ()))?
+            } else {
+                let umt5 = random_model(|k| Umt5Encoder::load(k, &Umt5Config::xxl()), dtype, dev, dev)?;
+                time_runs(dev, a.iters, || umt5.forward(&ids, &mask).map(|_| ()))?
+            };
+            println!("{what:<18} {:.0} tokens/s", 64.0 * 300.0 / secs);
             (secs, peak, None)
         }
         "aesthetic" => {
@@ -321,7 +327,7 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
         "attention" => return Err(BenchError::NoCuda("--bench attention".into())),
         other => {
             let known =
-                "dit, attention, vae-encode, vae-decode, wan-vae-encode, wan-vae-decode, t5, aesthetic, enhance";
+                "dit, attention, vae-encode, vae-decode, wan-vae-encode, wan-vae-decode, t5, umt5, aesthetic, enhance";
             return Err(BenchError::Usage(format!("--bench {other}: not one of {known}")));
         }
     };

@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::Linear;
 
+use crate::attention::{position_biased, KeyPadding};
 use crate::layers::{linear_forward, linear_no_bias};
 use crate::profile;
 use crate::weights::{Checkpoint, WeightsError};
@@ -93,56 +94,6 @@ pub struct T5Encoder {
     final_layer_norm: Tensor,
 }
 
-/// Attention scores `[B, H, L, L]` to probabilities (see `T5Encoder::attention_softmax`).
-type ScoresToProbs = dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
-
-/// How a forward computes `softmax(q k^T + position bias, padded keys masked) v` (chosen once per
-/// forward by `T5Encoder::attention_path`).
-enum AttentionPath {
-    /// On CUDA in bf16 with right-padded masks: one fused kernel reading the per-head bias
-    /// `[H, L, L]`, keys limited to each sample's length; no score matrix in memory.
-    #[cfg(feature = "cuda")]
-    Fused { bias: Tensor, lens: Vec<u32> },
-    /// The score matrix `[B, H, L, L]`, its probabilities, then `p v`.
-    Scores(Box<ScoresToProbs>),
-}
-
-impl AttentionPath {
-    /// Attention of the projections `[B, L, H * d_kv]` into `[B, L, H * d_kv]`.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-        let (b, len, width) = q.dims3()?;
-        let split = |t: &Tensor| t.reshape((b, len, heads, width / heads));
-        match self {
-            #[cfg(feature = "cuda")]
-            AttentionPath::Fused { bias, lens } => {
-                // T5 does not scale the scores by 1/sqrt(d_kv): its initialisation absorbs it.
-                kernels::flash_attention_bias(&split(q)?, &split(k)?, &split(v)?, bias, Some(lens), 1.0)?
-                    .reshape((b, len, width))
-            }
-            AttentionPath::Scores(softmax) => {
-                let head_major = |t: &Tensor| split(t)?.transpose(1, 2)?.contiguous();
-                let (q, k, v) = (head_major(q)?, head_major(k)?, head_major(v)?);
-                let p = softmax(&q.matmul(&k.t()?.contiguous()?)?)?;
-                p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, width))
-            }
-        }
-    }
-}
-
-/// Per sample, the number of tokens of a right-padded mask `[B, L]` (ones, then zeros); `None`
-/// when some row is not of that form.
-#[cfg(feature = "cuda")]
-fn right_padded_lengths(mask: &Tensor) -> candle_core::Result<Option<Vec<u32>>> {
-    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let n = row.iter().take_while(|&&m| m != 0.0).count();
-            row[n..].iter().all(|&m| m == 0.0).then_some(n as u32)
-        })
-        .collect())
-}
-
 /// `x * rsqrt(mean(x^2) + eps) * w`, the variance in f32 whatever the working dtype (one fused
 /// kernel on CUDA).
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
@@ -212,7 +163,7 @@ impl T5Encoder {
         Ok(model)
     }
 
-    /// The relative position bias `[1, H, L, L]` for `len` positions.
+    /// The relative position bias `[H, L, L]` for `len` positions.
     fn position_bias(&self, len: usize, device: &Device) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let buckets: Vec<u32> = (0..len * len)
@@ -223,43 +174,7 @@ impl T5Encoder {
             .index_select(&buckets, 0)?
             .reshape((len, len, c.num_heads))?
             .permute((2, 0, 1))?
-            .unsqueeze(0)
-    }
-
-    /// The fused attention where it applies (CUDA, bf16, a head dim the kernel takes, right-padded
-    /// masks), else the score-matrix path of [`T5Encoder::attention_softmax`].
-    fn attention_path(&self, mask: &Tensor, len: usize, dtype: DType) -> candle_core::Result<AttentionPath> {
-        #[cfg(feature = "cuda")]
-        if mask.device().is_cuda() && dtype == DType::BF16 && kernels::FLASH_BIAS_HEAD_DIMS.contains(&self.config.d_kv)
-        {
-            if let Some(lens) = right_padded_lengths(mask)? {
-                let bias = self.position_bias(len, mask.device())?.squeeze(0)?.to_dtype(dtype)?.contiguous()?;
-                return Ok(AttentionPath::Fused { bias, lens });
-            }
-        }
-        Ok(AttentionPath::Scores(self.attention_softmax(mask, len, dtype)?))
-    }
-
-    /// The attention probabilities from raw scores `[B, H, L, L]`: softmax over the keys of scores
-    /// plus the relative position bias, masked keys at probability 0. On CUDA one fused kernel
-    /// (`kernels::softmax_bias`); elsewhere a bias tensor with the most negative float at masked
-    /// keys, added before candle's softmax.
-    fn attention_softmax(&self, mask: &Tensor, len: usize, dtype: DType) -> candle_core::Result<Box<ScoresToProbs>> {
-        let b = mask.dim(0)?;
-        let pos = self.position_bias(len, mask.device())?;
-        #[cfg(feature = "cuda")]
-        if mask.device().is_cuda() {
-            let pos = pos.squeeze(0)?.to_dtype(dtype)?.contiguous()?;
-            let keep = mask.to_dtype(DType::F32)?.contiguous()?;
-            let fused: Box<ScoresToProbs> = Box::new(move |scores: &Tensor| kernels::softmax_bias(scores, &pos, &keep));
-            return Ok(fused);
-        }
-        let mask_bias =
-            mask.to_dtype(DType::F32)?.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
-        let bias = pos.to_dtype(DType::F32)?.broadcast_add(&mask_bias)?.to_dtype(dtype)?;
-        let plain: Box<ScoresToProbs> =
-            Box::new(move |scores: &Tensor| candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&bias)?));
-        Ok(plain)
+            .contiguous()
     }
 
     /// Encode token ids `[B, L]` with attention mask `[B, L]` (1 = token, 0 = padding) into the
@@ -275,7 +190,7 @@ impl T5Encoder {
         let dtype = self.shared.dtype();
         let mut x =
             self.shared.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?.reshape((b, len, c.d_model))?;
-        let attention = self.attention_path(mask, len, dtype)?;
+        let (bias, padding) = (self.position_bias(len, ids.device())?.to_dtype(dtype)?, KeyPadding::new(mask)?);
         let dev = ids.device();
         let span = |name, f: &dyn Fn() -> candle_core::Result<Tensor>| profile::span(dev, name, f);
         for (i, blk) in self.blocks.iter().enumerate() {
@@ -284,7 +199,7 @@ impl T5Encoder {
             let q = span("q/k/v linear", &|| linear_forward(&blk.q, &a, false))?;
             let k = span("q/k/v linear", &|| linear_forward(&blk.k, &a, false))?;
             let v = span("q/k/v linear", &|| linear_forward(&blk.v, &a, false))?;
-            let o = span("attention (+ position bias)", &|| attention.attend(&q, &k, &v, c.num_heads))?;
+            let o = span("attention (+ position bias)", &|| position_biased(&q, &k, &v, c.num_heads, &bias, &padding))?;
             let o = span("o linear", &|| linear_forward(&blk.o, &o, false))?;
             x = span("residual add", &|| &x + &o)?;
             let f = span("RMSNorm", &|| rms_norm(&x, &blk.ff_norm, c.eps))?;
