@@ -458,6 +458,39 @@ impl Kernel for GatedResidual {
     }
 }
 
+/// `x * sigmoid(1.702 x)` (CLIP's quick GELU) of contiguous `x`, in f32 with one rounding: one pass
+/// where the three element-wise ops (scale, sigmoid, product) take three.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op(QuickGelu))
+}
+
+struct QuickGelu;
+
+impl Kernel for QuickGelu {
+    const NAME: &'static str = "quick_gelu";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !xl.is_contiguous() {
+            bail!("quick_gelu: x must be contiguous");
+        }
+        let n = xl.shape().elem_count();
+        let dev = xs.device();
+        let x = view::<T>(xs, xl)?;
+        let mut out = output::<T>(dev, n)?;
+        let n64 = n as i64;
+        let func = dev.get_or_load_custom_func(&format!("quick_gelu_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&x);
+        a.arg(&mut out);
+        a.arg(&n64);
+        let blocks = n.div_ceil(256).clamp(1, 65536) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x and out hold n elements; the grid-stride loop writes each output once.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
+    }
+}
+
 /// T5's RMSNorm over the last axis of contiguous `x`: `round(x * rsqrt(mean(x^2) + eps)) * w`
 /// with `w` `[D]`, statistics in f32; one pass instead of six.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {

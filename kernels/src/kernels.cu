@@ -9,6 +9,7 @@
 // - ln_modulate_*: LayerNorm without affine over the last axis, then `n * (scale + one) + shift`
 //   with per-token rows of shift/scale tables (adaLN; clean frames pick another row).
 // - gated_residual_*: `x + gate[row] * y`.
+// - quick_gelu_*: x * sigmoid(1.702 x), CLIP's activation, in one pass.
 // - rms_norm_*: T5's RMSNorm over the last axis (f32 statistics, rounded, then times the weight).
 // - softmax_bias_*: softmax over keys of scores + a per-head position bias, masked keys excluded
 //   (T5's self-attention).
@@ -362,6 +363,15 @@ DEVICE void gated_residual(const T *x, const T *y, const T *gate, const uint32_t
   }
 }
 
+// out = x * sigmoid(1.702 x) (CLIP's quick GELU) in f32 with one rounding, grid-stride.
+template <typename T>
+DEVICE void quick_gelu(const T *x, T *out, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    float v = to_f32(x[i]);
+    out[i] = from_f32<T>(v / (1.f + __expf(-1.702f * v)));
+  }
+}
+
 // One block per row of d elements: out = from(x * rsqrt(mean(x^2) + eps)) * w, the statistics in
 // f32 and the normalised value rounded to T before the weight, as T5's LayerNorm does.
 template <typename T>
@@ -619,6 +629,7 @@ DEVICE void cl_transpose(const T *src, T *dst, const T *bias, const T *res, int 
                                                    int r, T *out, int64_t n, int l, int d, int64_t tb) {        \
     gated_residual<T>(x, y, gate, rows, r, out, n, l, d, tb);                                                   \
   }                                                                                                             \
+  extern "C" __global__ void quick_gelu_##NAME(const T *x, T *out, int64_t n) { quick_gelu<T>(x, out, n); }    \
   extern "C" __global__ void rms_norm_##NAME(const T *x, const T *w, T *out, int d, float eps) {              \
     rms_norm<T>(x, w, out, d, eps);                                                                             \
   }                                                                                                             \

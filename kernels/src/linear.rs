@@ -1,8 +1,8 @@
 //! Linear layers through cuBLASLt, one product over all leading axes, with the bias (and GELU) in
 //! the matrix product's epilogue:
-//! `y = x w^T + b` (optionally `gelu_tanh(...)`) in one pass over the output, where a plain
-//! matmul would write it, then read and write it again for the bias and once more for GELU. On a
-//! DiT block's 50k-token outputs those passes are gigabytes each.
+//! `y = x w^T + b` (optionally `gelu_tanh(...)`, or plus a residual) in one pass over the output,
+//! where a plain matmul would write it, then read and write it again for the bias, once more for
+//! GELU or the residual add. On a DiT block's 50k-token outputs those passes are gigabytes each.
 //!
 //! The algorithm of each product shape is measured, not guessed: on a shape's first call the
 //! candidates cuBLASLt's heuristic ranks first (up to [`CANDIDATES`]) each run on the real operands,
@@ -51,8 +51,8 @@ impl Drop for Lt {
     }
 }
 
-/// `(M, N, K, bias, gelu)` of a product `y [M, N] = x [M, K] w [N, K]^T`.
-type PlanKey = (usize, usize, usize, bool, bool);
+/// `(M, N, K, bias, gelu, residual)` of a product `y [M, N] = x [M, K] w [N, K]^T`.
+type PlanKey = (usize, usize, usize, bool, bool, bool);
 
 /// The descriptors of one product shape and its measured algorithm.
 struct Plan {
@@ -103,12 +103,13 @@ fn log_searches() -> bool {
     *ON.get_or_init(|| std::env::var("MUGFLOW_LINEAR_LOG").is_ok_and(|v| v == "1"))
 }
 
-/// The device pointers of one product.
+/// The device pointers of one product: `y = x w^T (+ bias) (+ residual)`.
 struct Operands {
     w: u64,
     x: u64,
     y: u64,
     bias: Option<u64>,
+    residual: Option<u64>,
 }
 
 impl Lt {
@@ -121,7 +122,9 @@ impl Lt {
 
     /// Runs `plan` with `algo` on `ops`.
     fn launch(&self, plan: &Plan, algo: &sys::cublasLtMatmulAlgo_t, ops: &Operands, stream: &CudaStream) -> Result<()> {
-        let (alpha, beta) = (1f32, 0f32);
+        // The residual is cuBLASLt's C operand: y = x w^T + 1 * residual (+ bias).
+        let (alpha, beta) = (1f32, if ops.residual.is_some() { 1f32 } else { 0f32 });
+        let c_ptr = ops.residual.unwrap_or(ops.y);
         if let Some(bias) = &ops.bias {
             // SAFETY: the attribute is a device pointer, passed by address with its size.
             unsafe {
@@ -137,8 +140,8 @@ impl Lt {
         let (ws, _ws_guard) = self.workspace.device_ptr(stream);
         let [a, b, c] = &plan.layouts;
         // SAFETY: the layouts describe the checked buffers behind the pointers (w N x K, x M x K,
-        // y M x N elements, bias N), which stay alive for the call; cuBLASLt writes only y and the
-        // workspace, on `stream`.
+        // y and the residual M x N elements, bias N), which stay alive for the call; cuBLASLt writes
+        // only y (a fresh buffer, never the residual) and the workspace, on `stream`.
         unsafe {
             result::matmul(
                 self.handle,
@@ -149,7 +152,7 @@ impl Lt {
                 a.0,
                 ops.x as *const c_void,
                 b.0,
-                ops.y as *const c_void,
+                c_ptr as *const c_void,
                 c.0,
                 ops.y as *mut c_void,
                 c.0,
@@ -172,7 +175,7 @@ impl Lt {
     }
 
     fn make_plan(&self, key: PlanKey, ops: &Operands, stream: &CudaStream) -> Result<Plan> {
-        let (m, n, k, bias, gelu) = key;
+        let (m, n, k, bias, gelu, _) = key;
         let bf = sys::cudaDataType_t::CUDA_R_16BF;
         // Column-major view of row-major data: y^T [N, M] = w [N, K] (stored as K x N, transposed)
         // times x^T [K, M]; the bias runs along the N rows of y^T, as the epilogue adds it.
@@ -291,12 +294,21 @@ impl Lt {
 /// and contiguous, as one product over all leading axes; with `gelu` the tanh-approximated GELU of
 /// that (as candle's `gelu` and PyTorch's `GELU(approximate="tanh")`). Returns `[..., N]`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &Linear { bias: bias.cloned(), gelu })
+    x.apply_op2_no_bwd(w, &Linear { bias: bias.cloned(), gelu, residual: None })
+}
+
+/// `residual + x w^T (+ bias)`: [`linear`] with a transformer block's residual add in the product's
+/// epilogue (cuBLASLt's C operand, summed in f32 and rounded once), one pass over the output
+/// instead of a product and an add. `residual` is contiguous bf16 of the output's shape `[..., N]`.
+pub fn linear_residual(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &Linear { bias: bias.cloned(), gelu: false, residual: Some(residual.clone()) })
 }
 
 struct Linear {
     bias: Option<Tensor>,
     gelu: bool,
+    /// Added to the product (the output's shape).
+    residual: Option<Tensor>,
 }
 
 impl CustomOp2 for Linear {
@@ -333,27 +345,33 @@ impl CustomOp2 for Linear {
         let (x, w) = (view::<bf16>(xs, xl)?, view::<bf16>(ws, wl)?);
         let bias = self.bias.as_ref().map(|b| Aux::new(b, "linear bias")).transpose()?;
         let b = bias.as_ref().map(|b| b.view::<bf16>()).transpose()?;
+        let mut out_dims = xl.dims().to_vec();
+        *out_dims.last_mut().expect("x has at least one axis") = n;
+        if let Some(r) = self.residual.as_ref().filter(|r| r.dims() != out_dims || r.dtype() != DType::BF16) {
+            bail!("linear: residual {:?} {:?} for an output of {out_dims:?} (bf16)", r.dims(), r.dtype());
+        }
+        let residual = self.residual.as_ref().map(|r| Aux::new(r, "linear residual")).transpose()?;
+        let res = residual.as_ref().map(|r| r.view::<bf16>()).transpose()?;
         let mut y = output::<bf16>(dev, m * n)?;
         let stream = dev.cuda_stream();
         {
             // The guards keep cudarc's stream-ordering records around the call.
             let ((wp, _w), (xp, _x)) = (w.device_ptr(&stream), x.device_ptr(&stream));
             let (bp, _b) = b.as_ref().map(|b: &CudaView<bf16>| b.device_ptr(&stream)).unzip();
+            let (rp, _r) = res.as_ref().map(|r: &CudaView<bf16>| r.device_ptr(&stream)).unzip();
             let (yp, _y) = y.device_ptr_mut(&stream);
-            let ops = Operands { w: wp, x: xp, y: yp, bias: bp };
+            let ops = Operands { w: wp, x: xp, y: yp, bias: bp, residual: rp };
             LT.with(|map| {
                 let mut map = map.borrow_mut();
                 let lt = match map.entry(stream.cu_stream() as usize) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => e.insert(Lt::new(dev)?),
                 };
-                let key = (m, n, k, bp.is_some(), self.gelu);
+                let key = (m, n, k, bp.is_some(), self.gelu, rp.is_some());
                 let algo = lt.plan(key, &ops, &stream)?.algo;
                 lt.launch(&lt.plans[&key], &algo, &ops, &stream)
             })?;
         }
-        let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("x has at least one axis") = n;
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from(dims)))
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from(out_dims)))
     }
 }

@@ -423,6 +423,30 @@ fn linear_matches_f32_reference() {
             let r = if gelu { no_bias.gelu().unwrap() } else { no_bias.clone() };
             check(&format!("linear {l}x{k}x{n}, gelu {gelu}, run {run}"), &ours, &r, BF16_TOL);
         }
+        // The residual in the epilogue, with and without a bias, twice each.
+        let residual = randn(&mut rng, &[b, l, n], DType::BF16, &dev);
+        for run in 0..2 {
+            let ours = kernels::linear_residual(&x, &w, Some(&bias), &residual).unwrap();
+            let r = (&reference + f(&residual)).unwrap();
+            check(&format!("linear {l}x{k}x{n} + bias + residual, run {run}"), &ours, &r, BF16_TOL);
+            let ours = kernels::linear_residual(&x, &w, None, &residual).unwrap();
+            let r = (&no_bias + f(&residual)).unwrap();
+            check(&format!("linear {l}x{k}x{n} + residual, run {run}"), &ours, &r, BF16_TOL);
+        }
+    }
+}
+
+#[test]
+fn quick_gelu_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("quick_gelu");
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, BF16_TOL)] {
+        // A count that is not a multiple of the block, values well into both tails.
+        let x = (randn(&mut rng, &[3, 257, 131], dtype, &dev) * 4.0).unwrap();
+        let xf = x.to_dtype(DType::F32).unwrap();
+        let sigmoid = (xf.affine(-1.702, 0.0).unwrap().exp().unwrap() + 1.0).unwrap().recip().unwrap();
+        let r = (&xf * sigmoid).unwrap();
+        check(&format!("quick_gelu {dtype:?}"), &kernels::quick_gelu(&x).unwrap(), &r, tol);
     }
 }
 

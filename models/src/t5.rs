@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::Linear;
 
 use crate::attention::{position_biased, KeyPadding};
-use crate::layers::{linear_forward, linear_no_bias};
+use crate::layers::{linear_forward, linear_no_bias, linear_residual};
 use crate::profile;
 use crate::weights::{Checkpoint, WeightsError};
 
@@ -200,14 +200,12 @@ impl T5Encoder {
             let k = span("q/k/v linear", &|| linear_forward(&blk.k, &a, false))?;
             let v = span("q/k/v linear", &|| linear_forward(&blk.v, &a, false))?;
             let o = span("attention (+ position bias)", &|| position_biased(&q, &k, &v, c.num_heads, &bias, &padding))?;
-            let o = span("o linear", &|| linear_forward(&blk.o, &o, false))?;
-            x = span("residual add", &|| &x + &o)?;
+            x = span("o linear + residual", &|| linear_residual(&blk.o, &o, &x))?;
             let f = span("RMSNorm", &|| rms_norm(&x, &blk.ff_norm, c.eps))?;
             let h = span("wi_0 linear + GELU", &|| linear_forward(&blk.wi_0, &f, true))?;
             let g = span("wi_1 linear", &|| linear_forward(&blk.wi_1, &f, false))?;
             let h = span("gate multiply", &|| &h * &g)?;
-            let h = span("wo linear", &|| linear_forward(&blk.wo, &h, false))?;
-            x = span("residual add", &|| &x + &h)?;
+            x = span("wo linear + residual", &|| linear_residual(&blk.wo, &h, &x))?;
             hook(i, &x);
         }
         if let Some(report) = profile::take_report("the T5 encoder blocks") {
