@@ -194,14 +194,35 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, k_lens: Option<&[u32]
         (None, AttentionBackend::Cudnn) => Route { hopper: false, cudnn: true, kernel: true },
         (None, AttentionBackend::Hopper) => Route { hopper: true, cudnn: true, kernel: true },
     };
-    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route })
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route, bias: None })
+}
+
+/// Head dims of [`flash_attention_bias`]'s kernel (T5's and UMT5's).
+pub const FLASH_BIAS_HEAD_DIMS: [usize; 1] = [64];
+
+/// `softmax(scale q k^T + bias[h]) v` with a per-head additive bias `[H, Lq, Lk]` (bf16, keys
+/// contiguous) and optional per-batch key lengths, for T5's attention with its relative position
+/// bias and padding mask: the scores never leave the chip, where the plain path writes and reads
+/// back a `[B, H, Lq, Lk]` score matrix and its probabilities. q, k, v and the result as in
+/// [`flash_attention`]; head dims [`FLASH_BIAS_HEAD_DIMS`].
+pub fn flash_attention_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    k_lens: Option<&[u32]>,
+    scale: f32,
+) -> Result<Tensor> {
+    let op =
+        FlashAttention { scale, k_lens: k_lens.map(<[u32]>::to_vec), route: Route::KERNEL, bias: Some(bias.clone()) };
+    q.apply_op3_no_bwd(k, v, &op)
 }
 
 /// [`flash_attention`] through cuDNN's fused SDPA only (no key lengths): an error when cuDNN has no
 /// engine for the shape, instead of the kernel. For tests and benchmarks of that path.
 pub fn cudnn_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     let route = Route { hopper: false, cudnn: true, kernel: false };
-    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route })
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route, bias: None })
 }
 
 /// [`flash_attention`] through the Hopper kernel of `fa3.cu` only (no key lengths): an error saying
@@ -209,7 +230,7 @@ pub fn cudnn_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result
 /// 9.0, ...), instead of another implementation. For tests and benchmarks of that path.
 pub fn hopper_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     let route = Route { hopper: true, cudnn: false, kernel: false };
-    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route })
+    q.apply_op3_no_bwd(k, v, &FlashAttention { scale, k_lens: None, route, bias: None })
 }
 
 /// Which implementations a [`FlashAttention`] may run, tried in this order: the Hopper kernel
@@ -229,6 +250,8 @@ struct FlashAttention {
     scale: f32,
     k_lens: Option<Vec<u32>>,
     route: Route,
+    /// A per-head score bias `[H, Lq, Lk]` (the bias kernel; never cuDNN).
+    bias: Option<Tensor>,
 }
 
 /// Strides `[batch, head, row]` of a `[B, L, H, D]` layout, each a multiple of 8 elements (16 bytes).
@@ -315,11 +338,29 @@ impl CustomOp3 for FlashAttention {
         if !FLASH_HEAD_DIMS.contains(&d) {
             bail!("flash_attention: head dim {d} is not one of {FLASH_HEAD_DIMS:?} (and cuDNN has no engine for it)");
         }
+        let bias = match &self.bias {
+            Some(t) => {
+                if t.dims() != [h, lq, lk] || t.dtype() != DType::BF16 || !FLASH_BIAS_HEAD_DIMS.contains(&d) {
+                    bail!(
+                        "flash_attention_bias: bias {:?} {:?} for {h} heads x {lq} queries x {lk} keys at head dim {d}: \
+                         needs a contiguous bf16 [H, Lq, Lk] and a head dim of {FLASH_BIAS_HEAD_DIMS:?}",
+                        t.dims(),
+                        t.dtype()
+                    );
+                }
+                Some(Aux::new(t, "flash_attention_bias: the bias")?)
+            }
+            None => None,
+        };
         let lens = self.k_lens.as_ref().map(|l| dev.clone_htod(l.as_slice())).transpose()?;
         let null = 0u64;
         let (lq32, lk32) = (lq as i32, lk as i32);
         let scale_log2 = self.scale * std::f32::consts::LOG2_E;
-        let func = dev.get_or_load_custom_func(&format!("flash_attention_hd{d}"), MODULE, PTX)?;
+        let name =
+            if bias.is_some() { format!("flash_attention_bias_hd{d}") } else { format!("flash_attention_hd{d}") };
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let bias_view = bias.as_ref().map(|aux| aux.view::<bf16>()).transpose()?;
+        let (bias_head, bias_row, bias_scale) = ((lq * lk) as i64, lk as i64, 1.0 / self.scale);
         let mut a = func.builder();
         a.arg(&q);
         a.arg(&k);
@@ -335,6 +376,12 @@ impl CustomOp3 for FlashAttention {
             None => a.arg(&null),
         };
         a.arg(&scale_log2);
+        if let Some(view) = &bias_view {
+            a.arg(view);
+            a.arg(&bias_head);
+            a.arg(&bias_row);
+            a.arg(&bias_scale);
+        }
         let cfg = LaunchConfig {
             grid_dim: (lq.div_ceil(FLASH_BLOCK_ROWS) as u32, h as u32, b as u32),
             block_dim: (FLASH_THREADS, 1, 1),
@@ -470,6 +517,39 @@ impl Kernel for GatedResidual {
     }
 }
 
+/// `x * sigmoid(1.702 x)` (CLIP's quick GELU) of contiguous `x`, in f32 with one rounding: one pass
+/// where the three element-wise ops (scale, sigmoid, product) take three.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op(QuickGelu))
+}
+
+struct QuickGelu;
+
+impl Kernel for QuickGelu {
+    const NAME: &'static str = "quick_gelu";
+
+    fn launch<T: Element>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !xl.is_contiguous() {
+            bail!("quick_gelu: x must be contiguous");
+        }
+        let n = xl.shape().elem_count();
+        let dev = xs.device();
+        let x = view::<T>(xs, xl)?;
+        let mut out = output::<T>(dev, n)?;
+        let n64 = n as i64;
+        let func = dev.get_or_load_custom_func(&format!("quick_gelu_{}", T::SUFFIX), MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&x);
+        a.arg(&mut out);
+        a.arg(&n64);
+        let blocks = n.div_ceil(256).clamp(1, 65536) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x and out hold n elements; the grid-stride loop writes each output once.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
+    }
+}
+
 /// T5's RMSNorm over the last axis of contiguous `x`: `round(x * rsqrt(mean(x^2) + eps)) * w`
 /// with `w` `[D]`, statistics in f32; one pass instead of six.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
@@ -569,11 +649,19 @@ impl Kernel for SoftmaxBias {
 /// `None`: no rotation), for `x` `[B, L, H, D]` in any strides with a contiguous last axis (e.g. the
 /// q or k part of a fused qkv projection). Returns `[B, L, H, D]` contiguous.
 pub fn rms_norm_rope(x: &Tensor, w: &Tensor, rope: Option<(&Tensor, &Tensor)>, eps: f32) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&Op(RmsNormRope { w: w.clone(), rope: rope.map(|(c, s)| (c.clone(), s.clone())), eps }))
+    x.apply_op1_no_bwd(&Op(RmsNormRope { w: Some(w.clone()), rope: rope.map(|(c, s)| (c.clone(), s.clone())), eps }))
 }
 
+/// Interleaved RoPE alone with `cos`/`sin` `[L, D/2]` (f32) for `x` `[B, L, H, D]` in any strides
+/// with a contiguous last axis, for models whose q/k norm spans all heads (the Wan DiT's) and so
+/// runs before the split into heads. Returns `[B, L, H, D]` contiguous.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op(RmsNormRope { w: None, rope: Some((cos.clone(), sin.clone())), eps: 0.0 }))
+}
+
+/// [`rms_norm_rope`] (a weight) or [`rope`] (none: no normalisation).
 struct RmsNormRope {
-    w: Tensor,
+    w: Option<Tensor>,
     rope: Option<(Tensor, Tensor)>,
     eps: f32,
 }
@@ -587,8 +675,8 @@ impl Kernel for RmsNormRope {
         if st[3] != 1 || d > 128 || !d.is_multiple_of(2) {
             bail!("rms_norm_rope: needs an even head dim <= 128 on a contiguous last axis, got {:?}", xl.dims());
         }
-        if self.w.dims() != [d] {
-            bail!("rms_norm_rope: weight {:?} for head dim {d}", self.w.dims());
+        if let Some(w) = self.w.as_ref().filter(|w| w.dims() != [d]) {
+            bail!("rms_norm_rope: weight {:?} for head dim {d}", w.dims());
         }
         if let Some((c, s)) = &self.rope {
             if c.dims() != [l, d / 2] || s.dims() != [l, d / 2] || c.dtype() != DType::F32 || s.dtype() != DType::F32 {
@@ -596,13 +684,13 @@ impl Kernel for RmsNormRope {
             }
         }
         let dev = xs.device();
-        let w = Aux::new(&self.w, "weight")?;
+        let w = self.w.as_ref().map(|w| Aux::new(w, "weight")).transpose()?;
         let rope = match &self.rope {
             Some((c, s)) => Some((Aux::new(c, "cos")?, Aux::new(s, "sin")?)),
             None => None,
         };
         let x = view::<T>(xs, xl)?;
-        let w = w.view::<T>()?;
+        let w = w.as_ref().map(|w| w.view::<T>()).transpose()?;
         let rope = match &rope {
             Some((c, s)) => Some((c.view::<f32>()?, s.view::<f32>()?)),
             None => None,
@@ -615,7 +703,10 @@ impl Kernel for RmsNormRope {
         let func = dev.get_or_load_custom_func(&format!("rms_norm_rope_{}", T::SUFFIX), MODULE, PTX)?;
         let mut a = func.builder();
         a.arg(&x);
-        a.arg(&w);
+        match &w {
+            Some(w) => a.arg(w),
+            None => a.arg(&null),
+        };
         match &rope {
             Some((c, s)) => {
                 a.arg(c);

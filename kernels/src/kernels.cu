@@ -4,14 +4,17 @@
 // - flash_attention_*: softmax(q k^T * scale) v without materialising the score matrix
 //   (FlashAttention-2 scheme: a block of 8 warps owns 128 query rows, streams 64-key tiles of K and
 //   V through shared memory with cp.async double buffering, tensor-core mma.m16n8k16 in bf16 with f32
-//   accumulation, online softmax in f32). Optional per-batch key lengths for cross-attention.
+//   accumulation, online softmax in f32). Optional per-batch key lengths for cross-attention;
+//   flash_attention_bias_* adds a per-head bias to the scores (T5's relative positions).
 // - ln_modulate_*: LayerNorm without affine over the last axis, then `n * (scale + one) + shift`
 //   with per-token rows of shift/scale tables (adaLN; clean frames pick another row).
 // - gated_residual_*: `x + gate[row] * y`.
+// - quick_gelu_*: x * sigmoid(1.702 x), CLIP's activation, in one pass.
 // - rms_norm_*: T5's RMSNorm over the last axis (f32 statistics, rounded, then times the weight).
 // - softmax_bias_*: softmax over keys of scores + a per-head position bias, masked keys excluded
 //   (T5's self-attention).
-// - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention).
+// - rms_norm_rope_*: per-head RMSNorm with weight, then interleaved RoPE (q/k of self-attention);
+//   without a weight, the RoPE alone.
 // - group_norm_{stats,finish,apply,apply_cl}_*: GroupNorm over contiguous (B, C, ...) with affine
 //   weight/bias, optional SiLU, output in the input's layout or channels-last.
 // - channel_norm_*: x / max(||x||_C, 1e-12) * gamma[c] over the channel axis of (N, C, S), optional
@@ -83,12 +86,15 @@ DEVICE uint32_t pack_bf16(float lo, float hi) {
 }
 
 // HD: head dim (multiple of 8). Q/K/V/O are addressed as [B, H, L, HD] through strides (in
-// elements; the last axis contiguous, everything 16-byte aligned).
-template <int HD>
+// elements; the last axis contiguous, everything 16-byte aligned). BIAS: softmax(scale q k^T +
+// bias[h, row, key]) with the bias read through strides (bh, br; keys contiguous) and added to the
+// raw scores as bias * bias_scale (= bias / scale).
+template <int HD, bool BIAS>
 DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bfloat16 *__restrict__ k,
                     const __nv_bfloat16 *__restrict__ v, __nv_bfloat16 *__restrict__ o, int64_t qb, int64_t qh,
                     int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr, int64_t ob,
-                    int64_t oh, int64_t orow, int lq, int lk, const uint32_t *__restrict__ k_lens, float scale_log2) {
+                    int64_t oh, int64_t orow, int lq, int lk, const uint32_t *__restrict__ k_lens, float scale_log2,
+                    const __nv_bfloat16 *__restrict__ bias, int64_t bh, int64_t br, float bias_scale) {
   constexpr int HDP = (HD + 15) / 16 * 16;  // head dim padded for the q k^T reduction
   constexpr int STRIDE = HDP + 8;           // shared row stride (bank-conflict free ldmatrix)
   constexpr int KS = HDP / 16;              // k-steps of q k^T
@@ -108,6 +114,7 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
   k += b * kb + h * kh;
   v += b * vb + h * vh;
   o += b * ob + h * oh;
+  if (BIAS) bias += h * bh;
 
   // The padding columns of K (HD..HDP) meet the zero padding of q: keep them zero, never NaN.
   constexpr int PAD = HDP - HD > 0 ? HDP - HD : 1;
@@ -175,6 +182,17 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
         ldmatrix_x4(b0, b1, b2, b3, p);
         mma(s[n], qf[ks], b0, b1);
         mma(s[n + 1], qf[ks], b2, b3);
+      }
+    }
+
+    if (BIAS) {
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          int row = row0 + r + (i / 2) * 8, key = t * BN + n * 8 + c + (i % 2);
+          if (row < lq && key < klen) s[n][i] = fmaf(__bfloat162float(bias[row * br + key]), bias_scale, s[n][i]);
+        }
       }
     }
 
@@ -273,13 +291,25 @@ DEVICE void flash_attention(const __nv_bfloat16 *__restrict__ q, const __nv_bflo
       const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, int64_t qb,    \
       int64_t qh, int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr,          \
       int64_t ob, int64_t oh, int64_t orow, int lq, int lk, const uint32_t *k_lens, float scale_log2) {        \
-    fa::flash_attention<HD>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens,      \
-                            scale_log2);                                                                       \
+    fa::flash_attention<HD, false>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens, \
+                                   scale_log2, nullptr, 0, 0, 0.f);                                            \
   }
 FLASH(24, 2)
 FLASH(64, 2)
 FLASH(72, 2)
 FLASH(128, 1)
+
+// With an additive per-head bias (T5's relative position bias), at T5's head dim.
+#define FLASH_BIAS(HD, MINB)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(fa::THREADS, MINB) flash_attention_bias_hd##HD(                    \
+      const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, int64_t qb,    \
+      int64_t qh, int64_t qr, int64_t kb, int64_t kh, int64_t kr, int64_t vb, int64_t vh, int64_t vr,          \
+      int64_t ob, int64_t oh, int64_t orow, int lq, int lk, const uint32_t *k_lens, float scale_log2,          \
+      const __nv_bfloat16 *bias, int64_t bh, int64_t br, float bias_scale) {                                   \
+    fa::flash_attention<HD, true>(q, k, v, o, qb, qh, qr, kb, kh, kr, vb, vh, vr, ob, oh, orow, lq, lk, k_lens,  \
+                                  scale_log2, bias, bh, br, bias_scale);                                       \
+  }
+FLASH_BIAS(64, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Block-wide sum for the row kernels (blockDim.x a multiple of 32, at most 1024).
@@ -333,6 +363,15 @@ DEVICE void gated_residual(const T *x, const T *y, const T *gate, const uint32_t
   }
 }
 
+// out = x * sigmoid(1.702 x) (CLIP's quick GELU) in f32 with one rounding, grid-stride.
+template <typename T>
+DEVICE void quick_gelu(const T *x, T *out, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    float v = to_f32(x[i]);
+    out[i] = from_f32<T>(v / (1.f + __expf(-1.702f * v)));
+  }
+}
+
 // One block per row of d elements: out = from(x * rsqrt(mean(x^2) + eps)) * w, the statistics in
 // f32 and the normalised value rounded to T before the weight, as T5's LayerNorm does.
 template <typename T>
@@ -380,7 +419,7 @@ DEVICE void softmax_bias(const T *s, const T *pos, const float *keep, T *out, in
 
 // One warp per (b, l, h) head vector of hd <= 128 elements read through strides (sb, sl, sh):
 // out[b, l, h] = rope(x * rsqrt(mean(x^2) + eps) * w) with interleaved pairs and cos/sin [L, hd/2]
-// (f32; null: no rotation). Output contiguous [B, L, H, hd].
+// (f32; null: no rotation; w null: rope(x), no normalisation). Output contiguous [B, L, H, hd].
 template <typename T>
 DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float *sin, T *out, int64_t vectors, int l,
                           int h, int hd, int64_t sb, int64_t sl, int64_t sh, float eps) {
@@ -400,13 +439,17 @@ DEVICE void rms_norm_rope(const T *x, const T *w, const float *cos, const float 
     ss += a[j][0] * a[j][0] + a[j][1] * a[j][1];
   }
   for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
-  const float rstd = rsqrtf(ss / hd + eps);
+  const float rstd = w != nullptr ? rsqrtf(ss / hd + eps) : 1.f;
   T *ov = out + vec * hd;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     int p = lane + 32 * j;
     if (2 * p >= hd) continue;
-    float y0 = a[j][0] * rstd * to_f32(w[2 * p]), y1 = a[j][1] * rstd * to_f32(w[2 * p + 1]);
+    float y0 = a[j][0], y1 = a[j][1];
+    if (w != nullptr) {
+      y0 = y0 * rstd * to_f32(w[2 * p]);
+      y1 = y1 * rstd * to_f32(w[2 * p + 1]);
+    }
     if (cos != nullptr) {
       float cs = cos[tok * (hd / 2) + p], sn = sin[tok * (hd / 2) + p];
       float r0 = y0 * cs - y1 * sn, r1 = y0 * sn + y1 * cs;
@@ -586,6 +629,7 @@ DEVICE void cl_transpose(const T *src, T *dst, const T *bias, const T *res, int 
                                                    int r, T *out, int64_t n, int l, int d, int64_t tb) {        \
     gated_residual<T>(x, y, gate, rows, r, out, n, l, d, tb);                                                   \
   }                                                                                                             \
+  extern "C" __global__ void quick_gelu_##NAME(const T *x, T *out, int64_t n) { quick_gelu<T>(x, out, n); }    \
   extern "C" __global__ void rms_norm_##NAME(const T *x, const T *w, T *out, int d, float eps) {              \
     rms_norm<T>(x, w, out, d, eps);                                                                             \
   }                                                                                                             \

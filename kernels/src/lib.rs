@@ -25,11 +25,11 @@ mod sdpa;
 pub use conv::{conv, ConvLayout};
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    channel_norm, cudnn_attention, flash_attention, gated_residual, group_norm, group_norm_channels_last,
-    hopper_attention, ln_modulate, rms_norm, rms_norm_rope, set_attention_backend, set_poison_outputs, softmax_bias,
-    AttentionBackend, FLASH_HEAD_DIMS,
+    channel_norm, cudnn_attention, flash_attention, flash_attention_bias, gated_residual, group_norm,
+    group_norm_channels_last, hopper_attention, ln_modulate, quick_gelu, rms_norm, rms_norm_rope, rope,
+    set_attention_backend, set_poison_outputs, softmax_bias, AttentionBackend, FLASH_BIAS_HEAD_DIMS, FLASH_HEAD_DIMS,
 };
 #[cfg(feature = "cuda")]
-pub use linear::linear;
+pub use linear::{linear, linear_residual};
 #[cfg(feature = "cuda")]
 pub use memory::{allocated_peak, keep_freed_memory, reset_allocated_peak};

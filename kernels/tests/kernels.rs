@@ -46,11 +46,16 @@ fn check(what: &str, ours: &Tensor, reference: &Tensor, tolerance: f32) {
 /// Tolerance for a bf16 result against an f32 reference.
 const BF16_TOL: f32 = 1e-2;
 
-/// f32 attention of one batch element: q `[Lq, H, D]`, k/v `[Lk, H, D]`.
-fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+/// f32 attention of one batch element: q `[Lq, H, D]`, k/v `[Lk, H, D]`, an optional score bias
+/// `[H, Lq, Lk]` added after the scaling.
+fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: Option<&Tensor>) -> Tensor {
     let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
     let (q, k, v) = (f(q), f(k), f(v));
     let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * scale).unwrap();
+    let s = match bias {
+        Some(bias) => (s + bias.to_dtype(DType::F32).unwrap()).unwrap(),
+        None => s,
+    };
     let s = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
     let p = s.broadcast_div(&s.sum_keepdim(D::Minus1).unwrap()).unwrap();
     p.matmul(&v).unwrap().transpose(0, 1).unwrap()
@@ -72,7 +77,7 @@ fn flash_attention_matches_f32_reference() {
         kernels::set_attention_backend(kernels::AttentionBackend::Cudnn);
         let cudnn = kernels::cudnn_attention(&q, &k, &v, scale as f32).unwrap();
         for i in 0..b {
-            let r = attention_ref(&q.get(i).unwrap(), &k.get(i).unwrap(), &v.get(i).unwrap(), scale);
+            let r = attention_ref(&q.get(i).unwrap(), &k.get(i).unwrap(), &v.get(i).unwrap(), scale, None);
             check(&format!("self-attention hd {hd} batch {i}, kernel"), &kernel.get(i).unwrap(), &r, BF16_TOL);
             check(&format!("self-attention hd {hd} batch {i}, cuDNN"), &cudnn.get(i).unwrap(), &r, BF16_TOL);
         }
@@ -87,8 +92,35 @@ fn flash_attention_matches_f32_reference() {
             let n = n as usize;
             let kk = k.get(i).unwrap().narrow(0, 0, n).unwrap();
             let vv = v.get(i).unwrap().narrow(0, 0, n).unwrap();
-            let r = attention_ref(&q.get(i).unwrap(), &kk, &vv, scale);
+            let r = attention_ref(&q.get(i).unwrap(), &kk, &vv, scale, None);
             check(&format!("cross-attention hd {hd} batch {i} ({n} keys)"), &ours.get(i).unwrap(), &r, BF16_TOL);
+        }
+    }
+}
+
+#[test]
+fn flash_attention_bias_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("flash_attention_bias");
+    for &hd in &kernels::FLASH_BIAS_HEAD_DIMS {
+        // T5's case: unscaled scores plus a per-head bias, keys padded per batch element, token-
+        // major views of separate projections; lengths off the tiles. A scaled case too.
+        let (b, l, h) = (2, 301, 3);
+        let qkv = randn(&mut rng, &[b, l, 3, h, hd], DType::BF16, &dev);
+        let (q, k, v) = (qkv.i((.., .., 0)).unwrap(), qkv.i((.., .., 1)).unwrap(), qkv.i((.., .., 2)).unwrap());
+        let bias = (randn(&mut rng, &[h, l, l], DType::BF16, &dev) * 3.0).unwrap();
+        let lens = [301u32, 120];
+        for scale in [1.0, 1.0 / (hd as f64).sqrt()] {
+            let ours = kernels::flash_attention_bias(&q, &k, &v, &bias, Some(&lens), scale as f32).unwrap();
+            for (i, &n) in lens.iter().enumerate() {
+                let n = n as usize;
+                let kk = k.get(i).unwrap().narrow(0, 0, n).unwrap();
+                let vv = v.get(i).unwrap().narrow(0, 0, n).unwrap();
+                let bb = bias.narrow(2, 0, n).unwrap();
+                let r = attention_ref(&q.get(i).unwrap(), &kk, &vv, scale, Some(&bb));
+                let what = format!("attention + bias hd {hd} scale {scale:.3} batch {i} ({n} keys)");
+                check(&what, &ours.get(i).unwrap(), &r, BF16_TOL);
+            }
         }
     }
 }
@@ -106,7 +138,7 @@ fn flash_attention_long_sequence() {
     let kernel = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
     kernels::set_attention_backend(kernels::AttentionBackend::Cudnn);
     let cudnn = kernels::cudnn_attention(&q, &k, &v, scale as f32).unwrap();
-    let r = attention_ref(&q.get(0).unwrap(), &k.get(0).unwrap(), &v.get(0).unwrap(), scale);
+    let r = attention_ref(&q.get(0).unwrap(), &k.get(0).unwrap(), &v.get(0).unwrap(), scale, None);
     check("attention 4133 tokens hd 72, kernel", &kernel.get(0).unwrap(), &r, BF16_TOL);
     check("attention 4133 tokens hd 72, cuDNN", &cudnn.get(0).unwrap(), &r, BF16_TOL);
 }
@@ -256,14 +288,19 @@ fn rms_norm_rope_matches_f32_reference() {
             let ours = kernels::rms_norm_rope(&x, &w, None, 1e-6).unwrap();
             check(&format!("rms_norm hd {hd} {dtype:?}"), &ours, &n, tol);
 
-            let pairs = n.reshape((b, l, h, hd / 2, 2)).unwrap();
-            let (x0, x1) = (pairs.i((.., .., .., .., 0)).unwrap(), pairs.i((.., .., .., .., 1)).unwrap());
-            let (c, s) = (cos.reshape((1, l, 1, hd / 2)).unwrap(), sin.reshape((1, l, 1, hd / 2)).unwrap());
-            let r0 = (x0.broadcast_mul(&c).unwrap() - x1.broadcast_mul(&s).unwrap()).unwrap();
-            let r1 = (x0.broadcast_mul(&s).unwrap() + x1.broadcast_mul(&c).unwrap()).unwrap();
-            let r = Tensor::stack(&[r0, r1], D::Minus1).unwrap().reshape((b, l, h, hd)).unwrap();
+            // Interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos).
+            let rotate = |n: &Tensor| {
+                let pairs = n.reshape((b, l, h, hd / 2, 2)).unwrap();
+                let (x0, x1) = (pairs.i((.., .., .., .., 0)).unwrap(), pairs.i((.., .., .., .., 1)).unwrap());
+                let (c, s) = (cos.reshape((1, l, 1, hd / 2)).unwrap(), sin.reshape((1, l, 1, hd / 2)).unwrap());
+                let r0 = (x0.broadcast_mul(&c).unwrap() - x1.broadcast_mul(&s).unwrap()).unwrap();
+                let r1 = (x0.broadcast_mul(&s).unwrap() + x1.broadcast_mul(&c).unwrap()).unwrap();
+                Tensor::stack(&[r0, r1], D::Minus1).unwrap().reshape((b, l, h, hd)).unwrap()
+            };
             let ours = kernels::rms_norm_rope(&x, &w, Some((&cos, &sin)), 1e-6).unwrap();
-            check(&format!("rms_norm_rope hd {hd} {dtype:?}"), &ours, &r, tol);
+            check(&format!("rms_norm_rope hd {hd} {dtype:?}"), &ours, &rotate(&n), tol);
+            let ours = kernels::rope(&x, &cos, &sin).unwrap();
+            check(&format!("rope hd {hd} {dtype:?}"), &ours, &rotate(&xf), tol);
         }
     }
 }
@@ -414,21 +451,48 @@ fn conv_matches_f32_reference() {
 fn linear_matches_f32_reference() {
     let dev = device();
     let mut rng = rng("linear");
-    // Rows that are not a multiple of any tile, a batch axis, both epilogues.
-    let (b, l, k, n) = (2, 333, 136, 200);
-    let x = randn(&mut rng, &[b, l, k], DType::BF16, &dev);
-    let w = (randn(&mut rng, &[n, k], DType::BF16, &dev) * 0.1).unwrap();
-    let bias = randn(&mut rng, &[n], DType::BF16, &dev);
-    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-    let reference = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap().broadcast_add(&f(&bias)).unwrap();
-    let no_bias = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap();
-    for gelu in [false, true] {
-        let ours = kernels::linear(&x, &w, Some(&bias), gelu).unwrap();
-        let r = if gelu { reference.gelu().unwrap() } else { reference.clone() };
-        check(&format!("linear + bias, gelu {gelu}"), &ours, &r, BF16_TOL);
-        let ours = kernels::linear(&x, &w, None, gelu).unwrap();
-        let r = if gelu { no_bias.gelu().unwrap() } else { no_bias.clone() };
-        check(&format!("linear, gelu {gelu}"), &ours, &r, BF16_TOL);
+    // Rows that are not a multiple of any tile, a batch axis, both epilogues; the second size is
+    // above the size from which the algorithm is measured, and each product runs twice (the second
+    // time on the plan kept by the first).
+    for (b, l, k, n) in [(2, 333, 136, 200), (2, 2049, 1024, 2112)] {
+        let x = randn(&mut rng, &[b, l, k], DType::BF16, &dev);
+        let w = (randn(&mut rng, &[n, k], DType::BF16, &dev) * 0.1).unwrap();
+        let bias = randn(&mut rng, &[n], DType::BF16, &dev);
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let reference = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap().broadcast_add(&f(&bias)).unwrap();
+        let no_bias = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap();
+        for (gelu, run) in [false, true].into_iter().flat_map(|g| [(g, 0), (g, 1)]) {
+            let ours = kernels::linear(&x, &w, Some(&bias), gelu).unwrap();
+            let r = if gelu { reference.gelu().unwrap() } else { reference.clone() };
+            check(&format!("linear {l}x{k}x{n} + bias, gelu {gelu}, run {run}"), &ours, &r, BF16_TOL);
+            let ours = kernels::linear(&x, &w, None, gelu).unwrap();
+            let r = if gelu { no_bias.gelu().unwrap() } else { no_bias.clone() };
+            check(&format!("linear {l}x{k}x{n}, gelu {gelu}, run {run}"), &ours, &r, BF16_TOL);
+        }
+        // The residual in the epilogue, with and without a bias, twice each.
+        let residual = randn(&mut rng, &[b, l, n], DType::BF16, &dev);
+        for run in 0..2 {
+            let ours = kernels::linear_residual(&x, &w, Some(&bias), &residual).unwrap();
+            let r = (&reference + f(&residual)).unwrap();
+            check(&format!("linear {l}x{k}x{n} + bias + residual, run {run}"), &ours, &r, BF16_TOL);
+            let ours = kernels::linear_residual(&x, &w, None, &residual).unwrap();
+            let r = (&no_bias + f(&residual)).unwrap();
+            check(&format!("linear {l}x{k}x{n} + residual, run {run}"), &ours, &r, BF16_TOL);
+        }
+    }
+}
+
+#[test]
+fn quick_gelu_matches_f32_reference() {
+    let dev = device();
+    let mut rng = rng("quick_gelu");
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, BF16_TOL)] {
+        // A count that is not a multiple of the block, values well into both tails.
+        let x = (randn(&mut rng, &[3, 257, 131], dtype, &dev) * 4.0).unwrap();
+        let xf = x.to_dtype(DType::F32).unwrap();
+        let sigmoid = (xf.affine(-1.702, 0.0).unwrap().exp().unwrap() + 1.0).unwrap().recip().unwrap();
+        let r = (&xf * sigmoid).unwrap();
+        check(&format!("quick_gelu {dtype:?}"), &kernels::quick_gelu(&x).unwrap(), &r, tol);
     }
 }
 

@@ -9,7 +9,7 @@
 //! docs/PERFORMANCE.md: `dit` (MUG-DiT-10B forward, 720p x 105 frames, CFG batch 2), `attention`
 //! (one self-attention layer at that size, fused kernel), `vae-encode` / `vae-decode` (the
 //! VideoVAE on a `--frames` 1280x720 clip, 105 by default), `wan-vae-encode` / `wan-vae-decode`
-//! (the Wan VAE likewise), `t5` (T5-XXL over 64 x 300 tokens), `aesthetic` (CLIP ViT-L/14 and the
+//! (the Wan VAE likewise), `t5` / `umt5` (T5-XXL / UMT5-XXL over 64 x 300 tokens), `aesthetic` (CLIP ViT-L/14 and the
 //! LAION head on `--frames` 224x224 images in one call, in frames/s: the model side of the
 //! aesthetic stage), `enhance` (the WAN enhancer on one such video), with TFLOP/s where the count
 //! is well defined.
@@ -32,6 +32,7 @@ use crate::presets::Preset;
 use crate::random::{model_keys, random_checkpoint};
 use crate::rflow::ShiftPrecision;
 use crate::t5::{T5Config, T5Encoder, T5Tokenizer};
+use crate::umt5::{Umt5Config, Umt5Encoder};
 use crate::wan_dit::{WanDit, WanDitConfig};
 use crate::wan_flow::Enhancer;
 use crate::wan_vae::{WanVae, WanVaeConfig};
@@ -73,7 +74,7 @@ pub struct GpuBenchArgs {
     #[arg(long, default_value = "out/gpu-bench")]
     pub out: PathBuf,
     /// Time one part instead of generating: dit, attention, vae-encode, vae-decode,
-    /// wan-vae-encode, wan-vae-decode, t5, aesthetic or enhance.
+    /// wan-vae-encode, wan-vae-decode, t5, umt5, aesthetic or enhance.
     #[arg(long)]
     pub bench: Option<String>,
     /// Timed runs of `--bench` (after one warm-up run).
@@ -173,9 +174,11 @@ fn random_model<T>(
 
 /// `--bench enhance`: MUG-V's enhancer on one 105-frame 1280x720 video with random bf16 weights
 /// (Wan DiT 1.3B, Wan VAE; random text features stand in for UMT5's), through the stage's own
-/// [`WanEnhancer`]: VAE encode, the one CFG step, chunked decode, each timed once (a warm-up run
-/// would double a minutes-long benchmark).
-fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
+/// [`WanEnhancer`]: VAE encode, the one CFG step, chunked decode. One warm-up run (cuDNN's
+/// algorithm searches and plans, once per shape and process, as a long-running stage pays them
+/// once), then each part's mean over `iters` runs, synchronised at the part's end.
+fn bench_enhance(p: &I2vPlacement, iters: usize) -> Result<(), BenchError> {
+    const PARTS: [&str; 3] = ["vae encode", "dit", "vae decode"];
     let (dev, dtype) = (&p.device, p.dtype);
     let (dit_c, vae_c) = (WanDitConfig::wan_1_3b(), WanVaeConfig::wan21());
     let enhancer = WanEnhancer {
@@ -187,32 +190,44 @@ fn bench_enhance(p: &I2vPlacement) -> Result<(), BenchError> {
     };
     let video = Tensor::rand(-1f32, 1f32, (1, 3, 105, 720, 1280), dev)?.to_dtype(dtype)?;
     let (pos, neg) = (randn(&[60, dit_c.text_dim], dtype, dev)?, randn(&[40, dit_c.text_dim], dtype, dev)?);
-    dev.synchronize()?;
-    let (r, peak) = with_peak_memory(dev, || -> candle_core::Result<()> {
-        // Counted by the sink, read by the progress line of the decode.
+    // One run, adding each part's seconds to `laps` (in PARTS order); the frames decoded.
+    let run = |laps: &mut [f64; 3]| -> candle_core::Result<usize> {
+        dev.synchronize()?;
         let frames = std::cell::Cell::new(0);
         let mut lap = Instant::now();
-        // Each part's time as it ends (synchronised, so it is the GPU's time too).
         let mut progress = |part: &str| {
-            if !matches!(part, "vae encode" | "dit" | "vae decode") {
-                return Ok(()); // steps and chunks: the parts' lines are enough
+            if let Some(k) = PARTS.iter().position(|p| *p == part) {
+                dev.synchronize()?;
+                laps[k] += lap.elapsed().as_secs_f64();
+                lap = Instant::now();
             }
-            let _ = dev.synchronize();
-            let detail = match part {
-                "vae encode" => format!("latent {:?}", [1, vae_c.z_dim, vae_c.latent_frames(105), 90, 160]),
-                "dit" => "(1 step x CFG 2)".into(),
-                _ => format!("({} frames)", frames.get()),
-            };
-            println!("enhance {part:<10} {:>8.1} s   {detail}", lap.elapsed().as_secs_f64());
-            lap = Instant::now();
-            Ok(())
+            Ok(()) // steps and chunks: the parts' times are enough
         };
         enhancer.enhance(&video, &pos, &neg, 42, &mut progress, &mut |chunk| {
             frames.set(frames.get() + chunk.dim(2)?);
             Ok(())
-        })
+        })?;
+        Ok(frames.get())
+    };
+    let mut warm = [0.0; 3];
+    run(&mut warm)?;
+    let iters = iters.max(1);
+    let (r, peak) = with_peak_memory(dev, || -> candle_core::Result<([f64; 3], usize)> {
+        let mut laps = [0.0; 3];
+        let mut frames = 0;
+        for _ in 0..iters {
+            frames = run(&mut laps)?;
+        }
+        Ok((laps, frames))
     });
-    r?;
+    let (laps, frames) = r?;
+    let latent = [1, vae_c.z_dim, vae_c.latent_frames(105), 90, 160];
+    let details = [format!("latent {latent:?}"), "(1 step x CFG 2)".into(), format!("({frames} frames)")];
+    for ((part, secs), detail) in PARTS.iter().zip(laps).zip(details) {
+        println!("enhance {part:<10} {:>8.2} s   {detail}", secs / iters as f64);
+    }
+    let (total, total_warm) = (laps.iter().sum::<f64>() / iters as f64, warm.iter().sum::<f64>());
+    println!("enhance total      {total:>8.2} s   (mean of {iters} after a warm-up run of {total_warm:.2} s)");
     println!("enhance            {peak}");
     Ok(())
 }
@@ -280,14 +295,19 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
             };
             (secs, peak, None)
         }
-        "t5" => {
-            let c = T5Config::xxl();
-            let t5 = random_model(|k| T5Encoder::load(k, &c), dtype, dev, dev)?;
+        "t5" | "umt5" => {
+            // 64 texts of 300 tokens (MUG-V's caption length), no padding, for both encoders.
             let ids: Vec<i64> = (0..64 * 300).map(|i| (i * 7919 + 13) % 32000).collect();
             let ids = Tensor::from_vec(ids, (64, 300), dev)?;
             let mask = Tensor::ones((64, 300), DType::I64, dev)?;
-            let (secs, peak) = time_runs(dev, a.iters, || t5.forward(&ids, &mask).map(|_| ()))?;
-            println!("t5                 {:.0} tokens/s", 64.0 * 300.0 / secs);
+            let (secs, peak) = if what == "t5" {
+                let t5 = random_model(|k| T5Encoder::load(k, &T5Config::xxl()), dtype, dev, dev)?;
+                time_runs(dev, a.iters, || t5.forward(&ids, &mask).map(|_| ()))?
+            } else {
+                let umt5 = random_model(|k| Umt5Encoder::load(k, &Umt5Config::xxl()), dtype, dev, dev)?;
+                time_runs(dev, a.iters, || umt5.forward(&ids, &mask).map(|_| ()))?
+            };
+            println!("{what:<18} {:.0} tokens/s", 64.0 * 300.0 / secs);
             (secs, peak, None)
         }
         "aesthetic" => {
@@ -302,12 +322,12 @@ fn bench(a: &GpuBenchArgs, what: &str, p: &I2vPlacement) -> Result<(), BenchErro
             println!("aesthetic          {:.0} frames/s ({} frames per call)", a.frames as f64 / secs, a.frames);
             (secs, peak, None)
         }
-        "enhance" => return bench_enhance(p),
+        "enhance" => return bench_enhance(p, a.iters),
         #[cfg(not(feature = "cuda"))]
         "attention" => return Err(BenchError::NoCuda("--bench attention".into())),
         other => {
             let known =
-                "dit, attention, vae-encode, vae-decode, wan-vae-encode, wan-vae-decode, t5, aesthetic, enhance";
+                "dit, attention, vae-encode, vae-decode, wan-vae-encode, wan-vae-decode, t5, umt5, aesthetic, enhance";
             return Err(BenchError::Usage(format!("--bench {other}: not one of {known}")));
         }
     };

@@ -7,7 +7,8 @@ use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
 use crate::attention::attention_tokens;
-use crate::layers::{layer_norm, layer_norm_forward, linear, linear_forward, linear_no_bias};
+use crate::layers::{layer_norm, layer_norm_forward, linear, linear_forward, linear_no_bias, linear_residual};
+use crate::profile;
 use crate::weights::{Checkpoint, WeightsError};
 
 /// Sizes of a CLIP ViT image tower.
@@ -106,8 +107,12 @@ pub struct ClipVision {
     visual_projection: Linear,
 }
 
-/// `z * sigmoid(1.702 z)`, the GELU approximation OpenAI trained CLIP with.
+/// `z * sigmoid(1.702 z)`, the GELU approximation OpenAI trained CLIP with (one kernel on CUDA).
 fn quick_gelu(z: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if z.device().is_cuda() {
+        return kernels::quick_gelu(&z.contiguous()?);
+    }
     z * candle_nn::ops::sigmoid(&(z * 1.702)?)?
 }
 
@@ -171,17 +176,24 @@ impl ClipVision {
         hook(ClipPoint::AfterPreLayrnorm, &x);
         let t = x.dim(1)?;
         let scale = (d as f64).powf(-0.5);
+        let dev = x.device().clone();
+        let span = |name, f: &dyn Fn() -> candle_core::Result<Tensor>| profile::span(&dev, name, f);
         for (i, layer) in self.layers.iter().enumerate() {
             crate::interrupt::check("the CLIP forward")?;
-            let a = layer_norm_forward(&layer.layer_norm1, &x, c.eps)?;
+            let a = span("LayerNorm", &|| layer_norm_forward(&layer.layer_norm1, &x, c.eps))?;
             // Every key is attended (no mask); token-major heads `[B, T, H, d]` for the attention.
-            let split = |l: &Linear| linear_forward(l, &a, false)?.reshape((b, t, heads, d));
+            let split = |l: &Linear| span("q/k/v linear", &|| linear_forward(l, &a, false)?.reshape((b, t, heads, d)));
             let (q, k, v) = (split(&layer.q_proj)?, split(&layer.k_proj)?, split(&layer.v_proj)?);
-            let o = attention_tokens(&q, &k, &v, None, scale)?.reshape((b, t, w))?;
-            x = (x + linear_forward(&layer.out_proj, &o, false)?)?;
-            let h = linear_forward(&layer.fc1, &layer_norm_forward(&layer.layer_norm2, &x, c.eps)?, false)?;
-            x = (x + linear_forward(&layer.fc2, &quick_gelu(&h)?, false)?)?;
+            let o = span("attention", &|| attention_tokens(&q, &k, &v, None, scale)?.reshape((b, t, w)))?;
+            x = span("out linear + residual", &|| linear_residual(&layer.out_proj, &o, &x))?;
+            let n = span("LayerNorm", &|| layer_norm_forward(&layer.layer_norm2, &x, c.eps))?;
+            let h = span("fc1 linear", &|| linear_forward(&layer.fc1, &n, false))?;
+            let h = span("quick GELU", &|| quick_gelu(&h))?;
+            x = span("fc2 linear + residual", &|| linear_residual(&layer.fc2, &h, &x))?;
             hook(ClipPoint::AfterLayer(i), &x);
+        }
+        if let Some(report) = profile::take_report("the CLIP vision layers") {
+            eprint!("{report}");
         }
         let pooled = self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
         hook(ClipPoint::Pooled, &pooled);

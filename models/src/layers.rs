@@ -35,17 +35,21 @@ pub(crate) fn layer_norm_forward(ln: &LayerNorm, x: &Tensor, eps: f64) -> candle
     ln.forward(x)
 }
 
+/// Whether `x` takes `kernels::linear`'s path: CUDA, bf16, and not `MUGFLOW_LINEAR=candle`.
+#[cfg(feature = "cuda")]
+fn cublaslt(x: &Tensor) -> bool {
+    static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let candle = *CANDLE.get_or_init(|| std::env::var("MUGFLOW_LINEAR").is_ok_and(|v| v == "candle"));
+    !candle && x.device().is_cuda() && x.dtype() == candle_core::DType::BF16
+}
+
 /// `l(x)`, then GELU (tanh approximation) with `gelu`. On CUDA in bf16 this is one cuBLASLt
 /// product over all leading axes with the bias and GELU in its epilogue (`MUGFLOW_LINEAR=candle`
 /// keeps candle's batched matmul + bias + GELU, to compare the two).
 pub(crate) fn linear_forward(l: &Linear, x: &Tensor, gelu: bool) -> candle_core::Result<Tensor> {
     #[cfg(feature = "cuda")]
-    {
-        static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let candle = *CANDLE.get_or_init(|| std::env::var("MUGFLOW_LINEAR").is_ok_and(|v| v == "candle"));
-        if !candle && x.device().is_cuda() && x.dtype() == candle_core::DType::BF16 {
-            return kernels::linear(&x.contiguous()?, l.weight(), l.bias(), gelu);
-        }
+    if cublaslt(x) {
+        return kernels::linear(&x.contiguous()?, l.weight(), l.bias(), gelu);
     }
     let y = l.forward(x)?;
     if gelu {
@@ -53,4 +57,15 @@ pub(crate) fn linear_forward(l: &Linear, x: &Tensor, gelu: bool) -> candle_core:
     } else {
         Ok(y)
     }
+}
+
+/// `residual + l(x)`, the residual add of a transformer block: on CUDA in bf16 in the same cuBLASLt
+/// product's epilogue (one pass over the output, summed in f32 and rounded once), elsewhere a
+/// product and an add.
+pub(crate) fn linear_residual(l: &Linear, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if cublaslt(x) {
+        return kernels::linear_residual(&x.contiguous()?, l.weight(), l.bias(), &residual.contiguous()?);
+    }
+    residual + l.forward(x)?
 }

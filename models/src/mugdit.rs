@@ -280,8 +280,7 @@ impl Block {
         let k = span("RMSNorm (cross)", &|| kernels::rms_norm_rope(&kv.i((.., .., 0))?, &ca.k_norm, None, eps))?;
         let o = span("cross-attention", &|| attention_tokens(&q, &k, &kv.i((.., .., 1))?, Some(&f.text_lens), scale))?;
         let o = o.reshape((b, l, d))?;
-        let c = span("cross proj linear", &|| linear_forward(&ca.proj, &o, false))?;
-        let x = span("residual add", &|| &x + &c)?;
+        let x = span("cross proj linear + residual", &|| crate::layers::linear_residual(&ca.proj, &o, &x))?;
 
         let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(&x, &m(3)?, &m(4)?, rows, 1.0, eps))?;
         let h = span("fc1 linear + GELU", &|| linear_forward(&self.fc1, &h, true))?;

@@ -7,7 +7,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::Linear;
 
-use crate::layers::{linear_forward, linear_no_bias};
+use crate::attention::{position_biased, KeyPadding};
+use crate::layers::{linear_forward, linear_no_bias, linear_residual};
 use crate::profile;
 use crate::weights::{Checkpoint, WeightsError};
 
@@ -93,9 +94,6 @@ pub struct T5Encoder {
     final_layer_norm: Tensor,
 }
 
-/// Attention scores `[B, H, L, L]` to probabilities (see `T5Encoder::attention_softmax`).
-type ScoresToProbs = dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
-
 /// `x * rsqrt(mean(x^2) + eps) * w`, the variance in f32 whatever the working dtype (one fused
 /// kernel on CUDA).
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
@@ -165,7 +163,7 @@ impl T5Encoder {
         Ok(model)
     }
 
-    /// The relative position bias `[1, H, L, L]` for `len` positions.
+    /// The relative position bias `[H, L, L]` for `len` positions.
     fn position_bias(&self, len: usize, device: &Device) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let buckets: Vec<u32> = (0..len * len)
@@ -176,34 +174,7 @@ impl T5Encoder {
             .index_select(&buckets, 0)?
             .reshape((len, len, c.num_heads))?
             .permute((2, 0, 1))?
-            .unsqueeze(0)
-    }
-
-    /// The attention probabilities from raw scores `[B, H, L, L]`: softmax over the keys of scores
-    /// plus the relative position bias, masked keys at probability 0. On CUDA one fused kernel
-    /// (`kernels::softmax_bias`); elsewhere a bias tensor with the most negative float at masked
-    /// keys, added before candle's softmax.
-    fn attention_softmax(
-        &self,
-        mask: &Tensor,
-        len: usize,
-        dtype: DType,
-    ) -> candle_core::Result<impl Fn(&Tensor) -> candle_core::Result<Tensor>> {
-        let b = mask.dim(0)?;
-        let pos = self.position_bias(len, mask.device())?;
-        #[cfg(feature = "cuda")]
-        if mask.device().is_cuda() {
-            let pos = pos.squeeze(0)?.to_dtype(dtype)?.contiguous()?;
-            let keep = mask.to_dtype(DType::F32)?.contiguous()?;
-            let fused: Box<ScoresToProbs> = Box::new(move |scores: &Tensor| kernels::softmax_bias(scores, &pos, &keep));
-            return Ok(fused);
-        }
-        let mask_bias =
-            mask.to_dtype(DType::F32)?.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
-        let bias = pos.to_dtype(DType::F32)?.broadcast_add(&mask_bias)?.to_dtype(dtype)?;
-        let plain: Box<ScoresToProbs> =
-            Box::new(move |scores: &Tensor| candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&bias)?));
-        Ok(plain)
+            .contiguous()
     }
 
     /// Encode token ids `[B, L]` with attention mask `[B, L]` (1 = token, 0 = padding) into the
@@ -219,29 +190,22 @@ impl T5Encoder {
         let dtype = self.shared.dtype();
         let mut x =
             self.shared.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?.reshape((b, len, c.d_model))?;
-        let softmax = self.attention_softmax(mask, len, dtype)?;
-        let heads = |t: Tensor| t.reshape((b, len, c.num_heads, c.d_kv))?.transpose(1, 2)?.contiguous();
+        let (bias, padding) = (self.position_bias(len, ids.device())?.to_dtype(dtype)?, KeyPadding::new(mask)?);
         let dev = ids.device();
         let span = |name, f: &dyn Fn() -> candle_core::Result<Tensor>| profile::span(dev, name, f);
         for (i, blk) in self.blocks.iter().enumerate() {
             crate::interrupt::check("the T5 forward")?;
             let a = span("RMSNorm", &|| rms_norm(&x, &blk.attn_norm, c.eps))?;
-            let q = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.q, &a, false)?))?;
-            let k = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.k, &a, false)?))?;
-            let v = span("q/k/v linear + heads", &|| heads(linear_forward(&blk.v, &a, false)?))?;
-            // T5 does not scale the scores by 1/sqrt(d_kv): its initialisation absorbs it.
-            let scores = span("scores q k^T", &|| q.matmul(&k.t()?.contiguous()?))?;
-            let p = span("softmax(+ position bias)", &|| softmax(&scores))?;
-            let o =
-                span("p v + merge heads", &|| p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, c.num_heads * c.d_kv)))?;
-            let o = span("o linear", &|| linear_forward(&blk.o, &o, false))?;
-            x = span("residual add", &|| &x + &o)?;
+            let q = span("q/k/v linear", &|| linear_forward(&blk.q, &a, false))?;
+            let k = span("q/k/v linear", &|| linear_forward(&blk.k, &a, false))?;
+            let v = span("q/k/v linear", &|| linear_forward(&blk.v, &a, false))?;
+            let o = span("attention (+ position bias)", &|| position_biased(&q, &k, &v, c.num_heads, &bias, &padding))?;
+            x = span("o linear + residual", &|| linear_residual(&blk.o, &o, &x))?;
             let f = span("RMSNorm", &|| rms_norm(&x, &blk.ff_norm, c.eps))?;
             let h = span("wi_0 linear + GELU", &|| linear_forward(&blk.wi_0, &f, true))?;
             let g = span("wi_1 linear", &|| linear_forward(&blk.wi_1, &f, false))?;
             let h = span("gate multiply", &|| &h * &g)?;
-            let h = span("wo linear", &|| linear_forward(&blk.wo, &h, false))?;
-            x = span("residual add", &|| &x + &h)?;
+            x = span("wo linear + residual", &|| linear_residual(&blk.wo, &h, &x))?;
             hook(i, &x);
         }
         if let Some(report) = profile::take_report("the T5 encoder blocks") {

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
+use crate::attention::{position_biased, KeyPadding};
 use crate::layers::{linear_forward, linear_no_bias};
 use crate::t5::relative_position_bucket;
 use crate::weights::{Checkpoint, Weights, WeightsError};
@@ -57,10 +58,6 @@ impl Umt5Config {
     /// The tiny random model of the goldens (`goldens/umt5/config.json`, "tiny").
     pub fn golden() -> Umt5Config {
         Umt5Config { vocab: 100, dim: 32, dim_attn: 32, dim_ffn: 48, num_heads: 4, num_layers: 2, ..Umt5Config::xxl() }
-    }
-
-    fn head_dim(&self) -> usize {
-        self.dim_attn / self.num_heads
     }
 }
 
@@ -169,18 +166,15 @@ impl Umt5Encoder {
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, len) = ids.dims2()?;
-        let (nh, hd) = (c.num_heads, c.head_dim());
+        let nh = c.num_heads;
         let dtype = self.token_embedding.dtype();
         let mut x = self
             .token_embedding
             .index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?
             .reshape((b, len, c.dim))?;
         hook(Umt5Point::TokenEmbedding, &x);
-        // Masked keys get the most negative float: probability exactly 0 after the softmax.
-        let mask_bias =
-            mask.to_dtype(DType::F32)?.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
+        let padding = KeyPadding::new(mask)?;
         let buckets = self.buckets(len, ids.device())?.flatten_all()?;
-        let heads = |t: Tensor| t.reshape((b, len, nh, hd))?.transpose(1, 2)?.contiguous();
         for (i, blk) in self.blocks.iter().enumerate() {
             crate::interrupt::check("the UMT5 forward")?;
             let pos_bias = blk
@@ -188,19 +182,15 @@ impl Umt5Encoder {
                 .index_select(&buckets, 0)?
                 .reshape((len, len, nh))?
                 .permute((2, 0, 1))?
-                .unsqueeze(0)?;
-            hook(Umt5Point::PositionBias(i), &pos_bias);
-            let bias = pos_bias.to_dtype(DType::F32)?.broadcast_add(&mask_bias)?.to_dtype(dtype)?;
+                .contiguous()?;
+            hook(Umt5Point::PositionBias(i), &pos_bias.unsqueeze(0)?);
             let a = rms_norm(&x, &blk.norm1, c.eps)?;
             let (q, k, v) = (
-                heads(linear_forward(&blk.q, &a, false)?)?,
-                heads(linear_forward(&blk.k, &a, false)?)?,
-                heads(linear_forward(&blk.v, &a, false)?)?,
+                linear_forward(&blk.q, &a, false)?,
+                linear_forward(&blk.k, &a, false)?,
+                linear_forward(&blk.v, &a, false)?,
             );
-            // No 1/sqrt(head_dim) scaling: T5's initialisation absorbs it.
-            let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(&bias)?;
-            let p = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, c.dim_attn))?;
+            let o = position_biased(&q, &k, &v, nh, &pos_bias.to_dtype(dtype)?, &padding)?;
             let attn = linear_forward(&blk.o, &o, false)?;
             hook(Umt5Point::Attention(i), &attn);
             x = (x + attn)?;

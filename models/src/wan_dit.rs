@@ -11,6 +11,7 @@ use candle_nn::Linear;
 use crate::attention::attention_tokens;
 use crate::layers::{linear, linear_forward};
 use crate::lora::Lora;
+use crate::profile;
 use crate::weights::{Checkpoint, Weights, WeightsError};
 
 /// Sizes of a Wan DiT (names as in Wan's config).
@@ -224,6 +225,17 @@ impl Modulation {
     }
 }
 
+/// Inputs of the fused CUDA blocks for one forward pass ([`WanDit::block_fused`]).
+#[cfg(feature = "cuda")]
+struct Fused {
+    /// Modulation table row per token `[B, L]` (u32): 1 for the first frame's tokens in
+    /// first-frame mode, else 0.
+    rows: Tensor,
+    /// RoPE `[L, head_dim / 2]` in f32.
+    cos: Tensor,
+    sin: Tensor,
+}
+
 /// What the blocks need besides the token stream.
 struct Context<'a> {
     /// `e0` and, in first-frame mode, `e0` of timestep 0, `[B, 6, dim]`.
@@ -234,6 +246,9 @@ struct Context<'a> {
     sin: &'a Tensor,
     /// Text tokens `[B, text_len, dim]`.
     text: &'a Tensor,
+    /// On CUDA, what the fused blocks need; `None` elsewhere (the plain candle ops).
+    #[cfg(feature = "cuda")]
+    fused: Option<Fused>,
 }
 
 /// The MUG-V enhancer's Wan DiT.
@@ -439,13 +454,32 @@ impl WanDit {
         hook(WanDitPoint::TextEmbedding, &text);
 
         // 4. Blocks.
-        let (cos, sin) = self.rope((t, h, w), dev)?;
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let cx = Context { e0: (&e0, t0.as_ref().map(|(_, e0)| e0)), first: h * w, cos: &cos, sin: &sin, text: &text };
+        let (cos32, sin32) = self.rope((t, h, w), dev)?;
+        let (cos, sin) = (cos32.to_dtype(dtype)?, sin32.to_dtype(dtype)?);
+        #[cfg(feature = "cuda")]
+        let fused = if dev.is_cuda() {
+            let first = if t0.is_some() { (h * w).min(l) } else { 0 };
+            let rows: Vec<u32> = (0..b).flat_map(|_| (0..l).map(|j| u32::from(j < first))).collect();
+            Some(Fused { rows: Tensor::from_vec(rows, (b, l), dev)?, cos: cos32, sin: sin32 })
+        } else {
+            None
+        };
+        let cx = Context {
+            e0: (&e0, t0.as_ref().map(|(_, e0)| e0)),
+            first: h * w,
+            cos: &cos,
+            sin: &sin,
+            text: &text,
+            #[cfg(feature = "cuda")]
+            fused,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             crate::interrupt::check("the Wan DiT forward")?;
             x = self.block(block, i, &x, &cx, hook)?;
             hook(WanDitPoint::Block(i), &x);
+        }
+        if let Some(report) = profile::take_report("the Wan DiT blocks") {
+            eprint!("{report}");
         }
 
         // 5. Head, modulated by `e` (not e0), and unpatchify: feature (2i + j) * C + c of token
@@ -478,6 +512,10 @@ impl WanDit {
         cx: &Context,
         hook: &mut dyn FnMut(WanDitPoint, &Tensor),
     ) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(f) = &cx.fused {
+            return self.block_fused(blk, i, x, cx, f, hook);
+        }
         let (b, l, d) = x.dims3()?;
         let (nh, hd) = (self.config.num_heads, self.config.head_dim());
         let eps = self.config.eps as f32;
@@ -529,5 +567,79 @@ impl WanDit {
         let f = linear_forward(&blk.ffn2, &linear_forward(&blk.ffn0, &h, true)?, false)?;
         hook(WanDitPoint::FeedForward(i), &f);
         m.gated_add(&x, &f, 5)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl WanDit {
+    /// [`WanDit::block`] with the fused kernels: LayerNorm + modulation from a per-token table
+    /// row, the whole-width q/k RMSNorm in one pass, RoPE on the token-major heads, attention
+    /// on them in place, and gated residuals.
+    fn block_fused(
+        &self,
+        blk: &Block,
+        i: usize,
+        x: &Tensor,
+        cx: &Context,
+        f: &Fused,
+        hook: &mut dyn FnMut(WanDitPoint, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let (nh, hd) = (self.config.num_heads, self.config.head_dim());
+        let eps = self.config.eps as f32;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let dev = x.device();
+        let span = |name, f: &dyn Fn() -> candle_core::Result<Tensor>| profile::span(dev, name, f);
+        // [B, 2, 6, dim]: row 0 for every token, row 1 for the first frame's in first-frame mode.
+        let rows = blk.modulation.broadcast_add(cx.e0.0)?;
+        let rows_t0 = match cx.e0.1 {
+            Some(e0) => blk.modulation.broadcast_add(e0)?,
+            None => rows.clone(),
+        };
+        let table = Tensor::stack(&[&rows, &rows_t0], 1)?;
+        let m = |k: usize| table.narrow(2, k, 1)?.squeeze(2)?.contiguous();
+        let r = Some(&f.rows);
+        let heads = |t: Tensor, n: usize| t.reshape((b, n, nh, hd));
+        // RMSNorm over the whole width of a projection of `src`.
+        let normed = |lin: &Linear, w: &Tensor, src: &Tensor| -> candle_core::Result<Tensor> {
+            let y = span("q/k linear", &|| linear_forward(lin, src, false))?;
+            span("q/k RMSNorm", &|| kernels::rms_norm(&y, w, eps))
+        };
+
+        // Self-attention with RoPE on q and k.
+        let a = &blk.self_attn;
+        let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(x, &m(0)?, &m(1)?, r, 1.0, eps))?;
+        hook(WanDitPoint::SelfAttentionIn(i), &h);
+        let q = heads(normed(&a.q, &a.norm_q, &h)?, l)?;
+        let q = span("RoPE", &|| kernels::rope(&q, &f.cos, &f.sin))?;
+        let k = heads(normed(&a.k, &a.norm_k, &h)?, l)?;
+        let k = span("RoPE", &|| kernels::rope(&k, &f.cos, &f.sin))?;
+        let v = heads(span("v linear", &|| linear_forward(&a.v, &h, false))?, l)?;
+        let o = span("self-attention", &|| attention_tokens(&q, &k, &v, None, scale))?.reshape((b, l, d))?;
+        let o = span("o linear", &|| linear_forward(&a.o, &o, false))?;
+        hook(WanDitPoint::SelfAttention(i), &o);
+        let x = span("gated residual", &|| kernels::gated_residual(x, &o, &m(2)?, r))?;
+
+        // Cross-attention to every text position, after an affine LayerNorm, without modulation.
+        let ca = &blk.cross_attn;
+        let (nw, nb) = &blk.norm3;
+        let h = span("LayerNorm (cross)", &|| {
+            kernels::ln_modulate(&x, &nb.reshape((1, 1, d))?, &nw.reshape((1, 1, d))?, None, 0.0, eps)
+        })?;
+        let n = cx.text.dim(1)?;
+        let q = heads(normed(&ca.q, &ca.norm_q, &h)?, l)?;
+        let k = heads(normed(&ca.k, &ca.norm_k, cx.text)?, n)?;
+        let v = heads(span("v linear", &|| linear_forward(&ca.v, cx.text, false))?, n)?;
+        let o = span("cross-attention", &|| attention_tokens(&q, &k, &v, None, scale))?.reshape((b, l, d))?;
+        let o = span("o linear", &|| linear_forward(&ca.o, &o, false))?;
+        hook(WanDitPoint::CrossAttention(i), &o);
+        let x = span("residual add", &|| &x + &o)?;
+
+        // Feed-forward.
+        let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(&x, &m(3)?, &m(4)?, r, 1.0, eps))?;
+        let h = span("ffn0 linear + GELU", &|| linear_forward(&blk.ffn0, &h, true))?;
+        let y = span("ffn2 linear", &|| linear_forward(&blk.ffn2, &h, false))?;
+        hook(WanDitPoint::FeedForward(i), &y);
+        span("gated residual", &|| kernels::gated_residual(&x, &y, &m(5)?, r))
     }
 }

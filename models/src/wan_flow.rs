@@ -128,6 +128,8 @@ impl Enhancer {
                     context: &vec![text.clone(); b],
                 })
             };
+            // Two passes, not one batch of 2: measured on the H200 the batch was no faster (the
+            // DiT's 97,200 tokens fill the GPU either way) and held 1.5 GB more.
             let (pos, neg) = (velocity(positive)?, velocity(negative)?);
             hook(EnhancePoint::Positive(i), &pos)?;
             hook(EnhancePoint::Negative(i), &neg)?;
