@@ -165,7 +165,7 @@ fn hopper_attention_matches_f32_reference() {
         let q = if sharp == 1.0 { q } else { (q * sharp).unwrap() };
         let ours = kernels::hopper_attention(&q, &k, &v, scale as f32).unwrap();
         for i in 0..b {
-            let r = attention_ref(&q.get(i).unwrap(), &k.get(i).unwrap(), &v.get(i).unwrap(), scale);
+            let r = attention_ref(&q.get(i).unwrap(), &k.get(i).unwrap(), &v.get(i).unwrap(), scale, None);
             let what = format!("Hopper attention {l} tokens, {h} heads, fused {fused}, q x{sharp}, batch {i}");
             check(&what, &ours.get(i).unwrap(), &r, BF16_TOL);
         }
@@ -176,13 +176,13 @@ fn hopper_attention_matches_f32_reference() {
     let (q, k, v) = (qkv.i((.., .., 0)).unwrap(), qkv.i((.., .., 1)).unwrap(), qkv.i((.., .., 2)).unwrap());
     kernels::set_attention_backend(kernels::AttentionBackend::Hopper);
     let routed = kernels::flash_attention(&q, &k, &v, None, scale as f32).unwrap();
-    let r = attention_ref(&q.get(0).unwrap(), &k.get(0).unwrap(), &v.get(0).unwrap(), scale);
+    let r = attention_ref(&q.get(0).unwrap(), &k.get(0).unwrap(), &v.get(0).unwrap(), scale, None);
     check("attention 4133 tokens hd 72, Hopper backend", &routed.get(0).unwrap(), &r, BF16_TOL);
 
     // Head dim 64: not the Hopper kernel's; the backend falls back to cuDNN, the strict call says why.
     let q = randn(&mut rng, &[1, 200, 2, 64], DType::BF16, &dev);
     let fallback = kernels::flash_attention(&q, &q, &q, None, 0.125).unwrap();
-    let r = attention_ref(&q.get(0).unwrap(), &q.get(0).unwrap(), &q.get(0).unwrap(), 0.125);
+    let r = attention_ref(&q.get(0).unwrap(), &q.get(0).unwrap(), &q.get(0).unwrap(), 0.125, None);
     check("attention hd 64, Hopper backend falls back", &fallback.get(0).unwrap(), &r, BF16_TOL);
     let err = kernels::hopper_attention(&q, &q, &q, 0.125).unwrap_err().to_string();
     assert!(err.contains("head dim"), "hopper_attention on head dim 64: {err}");
