@@ -537,12 +537,16 @@ impl Kernel for QuickGelu {
         let x = view::<T>(xs, xl)?;
         let mut out = output::<T>(dev, n)?;
         let n64 = n as i64;
+        // 16-byte loads where x starts 16-byte aligned (the output is a fresh allocation).
+        let vec = i32::from((xl.start_offset() * std::mem::size_of::<T>()).is_multiple_of(16));
         let func = dev.get_or_load_custom_func(&format!("quick_gelu_{}", T::SUFFIX), MODULE, PTX)?;
         let mut a = func.builder();
         a.arg(&x);
         a.arg(&mut out);
         a.arg(&n64);
-        let blocks = n.div_ceil(256).clamp(1, 65536) as u32;
+        a.arg(&vec);
+        let per_thread = if vec == 1 { 16 / std::mem::size_of::<T>() } else { 1 };
+        let blocks = n.div_ceil(256 * per_thread).clamp(1, 65536) as u32;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: x and out hold n elements; the grid-stride loop writes each output once.
         unsafe { a.launch(cfg) }.w()?;

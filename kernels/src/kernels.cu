@@ -332,22 +332,57 @@ DEVICE float block_sum(float x) {
 template <typename T>
 DEVICE void ln_modulate(const T *x, const T *shift, const T *scale, const uint32_t *rows, int r, T *out, int l,
                         int d, int64_t tb, float one, float eps) {
+  // Rows of up to LN_CACHE * blockDim.x elements are read once into registers (the same elements
+  // per thread in the same order as the loops below, so the same sums); longer ones re-read x.
+  constexpr int LN_CACHE = 16;
   const int64_t token = blockIdx.x;
   const int b = token / l;
   const T *xr = x + token * d;
+  const bool cached = d <= LN_CACHE * (int)blockDim.x;
+  float vals[LN_CACHE];
   float s = 0.f;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) s += to_f32(xr[i]);
+  if (cached) {
+#pragma unroll
+    for (int j = 0; j < LN_CACHE; ++j) {
+      int i = threadIdx.x + j * blockDim.x;
+      vals[j] = i < d ? to_f32(xr[i]) : 0.f;
+      s += vals[j];
+    }
+  } else {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += to_f32(xr[i]);
+  }
   const float mean = block_sum(s) / d;
   float v = 0.f;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float e = to_f32(xr[i]) - mean;
-    v += e * e;
+  if (cached) {
+#pragma unroll
+    for (int j = 0; j < LN_CACHE; ++j) {
+      if (threadIdx.x + j * blockDim.x < d) {
+        float e = vals[j] - mean;
+        v += e * e;
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      float e = to_f32(xr[i]) - mean;
+      v += e * e;
+    }
   }
   const float rstd = rsqrtf(block_sum(v) / d + eps);
   const int64_t t = b * tb + (int64_t)(rows != nullptr ? min(rows[token], (uint32_t)(r - 1)) : 0) * d;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float n = (to_f32(xr[i]) - mean) * rstd;
-    out[token * d + i] = from_f32<T>(n * (to_f32(scale[t + i]) + one) + to_f32(shift[t + i]));
+  if (cached) {
+#pragma unroll
+    for (int j = 0; j < LN_CACHE; ++j) {
+      int i = threadIdx.x + j * blockDim.x;
+      if (i < d) {
+        float n = (vals[j] - mean) * rstd;
+        out[token * d + i] = from_f32<T>(n * (to_f32(scale[t + i]) + one) + to_f32(shift[t + i]));
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      float n = (to_f32(xr[i]) - mean) * rstd;
+      out[token * d + i] = from_f32<T>(n * (to_f32(scale[t + i]) + one) + to_f32(shift[t + i]));
+    }
   }
 }
 
@@ -363,13 +398,27 @@ DEVICE void gated_residual(const T *x, const T *y, const T *gate, const uint32_t
   }
 }
 
-// out = x * sigmoid(1.702 x) (CLIP's quick GELU) in f32 with one rounding, grid-stride.
+// out = x * sigmoid(1.702 x) (CLIP's quick GELU) in f32 with one rounding, grid-stride: 16 bytes
+// per load and store where x is 16-byte aligned (`vec`), the remainder element by element.
 template <typename T>
-DEVICE void quick_gelu(const T *x, T *out, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    float v = to_f32(x[i]);
-    out[i] = from_f32<T>(v / (1.f + __expf(-1.702f * v)));
+DEVICE T quick_gelu1(T x) {
+  float v = to_f32(x);
+  return from_f32<T>(v / (1.f + __expf(-1.702f * v)));
+}
+template <typename T>
+DEVICE void quick_gelu(const T *x, T *out, int64_t n, int vec) {
+  constexpr int V = 16 / sizeof(T);
+  const int64_t vecs = vec ? n / V : 0, stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t first = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  for (int64_t i = first; i < vecs; i += stride) {
+    uint4 in = reinterpret_cast<const uint4 *>(x)[i], res;
+    const T *a = reinterpret_cast<const T *>(&in);
+    T *r = reinterpret_cast<T *>(&res);
+#pragma unroll
+    for (int j = 0; j < V; ++j) r[j] = quick_gelu1(a[j]);
+    reinterpret_cast<uint4 *>(out)[i] = res;
   }
+  for (int64_t i = vecs * V + first; i < n; i += stride) out[i] = quick_gelu1(x[i]);
 }
 
 // One block per row of d elements: out = from(x * rsqrt(mean(x^2) + eps)) * w, the statistics in
@@ -629,7 +678,9 @@ DEVICE void cl_transpose(const T *src, T *dst, const T *bias, const T *res, int 
                                                    int r, T *out, int64_t n, int l, int d, int64_t tb) {        \
     gated_residual<T>(x, y, gate, rows, r, out, n, l, d, tb);                                                   \
   }                                                                                                             \
-  extern "C" __global__ void quick_gelu_##NAME(const T *x, T *out, int64_t n) { quick_gelu<T>(x, out, n); }    \
+  extern "C" __global__ void quick_gelu_##NAME(const T *x, T *out, int64_t n, int vec) {                       \
+    quick_gelu<T>(x, out, n, vec);                                                                              \
+  }                                                                                                             \
   extern "C" __global__ void rms_norm_##NAME(const T *x, const T *w, T *out, int d, float eps) {              \
     rms_norm<T>(x, w, out, d, eps);                                                                             \
   }                                                                                                             \

@@ -493,6 +493,9 @@ fn quick_gelu_matches_f32_reference() {
         let sigmoid = (xf.affine(-1.702, 0.0).unwrap().exp().unwrap() + 1.0).unwrap().recip().unwrap();
         let r = (&xf * sigmoid).unwrap();
         check(&format!("quick_gelu {dtype:?}"), &kernels::quick_gelu(&x).unwrap(), &r, tol);
+        // A view starting off the 16-byte alignment (the element-by-element path).
+        let (xs, rs) = (x.narrow(0, 1, 2).unwrap(), r.narrow(0, 1, 2).unwrap());
+        check(&format!("quick_gelu, unaligned view {dtype:?}"), &kernels::quick_gelu(&xs).unwrap(), &rs, tol);
     }
 }
 

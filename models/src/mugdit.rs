@@ -257,35 +257,60 @@ impl Block {
         let m = |i| table.narrow(2, i, 1)?.squeeze(2)?.contiguous();
         let rows = Some(&f.rows);
 
-        let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(x, &m(0)?, &m(1)?, rows, 1.0, eps))?;
-        let qkv = span("qkv linear", &|| linear_forward(&self.attn.qkv, &h, false)?.reshape((b, l, 3, nh, hd)))?;
-        let rope = Some((&f.cos, &f.sin));
-        let q = span("RMSNorm + RoPE", &|| kernels::rms_norm_rope(&qkv.i((.., .., 0))?, &self.attn.q_norm, rope, eps))?;
-        let k = span("RMSNorm + RoPE", &|| kernels::rms_norm_rope(&qkv.i((.., .., 1))?, &self.attn.k_norm, rope, eps))?;
-        let o = span("self-attention", &|| attention_tokens(&q, &k, &qkv.i((.., .., 2))?, None, scale))?;
-        let o = o.reshape((b, l, d))?;
-        let a = span("attention proj linear", &|| linear_forward(&self.attn.proj, &o, false))?;
-        let x = span("gated residual", &|| kernels::gated_residual(x, &a, &m(2)?, rows))?;
+        // Each part in its own scope, so that its intermediates (the qkv projection, q and k, the
+        // MLP's hidden layer) are freed as soon as the part is done: the peak is one part's, not
+        // the whole block's.
+        let x = {
+            let qkv = {
+                let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(x, &m(0)?, &m(1)?, rows, 1.0, eps))?;
+                span("qkv linear", &|| linear_forward(&self.attn.qkv, &h, false)?.reshape((b, l, 3, nh, hd)))?
+            };
+            let o = {
+                let rope = Some((&f.cos, &f.sin));
+                let q = span("RMSNorm + RoPE", &|| {
+                    kernels::rms_norm_rope(&qkv.i((.., .., 0))?, &self.attn.q_norm, rope, eps)
+                })?;
+                let k = span("RMSNorm + RoPE", &|| {
+                    kernels::rms_norm_rope(&qkv.i((.., .., 1))?, &self.attn.k_norm, rope, eps)
+                })?;
+                span("self-attention", &|| attention_tokens(&q, &k, &qkv.i((.., .., 2))?, None, scale))?
+            };
+            drop(qkv);
+            let a = span("attention proj linear", &|| linear_forward(&self.attn.proj, &o.reshape((b, l, d))?, false))?;
+            drop(o);
+            span("gated residual", &|| kernels::gated_residual(x, &a, &m(2)?, rows))?
+        };
 
-        let (w, bias) = &self.cross_attn_norm;
-        let h = span("LayerNorm (cross)", &|| {
-            kernels::ln_modulate(&x, &bias.reshape((1, 1, d))?, &w.reshape((1, 1, d))?, None, 0.0, eps)
-        })?;
-        let ca = &self.cross_attn;
-        let q = span("cross q linear", &|| linear_forward(&ca.q_linear, &h, false)?.reshape((b, l, nh, hd)))?;
-        let q = span("RMSNorm (cross)", &|| kernels::rms_norm_rope(&q, &ca.q_norm, None, eps))?;
-        let lt = f.text.dim(1)?;
-        let kv =
-            span("cross kv linear", &|| linear_forward(&ca.kv_linear, &f.text, false)?.reshape((b, lt, 2, nh, hd)))?;
-        let k = span("RMSNorm (cross)", &|| kernels::rms_norm_rope(&kv.i((.., .., 0))?, &ca.k_norm, None, eps))?;
-        let o = span("cross-attention", &|| attention_tokens(&q, &k, &kv.i((.., .., 1))?, Some(&f.text_lens), scale))?;
-        let o = o.reshape((b, l, d))?;
-        let x = span("cross proj linear + residual", &|| crate::layers::linear_residual(&ca.proj, &o, &x))?;
+        let x = {
+            let (w, bias) = &self.cross_attn_norm;
+            let ca = &self.cross_attn;
+            let q = {
+                let h = span("LayerNorm (cross)", &|| {
+                    kernels::ln_modulate(&x, &bias.reshape((1, 1, d))?, &w.reshape((1, 1, d))?, None, 0.0, eps)
+                })?;
+                span("cross q linear", &|| linear_forward(&ca.q_linear, &h, false)?.reshape((b, l, nh, hd)))?
+            };
+            let q = span("RMSNorm (cross)", &|| kernels::rms_norm_rope(&q, &ca.q_norm, None, eps))?;
+            let lt = f.text.dim(1)?;
+            let kv = span("cross kv linear", &|| {
+                linear_forward(&ca.kv_linear, &f.text, false)?.reshape((b, lt, 2, nh, hd))
+            })?;
+            let k = span("RMSNorm (cross)", &|| kernels::rms_norm_rope(&kv.i((.., .., 0))?, &ca.k_norm, None, eps))?;
+            let o =
+                span("cross-attention", &|| attention_tokens(&q, &k, &kv.i((.., .., 1))?, Some(&f.text_lens), scale))?;
+            drop(q);
+            let o = o.reshape((b, l, d))?;
+            span("cross proj linear + residual", &|| crate::layers::linear_residual(&ca.proj, &o, &x))?
+        };
 
-        let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(&x, &m(3)?, &m(4)?, rows, 1.0, eps))?;
-        let h = span("fc1 linear + GELU", &|| linear_forward(&self.fc1, &h, true))?;
-        let h = span("fc2 linear", &|| linear_forward(&self.fc2, &h, false))?;
-        span("gated residual", &|| kernels::gated_residual(&x, &h, &m(5)?, rows))
+        let y = {
+            let hidden = {
+                let h = span("LayerNorm + adaLN", &|| kernels::ln_modulate(&x, &m(3)?, &m(4)?, rows, 1.0, eps))?;
+                span("fc1 linear + GELU", &|| linear_forward(&self.fc1, &h, true))?
+            };
+            span("fc2 linear", &|| linear_forward(&self.fc2, &hidden, false))?
+        };
+        span("gated residual", &|| kernels::gated_residual(&x, &y, &m(5)?, rows))
     }
 }
 
