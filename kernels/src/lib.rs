@@ -1,11 +1,12 @@
-//! Fused CUDA kernels: attention (cuDNN's fused SDPA, or our flash kernel on bf16 tensor cores for
-//! head dims of [`FLASH_HEAD_DIMS`] and cross-attention with key lengths, or on Hopper our
-//! FlashAttention-3-style kernel for head dim 72, see [`AttentionBackend::Hopper`]),
-//! linear layers with the bias and GELU in cuBLASLt's epilogue, LayerNorm + adaLN modulation, per-head RMSNorm + RoPE and the gated residual of the DiTs, the
-//! VAEs' GroupNorm and channel norm (with SiLU), as candle ops; the VAEs' 2-D and 3-D convolutions
-//! through cuDNN (measured algorithms, tensor-op math, channels-last, fused bias and residual).
-//! Built only with the `cuda` feature; models fall back to plain candle ops elsewhere. Correctness
-//! tests against f32 references: tests/kernels.rs (on the GPU machine).
+//! Fused CUDA kernels: attention (on Hopper our FlashAttention-3-style kernel for head dim 72, see
+//! [`AttentionBackend::Hopper`]; cuDNN's fused SDPA; our flash kernel on bf16 tensor cores for head
+//! dims of [`FLASH_HEAD_DIMS`], cross-attention with key lengths, and T5's position bias), linear
+//! layers with the bias, GELU or a residual in cuBLASLt's epilogue (algorithms measured per shape),
+//! LayerNorm + adaLN modulation, RMSNorm and RoPE, the gated residual of the DiTs, CLIP's quick
+//! GELU, the VAEs' GroupNorm and channel norm (with SiLU), as candle ops; the VAEs' 2-D and 3-D
+//! convolutions through cuDNN (measured algorithms, tensor-op math, channels-last, fused bias and
+//! residual). Built only with the `cuda` feature; models fall back to plain candle ops elsewhere.
+//! Correctness tests against f32 references: tests/kernels.rs (on the GPU machine).
 
 #[cfg(feature = "cuda")]
 mod conv;
