@@ -187,8 +187,8 @@ fn check_table(table: &Tensor, rows: Option<&Tensor>, b: usize, l: usize, d: usi
 /// accumulation. `q` `[B, Lq, H, D]`, `k`/`v` `[B, Lk, H, D]` in any strides with a contiguous last
 /// axis (e.g. views into a fused qkv projection); `k_lens` limits each batch's keys (cross-attention
 /// over padded text). Returns `[B, Lq, H, D]` contiguous. Self-attention runs what
-/// [`set_attention_backend`] chose (cuDNN's fused SDPA by default) where it takes the shape, everything
-/// else the kernel of `kernels.cu` (head dims [`FLASH_HEAD_DIMS`]).
+/// [`set_attention_backend`] chose (by default the Hopper kernel, then cuDNN's fused SDPA) where it
+/// takes the shape, everything else the kernel of `kernels.cu` (head dims [`FLASH_HEAD_DIMS`]).
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, k_lens: Option<&[u32]>, scale: f32) -> Result<Tensor> {
     let route = match (k_lens, attention_backend()) {
         (Some(_), _) | (None, AttentionBackend::Kernel) => Route::KERNEL,
