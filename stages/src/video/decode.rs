@@ -136,6 +136,59 @@ pub struct PixelsRead {
     pub columns: Vec<bool>,
 }
 
+/// Frames compared where two parts of a video meet ([`VideoReader::for_each_frame_in_parts`]).
+pub const OVERLAP: usize = 4;
+
+/// The fewest frames (estimated from the time span) worth a part of its own: a part costs an
+/// open, a seek and [`OVERLAP`] frames decoded twice.
+const MIN_PART_FRAMES: f64 = 32.0;
+
+/// A consumer of one part of a video's frames, in presentation order
+/// ([`VideoReader::for_each_frame_in_parts`]).
+pub trait PartConsumer: Send {
+    /// What it gives back for its part.
+    type Output: Send;
+    /// The next frame of its part, as stored (the display rotation not applied).
+    fn frame(&mut self, image: ImageRef<'_>);
+    /// Its result once the part is decoded.
+    fn finish(self) -> Self::Output;
+}
+
+/// The frames at the edges of a decoded part, to check that consecutive parts meet exactly.
+struct PartEdges {
+    /// Its first frames (up to [`OVERLAP`]; none for the first part).
+    head: Vec<ffmpeg::frame::Video>,
+    /// Up to [`OVERLAP`] frames decoded past its end.
+    tail: Vec<ffmpeg::frame::Video>,
+    /// Every frame had a timestamp above the one before (and a later part's first frame is its
+    /// keyframe).
+    rising: bool,
+}
+
+impl PartEdges {
+    /// Whether the part `next`, decoded from its keyframe, starts with the very frames this part
+    /// (decoded up to that keyframe) went on to decode past its end.
+    fn meets(&self, next: &PartEdges) -> bool {
+        let n = self.tail.len().min(next.head.len());
+        self.rising && next.rising && n > 0 && self.tail[..n].iter().zip(&next.head[..n]).all(|(a, b)| same_frame(a, b))
+    }
+}
+
+/// Whether two decoded frames have the same timestamp, format, size and bytes.
+fn same_frame(a: &ffmpeg::frame::Video, b: &ffmpeg::frame::Video) -> bool {
+    if (a.timestamp(), a.format(), a.width(), a.height(), a.planes())
+        != (b.timestamp(), b.format(), b.width(), b.height(), b.planes())
+    {
+        return false;
+    }
+    (0..a.planes()).all(|p| {
+        // SAFETY: plain arithmetic on the pixel format's descriptor.
+        let bytes = unsafe { ffmpeg::ffi::av_image_get_linesize(a.format().into(), a.width() as i32, p as i32) };
+        let (bytes, rows) = (bytes.max(0) as usize, a.plane_height(p) as usize);
+        (0..rows).all(|y| a.data(p)[y * a.stride(p)..][..bytes] == b.data(p)[y * b.stride(p)..][..bytes])
+    })
+}
+
 /// An open video stream.
 pub struct VideoReader {
     path: PathBuf,
@@ -149,6 +202,8 @@ pub struct VideoReader {
     start_pts: i64,
     /// Nothing decoded or sought yet: sequential decoding starts at frame 0.
     fresh: bool,
+    /// A packet read ahead (the keyframe a part starts at), decoded first.
+    pending: Option<ffmpeg::Packet>,
     /// Average frame rate, frames per second.
     pub fps: f64,
     /// Clockwise display rotation, degrees.
@@ -181,6 +236,7 @@ impl VideoReader {
             time_base,
             start_pts,
             fresh: true,
+            pending: None,
             fps,
             rotation,
         })
@@ -217,57 +273,187 @@ impl VideoReader {
     /// detector that shrinks frames needs: with a 5:1 resize it reads a fifth of the rows, and it
     /// can shrink a rotated frame without copying it upright first.
     ///
-    /// Once `offload` returns true (asked before each frame until it does), the conversion and
-    /// `f` move to a helper thread for the rest of the video, fed in order while this thread
-    /// decodes: a video that would otherwise leave cores idle (the last one of a batch) then uses
-    /// two. The frames and their order are the same either way. The count returned may include a
-    /// few frames decoded after `f` asked to stop.
-    pub fn for_each_frame_reading(
+    /// The video may be decoded in parts on several threads: `more_parts` is asked before each
+    /// frame of the first part (until it says 0 or a split fails), and when it says `n`, the rest
+    /// of the first part is split at keyframes into up to `n + 1` parts, each decoded by its own
+    /// reader (one decoder thread) on its own thread, fed to its own consumer from `consumer`
+    /// (called on this thread). Returns the consumers' outputs in the order of their parts.
+    ///
+    /// A part decoded from its keyframe gives the frames sequential decoding gives from there
+    /// when the keyframe is a clean random access point; that is checked, not assumed: where two
+    /// parts meet, the first decodes [`OVERLAP`] frames past its end and they must equal the
+    /// second's first frames byte for byte, and every part's timestamps must rise. If any check
+    /// fails, the video is decoded again in one part, so the outputs are always those of
+    /// sequential decoding. Only regular files of a known duration are split.
+    pub fn for_each_frame_in_parts<C: PartConsumer>(
         &mut self,
         layout: Layout,
         reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
-        offload: &dyn Fn() -> bool,
-        f: impl FnMut(usize, ImageRef<'_>) -> bool + Send,
-    ) -> Result<usize, DecodeError> {
+        more_parts: &dyn Fn() -> usize,
+        consumer: &dyn Fn() -> C,
+    ) -> Result<Vec<C::Output>, DecodeError> {
         self.rewind()?;
-        let (format, rotation) = (FrameFormat::full(layout), self.rotation);
         let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            let mut here = Some((Converter::new(format, rotation, Some(reads)), f));
-            let mut helper = None;
-            let decoded = self.decode(|index, decoded| {
-                if helper.is_none() && offload() {
-                    let (_, mut f) = here.take().expect("the consumer is here until the helper takes it");
-                    let (frames, received) = std::sync::mpsc::sync_channel::<(usize, ffmpeg::frame::Video)>(4);
-                    let stop = &stop;
-                    let thread = scope.spawn(move || -> Result<(), DecodeError> {
-                        // The helper's own scaler, built like the first: the same bytes.
-                        let mut converter = Converter::new(format, rotation, Some(reads));
-                        for (index, frame) in received {
-                            if !f(index, converter.convert(&frame)?) {
-                                stop.store(true, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                        Ok(())
-                    });
-                    helper = Some((frames, thread));
-                }
-                match (&helper, here.as_mut()) {
-                    // A failed send means the helper has ended (stopped or failed): so do we.
-                    (Some((frames, _)), _) => {
-                        Ok(!stop.load(Ordering::Relaxed) && frames.send((index, frame_ref(decoded)?)).is_ok())
-                    }
-                    (None, Some((converter, f))) => Ok(f(index, converter.convert(decoded)?)),
-                    (None, None) => unreachable!("the consumer is here while there is no helper"),
-                }
-            });
-            if let Some((frames, thread)) = helper {
-                drop(frames);
-                thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        if let Some(stream_end) = self.end_pts().filter(|_| self.path.is_file()) {
+            if let Some(outputs) = self.decode_split(layout, reads, more_parts, consumer, stream_end, &stop)? {
+                return Ok(outputs);
             }
-            decoded
+            self.rewind()?;
+        }
+        let (mut whole, mut end) = (consumer(), i64::MAX);
+        self.decode_part(layout, reads, None, &mut end, &mut whole, &stop, |_, _| {})?;
+        Ok(vec![whole.finish()])
+    }
+
+    /// [`Self::for_each_frame_in_parts`]'s parallel attempt: `Some` outputs when every part
+    /// checked out, `None` when the video must be decoded again in one part.
+    fn decode_split<C: PartConsumer>(
+        &mut self,
+        layout: Layout,
+        reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
+        more_parts: &dyn Fn() -> usize,
+        consumer: &dyn Fn() -> C,
+        stream_end: i64,
+        stop: &AtomicBool,
+    ) -> Result<Option<Vec<C::Output>>, DecodeError> {
+        let (path, frames_per_tick) = (self.path.clone(), self.time_base * self.fps);
+        let token = pipeline::cancel::current();
+        std::thread::scope(|scope| {
+            let mut first = consumer();
+            let mut later = Vec::new();
+            let mut splittable = true;
+            // Split the first part, now at `pts` and ending at `end`, when cores are idle.
+            let split = |pts: i64, end: &mut i64| {
+                let wanted = if splittable { more_parts() } else { 0 };
+                if wanted == 0 {
+                    return;
+                }
+                let last = if *end == i64::MAX { stream_end } else { *end };
+                let span = last.saturating_sub(pts);
+                let most = (span as f64 * frames_per_tick / MIN_PART_FRAMES) as usize;
+                let n = wanted.min(most.saturating_sub(1));
+                let mut starts: Vec<(VideoReader, i64)> = Vec::new();
+                for j in 1..=n as i64 {
+                    let target = pts + (span as i128 * j as i128 / (n as i128 + 1)) as i64;
+                    let after = starts.last().map_or(pts, |s| s.1);
+                    if let Ok(Some((reader, keyframe))) = VideoReader::open_at_keyframe(&path, target) {
+                        if keyframe > after && keyframe < last {
+                            starts.push((reader, keyframe));
+                        }
+                    }
+                }
+                // None found (too short, or keyframes too far apart): the rest only gets shorter.
+                splittable = !starts.is_empty();
+                let part_ends: Vec<i64> = starts.iter().skip(1).map(|s| s.1).chain([*end]).collect();
+                if let Some((_, keyframe)) = starts.first() {
+                    *end = *keyframe;
+                }
+                for ((mut reader, start), mut part_end) in starts.into_iter().zip(part_ends) {
+                    let (mut part, token) = (consumer(), token.clone());
+                    later.push((
+                        start,
+                        scope.spawn(move || {
+                            let run = || {
+                                let edges = reader.decode_part(
+                                    layout,
+                                    reads,
+                                    Some(start),
+                                    &mut part_end,
+                                    &mut part,
+                                    stop,
+                                    |_, _| {},
+                                )?;
+                                Ok::<_, DecodeError>((part.finish(), edges))
+                            };
+                            match token {
+                                Some(token) => token.scope(run),
+                                None => run(),
+                            }
+                        }),
+                    ));
+                }
+            };
+            let mut end = i64::MAX;
+            let edges = self.decode_part(layout, reads, None, &mut end, &mut first, stop, split);
+            // The parts stop early once the first has failed (or when the check below fails).
+            stop.store(edges.is_err(), Ordering::Relaxed);
+            let edges = edges?;
+            later.sort_by_key(|(start, _)| *start);
+            let mut outputs = vec![first.finish()];
+            let mut before = edges;
+            let mut agree = true;
+            for (_, part) in later {
+                let joined = part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                match joined {
+                    Ok((output, edges)) if agree && before.meets(&edges) => {
+                        outputs.push(output);
+                        before = edges;
+                    }
+                    // A part that failed or disagrees: the video is decoded again in one part.
+                    _ => agree = false,
+                }
+            }
+            Ok(agree.then_some(outputs))
         })
+    }
+
+    /// Decode the frames of one part, from the keyframe at `start` (or the stream's start) to
+    /// before `end` (which `split` may lower: it is asked before each frame of a first part whose
+    /// timestamps have risen so far), handing each to `part`; stops early once `stop` is set.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_part<C: PartConsumer>(
+        &mut self,
+        layout: Layout,
+        reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
+        start: Option<i64>,
+        end: &mut i64,
+        part: &mut C,
+        stop: &AtomicBool,
+        mut split: impl FnMut(i64, &mut i64),
+    ) -> Result<PartEdges, DecodeError> {
+        let mut converter = Converter::new(FrameFormat::full(layout), self.rotation, Some(reads));
+        let mut edges = PartEdges { head: Vec::new(), tail: Vec::new(), rising: true };
+        let mut last = None;
+        self.decode(|_, decoded| {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let pts = decoded.timestamp().filter(|&pts| last.is_none_or(|last| pts > last));
+            let Some(pts) = pts.filter(|_| edges.rising) else {
+                edges.rising = false;
+                // A bounded part is of no use any more (the video will be decoded again in one
+                // part); the first part of an unsplit video goes on, unsplit.
+                if start.is_some() || *end != i64::MAX {
+                    return Ok(false);
+                }
+                part.frame(converter.convert(decoded)?);
+                return Ok(true);
+            };
+            last = Some(pts);
+            if let Some(start) = start {
+                if pts < start {
+                    // A leading frame of an open GOP: it belongs to the part before.
+                    return Ok(true);
+                }
+                if edges.head.is_empty() && pts != start {
+                    edges.rising = false;
+                    return Ok(false);
+                }
+            }
+            if pts >= *end {
+                edges.tail.push(frame_ref(decoded)?);
+                return Ok(edges.tail.len() < OVERLAP);
+            }
+            if start.is_some() && edges.head.len() < OVERLAP {
+                edges.head.push(frame_ref(decoded)?);
+            }
+            if start.is_none() {
+                split(pts, end);
+            }
+            part.frame(converter.convert(decoded)?);
+            Ok(true)
+        })?;
+        Ok(edges)
     }
 
     /// Decode the frames at `indices` (ascending; repeats allowed) and hand each to `f` with its
@@ -353,6 +539,50 @@ impl VideoReader {
         true
     }
 
+    /// Whether [`Self::for_each_frame_in_parts`] may split this video: a regular file (a pipe
+    /// cannot be read twice) whose duration is known.
+    pub fn can_split(&self) -> bool {
+        self.path.is_file() && self.end_pts().is_some()
+    }
+
+    /// Where the stream ends, in stream ticks (its start plus its duration, or the container's),
+    /// when the file says.
+    fn end_pts(&self) -> Option<i64> {
+        let stream = self.input.stream(self.stream)?;
+        let known = |t: i64| Some(t).filter(|&t| t != ffmpeg::ffi::AV_NOPTS_VALUE && t > 0);
+        let container = || {
+            let seconds = known(self.input.duration())? as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE);
+            Some((seconds / self.time_base) as i64)
+        };
+        Some(self.start_pts + known(stream.duration()).or_else(container)?)
+    }
+
+    /// A new reader (one decoder thread) of the file at `path`, positioned at the last keyframe
+    /// at or before `target` (stream ticks), with that keyframe's timestamp; `None` when the file
+    /// cannot seek there or the keyframe has no timestamp.
+    fn open_at_keyframe(path: &Path, target: i64) -> Result<Option<(VideoReader, i64)>, DecodeError> {
+        let mut reader = VideoReader::open(path, 1)?;
+        reader.fresh = false;
+        let ts = (target as f64 * reader.time_base * f64::from(ffmpeg::ffi::AV_TIME_BASE)) as i64;
+        if reader.input.seek(ts, ..ts).is_err() {
+            return Ok(None);
+        }
+        // The demuxer lands on a keyframe; skip anything before it (a bounded search).
+        for _ in 0..256 {
+            let mut packet = ffmpeg::Packet::empty();
+            match packet.read(&mut reader.input) {
+                Ok(()) if packet.stream() == reader.stream && packet.is_key() => {
+                    let Some(pts) = packet.pts() else { return Ok(None) };
+                    reader.pending = Some(packet);
+                    return Ok(Some((reader, pts)));
+                }
+                Err(ffmpeg::Error::Eof) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// Decode every frame without converting it (what "decoding alone" costs); returns the count.
     pub fn count_frames(&mut self) -> Result<usize, DecodeError> {
         self.rewind()?;
@@ -375,7 +605,14 @@ impl VideoReader {
             pipeline::cancel::check()?;
             if !ended {
                 let mut packet = ffmpeg::Packet::empty();
-                match packet.read(&mut self.input) {
+                let read = match self.pending.take() {
+                    Some(pending) => {
+                        packet = pending;
+                        Ok(())
+                    }
+                    None => packet.read(&mut self.input),
+                };
+                match read {
                     Ok(()) => {
                         if packet.stream() != self.stream || self.decoder.send_packet(&packet).is_err() {
                             continue;
