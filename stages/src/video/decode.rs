@@ -174,6 +174,123 @@ impl PartEdges {
     }
 }
 
+/// A decoded part: its keyframe's timestamp, and what its consumer gave with its edges.
+type DecodedPart<O> = (i64, Result<(O, PartEdges), DecodeError>);
+
+/// What splitting a video into parts shares among the parts' threads
+/// ([`VideoReader::for_each_frame_in_parts`]).
+struct Splitter<'a, C: PartConsumer> {
+    path: PathBuf,
+    /// Frames per stream tick.
+    frames_per_tick: f64,
+    /// Where the stream ends (estimated), stream ticks.
+    stream_end: i64,
+    layout: Layout,
+    reads: &'a (dyn Fn(usize, usize) -> PixelsRead + Sync),
+    more_parts: &'a (dyn Fn() -> usize + Sync),
+    consumer: &'a (dyn Fn() -> C + Sync),
+    stop: &'a AtomicBool,
+    /// The item's cancellation token, for the parts' threads.
+    token: Option<pipeline::cancel::Cancel>,
+    /// The parts decoded on threads of their own, as they end.
+    parts: std::sync::Mutex<Vec<DecodedPart<C::Output>>>,
+}
+
+impl<C: PartConsumer> Splitter<'_, C> {
+    /// Decode the first part of the video on this thread (the others start on threads of
+    /// `scope` as it, or they, split).
+    fn first_part<'scope>(
+        &'scope self,
+        reader: &mut VideoReader,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+    ) -> Result<(C::Output, PartEdges), DecodeError> {
+        let mut first = (self.consumer)();
+        let mut end = i64::MAX;
+        let edges = reader.decode_part(self.layout, self.reads, None, &mut end, &mut first, self.stop, |pts, end| {
+            self.split(scope, pts, end)
+        });
+        // The other parts stop early once the first has failed.
+        self.stop.store(edges.is_err(), Ordering::Relaxed);
+        Ok((first.finish(), edges?))
+    }
+
+    /// The outputs of all parts in order, the first given, once every part has ended: `None`
+    /// when a part failed or two parts do not meet exactly (the video must then be decoded
+    /// again in one part).
+    fn outputs(
+        &self,
+        first: Result<(C::Output, PartEdges), DecodeError>,
+    ) -> Result<Option<Vec<C::Output>>, DecodeError> {
+        let (output, mut before) = first?;
+        let mut outputs = vec![output];
+        let mut parts = std::mem::take(&mut *self.parts.lock().unwrap_or_else(|e| e.into_inner()));
+        parts.sort_by_key(|(start, _)| *start);
+        for (_, part) in parts {
+            match part {
+                Ok((output, edges)) if before.meets(&edges) => {
+                    outputs.push(output);
+                    before = edges;
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(outputs))
+    }
+
+    /// Split the part now at `pts` and ending at `end` when cores are idle: lower `end` to the
+    /// first new part's keyframe and start the new parts. False when it should not be asked
+    /// again (its keyframes are too far apart).
+    fn split<'scope>(&'scope self, scope: &'scope std::thread::Scope<'scope, '_>, pts: i64, end: &mut i64) -> bool {
+        let wanted = (self.more_parts)();
+        if wanted == 0 {
+            return true;
+        }
+        let last = if *end == i64::MAX { self.stream_end } else { *end };
+        let span = last.saturating_sub(pts);
+        let most = (span as f64 * self.frames_per_tick / MIN_PART_FRAMES) as usize;
+        let n = wanted.min(most.saturating_sub(1));
+        let mut starts: Vec<(VideoReader, i64)> = Vec::new();
+        for j in 1..=n as i64 {
+            let target = pts + (span as i128 * j as i128 / (n as i128 + 1)) as i64;
+            let after = starts.last().map_or(pts, |s| s.1);
+            if let Ok(Some((reader, keyframe))) = VideoReader::open_at_keyframe(&self.path, target) {
+                if keyframe > after && keyframe < last {
+                    starts.push((reader, keyframe));
+                }
+            }
+        }
+        if starts.is_empty() {
+            // Too short, or no keyframe in reach: the rest only gets shorter.
+            return false;
+        }
+        let ends: Vec<i64> = starts.iter().skip(1).map(|s| s.1).chain([*end]).collect();
+        *end = starts[0].1;
+        for ((mut reader, start), mut part_end) in starts.into_iter().zip(ends) {
+            let mut part = (self.consumer)();
+            scope.spawn(move || {
+                let run = || {
+                    let edges = reader.decode_part(
+                        self.layout,
+                        self.reads,
+                        Some(start),
+                        &mut part_end,
+                        &mut part,
+                        self.stop,
+                        |pts, end| self.split(scope, pts, end),
+                    )?;
+                    Ok((part.finish(), edges))
+                };
+                let decoded = match &self.token {
+                    Some(token) => token.scope(run),
+                    None => run(),
+                };
+                self.parts.lock().unwrap_or_else(|e| e.into_inner()).push((start, decoded));
+            });
+        }
+        true
+    }
+}
+
 /// Whether two decoded frames have the same timestamp, format, size and bytes.
 fn same_frame(a: &ffmpeg::frame::Video, b: &ffmpeg::frame::Video) -> bool {
     if (a.timestamp(), a.format(), a.width(), a.height(), a.planes())
@@ -274,10 +391,11 @@ impl VideoReader {
     /// can shrink a rotated frame without copying it upright first.
     ///
     /// The video may be decoded in parts on several threads: `more_parts` is asked before each
-    /// frame of the first part (until it says 0 or a split fails), and when it says `n`, the rest
-    /// of the first part is split at keyframes into up to `n + 1` parts, each decoded by its own
-    /// reader (one decoder thread) on its own thread, fed to its own consumer from `consumer`
-    /// (called on this thread). Returns the consumers' outputs in the order of their parts.
+    /// frame of each part (until it says 0 or a split of that part fails), and when it says `n`,
+    /// the rest of that part is split at keyframes into up to `n + 1` parts, each decoded by its
+    /// own reader (one decoder thread) on its own thread, fed to its own consumer from
+    /// `consumer` (called on the splitting thread). Returns the consumers' outputs in the order
+    /// of their parts.
     ///
     /// A part decoded from its keyframe gives the frames sequential decoding gives from there
     /// when the keyframe is a clean random access point; that is checked, not assumed: where two
@@ -289,117 +407,41 @@ impl VideoReader {
         &mut self,
         layout: Layout,
         reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
-        more_parts: &dyn Fn() -> usize,
-        consumer: &dyn Fn() -> C,
+        more_parts: &(dyn Fn() -> usize + Sync),
+        consumer: &(dyn Fn() -> C + Sync),
     ) -> Result<Vec<C::Output>, DecodeError> {
         self.rewind()?;
         let stop = AtomicBool::new(false);
         if let Some(stream_end) = self.end_pts().filter(|_| self.path.is_file()) {
-            if let Some(outputs) = self.decode_split(layout, reads, more_parts, consumer, stream_end, &stop)? {
+            let splitter = Splitter {
+                path: self.path.clone(),
+                frames_per_tick: self.time_base * self.fps,
+                stream_end,
+                layout,
+                reads,
+                more_parts,
+                consumer,
+                stop: &stop,
+                token: pipeline::cancel::current(),
+                parts: std::sync::Mutex::new(Vec::new()),
+            };
+            // Every part's thread has ended when the scope does.
+            let first = std::thread::scope(|scope| splitter.first_part(self, scope));
+            if let Some(outputs) = splitter.outputs(first)? {
                 return Ok(outputs);
             }
+            stop.store(false, Ordering::Relaxed);
             self.rewind()?;
         }
         let (mut whole, mut end) = (consumer(), i64::MAX);
-        self.decode_part(layout, reads, None, &mut end, &mut whole, &stop, |_, _| {})?;
+        self.decode_part(layout, reads, None, &mut end, &mut whole, &stop, |_, _| false)?;
         Ok(vec![whole.finish()])
     }
 
-    /// [`Self::for_each_frame_in_parts`]'s parallel attempt: `Some` outputs when every part
-    /// checked out, `None` when the video must be decoded again in one part.
-    fn decode_split<C: PartConsumer>(
-        &mut self,
-        layout: Layout,
-        reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
-        more_parts: &dyn Fn() -> usize,
-        consumer: &dyn Fn() -> C,
-        stream_end: i64,
-        stop: &AtomicBool,
-    ) -> Result<Option<Vec<C::Output>>, DecodeError> {
-        let (path, frames_per_tick) = (self.path.clone(), self.time_base * self.fps);
-        let token = pipeline::cancel::current();
-        std::thread::scope(|scope| {
-            let mut first = consumer();
-            let mut later = Vec::new();
-            let mut splittable = true;
-            // Split the first part, now at `pts` and ending at `end`, when cores are idle.
-            let split = |pts: i64, end: &mut i64| {
-                let wanted = if splittable { more_parts() } else { 0 };
-                if wanted == 0 {
-                    return;
-                }
-                let last = if *end == i64::MAX { stream_end } else { *end };
-                let span = last.saturating_sub(pts);
-                let most = (span as f64 * frames_per_tick / MIN_PART_FRAMES) as usize;
-                let n = wanted.min(most.saturating_sub(1));
-                let mut starts: Vec<(VideoReader, i64)> = Vec::new();
-                for j in 1..=n as i64 {
-                    let target = pts + (span as i128 * j as i128 / (n as i128 + 1)) as i64;
-                    let after = starts.last().map_or(pts, |s| s.1);
-                    if let Ok(Some((reader, keyframe))) = VideoReader::open_at_keyframe(&path, target) {
-                        if keyframe > after && keyframe < last {
-                            starts.push((reader, keyframe));
-                        }
-                    }
-                }
-                // None found (too short, or keyframes too far apart): the rest only gets shorter.
-                splittable = !starts.is_empty();
-                let part_ends: Vec<i64> = starts.iter().skip(1).map(|s| s.1).chain([*end]).collect();
-                if let Some((_, keyframe)) = starts.first() {
-                    *end = *keyframe;
-                }
-                for ((mut reader, start), mut part_end) in starts.into_iter().zip(part_ends) {
-                    let (mut part, token) = (consumer(), token.clone());
-                    later.push((
-                        start,
-                        scope.spawn(move || {
-                            let run = || {
-                                let edges = reader.decode_part(
-                                    layout,
-                                    reads,
-                                    Some(start),
-                                    &mut part_end,
-                                    &mut part,
-                                    stop,
-                                    |_, _| {},
-                                )?;
-                                Ok::<_, DecodeError>((part.finish(), edges))
-                            };
-                            match token {
-                                Some(token) => token.scope(run),
-                                None => run(),
-                            }
-                        }),
-                    ));
-                }
-            };
-            let mut end = i64::MAX;
-            let edges = self.decode_part(layout, reads, None, &mut end, &mut first, stop, split);
-            // The parts stop early once the first has failed (or when the check below fails).
-            stop.store(edges.is_err(), Ordering::Relaxed);
-            let edges = edges?;
-            later.sort_by_key(|(start, _)| *start);
-            let mut outputs = vec![first.finish()];
-            let mut before = edges;
-            let mut agree = true;
-            for (_, part) in later {
-                let joined = part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                match joined {
-                    Ok((output, edges)) if agree && before.meets(&edges) => {
-                        outputs.push(output);
-                        before = edges;
-                    }
-                    // A part that failed or disagrees: the video is decoded again in one part.
-                    _ => agree = false,
-                }
-            }
-            Ok(agree.then_some(outputs))
-        })
-    }
-
     /// Decode the frames of one part, from the keyframe at `start` (or the stream's start) to
-    /// before `end` (which `split` may lower: it is asked before each frame of a first part whose
-    /// timestamps have risen so far), handing each to `part`; stops early once `stop` is set.
+    /// before `end`, handing each to `part`; stops early once `stop` is set. `split` may lower
+    /// `end`: it is asked before each frame while the timestamps have risen, until it returns
+    /// false.
     #[allow(clippy::too_many_arguments)]
     fn decode_part<C: PartConsumer>(
         &mut self,
@@ -409,8 +451,9 @@ impl VideoReader {
         end: &mut i64,
         part: &mut C,
         stop: &AtomicBool,
-        mut split: impl FnMut(i64, &mut i64),
+        mut split: impl FnMut(i64, &mut i64) -> bool,
     ) -> Result<PartEdges, DecodeError> {
+        let mut splittable = true;
         let mut converter = Converter::new(FrameFormat::full(layout), self.rotation, Some(reads));
         let mut edges = PartEdges { head: Vec::new(), tail: Vec::new(), rising: true };
         let mut last = None;
@@ -447,8 +490,8 @@ impl VideoReader {
             if start.is_some() && edges.head.len() < OVERLAP {
                 edges.head.push(frame_ref(decoded)?);
             }
-            if start.is_none() {
-                split(pts, end);
+            if splittable {
+                splittable = split(pts, end);
             }
             part.frame(converter.convert(decoded)?);
             Ok(true)

@@ -340,7 +340,7 @@ impl Scores {
 
     /// Score every frame of `reader`'s video, in parts when `more_parts` asks
     /// ([`VideoReader::for_each_frame_in_parts`]).
-    fn in_parts(reader: &mut VideoReader, more_parts: &dyn Fn() -> usize) -> Result<Scores, DecodeError> {
+    fn in_parts(reader: &mut VideoReader, more_parts: &(dyn Fn() -> usize + Sync)) -> Result<Scores, DecodeError> {
         let rotation = reader.rotation;
         let part = || PartScores {
             scorer: Scorer::new(),
@@ -426,8 +426,8 @@ mod tests {
             let path = dir.join(name);
             let one = Scores::of_file(&path, 1).unwrap();
             // Three more parts at the first frame, none later.
-            let asked = std::cell::Cell::new(false);
-            let more_parts = || if asked.replace(true) { 0 } else { 3 };
+            let asked = AtomicUsize::new(0);
+            let more_parts = || if asked.fetch_add(1, Ordering::SeqCst) == 0 { 3 } else { 0 };
             let parts = Scores::in_parts(&mut VideoReader::open(&path, 1).unwrap(), &more_parts).unwrap();
             assert_eq!(bits(&parts), bits(&one), "{name}");
         }
