@@ -154,9 +154,11 @@ fn partial_conversion_gives_the_pixels_of_a_full_one_in_any_parts() {
                     true
                 })
                 .unwrap();
-            // One part; split in two at the start; in four from the middle of the video; and
-            // parts splitting again whenever they can.
-            for (from, more) in [(Some(0), 0), (Some(0), 1), (Some(full.len() / 2), 3), (None, 1)] {
+            // One part; and (the splitting does not depend on the pixels read) split in two at
+            // the start, in four from the middle of the video, and parts splitting again
+            // whenever they can.
+            let splits = [(Some(0), 1), (Some(full.len() / 2), 3), (None, 1)];
+            for (from, more) in [(Some(0), 0)].into_iter().chain(splits.into_iter().filter(|_| sparse)) {
                 let parts = read_rows(&path, sparse, from, more);
                 if parts.len() > 1 {
                     split.push(format!("{name} {from:?} {more}: {}", parts.len()));
@@ -169,7 +171,7 @@ fn partial_conversion_gives_the_pixels_of_a_full_one_in_any_parts() {
     // Every video long enough with keyframes to split at is split (the check where parts meet
     // passes), so the comparison above covers the parts, not only the fallback.
     eprintln!("split: {split:?}");
-    assert!(split.len() >= 20, "{split:?}");
+    assert!(split.len() >= 10, "{split:?}");
 }
 
 #[test]

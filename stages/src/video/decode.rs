@@ -196,7 +196,7 @@ struct Splitter<'a, C: PartConsumer> {
     parts: std::sync::Mutex<Vec<DecodedPart<C::Output>>>,
 }
 
-impl<C: PartConsumer> Splitter<'_, C> {
+impl<'a, C: PartConsumer> Splitter<'a, C> {
     /// Decode the first part of the video on this thread (the others start on threads of
     /// `scope` as it, or they, split).
     fn first_part<'scope>(
@@ -204,14 +204,18 @@ impl<C: PartConsumer> Splitter<'_, C> {
         reader: &mut VideoReader,
         scope: &'scope std::thread::Scope<'scope, '_>,
     ) -> Result<(C::Output, PartEdges), DecodeError> {
-        let mut first = (self.consumer)();
-        let mut end = i64::MAX;
-        let edges = reader.decode_part(self.layout, self.reads, None, &mut end, &mut first, self.stop, |pts, end| {
-            self.split(scope, pts, end)
-        });
+        let (mut first, mut end) = ((self.consumer)(), i64::MAX);
+        let converter = self.converter(reader);
+        let edges = reader
+            .decode_part(converter, None, &mut end, &mut first, self.stop, |pts, end| self.split(scope, pts, end));
         // The other parts stop early once the first has failed.
         self.stop.store(edges.is_err(), Ordering::Relaxed);
         Ok((first.finish(), edges?))
+    }
+
+    /// A converter for a part read by `reader`.
+    fn converter(&self, reader: &VideoReader) -> Converter<'a> {
+        Converter::new(FrameFormat::full(self.layout), reader.rotation, Some(self.reads))
     }
 
     /// The outputs of all parts in order, the first given, once every part has ended: `None`
@@ -269,15 +273,10 @@ impl<C: PartConsumer> Splitter<'_, C> {
             let mut part = (self.consumer)();
             scope.spawn(move || {
                 let run = || {
-                    let edges = reader.decode_part(
-                        self.layout,
-                        self.reads,
-                        Some(start),
-                        &mut part_end,
-                        &mut part,
-                        self.stop,
-                        |pts, end| self.split(scope, pts, end),
-                    )?;
+                    let converter = self.converter(&reader);
+                    let split = |pts, end: &mut i64| self.split(scope, pts, end);
+                    let edges =
+                        reader.decode_part(converter, Some(start), &mut part_end, &mut part, self.stop, split)?;
                     Ok((part.finish(), edges))
                 };
                 let decoded = match &self.token {
@@ -412,7 +411,7 @@ impl VideoReader {
     ) -> Result<Vec<C::Output>, DecodeError> {
         self.rewind()?;
         let stop = AtomicBool::new(false);
-        if let Some(stream_end) = self.end_pts().filter(|_| self.path.is_file()) {
+        if let Some(stream_end) = self.split_end() {
             let splitter = Splitter {
                 path: self.path.clone(),
                 frames_per_tick: self.time_base * self.fps,
@@ -434,19 +433,19 @@ impl VideoReader {
             self.rewind()?;
         }
         let (mut whole, mut end) = (consumer(), i64::MAX);
-        self.decode_part(layout, reads, None, &mut end, &mut whole, &stop, |_, _| false)?;
+        let converter = Converter::new(FrameFormat::full(layout), self.rotation, Some(reads));
+        self.decode_part(converter, None, &mut end, &mut whole, &stop, |_, _| false)?;
         Ok(vec![whole.finish()])
     }
 
     /// Decode the frames of one part, from the keyframe at `start` (or the stream's start) to
-    /// before `end`, handing each to `part`; stops early once `stop` is set. `split` may lower
+    /// before `end`, handing each to `part` as `converter` converts it; stops early once `stop`
+    /// is set. `split` may lower
     /// `end`: it is asked before each frame while the timestamps have risen, until it returns
     /// false.
-    #[allow(clippy::too_many_arguments)]
     fn decode_part<C: PartConsumer>(
         &mut self,
-        layout: Layout,
-        reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
+        mut converter: Converter<'_>,
         start: Option<i64>,
         end: &mut i64,
         part: &mut C,
@@ -454,7 +453,6 @@ impl VideoReader {
         mut split: impl FnMut(i64, &mut i64) -> bool,
     ) -> Result<PartEdges, DecodeError> {
         let mut splittable = true;
-        let mut converter = Converter::new(FrameFormat::full(layout), self.rotation, Some(reads));
         let mut edges = PartEdges { head: Vec::new(), tail: Vec::new(), rising: true };
         let mut last = None;
         self.decode(|_, decoded| {
@@ -585,12 +583,15 @@ impl VideoReader {
     /// Whether [`Self::for_each_frame_in_parts`] may split this video: a regular file (a pipe
     /// cannot be read twice) whose duration is known.
     pub fn can_split(&self) -> bool {
-        self.path.is_file() && self.end_pts().is_some()
+        self.split_end().is_some()
     }
 
     /// Where the stream ends, in stream ticks (its start plus its duration, or the container's),
-    /// when the file says.
-    fn end_pts(&self) -> Option<i64> {
+    /// when the file says and can be split.
+    fn split_end(&self) -> Option<i64> {
+        if !self.path.is_file() {
+            return None;
+        }
         let stream = self.input.stream(self.stream)?;
         let known = |t: i64| Some(t).filter(|&t| t != ffmpeg::ffi::AV_NOPTS_VALUE && t > 0);
         let container = || {
