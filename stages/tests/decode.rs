@@ -83,7 +83,16 @@ fn pattern(w: usize, h: usize, sparse: bool) -> PixelsRead {
     PixelsRead {
         rows: (0..h).map(|y| y % every == 1).collect(),
         columns: (0..w).map(|x| columns == 1 || x % columns == 2).collect(),
+        packed: false,
     }
+}
+
+/// Hash of every pixel of an image, as [`hash_read`] hashes each pixel it reads: of a packed
+/// image, the same as of the pixels read in the full one.
+fn hash_all(img: stages::video::decode::ImageRef<'_>) -> u64 {
+    let mut h = DefaultHasher::new();
+    (0..img.height).for_each(|y| (0..img.width).for_each(|x| img.row(y)[3 * x..3 * x + 3].hash(&mut h)));
+    h.finish()
 }
 
 /// Hash of the pixels of an upright frame that `pattern` marks.
@@ -92,10 +101,7 @@ fn hash_read(img: stages::video::decode::ImageRef<'_>, sparse: bool) -> u64 {
     let mut h = DefaultHasher::new();
     for y in (0..img.height).filter(|&y| read.rows[y]) {
         let row = img.row(y);
-        match sparse {
-            true => (0..img.width).filter(|&x| read.columns[x]).for_each(|x| row[3 * x..3 * x + 3].hash(&mut h)),
-            false => row.hash(&mut h),
-        }
+        (0..img.width).filter(|&x| read.columns[x]).for_each(|x| row[3 * x..3 * x + 3].hash(&mut h));
     }
     h.finish()
 }
@@ -104,6 +110,7 @@ fn hash_read(img: stages::video::decode::ImageRef<'_>, sparse: bool) -> u64 {
 struct PartHashes {
     rotation: i64,
     sparse: bool,
+    packed: bool,
     hashes: Vec<u64>,
 }
 
@@ -113,7 +120,8 @@ impl PartConsumer for PartHashes {
     fn frame(&mut self, img: ImageRef<'_>) {
         // Handed out as stored: turned upright here (the pixels read are converted; the others
         // may hold anything).
-        self.hashes.push(hash_read(img.to_image().rotated(self.rotation).view(), self.sparse));
+        let upright = img.to_image().rotated(self.rotation);
+        self.hashes.push(if self.packed { hash_all(upright.view()) } else { hash_read(upright.view(), self.sparse) });
     }
 
     fn finish(self) -> Vec<u64> {
@@ -122,11 +130,11 @@ impl PartConsumer for PartHashes {
 }
 
 /// Hashes of the pixels of every frame that [`pattern`] marks, read with
-/// `for_each_frame_in_parts`, which is asked for `more` parts at the first part's frame
-/// `split_at` only, or with `None` by every part at every frame: the hashes of each part that
-/// the video was decoded in.
-fn read_rows(path: &Path, sparse: bool, split_at: Option<usize>, more: usize) -> Vec<Vec<u64>> {
-    let reads = move |w: usize, h: usize| pattern(w, h, sparse);
+/// `for_each_frame_in_parts` (asked `packed` or not), which is asked for `more` parts at the
+/// first part's frame `split_at` only, or with `None` by every part at every frame: the hashes
+/// of each part that the video was decoded in.
+fn read_rows(path: &Path, (sparse, packed): (bool, bool), split_at: Option<usize>, more: usize) -> Vec<Vec<u64>> {
+    let reads = move |w: usize, h: usize| PixelsRead { packed, ..pattern(w, h, sparse) };
     // Asked by every part before each frame: the first part's frame `split_at` is the
     // (split_at + 1)-th question, since no other part exists before it.
     let seen = std::sync::atomic::AtomicUsize::new(0);
@@ -136,7 +144,7 @@ fn read_rows(path: &Path, sparse: bool, split_at: Option<usize>, more: usize) ->
     };
     let mut reader = VideoReader::open(path, 1).unwrap();
     let rotation = reader.rotation;
-    let part = || PartHashes { rotation, sparse, hashes: Vec::new() };
+    let part = || PartHashes { rotation, sparse, packed, hashes: Vec::new() };
     reader.for_each_frame_in_parts(Layout::Bgr, &reads, &more_parts, &part).unwrap()
 }
 
@@ -154,17 +162,23 @@ fn partial_conversion_gives_the_pixels_of_a_full_one_in_any_parts() {
                     true
                 })
                 .unwrap();
-            // One part; and (the splitting does not depend on the pixels read) split in two at
-            // the start, in four from the middle of the video, and parts splitting again
-            // whenever they can.
-            let splits = [(Some(0), 1), (Some(full.len() / 2), 3), (None, 1)];
-            for (from, more) in [(Some(0), 0)].into_iter().chain(splits.into_iter().filter(|_| sparse)) {
-                let parts = read_rows(&path, sparse, from, more);
+            // One part, in place and packed; and (the splitting does not depend on the pixels
+            // read) split in two at the start, in four from the middle of the video (also
+            // packed), and parts splitting again whenever they can.
+            let mid = Some(full.len() / 2);
+            let splits = [(false, Some(0), 1), (false, mid, 3), (true, mid, 3), (false, None, 1)];
+            let whole = [(false, Some(0), 0), (true, Some(0), 0)];
+            for (packed, from, more) in whole.into_iter().chain(splits.into_iter().filter(|_| sparse)) {
+                let parts = read_rows(&path, (sparse, packed), from, more);
                 if parts.len() > 1 {
                     split.push(format!("{name} {from:?} {more}: {}", parts.len()));
                 }
                 assert!(from.is_none() || parts.len() <= more + 1);
-                assert_eq!(parts.concat(), full, "{name}: sparse {sparse}, {more} more parts at frame {from:?}");
+                assert_eq!(
+                    parts.concat(),
+                    full,
+                    "{name}: sparse {sparse}, packed {packed}, {more} more parts at {from:?}"
+                );
             }
         }
     }

@@ -12,7 +12,7 @@ use ffmpeg_next as ffmpeg;
 
 use super::pixel::Layout;
 use super::probe::{display_rotation, open_input, DecodeError, Demuxer};
-use super::yuv::{coefficients, colorspace, set_colorspace, target, YuvToRgb};
+use super::yuv::{coefficients, colorspace, set_colorspace, target, Target, YuvToRgb};
 
 /// One decoded picture, packed 8-bit, 3 channels, rows without padding.
 #[derive(Debug, Clone)]
@@ -134,6 +134,10 @@ pub struct PixelsRead {
     pub rows: Vec<bool>,
     /// Per displayed column, whether it is read.
     pub columns: Vec<bool>,
+    /// Hand out only the pixels read, packed into an image of the read columns by the read rows
+    /// of the frame as stored, instead of the full frame: for a consumer that reads a grid of
+    /// pixels and nothing else (a resize that samples one source pixel per output pixel).
+    pub packed: bool,
 }
 
 /// Frames compared where two parts of a video meet ([`VideoReader::for_each_frame_in_parts`]).
@@ -699,6 +703,9 @@ struct Converter<'r> {
     reads: Option<&'r dyn Fn(usize, usize) -> PixelsRead>,
     /// The conversion and the (format, width, height) of the frames it was built for.
     conversion: Option<(Conversion, Pixel, u32, u32)>,
+    /// The stored rows and columns read, when the consumer wants them packed
+    /// ([`PixelsRead::packed`]).
+    grid: Option<Grid>,
     /// Scaled size before rotation, and the crop window after it.
     scaled: (u32, u32),
     crop: (usize, usize, usize, usize),
@@ -707,6 +714,9 @@ struct Converter<'r> {
     out: ffmpeg::frame::Video,
     image: Image,
 }
+
+/// The stored rows and the stored columns of the pixels a consumer wants packed, ascending.
+type Grid = (Vec<usize>, Vec<usize>);
 
 /// How one stream's frames are converted.
 enum Conversion {
@@ -726,6 +736,7 @@ impl<'r> Converter<'r> {
             rotation,
             reads: reads.filter(|_| format.fill.is_none()),
             conversion: None,
+            grid: None,
             scaled: (0, 0),
             crop: (0, 0, 0, 0),
             out: ffmpeg::frame::Video::empty(),
@@ -733,8 +744,9 @@ impl<'r> Converter<'r> {
         }
     }
 
-    /// The conversion for frames like `decoded`, scaled to `self.scaled`.
-    fn build(&self, decoded: &ffmpeg::frame::Video) -> Result<Conversion, DecodeError> {
+    /// The conversion for frames like `decoded`, scaled to `self.scaled`, and the stored rows and
+    /// columns read when the consumer wants them packed.
+    fn build(&self, decoded: &ffmpeg::frame::Video) -> Result<(Conversion, Option<Grid>), DecodeError> {
         let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
         let (matrix, full_range) = colorspace(decoded);
         let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, matrix, full_range);
@@ -742,12 +754,15 @@ impl<'r> Converter<'r> {
         let (dw, dh) = if quarter { (h, w) } else { (w, h) };
         let read = self.reads.map(|reads| reads(dw as usize, dh as usize));
         let rows = read.as_ref().map(|read| source_rows(read, self.rotation, h as usize));
+        let all_columns = read.as_ref().map(|read| source_columns(read, self.rotation, w as usize));
+        let listed = |marked: &[bool]| (0..marked.len()).filter(|&i| marked[i]).collect::<Vec<usize>>();
+        let grid = match (&read, &rows, &all_columns) {
+            (Some(read), Some(rows), Some(columns)) if read.packed => Some((listed(rows), listed(columns))),
+            _ => None,
+        };
         // The stored columns read, listed when they are few (a 5:1 shrink reads one in five):
         // converting just those pixels then beats converting whole rows.
-        let columns = read.as_ref().map(|read| source_columns(read, self.rotation, w as usize)).and_then(|columns| {
-            let listed: Vec<usize> = (0..columns.len()).filter(|&x| columns[x]).collect();
-            (4 * listed.len() <= columns.len()).then_some(listed)
-        });
+        let columns = all_columns.map(|columns| listed(&columns)).filter(|listed| 4 * listed.len() <= w as usize);
         // Our 4:4:4 rows vectorise and beat swscale's general path; our 4:2:0 conversion is per
         // pixel and beats swscale's SIMD rows only on few columns.
         let worth_it = match fmt {
@@ -758,7 +773,7 @@ impl<'r> Converter<'r> {
         if worth_it && self.scaled == (w, h) {
             let (table, layout) = (coefficients(matrix), self.format.layout);
             if let Some(own) = YuvToRgb::matching_swscale(fmt, (w, h), table, full_range, layout, configure) {
-                return Ok(Conversion::Own(own, rows.unwrap_or_else(|| vec![true; h as usize]), columns));
+                return Ok((Conversion::Own(own, rows.unwrap_or_else(|| vec![true; h as usize]), columns), grid));
             }
         }
         let (sw, sh) = self.scaled;
@@ -772,7 +787,7 @@ impl<'r> Converter<'r> {
         // slice's start, which costs more than the skipped rows save (measured: 10% slower on
         // the odd-height MPEG-2 video).
         let slices = rows.filter(|_| align > 1).and_then(|rows| row_slices(&rows, align));
-        Ok(Conversion::Swscale(ctx, slices))
+        Ok((Conversion::Swscale(ctx, slices), grid))
     }
 
     /// Convert one decoded frame; the image is valid until the next call. Upright full frames are
@@ -785,22 +800,40 @@ impl<'r> Converter<'r> {
             let (rw, rh, crop) = fill_plan(dw, dh, self.format.fill);
             self.scaled = if quarter { (rh, rw) } else { (rw, rh) };
             self.crop = crop;
-            self.conversion = Some((self.build(decoded)?, fmt, w, h));
+            let (conversion, grid) = self.build(decoded)?;
+            (self.conversion, self.grid) = (Some((conversion, fmt, w, h)), grid);
             self.out = ffmpeg::frame::Video::new(target(self.format.layout), self.scaled.0, self.scaled.1);
         }
         let stride = self.out.stride(0);
+        // Our conversion of listed columns writes a wanted grid packed; the others write it in
+        // place, to be gathered below.
+        let mut packed = false;
         match &mut self.conversion.as_mut().expect("set above").0 {
             Conversion::Swscale(ctx, None) => ctx.run(decoded, &mut self.out),
             Conversion::Swscale(ctx, Some(slices)) => convert_slices(ctx, decoded, &mut self.out, slices),
             Conversion::Own(own, rows, columns) => {
-                let columns = columns.as_deref();
-                own.convert_rows(decoded, rows, columns, self.format.layout, self.out.data_mut(0), stride);
+                packed = self.grid.is_some() && columns.is_some();
+                let target = Target { layout: self.format.layout, packed, out: self.out.data_mut(0), stride };
+                own.convert_rows(decoded, rows, columns.as_deref(), target);
                 Ok(())
             }
         }
         .map_err(|e| DecodeError::Convert(fmt, e))?;
         let (width, height) = (self.scaled.0 as usize, self.scaled.1 as usize);
         let whole = ImageRef { width, height, stride, data: self.out.data(0) };
+        if let Some((rows, columns)) = &self.grid {
+            if packed {
+                return Ok(ImageRef { width: columns.len(), height: rows.len(), stride, data: self.out.data(0) });
+            }
+            let image = &mut self.image;
+            (image.width, image.height) = (columns.len(), rows.len());
+            image.data.clear();
+            for &y in rows {
+                let row = whole.row(y);
+                image.data.extend(columns.iter().flat_map(|&x| [row[3 * x], row[3 * x + 1], row[3 * x + 2]]));
+            }
+            return Ok(self.image.view());
+        }
         let (x, y, cw, ch) = self.crop;
         // A consumer that says what it reads gets frames as stored (and full size: no crop).
         if self.reads.is_some() || (self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height)) {
@@ -967,11 +1000,11 @@ mod tests {
         assert_eq!(row_slices(&read(&[3], 5), 1), Some(vec![(3, 1)]));
         assert_eq!(row_slices(&read(&[0, 2, 3], 4), 2), None, "every row");
         // Source rows of a quarter turn are the displayed columns.
-        let cols = PixelsRead { rows: vec![true; 2], columns: vec![true, false, false] };
+        let cols = PixelsRead { rows: vec![true; 2], columns: vec![true, false, false], packed: false };
         assert_eq!(source_rows(&cols, 90, 3), [false, false, true]);
         assert_eq!(source_rows(&cols, 270, 3), [true, false, false]);
         // And the source columns of a quarter turn are the displayed rows.
-        let rows = PixelsRead { rows: vec![true, false], columns: vec![true; 3] };
+        let rows = PixelsRead { rows: vec![true, false], columns: vec![true; 3], packed: false };
         assert_eq!(source_columns(&rows, 90, 2), [true, false]);
         assert_eq!(source_columns(&rows, 270, 2), [false, true]);
         assert_eq!(source_columns(&cols, 180, 3), [false, false, true]);

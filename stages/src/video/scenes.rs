@@ -107,7 +107,7 @@ impl Scorer {
     pub fn reads(width: usize, height: usize) -> PixelsRead {
         let (w, h) = detect_size(width, height);
         if (w, h) == (width, height) {
-            return PixelsRead { rows: vec![true; height], columns: vec![true; width] };
+            return PixelsRead { rows: vec![true; height], columns: vec![true; width], packed: false };
         }
         resize_reads(width, height, w, h)
     }
