@@ -43,6 +43,12 @@ thread_local! {
     static CURRENT: RefCell<Option<Cancel>> = const { RefCell::new(None) };
 }
 
+/// The token of the item whose work runs on this thread, if any: for work that the item hands
+/// to threads of its own, which run it in [`Cancel::scope`].
+pub fn current() -> Option<Cancel> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
 /// Whether the item whose work runs on this thread was cancelled (false outside any item).
 pub fn cancelled() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_some_and(Cancel::is_cancelled))
@@ -77,6 +83,7 @@ mod tests {
             assert!(!cancelled());
             assert_eq!(inner.scope(check), Err(Cancelled));
             assert!(!cancelled(), "the outer token is current again");
+            assert!(current().is_some_and(|c| !c.is_cancelled()));
             outer.cancel();
             assert_eq!(check(), Err(Cancelled));
         });

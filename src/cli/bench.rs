@@ -16,6 +16,16 @@ fn cpu_seconds() -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
+/// Seconds of CPU the whole machine has been busy (all processes, all cores), from /proc/stat.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0.0)).collect();
+    // user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy.
+    let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, t)| t).sum();
+    busy / 100.0
+}
+
 /// (frames, wall seconds, CPU seconds) of running `f`.
 fn measure(f: impl FnOnce() -> anyhow::Result<usize>) -> anyhow::Result<(usize, f64, f64)> {
     let (c0, t0) = (cpu_seconds(), Instant::now());
@@ -47,8 +57,9 @@ print(json.dumps([video.frame_number, time.perf_counter() - t0, time.process_tim
 }
 
 /// Decoding alone, decoding + shot detection, and (with `python`) PySceneDetect, per video on one
-/// decoder thread; then all videos at once on every core with the stage's automatic decoder
-/// threads, next to what the cores would do at the one-thread rate with none idle.
+/// decoder thread; then all videos at once on every core as the stage runs them (automatic
+/// threads: a video splits into parts when cores are idle), next to what the cores would do at
+/// the one-thread rate with none idle, and how many cores this process and others kept busy.
 pub fn scenes(videos: &[PathBuf], python: Option<&Path>) -> anyhow::Result<()> {
     let rate = |(frames, wall, cpu): (usize, f64, f64)| (frames as f64 / wall, frames as f64 / cpu.max(1e-9));
     println!(
@@ -78,21 +89,26 @@ pub fn scenes(videos: &[PathBuf], python: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     // Many videos: one per rayon thread, as the scene_split stage runs them (automatic threads).
+    let busy_before = machine_busy_seconds();
     let all = measure(|| {
         use rayon::prelude::*;
         let frames: anyhow::Result<Vec<usize>> =
             videos.par_iter().map(|v| Ok(Scores::of_file(v, 0)?.detect(content, 0.6).frames)).collect();
         Ok(frames?.iter().sum())
     })?;
+    let busy = machine_busy_seconds() - busy_before;
     let (f, c) = rate(all);
     let threads = rayon::current_num_threads();
     let ideal = threads as f64 * one_thread_frames as f64 / one_thread_s.max(1e-9);
     println!(
         "all {} videos in parallel on {threads} threads: {} frames, {f:.0} frames/s ({:.0}% of {threads} x the \
-         one-thread rate, {ideal:.0}), {c:.0} frames per CPU-second",
+         one-thread rate, {ideal:.0}), {c:.0} frames per CPU-second; cores busy meanwhile: this process {:.2}, \
+         others {:.2}",
         videos.len(),
         all.0,
-        100.0 * f / ideal
+        100.0 * f / ideal,
+        all.2 / all.1,
+        (busy - all.2).max(0.0) / all.1
     );
     Ok(())
 }

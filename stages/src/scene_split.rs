@@ -36,7 +36,8 @@ pub struct SceneSplitConfig {
     #[serde(default = "default_min_content")]
     pub min_content_val: f64,
     /// FFmpeg decoder threads per video; 0 (the default) shares the cores among the videos being
-    /// detected when each starts: frame threads for a lone video, one thread each for many.
+    /// detected: one thread each, and a video splits into parts at keyframes whenever cores are
+    /// idle (frame threads at the start for one that cannot be split, such as a pipe).
     #[serde(default = "default_threads")]
     pub decoder_threads: u32,
 }

@@ -12,7 +12,7 @@ use ffmpeg_next as ffmpeg;
 
 use super::pixel::Layout;
 use super::probe::{display_rotation, open_input, DecodeError, Demuxer};
-use super::yuv::{coefficients, colorspace, set_colorspace, target, YuvToRgb};
+use super::yuv::{coefficients, colorspace, set_colorspace, target, Target, YuvToRgb};
 
 /// One decoded picture, packed 8-bit, 3 channels, rows without padding.
 #[derive(Debug, Clone)]
@@ -134,6 +134,179 @@ pub struct PixelsRead {
     pub rows: Vec<bool>,
     /// Per displayed column, whether it is read.
     pub columns: Vec<bool>,
+    /// Hand out only the pixels read, packed into an image of the read columns by the read rows
+    /// of the frame as stored, instead of the full frame: for a consumer that reads a grid of
+    /// pixels and nothing else (a resize that samples one source pixel per output pixel).
+    pub packed: bool,
+}
+
+/// Frames compared where two parts of a video meet ([`VideoReader::for_each_frame_in_parts`]).
+pub const OVERLAP: usize = 4;
+
+/// The fewest frames (estimated from the time span) worth a part of its own: a part costs an
+/// open, a seek and [`OVERLAP`] frames decoded twice.
+const MIN_PART_FRAMES: f64 = 32.0;
+
+/// A consumer of one part of a video's frames, in presentation order
+/// ([`VideoReader::for_each_frame_in_parts`]).
+pub trait PartConsumer: Send {
+    /// What it gives back for its part.
+    type Output: Send;
+    /// The next frame of its part, as stored (the display rotation not applied).
+    fn frame(&mut self, image: ImageRef<'_>);
+    /// Its result once the part is decoded.
+    fn finish(self) -> Self::Output;
+}
+
+/// The frames at the edges of a decoded part, to check that consecutive parts meet exactly.
+struct PartEdges {
+    /// Its first frames (up to [`OVERLAP`]; none for the first part).
+    head: Vec<ffmpeg::frame::Video>,
+    /// Up to [`OVERLAP`] frames decoded past its end.
+    tail: Vec<ffmpeg::frame::Video>,
+    /// Every frame had a timestamp above the one before (and a later part's first frame is its
+    /// keyframe).
+    rising: bool,
+}
+
+impl PartEdges {
+    /// Whether the part `next`, decoded from its keyframe, starts with the very frames this part
+    /// (decoded up to that keyframe) went on to decode past its end.
+    fn meets(&self, next: &PartEdges) -> bool {
+        let n = self.tail.len().min(next.head.len());
+        self.rising && next.rising && n > 0 && self.tail[..n].iter().zip(&next.head[..n]).all(|(a, b)| same_frame(a, b))
+    }
+}
+
+/// A decoded part: its keyframe's timestamp, and what its consumer gave with its edges.
+type DecodedPart<O> = (i64, Result<(O, PartEdges), DecodeError>);
+
+/// What splitting a video into parts shares among the parts' threads
+/// ([`VideoReader::for_each_frame_in_parts`]).
+struct Splitter<'a, C: PartConsumer> {
+    path: PathBuf,
+    /// Frames per stream tick.
+    frames_per_tick: f64,
+    /// Where the stream ends (estimated), stream ticks.
+    stream_end: i64,
+    layout: Layout,
+    reads: &'a (dyn Fn(usize, usize) -> PixelsRead + Sync),
+    more_parts: &'a (dyn Fn() -> usize + Sync),
+    consumer: &'a (dyn Fn() -> C + Sync),
+    stop: &'a AtomicBool,
+    /// The item's cancellation token, for the parts' threads.
+    token: Option<pipeline::cancel::Cancel>,
+    /// The parts decoded on threads of their own, as they end.
+    parts: std::sync::Mutex<Vec<DecodedPart<C::Output>>>,
+}
+
+impl<'a, C: PartConsumer> Splitter<'a, C> {
+    /// Decode the first part of the video on this thread (the others start on threads of
+    /// `scope` as it, or they, split).
+    fn first_part<'scope>(
+        &'scope self,
+        reader: &mut VideoReader,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+    ) -> Result<(C::Output, PartEdges), DecodeError> {
+        let (mut first, mut end) = ((self.consumer)(), i64::MAX);
+        let converter = self.converter(reader);
+        let edges = reader
+            .decode_part(converter, None, &mut end, &mut first, self.stop, |pts, end| self.split(scope, pts, end));
+        // The other parts stop early once the first has failed.
+        self.stop.store(edges.is_err(), Ordering::Relaxed);
+        Ok((first.finish(), edges?))
+    }
+
+    /// A converter for a part read by `reader`.
+    fn converter(&self, reader: &VideoReader) -> Converter<'a> {
+        Converter::new(FrameFormat::full(self.layout), reader.rotation, Some(self.reads))
+    }
+
+    /// The outputs of all parts in order, the first given, once every part has ended: `None`
+    /// when a part failed or two parts do not meet exactly (the video must then be decoded
+    /// again in one part).
+    fn outputs(
+        &self,
+        first: Result<(C::Output, PartEdges), DecodeError>,
+    ) -> Result<Option<Vec<C::Output>>, DecodeError> {
+        let (output, mut before) = first?;
+        let mut outputs = vec![output];
+        let mut parts = std::mem::take(&mut *self.parts.lock().unwrap_or_else(|e| e.into_inner()));
+        parts.sort_by_key(|(start, _)| *start);
+        for (_, part) in parts {
+            match part {
+                Ok((output, edges)) if before.meets(&edges) => {
+                    outputs.push(output);
+                    before = edges;
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(outputs))
+    }
+
+    /// Split the part now at `pts` and ending at `end` when cores are idle: lower `end` to the
+    /// first new part's keyframe and start the new parts. False when it should not be asked
+    /// again (its keyframes are too far apart).
+    fn split<'scope>(&'scope self, scope: &'scope std::thread::Scope<'scope, '_>, pts: i64, end: &mut i64) -> bool {
+        let wanted = (self.more_parts)();
+        if wanted == 0 {
+            return true;
+        }
+        let last = if *end == i64::MAX { self.stream_end } else { *end };
+        let span = last.saturating_sub(pts);
+        let most = (span as f64 * self.frames_per_tick / MIN_PART_FRAMES) as usize;
+        let n = wanted.min(most.saturating_sub(1));
+        let mut starts: Vec<(VideoReader, i64)> = Vec::new();
+        for j in 1..=n as i64 {
+            let target = pts + (span as i128 * j as i128 / (n as i128 + 1)) as i64;
+            let after = starts.last().map_or(pts, |s| s.1);
+            if let Ok(Some((reader, keyframe))) = VideoReader::open_at_keyframe(&self.path, target) {
+                if keyframe > after && keyframe < last {
+                    starts.push((reader, keyframe));
+                }
+            }
+        }
+        if starts.is_empty() {
+            // Too short, or no keyframe in reach: the rest only gets shorter.
+            return false;
+        }
+        let ends: Vec<i64> = starts.iter().skip(1).map(|s| s.1).chain([*end]).collect();
+        *end = starts[0].1;
+        for ((mut reader, start), mut part_end) in starts.into_iter().zip(ends) {
+            let mut part = (self.consumer)();
+            scope.spawn(move || {
+                let run = || {
+                    let converter = self.converter(&reader);
+                    let split = |pts, end: &mut i64| self.split(scope, pts, end);
+                    let edges =
+                        reader.decode_part(converter, Some(start), &mut part_end, &mut part, self.stop, split)?;
+                    Ok((part.finish(), edges))
+                };
+                let decoded = match &self.token {
+                    Some(token) => token.scope(run),
+                    None => run(),
+                };
+                self.parts.lock().unwrap_or_else(|e| e.into_inner()).push((start, decoded));
+            });
+        }
+        true
+    }
+}
+
+/// Whether two decoded frames have the same timestamp, format, size and bytes.
+fn same_frame(a: &ffmpeg::frame::Video, b: &ffmpeg::frame::Video) -> bool {
+    if (a.timestamp(), a.format(), a.width(), a.height(), a.planes())
+        != (b.timestamp(), b.format(), b.width(), b.height(), b.planes())
+    {
+        return false;
+    }
+    (0..a.planes()).all(|p| {
+        // SAFETY: plain arithmetic on the pixel format's descriptor.
+        let bytes = unsafe { ffmpeg::ffi::av_image_get_linesize(a.format().into(), a.width() as i32, p as i32) };
+        let (bytes, rows) = (bytes.max(0) as usize, a.plane_height(p) as usize);
+        (0..rows).all(|y| a.data(p)[y * a.stride(p)..][..bytes] == b.data(p)[y * b.stride(p)..][..bytes])
+    })
 }
 
 /// An open video stream.
@@ -149,6 +322,8 @@ pub struct VideoReader {
     start_pts: i64,
     /// Nothing decoded or sought yet: sequential decoding starts at frame 0.
     fresh: bool,
+    /// A packet read ahead (the keyframe a part starts at), decoded first.
+    pending: Option<ffmpeg::Packet>,
     /// Average frame rate, frames per second.
     pub fps: f64,
     /// Clockwise display rotation, degrees.
@@ -181,6 +356,7 @@ impl VideoReader {
             time_base,
             start_pts,
             fresh: true,
+            pending: None,
             fps,
             rotation,
         })
@@ -217,57 +393,112 @@ impl VideoReader {
     /// detector that shrinks frames needs: with a 5:1 resize it reads a fifth of the rows, and it
     /// can shrink a rotated frame without copying it upright first.
     ///
-    /// Once `offload` returns true (asked before each frame until it does), the conversion and
-    /// `f` move to a helper thread for the rest of the video, fed in order while this thread
-    /// decodes: a video that would otherwise leave cores idle (the last one of a batch) then uses
-    /// two. The frames and their order are the same either way. The count returned may include a
-    /// few frames decoded after `f` asked to stop.
-    pub fn for_each_frame_reading(
+    /// The video may be decoded in parts on several threads: `more_parts` is asked before each
+    /// frame of each part (until it says 0 or a split of that part fails), and when it says `n`,
+    /// the rest of that part is split at keyframes into up to `n + 1` parts, each decoded by its
+    /// own reader (one decoder thread) on its own thread, fed to its own consumer from
+    /// `consumer` (called on the splitting thread). Returns the consumers' outputs in the order
+    /// of their parts.
+    ///
+    /// A part decoded from its keyframe gives the frames sequential decoding gives from there
+    /// when the keyframe is a clean random access point; that is checked, not assumed: where two
+    /// parts meet, the first decodes [`OVERLAP`] frames past its end and they must equal the
+    /// second's first frames byte for byte, and every part's timestamps must rise. If any check
+    /// fails, the video is decoded again in one part, so the outputs are always those of
+    /// sequential decoding. Only regular files of a known duration are split.
+    pub fn for_each_frame_in_parts<C: PartConsumer>(
         &mut self,
         layout: Layout,
         reads: &(dyn Fn(usize, usize) -> PixelsRead + Sync),
-        offload: &dyn Fn() -> bool,
-        f: impl FnMut(usize, ImageRef<'_>) -> bool + Send,
-    ) -> Result<usize, DecodeError> {
+        more_parts: &(dyn Fn() -> usize + Sync),
+        consumer: &(dyn Fn() -> C + Sync),
+    ) -> Result<Vec<C::Output>, DecodeError> {
         self.rewind()?;
-        let (format, rotation) = (FrameFormat::full(layout), self.rotation);
         let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            let mut here = Some((Converter::new(format, rotation, Some(reads)), f));
-            let mut helper = None;
-            let decoded = self.decode(|index, decoded| {
-                if helper.is_none() && offload() {
-                    let (_, mut f) = here.take().expect("the consumer is here until the helper takes it");
-                    let (frames, received) = std::sync::mpsc::sync_channel::<(usize, ffmpeg::frame::Video)>(4);
-                    let stop = &stop;
-                    let thread = scope.spawn(move || -> Result<(), DecodeError> {
-                        // The helper's own scaler, built like the first: the same bytes.
-                        let mut converter = Converter::new(format, rotation, Some(reads));
-                        for (index, frame) in received {
-                            if !f(index, converter.convert(&frame)?) {
-                                stop.store(true, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                        Ok(())
-                    });
-                    helper = Some((frames, thread));
-                }
-                match (&helper, here.as_mut()) {
-                    // A failed send means the helper has ended (stopped or failed): so do we.
-                    (Some((frames, _)), _) => {
-                        Ok(!stop.load(Ordering::Relaxed) && frames.send((index, frame_ref(decoded)?)).is_ok())
-                    }
-                    (None, Some((converter, f))) => Ok(f(index, converter.convert(decoded)?)),
-                    (None, None) => unreachable!("the consumer is here while there is no helper"),
-                }
-            });
-            if let Some((frames, thread)) = helper {
-                drop(frames);
-                thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        if let Some(stream_end) = self.split_end() {
+            let splitter = Splitter {
+                path: self.path.clone(),
+                frames_per_tick: self.time_base * self.fps,
+                stream_end,
+                layout,
+                reads,
+                more_parts,
+                consumer,
+                stop: &stop,
+                token: pipeline::cancel::current(),
+                parts: std::sync::Mutex::new(Vec::new()),
+            };
+            // Every part's thread has ended when the scope does.
+            let first = std::thread::scope(|scope| splitter.first_part(self, scope));
+            if let Some(outputs) = splitter.outputs(first)? {
+                return Ok(outputs);
             }
-            decoded
-        })
+            stop.store(false, Ordering::Relaxed);
+            self.rewind()?;
+        }
+        let (mut whole, mut end) = (consumer(), i64::MAX);
+        let converter = Converter::new(FrameFormat::full(layout), self.rotation, Some(reads));
+        self.decode_part(converter, None, &mut end, &mut whole, &stop, |_, _| false)?;
+        Ok(vec![whole.finish()])
+    }
+
+    /// Decode the frames of one part, from the keyframe at `start` (or the stream's start) to
+    /// before `end`, handing each to `part` as `converter` converts it; stops early once `stop`
+    /// is set. `split` may lower
+    /// `end`: it is asked before each frame while the timestamps have risen, until it returns
+    /// false.
+    fn decode_part<C: PartConsumer>(
+        &mut self,
+        mut converter: Converter<'_>,
+        start: Option<i64>,
+        end: &mut i64,
+        part: &mut C,
+        stop: &AtomicBool,
+        mut split: impl FnMut(i64, &mut i64) -> bool,
+    ) -> Result<PartEdges, DecodeError> {
+        let mut splittable = true;
+        let mut edges = PartEdges { head: Vec::new(), tail: Vec::new(), rising: true };
+        let mut last = None;
+        self.decode(|_, decoded| {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let pts = decoded.timestamp().filter(|&pts| last.is_none_or(|last| pts > last));
+            let Some(pts) = pts.filter(|_| edges.rising) else {
+                edges.rising = false;
+                // A bounded part is of no use any more (the video will be decoded again in one
+                // part); the first part of an unsplit video goes on, unsplit.
+                if start.is_some() || *end != i64::MAX {
+                    return Ok(false);
+                }
+                part.frame(converter.convert(decoded)?);
+                return Ok(true);
+            };
+            last = Some(pts);
+            if let Some(start) = start {
+                if pts < start {
+                    // A leading frame of an open GOP: it belongs to the part before.
+                    return Ok(true);
+                }
+                if edges.head.is_empty() && pts != start {
+                    edges.rising = false;
+                    return Ok(false);
+                }
+            }
+            if pts >= *end {
+                edges.tail.push(frame_ref(decoded)?);
+                return Ok(edges.tail.len() < OVERLAP);
+            }
+            if start.is_some() && edges.head.len() < OVERLAP {
+                edges.head.push(frame_ref(decoded)?);
+            }
+            if splittable {
+                splittable = split(pts, end);
+            }
+            part.frame(converter.convert(decoded)?);
+            Ok(true)
+        })?;
+        Ok(edges)
     }
 
     /// Decode the frames at `indices` (ascending; repeats allowed) and hand each to `f` with its
@@ -353,6 +584,53 @@ impl VideoReader {
         true
     }
 
+    /// Whether [`Self::for_each_frame_in_parts`] may split this video: a regular file (a pipe
+    /// cannot be read twice) whose duration is known.
+    pub fn can_split(&self) -> bool {
+        self.split_end().is_some()
+    }
+
+    /// Where the stream ends, in stream ticks (its start plus its duration, or the container's),
+    /// when the file says and can be split.
+    fn split_end(&self) -> Option<i64> {
+        if !self.path.is_file() {
+            return None;
+        }
+        let stream = self.input.stream(self.stream)?;
+        let known = |t: i64| Some(t).filter(|&t| t != ffmpeg::ffi::AV_NOPTS_VALUE && t > 0);
+        let container = || {
+            let seconds = known(self.input.duration())? as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE);
+            Some((seconds / self.time_base) as i64)
+        };
+        Some(self.start_pts + known(stream.duration()).or_else(container)?)
+    }
+
+    /// A new reader (one decoder thread) of the file at `path`, positioned at the last keyframe
+    /// at or before `target` (stream ticks), with that keyframe's timestamp; `None` when the file
+    /// cannot seek there or the keyframe has no timestamp.
+    fn open_at_keyframe(path: &Path, target: i64) -> Result<Option<(VideoReader, i64)>, DecodeError> {
+        let mut reader = VideoReader::open(path, 1)?;
+        reader.fresh = false;
+        let ts = (target as f64 * reader.time_base * f64::from(ffmpeg::ffi::AV_TIME_BASE)) as i64;
+        if reader.input.seek(ts, ..ts).is_err() {
+            return Ok(None);
+        }
+        // The demuxer lands on a keyframe; skip anything before it (a bounded search).
+        for _ in 0..256 {
+            let mut packet = ffmpeg::Packet::empty();
+            match packet.read(&mut reader.input) {
+                Ok(()) if packet.stream() == reader.stream && packet.is_key() => {
+                    let Some(pts) = packet.pts() else { return Ok(None) };
+                    reader.pending = Some(packet);
+                    return Ok(Some((reader, pts)));
+                }
+                Err(ffmpeg::Error::Eof) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// Decode every frame without converting it (what "decoding alone" costs); returns the count.
     pub fn count_frames(&mut self) -> Result<usize, DecodeError> {
         self.rewind()?;
@@ -375,7 +653,14 @@ impl VideoReader {
             pipeline::cancel::check()?;
             if !ended {
                 let mut packet = ffmpeg::Packet::empty();
-                match packet.read(&mut self.input) {
+                let read = match self.pending.take() {
+                    Some(pending) => {
+                        packet = pending;
+                        Ok(())
+                    }
+                    None => packet.read(&mut self.input),
+                };
+                match read {
                     Ok(()) => {
                         if packet.stream() != self.stream || self.decoder.send_packet(&packet).is_err() {
                             continue;
@@ -418,6 +703,9 @@ struct Converter<'r> {
     reads: Option<&'r dyn Fn(usize, usize) -> PixelsRead>,
     /// The conversion and the (format, width, height) of the frames it was built for.
     conversion: Option<(Conversion, Pixel, u32, u32)>,
+    /// The stored rows and columns read, when the consumer wants them packed
+    /// ([`PixelsRead::packed`]).
+    grid: Option<Grid>,
     /// Scaled size before rotation, and the crop window after it.
     scaled: (u32, u32),
     crop: (usize, usize, usize, usize),
@@ -426,6 +714,9 @@ struct Converter<'r> {
     out: ffmpeg::frame::Video,
     image: Image,
 }
+
+/// The stored rows and the stored columns of the pixels a consumer wants packed, ascending.
+type Grid = (Vec<usize>, Vec<usize>);
 
 /// How one stream's frames are converted.
 enum Conversion {
@@ -445,6 +736,7 @@ impl<'r> Converter<'r> {
             rotation,
             reads: reads.filter(|_| format.fill.is_none()),
             conversion: None,
+            grid: None,
             scaled: (0, 0),
             crop: (0, 0, 0, 0),
             out: ffmpeg::frame::Video::empty(),
@@ -452,8 +744,9 @@ impl<'r> Converter<'r> {
         }
     }
 
-    /// The conversion for frames like `decoded`, scaled to `self.scaled`.
-    fn build(&self, decoded: &ffmpeg::frame::Video) -> Result<Conversion, DecodeError> {
+    /// The conversion for frames like `decoded`, scaled to `self.scaled`, and the stored rows and
+    /// columns read when the consumer wants them packed.
+    fn build(&self, decoded: &ffmpeg::frame::Video) -> Result<(Conversion, Option<Grid>), DecodeError> {
         let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
         let (matrix, full_range) = colorspace(decoded);
         let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, matrix, full_range);
@@ -461,12 +754,15 @@ impl<'r> Converter<'r> {
         let (dw, dh) = if quarter { (h, w) } else { (w, h) };
         let read = self.reads.map(|reads| reads(dw as usize, dh as usize));
         let rows = read.as_ref().map(|read| source_rows(read, self.rotation, h as usize));
+        let all_columns = read.as_ref().map(|read| source_columns(read, self.rotation, w as usize));
+        let listed = |marked: &[bool]| (0..marked.len()).filter(|&i| marked[i]).collect::<Vec<usize>>();
+        let grid = match (&read, &rows, &all_columns) {
+            (Some(read), Some(rows), Some(columns)) if read.packed => Some((listed(rows), listed(columns))),
+            _ => None,
+        };
         // The stored columns read, listed when they are few (a 5:1 shrink reads one in five):
         // converting just those pixels then beats converting whole rows.
-        let columns = read.as_ref().map(|read| source_columns(read, self.rotation, w as usize)).and_then(|columns| {
-            let listed: Vec<usize> = (0..columns.len()).filter(|&x| columns[x]).collect();
-            (4 * listed.len() <= columns.len()).then_some(listed)
-        });
+        let columns = all_columns.map(|columns| listed(&columns)).filter(|listed| 4 * listed.len() <= w as usize);
         // Our 4:4:4 rows vectorise and beat swscale's general path; our 4:2:0 conversion is per
         // pixel and beats swscale's SIMD rows only on few columns.
         let worth_it = match fmt {
@@ -477,7 +773,7 @@ impl<'r> Converter<'r> {
         if worth_it && self.scaled == (w, h) {
             let (table, layout) = (coefficients(matrix), self.format.layout);
             if let Some(own) = YuvToRgb::matching_swscale(fmt, (w, h), table, full_range, layout, configure) {
-                return Ok(Conversion::Own(own, rows.unwrap_or_else(|| vec![true; h as usize]), columns));
+                return Ok((Conversion::Own(own, rows.unwrap_or_else(|| vec![true; h as usize]), columns), grid));
             }
         }
         let (sw, sh) = self.scaled;
@@ -491,7 +787,7 @@ impl<'r> Converter<'r> {
         // slice's start, which costs more than the skipped rows save (measured: 10% slower on
         // the odd-height MPEG-2 video).
         let slices = rows.filter(|_| align > 1).and_then(|rows| row_slices(&rows, align));
-        Ok(Conversion::Swscale(ctx, slices))
+        Ok((Conversion::Swscale(ctx, slices), grid))
     }
 
     /// Convert one decoded frame; the image is valid until the next call. Upright full frames are
@@ -504,22 +800,40 @@ impl<'r> Converter<'r> {
             let (rw, rh, crop) = fill_plan(dw, dh, self.format.fill);
             self.scaled = if quarter { (rh, rw) } else { (rw, rh) };
             self.crop = crop;
-            self.conversion = Some((self.build(decoded)?, fmt, w, h));
+            let (conversion, grid) = self.build(decoded)?;
+            (self.conversion, self.grid) = (Some((conversion, fmt, w, h)), grid);
             self.out = ffmpeg::frame::Video::new(target(self.format.layout), self.scaled.0, self.scaled.1);
         }
         let stride = self.out.stride(0);
+        // Our conversion of listed columns writes a wanted grid packed; the others write it in
+        // place, to be gathered below.
+        let mut packed = false;
         match &mut self.conversion.as_mut().expect("set above").0 {
             Conversion::Swscale(ctx, None) => ctx.run(decoded, &mut self.out),
             Conversion::Swscale(ctx, Some(slices)) => convert_slices(ctx, decoded, &mut self.out, slices),
             Conversion::Own(own, rows, columns) => {
-                let columns = columns.as_deref();
-                own.convert_rows(decoded, rows, columns, self.format.layout, self.out.data_mut(0), stride);
+                packed = self.grid.is_some() && columns.is_some();
+                let target = Target { layout: self.format.layout, packed, out: self.out.data_mut(0), stride };
+                own.convert_rows(decoded, rows, columns.as_deref(), target);
                 Ok(())
             }
         }
         .map_err(|e| DecodeError::Convert(fmt, e))?;
         let (width, height) = (self.scaled.0 as usize, self.scaled.1 as usize);
         let whole = ImageRef { width, height, stride, data: self.out.data(0) };
+        if let Some((rows, columns)) = &self.grid {
+            if packed {
+                return Ok(ImageRef { width: columns.len(), height: rows.len(), stride, data: self.out.data(0) });
+            }
+            let image = &mut self.image;
+            (image.width, image.height) = (columns.len(), rows.len());
+            image.data.clear();
+            for &y in rows {
+                let row = whole.row(y);
+                image.data.extend(columns.iter().flat_map(|&x| [row[3 * x], row[3 * x + 1], row[3 * x + 2]]));
+            }
+            return Ok(self.image.view());
+        }
         let (x, y, cw, ch) = self.crop;
         // A consumer that says what it reads gets frames as stored (and full size: no crop).
         if self.reads.is_some() || (self.rotation.rem_euclid(360) == 0 && (x, y, cw, ch) == (0, 0, width, height)) {
@@ -686,11 +1000,11 @@ mod tests {
         assert_eq!(row_slices(&read(&[3], 5), 1), Some(vec![(3, 1)]));
         assert_eq!(row_slices(&read(&[0, 2, 3], 4), 2), None, "every row");
         // Source rows of a quarter turn are the displayed columns.
-        let cols = PixelsRead { rows: vec![true; 2], columns: vec![true, false, false] };
+        let cols = PixelsRead { rows: vec![true; 2], columns: vec![true, false, false], packed: false };
         assert_eq!(source_rows(&cols, 90, 3), [false, false, true]);
         assert_eq!(source_rows(&cols, 270, 3), [true, false, false]);
         // And the source columns of a quarter turn are the displayed rows.
-        let rows = PixelsRead { rows: vec![true, false], columns: vec![true; 3] };
+        let rows = PixelsRead { rows: vec![true, false], columns: vec![true; 3], packed: false };
         assert_eq!(source_columns(&rows, 90, 2), [true, false]);
         assert_eq!(source_columns(&rows, 270, 2), [false, true]);
         assert_eq!(source_columns(&cols, 180, 3), [false, false, true]);

@@ -64,21 +64,29 @@ fn vertical_pass(t0: i16, b0: i32, t1: i16, b1: i32) -> u8 {
 
 /// The pixels of a `src_width x src_height` image that [`resize_linear`] to `width x height`
 /// depends on: the rows and columns with a non-zero weight (it may read others, times zero).
+/// When every output pixel weighs one source pixel alone (an odd whole shrink on both axes, such
+/// as 1280x720 to 256x144), the resize is exactly that grid of pixels, which is then asked for
+/// packed ([`PixelsRead::packed`]): the packed image is the resized one.
 pub fn resize_reads(src_width: usize, src_height: usize, width: usize, height: usize) -> PixelsRead {
     if src_width == 2 * width && src_height == 2 * height {
-        return PixelsRead { rows: vec![true; src_height], columns: vec![true; src_width] };
+        return PixelsRead { rows: vec![true; src_height], columns: vec![true; src_width], packed: false };
     }
+    // Per source position whether it is read, and whether each output takes one of its own.
     let axis = |src: usize, dst: usize| {
-        let mut read = vec![false; src];
-        for (s, _, w1) in axis_coefficients(src, dst) {
+        let (mut read, mut sampled) = (vec![false; src], true);
+        for (s, w0, w1) in axis_coefficients(src, dst) {
+            // A weight of 2048 (1.0) passes a pixel through both passes unchanged: (p * 2048
+            // >> 4) * 2048 >> 16 = 4p, and (4p + 2) >> 2 = p.
+            sampled &= !read[s] && (w0, w1) == (COEF_SCALE as i32, 0);
             read[s] = true;
             if w1 != 0 && s + 1 < src {
                 read[s + 1] = true;
             }
         }
-        read
+        (read, sampled)
     };
-    PixelsRead { rows: axis(src_height, height), columns: axis(src_width, width) }
+    let ((rows, down), (columns, across)) = (axis(src_height, height), axis(src_width, width));
+    PixelsRead { rows, columns, packed: down && across }
 }
 
 /// A 3-channel 8-bit image stored one plane per channel (in the source's channel order): the
@@ -341,21 +349,52 @@ mod tests {
         assert_eq!(hsv(255, 0, 255), (150, 255, 255));
     }
 
+    /// A `w x h` image of pseudo-random bytes, continuing the generator state `x`.
+    fn noise(w: usize, h: usize, x: &mut u32) -> Image {
+        let mut byte = || {
+            *x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            (*x >> 24) as u8
+        };
+        Image { width: w, height: h, data: (0..w * h * 3).map(|_| byte()).collect() }
+    }
+
     #[test]
     fn quarter_turn_resize_equals_resizing_the_turned_frame() {
         let mut x = 7u32;
         for (w, h, dw, dh) in [(37, 64, 40, 11), (360, 640, 256, 144), (21, 1, 1, 8), (1, 9, 3, 1), (50, 30, 7, 49)] {
-            let data = (0..w * h * 3)
-                .map(|_| {
-                    x = x.wrapping_mul(1664525).wrapping_add(1013904223);
-                    (x >> 24) as u8
-                })
-                .collect();
-            let img = Image { width: w, height: h, data };
+            let img = noise(w, h, &mut x);
             for clockwise in [90, 270] {
                 let upright = img.clone().rotated(clockwise);
                 let want = resize_linear(upright.view(), dw, dh);
                 assert_eq!(resize_linear_quarter(img.view(), clockwise, dw, dh), want, "{w}x{h} turned {clockwise}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_read_grid_is_the_resized_image() {
+        let mut x = 11u32;
+        for (w, h, dw, dh, packed) in [
+            (1280, 720, 256, 144, true),
+            (3840, 2160, 256, 144, true),
+            (768, 432, 256, 144, true),
+            (1280, 720, 128, 72, false),
+            (1920, 1080, 256, 144, false),
+            (640, 360, 320, 180, false),
+            (720, 405, 256, 144, false),
+        ] {
+            let img = noise(w, h, &mut x);
+            let read = resize_reads(w, h, dw, dh);
+            assert_eq!(read.packed, packed, "{w}x{h} -> {dw}x{dh}");
+            if packed {
+                let (mut grid, view) = (Image { width: dw, height: dh, data: Vec::new() }, img.view());
+                for y in (0..h).filter(|&y| read.rows[y]) {
+                    let row = view.row(y);
+                    (0..w)
+                        .filter(|&x| read.columns[x])
+                        .for_each(|x| grid.data.extend_from_slice(&row[3 * x..3 * x + 3]));
+                }
+                assert_eq!(Planar::from_packed(grid.view()), resize_linear(img.view(), dw, dh), "{w}x{h}");
             }
         }
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use super::decode::{ImageRef, PixelsRead, VideoReader};
+use super::decode::{ImageRef, PartConsumer, PixelsRead, VideoReader};
 use super::opencv::{bgr_to_hsv_planes, resize_linear, resize_linear_quarter, resize_reads, Planar};
 use super::pixel::{with_simd, Layout};
 use super::probe::DecodeError;
@@ -107,7 +107,7 @@ impl Scorer {
     pub fn reads(width: usize, height: usize) -> PixelsRead {
         let (w, h) = detect_size(width, height);
         if (w, h) == (width, height) {
-            return PixelsRead { rows: vec![true; height], columns: vec![true; width] };
+            return PixelsRead { rows: vec![true; height], columns: vec![true; width], packed: false };
         }
         resize_reads(width, height, w, h)
     }
@@ -265,16 +265,18 @@ pub struct Scores {
     pub fps: f64,
 }
 
-/// Videos being scored in this process now: automatic decoder threads share the cores among them.
+/// Parts of videos being scored in this process now: automatic decoder threads and splitting
+/// share the cores among them.
 static SCORING: AtomicUsize = AtomicUsize::new(0);
 
-/// One video counted in [`SCORING`] while it lives.
+/// One part of a video counted in [`SCORING`] while it lives.
 struct Scoring;
 
 impl Scoring {
-    /// Count a video; also returns how many are being scored with it.
-    fn start() -> (Scoring, usize) {
-        (Scoring, SCORING.fetch_add(1, Ordering::SeqCst) + 1)
+    /// Count a part.
+    fn start() -> Scoring {
+        SCORING.fetch_add(1, Ordering::SeqCst);
+        Scoring
     }
 }
 
@@ -287,31 +289,77 @@ impl Drop for Scoring {
 /// Decoder threads for a video that starts while `videos` are being scored (itself included) on
 /// `cores` cores: its share of the cores, at least one. One video alone gets FFmpeg frame
 /// threads on every core; as many videos as cores get one thread each, since frame threads cost
-/// CPU time (about 8% more per frame) that only idle cores should pay.
+/// CPU time (10-20% more per frame) that only idle cores should pay.
 pub fn shared_threads(cores: usize, videos: usize) -> usize {
     (cores / videos.max(1)).max(1)
 }
 
+/// The scoring of one part of a video: its scores (the first against nothing, 0) and the HSV
+/// planes of its first and last frames, to score where it meets its neighbours.
+struct PartScores {
+    scorer: Scorer,
+    rotation: i64,
+    scores: Vec<f64>,
+    first: Option<[Vec<u8>; 3]>,
+    _scoring: Scoring,
+}
+
+impl PartConsumer for PartScores {
+    type Output = (Vec<f64>, Option<[Vec<u8>; 3]>, Option<[Vec<u8>; 3]>);
+
+    fn frame(&mut self, image: ImageRef<'_>) {
+        self.scores.push(self.scorer.push(image, self.rotation));
+        if self.first.is_none() {
+            self.first.clone_from(&self.scorer.prev);
+        }
+    }
+
+    fn finish(self) -> Self::Output {
+        (self.scores, self.first, self.scorer.prev)
+    }
+}
+
 impl Scores {
-    /// Decode a video and score every frame, with `threads` decoder threads; 0 gives it its share
-    /// of the cores among the videos this process is scoring at the moment it starts
-    /// ([`shared_threads`]), and a helper thread for the scoring once a core is idle.
+    /// Decode a video and score every frame, with `threads` decoder threads. 0 shares the cores
+    /// among the videos this process is scoring: a video that can be split
+    /// ([`VideoReader::for_each_frame_in_parts`]) gets one thread, and splits into parts on
+    /// other threads whenever a core is idle (a lone video at once, the last of a batch when the
+    /// others are done); one that cannot gets its share of the cores as frame threads at the
+    /// start ([`shared_threads`]).
     pub fn of_file(path: &Path, threads: usize) -> Result<Scores, DecodeError> {
-        let (_scoring, videos) = Scoring::start();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let auto = threads == 0;
-        let threads = if auto { shared_threads(cores, videos) } else { threads };
-        let mut reader = VideoReader::open(path, threads)?;
-        let mut scorer = Scorer::new();
-        let mut scores = Vec::new();
-        // With automatic threads, scoring moves to a helper thread once fewer videos than cores
-        // are being scored: the last videos of a batch then use the cores the others left idle.
-        let idle_core = || auto && SCORING.load(Ordering::SeqCst) < cores;
+        let mut reader = VideoReader::open(path, threads.max(1))?;
+        if auto && !reader.can_split() {
+            let videos = SCORING.load(Ordering::SeqCst) + 1;
+            reader = VideoReader::open(path, shared_threads(cores, videos))?;
+        }
+        let idle_cores = || if auto { cores.saturating_sub(SCORING.load(Ordering::SeqCst)) } else { 0 };
+        Scores::in_parts(&mut reader, &idle_cores)
+    }
+
+    /// Score every frame of `reader`'s video, in parts when `more_parts` asks
+    /// ([`VideoReader::for_each_frame_in_parts`]).
+    fn in_parts(reader: &mut VideoReader, more_parts: &(dyn Fn() -> usize + Sync)) -> Result<Scores, DecodeError> {
         let rotation = reader.rotation;
-        reader.for_each_frame_reading(Layout::Bgr, &Scorer::reads, &idle_core, |_, img| {
-            scores.push(scorer.push(img, rotation));
-            true
-        })?;
+        let part = || PartScores {
+            scorer: Scorer::new(),
+            rotation,
+            scores: Vec::new(),
+            first: None,
+            _scoring: Scoring::start(),
+        };
+        let parts = reader.for_each_frame_in_parts(Layout::Bgr, &Scorer::reads, more_parts, &part)?;
+        // Each part's first frame is scored against the last of the part before.
+        let mut scores = Vec::new();
+        let mut before: Option<[Vec<u8>; 3]> = None;
+        for (mut part, first, last) in parts {
+            if let (Some(before), Some(first), Some(score)) = (&before, &first, part.first_mut()) {
+                *score = content_score(before, first);
+            }
+            scores.append(&mut part);
+            before = last.or(before);
+        }
         Ok(Scores { scores, fps: reader.fps })
     }
 
@@ -368,6 +416,21 @@ mod tests {
         assert_eq!(shared_threads(16, 3), 5);
         assert_eq!(shared_threads(2, 2), 1);
         assert_eq!(shared_threads(2, 7), 1);
+    }
+
+    #[test]
+    fn scores_in_parts_are_those_of_one_decode() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/videos");
+        let bits = |s: &Scores| s.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+        for name in ["bbb_trailer_moviepy.mp4", "cockatoo_rot90.mov", "kivy_cityCC0.mpg"] {
+            let path = dir.join(name);
+            let one = Scores::of_file(&path, 1).unwrap();
+            // Three more parts at the first frame, none later.
+            let asked = AtomicUsize::new(0);
+            let more_parts = || if asked.fetch_add(1, Ordering::SeqCst) == 0 { 3 } else { 0 };
+            let parts = Scores::in_parts(&mut VideoReader::open(&path, 1).unwrap(), &more_parts).unwrap();
+            assert_eq!(bits(&parts), bits(&one), "{name}");
+        }
     }
 
     #[test]

@@ -133,26 +133,32 @@ impl YuvToRgb {
             return false;
         }
         let mut got = vec![0u8; want.data(0).len()];
-        self.convert_rows(frame, &vec![true; h as usize], None, layout, &mut got, want.stride(0));
+        let target = Target { layout, packed: false, out: &mut got, stride: want.stride(0) };
+        self.convert_rows(frame, &vec![true; h as usize], None, target);
         let row = 3 * w as usize;
         (0..h as usize).all(|y| got[y * want.stride(0)..][..row] == want.data(0)[y * want.stride(0)..][..row])
     }
 
-    /// Convert the rows of `frame` marked in `rows` into `out`, whose rows are `stride` bytes
-    /// apart: whole rows, or only the pixels at `columns` (ascending), which is what pays when a
-    /// consumer reads few of them. The other bytes of `out` keep what they held. Compiled for the
-    /// CPU's widest SIMD ([`with_simd`]); whole 4:4:4 rows vectorise, the rest is per pixel.
-    pub fn convert_rows(
-        &self,
-        frame: &ffmpeg::frame::Video,
-        rows: &[bool],
-        columns: Option<&[usize]>,
-        layout: Layout,
-        out: &mut [u8],
-        stride: usize,
-    ) {
-        with_simd(ConvertRows { conversion: *self, frame, rows, columns, layout, out, stride });
+    /// Convert the rows of `frame` marked in `rows` into `target`: whole rows, or only the
+    /// pixels at `columns` (ascending), which is what pays when a consumer reads few of them.
+    /// The other bytes of the target keep what they held. Compiled for the CPU's widest SIMD
+    /// ([`with_simd`]); whole 4:4:4 rows vectorise, the rest is per pixel.
+    pub fn convert_rows(&self, frame: &ffmpeg::frame::Video, rows: &[bool], columns: Option<&[usize]>, target: Target) {
+        with_simd(ConvertRows { conversion: *self, frame, rows, columns, target });
     }
+}
+
+/// Where [`YuvToRgb::convert_rows`] writes.
+pub struct Target<'a> {
+    /// Channel order.
+    pub layout: Layout,
+    /// Pack the pixels converted (with `columns` listed): the `i`-th listed column of the
+    /// `r`-th marked row goes to pixel `(i, r)`, instead of to its own place.
+    pub packed: bool,
+    /// The packed 3-byte pixels.
+    pub out: &'a mut [u8],
+    /// Bytes from one row of `out` to the next.
+    pub stride: usize,
 }
 
 /// Pixels converted per chunk: the samples sit in (or are gathered into) contiguous arrays, the
@@ -231,9 +237,7 @@ struct ConvertRows<'a> {
     frame: &'a ffmpeg::frame::Video,
     rows: &'a [bool],
     columns: Option<&'a [usize]>,
-    layout: Layout,
-    out: &'a mut [u8],
-    stride: usize,
+    target: Target<'a>,
 }
 
 impl pulp::WithSimd for ConvertRows<'_> {
@@ -241,9 +245,10 @@ impl pulp::WithSimd for ConvertRows<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let (frame, width, layout) = (self.frame, self.frame.width() as usize, self.layout);
-        for y in (0..self.rows.len()).filter(|&y| self.rows[y]) {
-            let out = &mut self.out[y * self.stride..][..3 * width];
+        let (frame, width, target) = (self.frame, self.frame.width() as usize, self.target);
+        let (layout, packed) = (target.layout, target.packed && self.columns.is_some());
+        for (r, y) in (0..self.rows.len()).filter(|&y| self.rows[y]).enumerate() {
+            let out = &mut target.out[if packed { r } else { y } * target.stride..][..3 * width];
             match (self.conversion, self.columns) {
                 (YuvToRgb::Full444(c), None) => {
                     let [py, pu, pv] = [0, 1, 2].map(|p| plane_row(frame, p, y));
@@ -251,7 +256,7 @@ impl pulp::WithSimd for ConvertRows<'_> {
                 }
                 (YuvToRgb::Full444(c), Some(columns)) => {
                     let planes = [0, 1, 2].map(|p| plane_row(frame, p, y));
-                    listed_pixels(|y, u, v| full_444_pixel(c, y, u, v), planes, 0, columns, layout, out);
+                    listed_pixels(|y, u, v| full_444_pixel(c, y, u, v), planes, 0, columns, (layout, packed), out);
                 }
                 (YuvToRgb::Direct420(c), columns) => {
                     let planes = [(0, y), (1, y / 2), (2, y / 2)].map(|(p, y)| plane_row(frame, p, y));
@@ -263,7 +268,7 @@ impl pulp::WithSimd for ConvertRows<'_> {
                             &all
                         }
                     };
-                    listed_pixels(|y, u, v| direct_420_pixel(c, y, u, v), planes, 1, columns, layout, out);
+                    listed_pixels(|y, u, v| direct_420_pixel(c, y, u, v), planes, 1, columns, (layout, packed), out);
                 }
             }
         }
@@ -271,18 +276,19 @@ impl pulp::WithSimd for ConvertRows<'_> {
 }
 
 /// The pixels at `columns` of one row of planes `[y, u, v]` (chroma subsampled horizontally by
-/// `2^shift`) into the packed row `out`, by `pixel`: in chunks whose samples are first gathered
-/// into arrays, so that the arithmetic runs over contiguous lanes and vectorises.
+/// `2^shift`) into the packed row `out`, by `pixel`, each at its own column or, `packed`, one
+/// after the other: in chunks whose samples are first gathered into arrays, so that the
+/// arithmetic runs over contiguous lanes and vectorises.
 #[inline(always)]
 fn listed_pixels(
     pixel: impl Fn(u8, u8, u8) -> [u8; 3],
     [py, pu, pv]: [&[u8]; 3],
     shift: u32,
     columns: &[usize],
-    layout: Layout,
+    (layout, packed): (Layout, bool),
     out: &mut [u8],
 ) {
-    for columns in columns.chunks(CHUNK) {
+    for (chunk, columns) in columns.chunks(CHUNK).enumerate() {
         let mut samples = [[0u8; CHUNK]; 3];
         for (i, &x) in columns.iter().enumerate() {
             [samples[0][i], samples[1][i], samples[2][i]] = [py[x], pu[x >> shift], pv[x >> shift]];
@@ -295,9 +301,9 @@ fn listed_pixels(
             channels.swap(0, 2);
         }
         for (i, &x) in columns.iter().enumerate() {
-            // x is a column of the row, so 3 * x + 3 cannot wrap (wrapping operations keep
+            // Both are columns of the row, so 3 * x + 3 cannot wrap (wrapping operations keep
             // debug builds' overflow checks out of the loop).
-            let at = x.wrapping_mul(3);
+            let at = if packed { chunk.wrapping_mul(CHUNK).wrapping_add(i) } else { x }.wrapping_mul(3);
             // Three byte stores (a copy from a 3-byte temporary reloads it across the stores,
             // a store-forwarding stall that tripled this loop's time).
             let px = &mut out[at..at.wrapping_add(3)];
