@@ -9,10 +9,10 @@
 //! docs/PERFORMANCE.md: `dit` (MUG-DiT-10B forward, 720p x 105 frames, CFG batch 2), `attention`
 //! (one self-attention layer at that size, fused kernel), `vae-encode` / `vae-decode` (the
 //! VideoVAE on a `--frames` 1280x720 clip, 105 by default), `wan-vae-encode` / `wan-vae-decode`
-//! (the Wan VAE likewise), `t5` / `umt5` (T5-XXL / UMT5-XXL over 64 x 300 tokens), `aesthetic` (CLIP ViT-L/14 and the
-//! LAION head on `--frames` 224x224 images in one call, in frames/s: the model side of the
-//! aesthetic stage), `enhance` (the WAN enhancer on one such video), with TFLOP/s where the count
-//! is well defined.
+//! (the Wan VAE likewise), `t5` / `umt5` (T5-XXL / UMT5-XXL over 64 x 300 tokens), `aesthetic`
+//! (CLIP ViT-L/14 and the LAION head on `--frames` 224x224 images in one call, in frames/s: the
+//! model side of the aesthetic stage), `enhance` (the WAN enhancer on one such video), with TFLOP/s
+//! where the count is well defined.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

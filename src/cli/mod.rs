@@ -162,9 +162,9 @@ enum BenchCommand {
     },
     /// MUG-V on this machine's GPU with random weights (no checkpoint files): end-to-end
     /// image-to-video generation, or with `--bench` one part (dit, attention, vae-encode,
-    /// vae-decode, wan-vae-encode, wan-vae-decode, t5, umt5, aesthetic, enhance) at MUG-V's 720p x 105-frame sizes,
-    /// printing the rows of docs/PERFORMANCE.md. Needs a CUDA build (`--features cuda`); `--preset
-    /// tiny --device cpu --dtype f32` smoke-tests it anywhere.
+    /// vae-decode, wan-vae-encode, wan-vae-decode, t5, umt5, aesthetic, enhance) at MUG-V's 720p x
+    /// 105-frame sizes, printing the rows of docs/PERFORMANCE.md. Needs a CUDA build (`--features
+    /// cuda`); `--preset tiny --device cpu --dtype f32` smoke-tests it anywhere.
     Gpu(models::bench::GpuBenchArgs),
 }
 
