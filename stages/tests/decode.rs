@@ -70,6 +70,11 @@ fn seeking_to_a_clip_gives_the_frames_of_a_sequential_decode() {
         let picked = uniform_indices(n / 2, n, 24.0, Some(8.0));
         let expected: Vec<u64> = picked.iter().map(|&i| all[i]).collect();
         assert_eq!(read_at(&path, &picked), expected, "{name}: uniform selection");
+        // A few frames far apart, as the aesthetic stage samples (the frames between them that
+        // no other frame refers to are dropped undecoded).
+        let sparse = [n / 5, n * 2 / 5, n * 3 / 5, n * 4 / 5];
+        let expected: Vec<u64> = sparse.iter().map(|&i| all[i]).collect();
+        assert_eq!(read_at(&path, &sparse), expected, "{name}: sparse samples");
         // Asking past the end hands out what exists.
         assert_eq!(read_at(&path, &[n - 1, n, n + 5]), vec![all[n - 1]], "{name}: past the end");
     }

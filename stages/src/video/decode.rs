@@ -324,6 +324,8 @@ pub struct VideoReader {
     fresh: bool,
     /// A packet read ahead (the keyframe a part starts at), decoded first.
     pending: Option<ffmpeg::Packet>,
+    /// The decoder drops non-reference frames (see [`VideoReader::decode_skipping`]).
+    skipping_nonref: bool,
     /// Average frame rate, frames per second.
     pub fps: f64,
     /// Clockwise display rotation, degrees.
@@ -357,6 +359,7 @@ impl VideoReader {
             start_pts,
             fresh: true,
             pending: None,
+            skipping_nonref: false,
             fps,
             rotation,
         })
@@ -533,10 +536,13 @@ impl VideoReader {
         };
         if first > 0 && self.seek_before(first) {
             let (tb, start, fps) = (self.time_base, self.start_pts, self.fps);
+            // Frame index from a timestamp: ticks since the first frame, in frames.
+            let index_of = move |t: i64| ((t - start) as f64 * tb * fps).round() as i64;
+            // No index asks for the frame (before the first, between and after the asked ones).
+            let unwanted = |t: i64| usize::try_from(index_of(t)).map_or(true, |i| indices.binary_search(&i).is_err());
             let mut trusted = true;
-            let result = self.decode(|count, decoded| {
-                // Frame index from the timestamp: ticks since the first frame, in frames.
-                let index = decoded.timestamp().map(|t| ((t - start) as f64 * tb * fps).round() as i64);
+            let result = self.decode_skipping(unwanted, |count, decoded| {
+                let index = decoded.timestamp().map(index_of);
                 match index {
                     Some(i) if count > 0 || i <= first as i64 => {
                         if i < first as i64 {
@@ -643,6 +649,18 @@ impl VideoReader {
     /// cancelled (checked before every packet and frame).
     fn decode(
         &mut self,
+        on_frame: impl FnMut(usize, &ffmpeg::frame::Video) -> Result<bool, DecodeError>,
+    ) -> Result<usize, DecodeError> {
+        self.decode_skipping(|_| false, on_frame)
+    }
+
+    /// [`Self::decode`], letting the decoder drop the packets of non-reference frames (B-frames
+    /// no other frame is predicted from) whose timestamp `unwanted` names: they would be decoded
+    /// only to be thrown away, and dropping them changes no other frame. A packet without a
+    /// timestamp is always decoded; decoders that cannot tell (VP8, AV1) decode everything.
+    fn decode_skipping(
+        &mut self,
+        unwanted: impl Fn(i64) -> bool,
         mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video) -> Result<bool, DecodeError>,
     ) -> Result<usize, DecodeError> {
         self.fresh = false;
@@ -662,7 +680,22 @@ impl VideoReader {
                 };
                 match read {
                     Ok(()) => {
-                        if packet.stream() != self.stream || self.decoder.send_packet(&packet).is_err() {
+                        if packet.stream() != self.stream {
+                            continue;
+                        }
+                        let skip = packet.pts().is_some_and(&unwanted);
+                        if skip != self.skipping_nonref {
+                            let discard = if skip {
+                                ffmpeg::ffi::AVDiscard::AVDISCARD_NONREF
+                            } else {
+                                ffmpeg::ffi::AVDiscard::AVDISCARD_DEFAULT
+                            };
+                            // SAFETY: the decoder's codec context is open and owned by this reader;
+                            // `skip_frame` is a plain field the decoder reads as each frame starts.
+                            unsafe { (*self.decoder.as_mut_ptr()).skip_frame = discard };
+                            self.skipping_nonref = skip;
+                        }
+                        if self.decoder.send_packet(&packet).is_err() {
                             continue;
                         }
                     }
