@@ -58,6 +58,9 @@ pub fn attention_tokens(
 pub struct KeyPadding {
     /// `[B, L]` f32: 1 for a token, 0 for padding.
     keep: Tensor,
+    /// Off CUDA: the last position bias given and its sum with the mask in the scores' dtype
+    /// (`[B, H, L, L]`), so that a model passing one bias to every block (T5) builds it once.
+    biased: std::cell::RefCell<Option<(candle_core::TensorId, Tensor)>>,
     /// Tokens per sample; `None` off CUDA or for a mask that is not ones-then-zeros.
     #[cfg(feature = "cuda")]
     lens: Option<Vec<u32>>,
@@ -71,6 +74,7 @@ impl KeyPadding {
         let lens = if keep.device().is_cuda() { right_padded_lengths(&keep)? } else { None };
         Ok(KeyPadding {
             keep,
+            biased: std::cell::RefCell::new(None),
             #[cfg(feature = "cuda")]
             lens,
         })
@@ -124,20 +128,28 @@ pub fn position_biased(
     let p = if scores.device().is_cuda() {
         kernels::softmax_bias(&scores, &bias.contiguous()?, &padding.keep)?
     } else {
-        biased_softmax(&scores, bias, &padding.keep)?
+        biased_softmax(&scores, bias, padding)?
     };
     #[cfg(not(feature = "cuda"))]
-    let p = biased_softmax(&scores, bias, &padding.keep)?;
+    let p = biased_softmax(&scores, bias, padding)?;
     p.matmul(&v)?.transpose(1, 2)?.reshape((b, len, width))
 }
 
 /// `softmax(scores + bias + mask)` with candle's ops: the most negative float at padded keys
 /// (probability exactly 0), the sum of bias and mask rounded to the scores' dtype first, as the
-/// reference adds them.
-fn biased_softmax(scores: &Tensor, bias: &Tensor, keep: &Tensor) -> candle_core::Result<Tensor> {
-    let f32 = candle_core::DType::F32;
-    let (b, len) = keep.dims2()?;
-    let mask = keep.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
-    let full = bias.to_dtype(f32)?.unsqueeze(0)?.broadcast_add(&mask)?.to_dtype(scores.dtype())?;
+/// reference adds them (that sum kept in `padding` for the next call with the same bias).
+fn biased_softmax(scores: &Tensor, bias: &Tensor, padding: &KeyPadding) -> candle_core::Result<Tensor> {
+    let mut biased = padding.biased.borrow_mut();
+    let full = match biased.as_ref() {
+        Some((id, full)) if *id == bias.id() => full.clone(),
+        _ => {
+            let f32 = candle_core::DType::F32;
+            let (b, len) = padding.keep.dims2()?;
+            let mask = padding.keep.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((b, 1, 1, len))?;
+            let full = bias.to_dtype(f32)?.unsqueeze(0)?.broadcast_add(&mask)?.to_dtype(scores.dtype())?;
+            *biased = Some((bias.id(), full.clone()));
+            full
+        }
+    };
     candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&full)?)
 }
