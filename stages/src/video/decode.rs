@@ -324,8 +324,6 @@ pub struct VideoReader {
     fresh: bool,
     /// A packet read ahead (the keyframe a part starts at), decoded first.
     pending: Option<ffmpeg::Packet>,
-    /// The decoder drops non-reference frames (see [`VideoReader::decode_skipping`]).
-    skipping_nonref: bool,
     /// Average frame rate, frames per second.
     pub fps: f64,
     /// Clockwise display rotation, degrees.
@@ -359,7 +357,6 @@ impl VideoReader {
             start_pts,
             fresh: true,
             pending: None,
-            skipping_nonref: false,
             fps,
             rotation,
         })
@@ -683,18 +680,14 @@ impl VideoReader {
                         if packet.stream() != self.stream {
                             continue;
                         }
-                        let skip = packet.pts().is_some_and(&unwanted);
-                        if skip != self.skipping_nonref {
-                            let discard = if skip {
-                                ffmpeg::ffi::AVDiscard::AVDISCARD_NONREF
-                            } else {
-                                ffmpeg::ffi::AVDiscard::AVDISCARD_DEFAULT
-                            };
-                            // SAFETY: the decoder's codec context is open and owned by this reader;
-                            // `skip_frame` is a plain field the decoder reads as each frame starts.
-                            unsafe { (*self.decoder.as_mut_ptr()).skip_frame = discard };
-                            self.skipping_nonref = skip;
-                        }
+                        let discard = if packet.pts().is_some_and(&unwanted) {
+                            ffmpeg::ffi::AVDiscard::AVDISCARD_NONREF
+                        } else {
+                            ffmpeg::ffi::AVDiscard::AVDISCARD_DEFAULT
+                        };
+                        // SAFETY: the decoder's codec context is open and owned by this reader;
+                        // `skip_frame` is a plain field the decoder reads as each frame starts.
+                        unsafe { (*self.decoder.as_mut_ptr()).skip_frame = discard };
                         if self.decoder.send_packet(&packet).is_err() {
                             continue;
                         }
