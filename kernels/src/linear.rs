@@ -65,6 +65,16 @@ struct Plan {
 /// An owned matmul descriptor.
 struct MatmulDesc(sys::cublasLtMatmulDesc_t);
 
+impl MatmulDesc {
+    /// Sets attribute `attr` to `value`, whose Rust type must be the C type cuBLASLt documents for
+    /// it (`i32` for a flag, `u64` for a device pointer, `cublasLtEpilogue_t`).
+    fn set<V>(&self, attr: sys::cublasLtMatmulDescAttributes_t, value: &V, what: &str) -> Result<()> {
+        // SAFETY: `value` is passed by address with its size; cuBLASLt copies it.
+        unsafe { result::set_matmul_desc_attribute(self.0, attr, (value as *const V).cast(), std::mem::size_of::<V>()) }
+            .map_err(lt_err(what))
+    }
+}
+
 impl Drop for MatmulDesc {
     fn drop(&mut self) {
         // SAFETY: created by `create_matmul_desc`, destroyed once.
@@ -126,16 +136,11 @@ impl Lt {
         let (alpha, beta) = (1f32, if ops.residual.is_some() { 1f32 } else { 0f32 });
         let c_ptr = ops.residual.unwrap_or(ops.y);
         if let Some(bias) = &ops.bias {
-            // SAFETY: the attribute is a device pointer, passed by address with its size.
-            unsafe {
-                result::set_matmul_desc_attribute(
-                    plan.desc.0,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    (bias as *const u64).cast(),
-                    std::mem::size_of::<u64>(),
-                )
-            }
-            .map_err(lt_err("bias pointer"))?;
+            plan.desc.set(
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                bias,
+                "bias pointer",
+            )?;
         }
         let (ws, _ws_guard) = self.workspace.device_ptr(stream);
         let [a, b, c] = &plan.layouts;
@@ -195,24 +200,8 @@ impl Lt {
             (false, true) => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU,
             (false, false) => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
         };
-        let transpose = 1i32;
-        // SAFETY: each attribute is passed by address with its size, as cuBLASLt documents it.
-        unsafe {
-            result::set_matmul_desc_attribute(
-                desc.0,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                (&transpose as *const i32).cast(),
-                std::mem::size_of::<i32>(),
-            )
-            .map_err(lt_err("transpose"))?;
-            result::set_matmul_desc_attribute(
-                desc.0,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                (&epilogue as *const sys::cublasLtEpilogue_t).cast(),
-                std::mem::size_of::<sys::cublasLtEpilogue_t>(),
-            )
-            .map_err(lt_err("epilogue"))?;
-        }
+        desc.set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &1i32, "transpose")?;
+        desc.set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, "epilogue")?;
         let pref = MatmulPref(result::create_matmul_pref().map_err(lt_err("preference"))?);
         // SAFETY: as above.
         unsafe {
