@@ -1,55 +1,63 @@
 // FlashAttention-3-style forward self-attention for Hopper (sm_90a only), head dim 72, bf16 in and out with f32
 // accumulation, no mask (queries = keys = n tokens), the softmax scale folded into exp2. Launched by
-// kernels/src/fa3.rs; the exploration it comes from (other tile sizes, probes, a standalone test and benchmark)
-// is kept outside the repository, in .cache/fa3/.
+// kernels/src/fa3.rs; the exploration it comes from (other tile sizes and schedules, probes, a standalone test
+// and benchmark; this kernel is its variant fa3_j_bn128_v72_nc3) is kept outside the repository.
 //
 // Layout: q, k, v are [B, N, H, 72] views (last axis contiguous, 16-byte aligned rows), read through six 4-D TMA
 // tensor maps {72, H, N, B} built on the host; o is written directly with element strides [batch, head, row].
 //
-// A tile of `rows` tokens x 80 columns (72 + 8 zero columns) is two shared-memory panels, each 1024-byte aligned:
+// A Q or K tile of `rows` tokens x 80 columns (72 + 8 zero columns) is two shared-memory panels, each 1024-byte
+// aligned:
 //   panel A: rows x 128 B = columns 0..63, 128-byte swizzle (16-byte chunk index ^= row % 8)
 //   panel B: rows x  32 B = columns 64..79, 32-byte swizzle; columns 72..79 and tokens >= n are TMA zero fill.
-// These are what TMA writes with CU_TENSOR_MAP_SWIZZLE_128B / _32B and boxes {64,1,rows,1} / {16,1,rows,1}, and
-// the canonical wgmma layouts:
+// A V tile is two panels of the panel-A kind: columns 0..63 and columns 64..127 (72..127 and tokens >= n zero
+// fill). These are what TMA writes with CU_TENSOR_MAP_SWIZZLE_128B / _32B and boxes {64,1,rows,1} /
+// {16,1,rows,1}, and the canonical wgmma layouts:
 //   S = Q K^T : K-major operands; 4 k-steps on panel A (start + 32 B each), 1 k-step on panel B.
-//   O += P V  : P from registers (the S accumulator packed to bf16), V MN-major; per 16 keys one m64n64k16 on
-//               panel A (+2048 B per step) and one m64n16k16 on panel B (+512 B per step); output columns
-//               72..79 come out 0 and are never stored.
+//   O += P V  : P from registers (the S accumulator packed to bf16), V MN-major; per 16 keys one m64n72k16
+//               (N = the head dim) over both V panels: +2048 B per step, the second 64-column atom one panel
+//               (LBO) further, of which the wgmma reads only columns 64..71.
 //
-// One CTA = 128 query rows, 384 threads: warpgroup 0 is the TMA producer (one thread, setmaxnreg 24), warpgroups
-// 1 and 2 are consumers (setmaxnreg 240) with 64 rows each. K and V tiles of 128 keys go through a 2-stage ring
+// One CTA = 192 query rows, 512 threads: warpgroup 0 is the TMA producer (one thread, setmaxnreg 24), warpgroups
+// 1 to 3 are consumers (setmaxnreg 160) with 64 rows each. K and V tiles of 128 keys go through a 2-stage ring
 // with full/empty mbarriers; key tiles are walked in reverse so that the only partial tile comes first. Each
-// consumer overlaps S_i = Q K_i^T with O += P_{i-1} V_{i-1} (both issued back to back, softmax of S_i while the
-// PV runs), and the two consumers take turns issuing their GEMMs (ping-pong through named barriers 1 and 2).
+// consumer runs S = Q K^T, waits, the softmax, O += P V, waits, per tile: no overlap of the two GEMMs inside a
+// warpgroup and no ping-pong between the consumers (the three consumers' GEMMs and softmaxes interleave on their
+// own). S and P are then never live together, which is what fits 160 registers; with either schedule ptxas
+// spills. Three consumers share each K/V tile, a third less K/V traffic per query row than two.
 #include <cuda_bf16.h>
 #include <stdint.h>
 
 namespace fa3 {
 
-constexpr int BM = 128;  // query rows per CTA (two consumer warpgroups of 64)
-constexpr int BN = 128;  // keys per K/V tile
-constexpr int ST = 2;    // K/V ring stages
+constexpr int NC = 3;        // consumer warpgroups
+constexpr int BM = 64 * NC;  // query rows per CTA (192: 64 per consumer)
+constexpr int BN = 128;      // keys per K/V tile
+constexpr int ST = 2;        // K/V ring stages
 
-// Shared-memory plan (byte offsets from the 1024-aligned base). The host requests fa3_smem_bytes.
+// Shared-memory plan (byte offsets from the 1024-aligned base). The host requests SMEM (SMEM_BYTES in fa3.rs).
 constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 constexpr int Q_A = 0;
 constexpr int Q_B = BM * 128;
 constexpr int Q_END = round_up(Q_B + BM * 32, 1024);
 constexpr int PANEL_A = BN * 128;
 constexpr int PANEL_B = round_up(BN * 32, 1024);
-constexpr int TILE = PANEL_A + PANEL_B;       // one K or one V tile
-constexpr int KV0 = Q_END;                    // stage s: K at KV0 + 2*s*TILE, V at + TILE
-constexpr int BAR = KV0 + 2 * ST * TILE;      // mbarriers: Q, then full K, empty K, full V, empty V per stage
+constexpr int K_TILE = PANEL_A + PANEL_B;     // panel A + panel B
+constexpr int V_TILE = 2 * PANEL_A;           // two 128-byte-row panels
+constexpr int STAGE = K_TILE + V_TILE;
+constexpr int KV0 = Q_END;                    // stage s: K at KV0 + s*STAGE, V at + K_TILE
+constexpr int BAR = KV0 + ST * STAGE;         // mbarriers: Q, then full K, empty K, full V, empty V per stage
 constexpr int SMEM = BAR + 8 * (1 + 4 * ST) + 1024;  // + slack to align the base to 1024
 constexpr unsigned TX_Q = BM * 160;           // bytes of one Q tile (both panels, zero fill included)
-constexpr unsigned TX_KV = BN * 160;
+constexpr unsigned TX_K = BN * 160;
+constexpr unsigned TX_V = BN * 256;
 
 // A CUtensorMap (128 bytes, 64-byte aligned) without including cuda.h.
 struct alignas(64) TmaMap {
   unsigned long long w[16];
 };
-// Q, K, V: panel A (box {64,1,rows,1}, 128B swizzle) and panel B (box {16,1,rows,1}, 32B swizzle, from column 64).
-// Q boxes have BM rows, K and V boxes BN rows.
+// Q, K: panel A (box {64,1,rows,1}, 128B swizzle) and panel B (box {16,1,rows,1}, 32B swizzle, from column 64).
+// V: two boxes {64,1,BN,1} in 128B swizzle, from columns 0 and 64. Q boxes have BM rows, K and V boxes BN rows.
 struct TmaMaps {
   TmaMap qa, qb, ka, kb, va, vb;
 };
@@ -107,10 +115,9 @@ FA3_DEV uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo, uint32_t 
 FA3_DEV uint64_t desc_k_sw128(uint32_t saddr) { return make_desc(saddr, 16, 1024, 1); }
 // K-major (rows x 16 cols, 32-byte rows, 32B swizzle): SBO = 8 rows = 256 B.
 FA3_DEV uint64_t desc_k_sw32(uint32_t saddr) { return make_desc(saddr, 16, 256, 3); }
-// MN-major V (keys x 64 d, 128-byte rows, 128B swizzle): SBO = 8 keys = 1024 B; N = 64 = one atom, LBO unused.
-FA3_DEV uint64_t desc_mn_sw128(uint32_t saddr) { return make_desc(saddr, 0, 1024, 1); }
-// MN-major V (keys x 16 d, 32-byte rows, 32B swizzle): SBO = 8 keys = 256 B; N = 16 = one atom.
-FA3_DEV uint64_t desc_mn_sw32(uint32_t saddr) { return make_desc(saddr, 0, 256, 3); }
+// MN-major V (keys x 72 d in two 64-column panels, 128-byte rows, 128B swizzle): SBO = 8 keys = 1024 B, LBO = the
+// stride between the two 64-wide MN atoms (the panel size).
+FA3_DEV uint64_t desc_v(uint32_t saddr) { return make_desc(saddr, PANEL_A, 1024, 1); }
 
 // The wrappers add the descriptor offsets OA / OB (16-byte units) inside the asm, so the compiler never
 // precomputes and holds one 64-bit descriptor per k-step and stage (that had caused spills). The `0` form writes
@@ -137,33 +144,20 @@ FA3_DEV void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, uint32_t ac
       : "l"(da), "l"(db), "r"(accumulate), "n"(OA), "n"(OB));
 }
 
-// D(64x64, f32) (+)= A(64x16, registers) * B(16x64, smem, MN-major)
+// D(64x72, f32) += A(64x16, registers) * B(16x72, smem, MN-major), D split as o_a (columns 0..63), o_b (64..71).
 template <int OB>
-FA3_DEV void wgmma_rs_n64(float (&d)[32], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint64_t db,
-                          uint32_t accumulate) {
+FA3_DEV void wgmma_rs_n72_split(float (&o_a)[32], float (&o_b)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                uint64_t db) {
   asm volatile(
-      "{\n.reg .pred p;\n.reg .b64 db;\nsetp.ne.b32 p, %37, 0;\n"
-      "add.s64 db, %36, %38;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, db, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(accumulate), "n"(OB));
+      "{\n.reg .pred p;\n.reg .b64 db;\nsetp.ne.b32 p, %41, 0;\n"
+      "add.s64 db, %40, %42;\n"
+      "wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, {%36, %37, %38, %39}, db, p, 1, 1, 1;\n}\n"
+      : "+f"(o_a[0]), "+f"(o_a[1]), "+f"(o_a[2]), "+f"(o_a[3]), "+f"(o_a[4]), "+f"(o_a[5]), "+f"(o_a[6]), "+f"(o_a[7]), "+f"(o_a[8]), "+f"(o_a[9]), "+f"(o_a[10]), "+f"(o_a[11]), "+f"(o_a[12]), "+f"(o_a[13]), "+f"(o_a[14]), "+f"(o_a[15]), "+f"(o_a[16]), "+f"(o_a[17]), "+f"(o_a[18]), "+f"(o_a[19]), "+f"(o_a[20]), "+f"(o_a[21]), "+f"(o_a[22]), "+f"(o_a[23]), "+f"(o_a[24]), "+f"(o_a[25]), "+f"(o_a[26]), "+f"(o_a[27]), "+f"(o_a[28]), "+f"(o_a[29]), "+f"(o_a[30]), "+f"(o_a[31]), "+f"(o_b[0]), "+f"(o_b[1]), "+f"(o_b[2]), "+f"(o_b[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(1u), "n"(OB));
 }
-
-// D(64x16, f32) (+)= A(64x16, registers) * B(16x16, smem, MN-major)
-template <int OB>
-FA3_DEV void wgmma_rs_n16(float (&d)[8], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint64_t db,
-                          uint32_t accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\n.reg .b64 db;\nsetp.ne.b32 p, %13, 0;\n"
-      "add.s64 db, %12, %14;\n"
-      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, db, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(accumulate), "n"(OB));
-}
-
 
 // ---------------------------------------------------------------------------------------------------------------
-// mbarrier, TMA, named barriers
+// mbarrier, TMA
 
 FA3_DEV void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -199,23 +193,11 @@ FA3_DEV void tma_load_4d(uint32_t dst, const TmaMap *map, uint32_t bar, int c0, 
 FA3_DEV void tma_prefetch_map(const TmaMap *map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
-FA3_DEV void named_sync(int id, int count) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory"); }
-FA3_DEV void named_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
 FA3_DEV void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 FA3_DEV uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t *>(&v);
-}
-
-// A branch that is never taken (`never` is 0 at run time, unknown to the compilers) on the row sums `l`, i.e. on
-// the last exp2 of the softmax. ptxas schedules within a basic block by data dependencies only (the empty asm
-// fences are invisible to it) and floats a wgmma wait up to where its block begins; a block boundary that
-// depends on the softmax keeps the wait that follows it below the softmax.
-FA3_DEV void softmax_done(const float (&l)[2], uint32_t never) {
-  if ((__float_as_uint(l[0]) | __float_as_uint(l[1])) & never) __trap();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -235,14 +217,13 @@ FA3_DEV void gemm_qk(float (&s)[BN / 2], uint64_t q_a, uint64_t q_b, uint64_t k_
     wgmma_ss_n128<0, 0>(s, q_b, k_b, 1u);
   }
 }
-// O += P V: p[i] = bf16x2 of s[2i], s[2i+1]; v_a / v_b descriptors of V's panels.
+// O += P V: p[i] = bf16x2 of s[2i], s[2i+1]; v the descriptor of V's first panel. One n72 wgmma per 16 keys
+// (+2048 B per step in both panels).
 template <int KK = 0>
-FA3_DEV void gemm_pv(float (&o_a)[32], float (&o_b)[8], const uint32_t (&p)[BN / 4], uint64_t v_a, uint64_t v_b) {
+FA3_DEV void gemm_pv(float (&o_a)[32], float (&o_b)[4], const uint32_t (&p)[BN / 4], uint64_t v) {
   if constexpr (KK < BN / 16) {
-    // 16 keys per step: +2048 B in the 128-byte-row panel, +512 B in the 32-byte-row panel.
-    wgmma_rs_n64<KK * 128>(o_a, p[4 * KK], p[4 * KK + 1], p[4 * KK + 2], p[4 * KK + 3], v_a, 1u);
-    wgmma_rs_n16<KK * 32>(o_b, p[4 * KK], p[4 * KK + 1], p[4 * KK + 2], p[4 * KK + 3], v_b, 1u);
-    gemm_pv<KK + 1>(o_a, o_b, p, v_a, v_b);
+    wgmma_rs_n72_split<KK * 128>(o_a, o_b, p[4 * KK], p[4 * KK + 1], p[4 * KK + 2], p[4 * KK + 3], v);
+    gemm_pv<KK + 1>(o_a, o_b, p, v);
   }
 }
 
@@ -288,13 +269,12 @@ FA3_DEV void softmax_step(float (&s)[BN / 2], float (&m)[2], float (&l)[2], floa
   l[1] = l[1] * corr[1] + sum[1];
 }
 
-FA3_DEV void rescale_o(float (&o_a)[32], float (&o_b)[8], const float (&corr)[2]) {
+FA3_DEV void rescale_o(float (&o_a)[32], float (&o_b)[4], const float (&corr)[2]) {
 #pragma unroll
   for (int i = 0; i < 32; ++i) o_a[i] *= corr[(i / 2) % 2];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) o_b[i] *= corr[(i / 2) % 2];
+  for (int i = 0; i < 4; ++i) o_b[i] *= corr[(i / 2) % 2];
 }
-
 
 FA3_DEV void pack_p(uint32_t (&p)[BN / 4], const float (&s)[BN / 2]) {
 #pragma unroll
@@ -302,7 +282,7 @@ FA3_DEV void pack_p(uint32_t (&p)[BN / 4], const float (&s)[BN / 2]) {
 }
 
 // Normalise and store this warpgroup's 64 rows (row0 = first token of them).
-FA3_DEV void store_o(const Params &p, int b, int h, int row0, float (&o_a)[32], float (&o_b)[8], float (&l)[2]) {
+FA3_DEV void store_o(const Params &p, int b, int h, int row0, float (&o_a)[32], float (&o_b)[4], float (&l)[2]) {
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const int c = (lane % 4) * 2;
   float inv[2];
@@ -339,7 +319,7 @@ FA3_DEV void attention(const TmaMaps &maps, const Params &p) {
   auto bar_empty_k = [&](int s) { return base + BAR + 8 + 8 * ST + 8 * s; };
   auto bar_full_v = [&](int s) { return base + BAR + 8 + 16 * ST + 8 * s; };
   auto bar_empty_v = [&](int s) { return base + BAR + 8 + 24 * ST + 8 * s; };
-  auto k_tile = [&](int s) { return base + KV0 + 2 * s * TILE; };
+  auto k_tile = [&](int s) { return base + KV0 + s * STAGE; };
 
   uint32_t smem_bytes;
   asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
@@ -355,8 +335,8 @@ FA3_DEV void attention(const TmaMaps &maps, const Params &p) {
     for (int s = 0; s < ST; ++s) {
       mbar_init(bar_full_k(s), 1);
       mbar_init(bar_full_v(s), 1);
-      mbar_init(bar_empty_k(s), 8);  // lane 0 of each consumer warp
-      mbar_init(bar_empty_v(s), 8);
+      mbar_init(bar_empty_k(s), 4 * NC);  // lane 0 of each consumer warp
+      mbar_init(bar_empty_v(s), 4 * NC);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     fence_proxy_async();
@@ -380,13 +360,13 @@ FA3_DEV void attention(const TmaMaps &maps, const Params &p) {
       uint32_t ph = 0;
       for (int i = 0; i < nkv; ++i) {
         const int row = (nkv - 1 - i) * BN;  // reverse order: the partial tile first
-        const uint32_t kt = k_tile(s), vt = kt + TILE;
+        const uint32_t kt = k_tile(s), vt = kt + K_TILE;
         mbar_wait(bar_empty_k(s), ph ^ 1);
-        mbar_expect_tx(bar_full_k(s), TX_KV);
+        mbar_expect_tx(bar_full_k(s), TX_K);
         tma_load_4d(kt, &maps.ka, bar_full_k(s), 0, h, row, b);
         tma_load_4d(kt + PANEL_A, &maps.kb, bar_full_k(s), 64, h, row, b);
         mbar_wait(bar_empty_v(s), ph ^ 1);
-        mbar_expect_tx(bar_full_v(s), TX_KV);
+        mbar_expect_tx(bar_full_v(s), TX_V);
         tma_load_4d(vt, &maps.va, bar_full_v(s), 0, h, row, b);
         tma_load_4d(vt + PANEL_A, &maps.vb, bar_full_v(s), 64, h, row, b);
         if (++s == ST) {
@@ -397,103 +377,58 @@ FA3_DEV void attention(const TmaMaps &maps, const Params &p) {
     }
   } else {
     // ---------------- consumers ----------------
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");  // 128*24 + 256*240 <= 65536
-    const int cw = wg - 1;  // consumer index 0/1: rows cw*64 .. +63 of the CTA tile
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n" ::: "memory");  // 128*24 + 384*160 <= 65536
+    const int cw = wg - 1;  // consumer index 0..2: rows cw*64 .. +63 of the CTA tile
     const int lane = threadIdx.x % 32;
     const uint64_t dq_a = desc_k_sw128(base + Q_A + cw * 64 * 128), dq_b = desc_k_sw32(base + Q_B + cw * 64 * 32);
-    const int bar_mine = 1 + cw, bar_other = 1 + (cw + 1) % 2;  // ping-pong between the two consumers
-    const uint32_t never = p.n < 0 ? ~0u : 0u;  // 0 at run time; see softmax_done()
 
-    float o_a[32], o_b[8], s[BN / 2];
+    float o_a[32], o_b[4], s[BN / 2];
     uint32_t pf[BN / 4];
 #pragma unroll
     for (int i = 0; i < 32; ++i) o_a[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) o_b[i] = 0.f;
+    for (int i = 0; i < 4; ++i) o_b[i] = 0.f;
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2] = {1.f, 1.f};
 
     mbar_wait(bar_q, 0);
-    if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
+    const bool mask_first = nkv * BN > p.n;
 
-    auto issue_qk = [&](int st) {
+    int st = 0;
+    uint32_t ph = 0;
+    for (int i = 0; i < nkv; ++i) {
+      mbar_wait(bar_full_k(st), ph);
+      fence_regs(s);
+      wgmma_fence();
       const uint32_t kt = k_tile(st);
       gemm_qk(s, dq_a, dq_b, desc_k_sw128(kt), desc_k_sw32(kt + PANEL_A));
-    };
-    auto issue_pv = [&](int st) {
-      const uint32_t vt = k_tile(st) + TILE;
-      gemm_pv(o_a, o_b, pf, desc_mn_sw128(vt), desc_mn_sw32(vt + PANEL_A));
-    };
-
-    // Tile 0 (the partial one): S only.
-    mbar_wait(bar_full_k(0), 0);
-    named_sync(bar_mine, 256);
-    fence_regs(s);
-    wgmma_fence();
-    issue_qk(0);
-    wgmma_commit();
-    named_arrive(bar_other, 256);
-    wgmma_wait<0>();
-    fence_regs(s);
-    if (lane == 0) mbar_arrive(bar_empty_k(0));
-    softmax_step(s, m, l, corr, p.scale_log2, nkv * BN > p.n, (nkv - 1) * BN, p.n);
-    pack_p(pf, s);
-
-    int st_prev = 0;
-    uint32_t ph_prev = 0;
-    int st = 1;
-    uint32_t ph = 0;
-    for (int i = 1; i < nkv; ++i) {
-      mbar_wait(bar_full_k(st), ph);
-      mbar_wait(bar_full_v(st_prev), ph_prev);  // (a wait between the two issues makes ptxas add a fence)
-      named_sync(bar_mine, 256);
+      wgmma_commit();
+      wgmma_wait<0>();
       fence_regs(s);
+      if (lane == 0) mbar_arrive(bar_empty_k(st));
+
+      // Only the first tile (the last keys) can be partial.
+      softmax_step(s, m, l, corr, p.scale_log2, i == 0 && mask_first, (nkv - 1 - i) * BN, p.n);
+      rescale_o(o_a, o_b, corr);
+      pack_p(pf, s);
+
+      mbar_wait(bar_full_v(st), ph);
       fence_regs(o_a);
       fence_regs(o_b);
       fence_regs(pf);
       wgmma_fence();
-      issue_qk(st);
+      gemm_pv(o_a, o_b, pf, desc_v(k_tile(st) + K_TILE));
       wgmma_commit();
-      issue_pv(st_prev);
-      wgmma_commit();
-      named_arrive(bar_other, 256);
-      wgmma_wait<1>();  // S_i ready
-      fence_regs(s);
-      if (lane == 0) mbar_arrive(bar_empty_k(st));
-      softmax_step(s, m, l, corr, p.scale_log2, false, 0, p.n);
-      // Without this ptxas hoists the wait below to right after the row max (the O rescale needs only that),
-      // reuses P's registers for the exp2s, and the softmax no longer overlaps PV_{i-1}.
-      softmax_done(l, never);
-      wgmma_wait<0>();  // PV_{i-1} done: O and P registers free again
+      wgmma_wait<0>();
       fence_regs(o_a);
       fence_regs(o_b);
-      fence_regs(pf);
-      if (lane == 0) mbar_arrive(bar_empty_v(st_prev));
-      rescale_o(o_a, o_b, corr);
-      pack_p(pf, s);
-      st_prev = st;
-      ph_prev = ph;
+      if (lane == 0) mbar_arrive(bar_empty_v(st));
       if (++st == ST) {
         st = 0;
         ph ^= 1;
       }
     }
-    // Last PV. (The last consumer's final arrive on the other's ping-pong barrier stays unmatched; harmless at
-    // exit of a non-persistent kernel.)
-    mbar_wait(bar_full_v(st_prev), ph_prev);
-    named_sync(bar_mine, 256);
-    fence_regs(o_a);
-    fence_regs(o_b);
-    fence_regs(pf);
-    wgmma_fence();
-    issue_pv(st_prev);
-    wgmma_commit();
-    named_arrive(bar_other, 256);
-    wgmma_wait<0>();
-    fence_regs(o_a);
-    fence_regs(o_b);
-    if (lane == 0) mbar_arrive(bar_empty_v(st_prev));
     store_o(p, b, h, m0 + cw * 64, o_a, o_b, l);
   }
 }
@@ -501,10 +436,10 @@ FA3_DEV void attention(const TmaMaps &maps, const Params &p) {
 }  // namespace fa3
 #endif  // FA3_ENABLED
 
-// Grid: x = ceil(n / 128) query tiles, y = heads, z = batch; 384 threads; fa3::SMEM bytes of dynamic shared
-// memory (FA3_SMEM_BYTES in kernels/src/fa3.rs; the kernel traps on less). Other targets than sm_90a get an empty body (never launched:
-// the host routes here only on compute capability 9.0).
-extern "C" __global__ void __launch_bounds__(384, 1)
+// Grid: x = ceil(n / 192) query tiles, y = heads, z = batch; 512 threads; fa3::SMEM bytes of dynamic shared
+// memory (SMEM_BYTES in kernels/src/fa3.rs; the kernel traps on less). Other targets than sm_90a get an empty
+// body (never launched: the host routes here only on compute capability 9.0).
+extern "C" __global__ void __launch_bounds__(512, 1)
     fa3_attention_hd72(const __grid_constant__ fa3::TmaMaps maps, __nv_bfloat16 *o, long long ob, long long oh,
                        long long orow, int n, float scale_log2) {
 #ifdef FA3_ENABLED
@@ -512,4 +447,3 @@ extern "C" __global__ void __launch_bounds__(384, 1)
   fa3::attention(maps, p);
 #endif
 }
-

@@ -1,5 +1,5 @@
 //! Launcher of the FlashAttention-3-style kernel of `fa3.cu` for Hopper (wgmma tensor cores, TMA loads,
-//! a producer warpgroup and two consumer warpgroups): self-attention with head dim 72 in bf16, the
+//! a producer warpgroup and three consumer warpgroups): self-attention with head dim 72 in bf16, the
 //! MUG-DiT's attention. Its PTX targets `sm_90a`, which the driver compiles for devices of compute
 //! capability exactly 9.0 (H100, H200) and no other, so [`unsupported`] checks the device as well as
 //! the shape. q, k and v are read in place through six TMA tensor maps (two column panels each), so the
@@ -20,21 +20,24 @@ const FUNC: &str = "fa3_attention_hd72";
 
 /// The one head dim the kernel is written for.
 pub(crate) const HEAD_DIM: usize = 72;
-/// Query rows per block (`fa3::BM`), keys per K/V tile (`fa3::BN`), threads (three warpgroups).
-const BLOCK_ROWS: usize = 128;
+/// Query rows per block (`fa3::BM`, 64 per consumer warpgroup), keys per K/V tile (`fa3::BN`),
+/// threads (a producer and three consumer warpgroups).
+const BLOCK_ROWS: usize = 192;
 const KEY_ROWS: u32 = 128;
-const THREADS: u32 = 384;
-/// Dynamic shared memory of a block, `fa3::SMEM`: the Q tile, two stages of K and V tiles (each tile
-/// a 128-byte-row panel and a 32-byte-row panel of 1024-byte-aligned rows), 9 mbarriers and the
-/// slack to align the base. The kernel traps if it gets less.
+const THREADS: u32 = 512;
+/// Dynamic shared memory of a block, `fa3::SMEM`: the Q tile and two stages of a K and a V tile
+/// (Q and K: a 128-byte-row panel and a 32-byte-row panel; V: two 128-byte-row panels; every panel
+/// a multiple of 1024 bytes), 9 mbarriers and the slack to align the base. The kernel traps if it
+/// gets less.
 const SMEM_BYTES: u32 = {
-    let tile = KEY_ROWS * 128 + KEY_ROWS * 32;
-    let q = BLOCK_ROWS as u32 * 160;
-    q + 2 * 2 * tile + 8 * 9 + 1024
+    let q = BLOCK_ROWS as u32 * (128 + 32);
+    let k = KEY_ROWS * (128 + 32);
+    let v = KEY_ROWS * 2 * 128;
+    q + 2 * (k + v) + 8 * 9 + 1024
 };
 
-/// The six tensor maps of a launch (q, k, v; each the columns 0..63 panel, then 64..79), passed by
-/// value as the kernel's `__grid_constant__ fa3::TmaMaps`.
+/// The six tensor maps of a launch (q, k, v; each the columns 0..63 panel, then the one from column
+/// 64), passed by value as the kernel's `__grid_constant__ fa3::TmaMaps`.
 #[repr(C)]
 struct TmaMaps([sys::CUtensorMap; 6]);
 
@@ -67,21 +70,33 @@ pub(crate) fn unsupported(
     Ok(reason)
 }
 
+/// Which columns a tensor map's box covers, and in which shared-memory layout.
+#[derive(Clone, Copy, PartialEq)]
+enum Panel {
+    /// Columns 0..63 in 128-byte swizzle.
+    A,
+    /// Columns 64..79 in 32-byte swizzle (q and k, the K dimension of Q K^T padded to 80).
+    B,
+    /// Columns 64..127 in 128-byte swizzle (v: the second 64-column atom of the n72 P V).
+    BWide,
+}
+
 /// A tensor map over the `[B, N, H, 72]` view at `ptr` with `[batch, head, row]` element `strides`:
-/// boxes of `rows` tokens of one head and columns 0..63 in 128-byte swizzle (`panel_b` false), or
-/// columns 64..79 in 32-byte swizzle (`panel_b`; TMA fills 72..79 and tokens past N with zeros).
+/// boxes of `rows` tokens of one head and the columns of `panel` (the kernel loads `Panel::A` from
+/// column 0, the others from column 64); TMA fills the columns past 72 and the tokens past N with zeros.
 fn tensor_map(
     ptr: sys::CUdeviceptr,
     (b, h, n): (usize, usize, usize),
     strides: [i64; 3],
     rows: u32,
-    panel_b: bool,
+    panel: Panel,
 ) -> Result<sys::CUtensorMap> {
     use sys::CUtensorMapSwizzle::{CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_SWIZZLE_32B};
     let dims = [HEAD_DIM as u64, h as u64, n as u64, b as u64];
     let bytes = |s: i64| s as u64 * std::mem::size_of::<bf16>() as u64;
     let byte_strides = [bytes(strides[1]), bytes(strides[2]), bytes(strides[0])];
-    let boxes = [if panel_b { 16 } else { 64 }, 1, rows, 1];
+    let sw32 = panel == Panel::B;
+    let boxes = [if sw32 { 16 } else { 64 }, 1, rows, 1];
     let element_strides = [1u32; 4];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
     // SAFETY: every array has the rank's (4) or rank - 1 entries; the address is the view's device
@@ -97,7 +112,7 @@ fn tensor_map(
             boxes.as_ptr(),
             element_strides.as_ptr(),
             sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            if panel_b { CU_TENSOR_MAP_SWIZZLE_32B } else { CU_TENSOR_MAP_SWIZZLE_128B },
+            if sw32 { CU_TENSOR_MAP_SWIZZLE_32B } else { CU_TENSOR_MAP_SWIZZLE_128B },
             sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
@@ -129,12 +144,12 @@ pub(crate) fn forward(
     let (vp, _sv) = v.device_ptr(&stream);
     let rows = BLOCK_ROWS as u32;
     let maps = TmaMaps([
-        tensor_map(qp, (b, h, n), strides[0], rows, false)?,
-        tensor_map(qp, (b, h, n), strides[0], rows, true)?,
-        tensor_map(kp, (b, h, n), strides[1], KEY_ROWS, false)?,
-        tensor_map(kp, (b, h, n), strides[1], KEY_ROWS, true)?,
-        tensor_map(vp, (b, h, n), strides[2], KEY_ROWS, false)?,
-        tensor_map(vp, (b, h, n), strides[2], KEY_ROWS, true)?,
+        tensor_map(qp, (b, h, n), strides[0], rows, Panel::A)?,
+        tensor_map(qp, (b, h, n), strides[0], rows, Panel::B)?,
+        tensor_map(kp, (b, h, n), strides[1], KEY_ROWS, Panel::A)?,
+        tensor_map(kp, (b, h, n), strides[1], KEY_ROWS, Panel::B)?,
+        tensor_map(vp, (b, h, n), strides[2], KEY_ROWS, Panel::A)?,
+        tensor_map(vp, (b, h, n), strides[2], KEY_ROWS, Panel::BWide)?,
     ]);
     let (ob, oh, orow) = ((n * h * HEAD_DIM) as i64, HEAD_DIM as i64, (h * HEAD_DIM) as i64);
     let n32 = n as i32;

@@ -144,8 +144,9 @@ fn flash_attention_long_sequence() {
 }
 
 /// The Hopper kernel (head dim 72, compute capability 9.0) against the f32 reference: strided views of
-/// a fused qkv and contiguous tensors, token counts below one 128-key tile, of whole tiles and with a
-/// partial tile, sharp scores (the online max rescale), and the routing of `flash_attention`.
+/// a fused qkv and contiguous tensors, token counts below one 128-key tile and one 192-query block, of
+/// whole key tiles and query blocks and with partial ones, sharp scores (the online max rescale), and
+/// the routing of `flash_attention`.
 #[test]
 fn hopper_attention_matches_f32_reference() {
     let dev = device();
@@ -153,7 +154,13 @@ fn hopper_attention_matches_f32_reference() {
     let hd = 72;
     let scale = 1.0 / (hd as f64).sqrt();
     // (batch, tokens, heads, fused qkv, q multiplied by)
-    let cases = [(2, 333, 3, true, 1.0), (1, 77, 2, false, 1.0), (1, 256, 2, true, 1.0), (2, 129, 1, false, 4.0)];
+    let cases = [
+        (2, 333, 3, true, 1.0),
+        (1, 77, 2, false, 1.0),
+        (1, 256, 2, true, 1.0),
+        (1, 192, 2, false, 1.0),
+        (2, 129, 1, false, 4.0),
+    ];
     for (b, l, h, fused, sharp) in cases {
         let (q, k, v) = if fused {
             let qkv = randn(&mut rng, &[b, l, 3, h, hd], DType::BF16, &dev);
