@@ -750,9 +750,11 @@ enum Conversion {
     Swscale(scaling::Context, Option<Vec<(u32, u32)>>),
     /// At full size by our bit-exact copy of swscale's arithmetic (8-bit 4:4:4 and 4:2:0), only
     /// the source rows marked and, when listed, only the columns listed: swscale's general
-    /// path, which 4:4:4 takes, cannot skip rows cheaply, and its direct 4:2:0 converter
-    /// converts whole rows in pairs.
-    Own(YuvToRgb, Vec<bool>, Option<Vec<usize>>),
+    /// path, which 4:4:4 and odd-height 4:2:0 take, cannot skip rows cheaply, and its direct
+    /// 4:2:0 converter converts whole rows in pairs. The rows ours leaves to swscale
+    /// ([`YuvToRgb::own_rows`]) come from the scaler, as the output slices listed, when any is
+    /// read.
+    Own(YuvToRgb, Vec<bool>, Option<Vec<usize>>, Option<(scaling::Context, Vec<(u32, u32)>)>),
 }
 
 impl<'r> Converter<'r> {
@@ -789,23 +791,36 @@ impl<'r> Converter<'r> {
         // The stored columns read, listed when they are few (a 5:1 shrink reads one in five):
         // converting just those pixels then beats converting whole rows.
         let columns = all_columns.map(|columns| listed(&columns)).filter(|listed| 4 * listed.len() <= w as usize);
-        // Our 4:4:4 rows vectorise and beat swscale's general path; our 4:2:0 conversion is per
-        // pixel and beats swscale's SIMD rows only on few columns.
+        // Our 4:4:4 and odd-height 4:2:0 rows vectorise and beat swscale's general path; our
+        // even-height 4:2:0 conversion is per pixel and beats swscale's SIMD rows only on few
+        // columns.
         let worth_it = match fmt {
             Pixel::YUV444P | Pixel::YUVJ444P => true,
-            Pixel::YUV420P | Pixel::YUVJ420P => columns.is_some(),
+            Pixel::YUV420P | Pixel::YUVJ420P => columns.is_some() || h % 2 == 1,
             _ => false,
+        };
+        let (sw, sh) = self.scaled;
+        let scaler = || {
+            let mut ctx = scaling::Context::get(fmt, w, h, target(self.format.layout), sw, sh, scaling::Flags::BICUBIC)
+                .map_err(|e| DecodeError::Convert(fmt, e))?;
+            configure(&mut ctx);
+            Ok::<_, DecodeError>(ctx)
         };
         if worth_it && self.scaled == (w, h) {
             let (table, layout) = (coefficients(matrix), self.format.layout);
             if let Some(own) = YuvToRgb::matching_swscale(fmt, (w, h), table, full_range, layout, configure) {
-                return Ok((Conversion::Own(own, rows.unwrap_or_else(|| vec![true; h as usize]), columns), grid));
+                let rows = rows.unwrap_or_else(|| vec![true; h as usize]);
+                let columns = columns.filter(|_| !matches!(own, YuvToRgb::General420(..)));
+                // The rows ours leaves to swscale (the last two at most), when any is read.
+                let left = own.own_rows(h as usize);
+                let tail = match rows[left..].contains(&true) {
+                    true => Some((scaler()?, vec![(left as u32, h - left as u32)])),
+                    false => None,
+                };
+                return Ok((Conversion::Own(own, rows, columns, tail), grid));
             }
         }
-        let (sw, sh) = self.scaled;
-        let mut ctx = scaling::Context::get(fmt, w, h, target(self.format.layout), sw, sh, scaling::Flags::BICUBIC)
-            .map_err(|e| DecodeError::Convert(fmt, e))?;
-        configure(&mut ctx);
+        let mut ctx = scaler()?;
         // SAFETY: the context is valid.
         let align = unsafe { ffmpeg::ffi::sws_receive_slice_alignment(ctx.as_mut_ptr()) } as usize;
         // Only swscale's direct YUV -> RGB converter (the one that asks for slices of 2 rows)
@@ -837,11 +852,14 @@ impl<'r> Converter<'r> {
         match &mut self.conversion.as_mut().expect("set above").0 {
             Conversion::Swscale(ctx, None) => ctx.run(decoded, &mut self.out),
             Conversion::Swscale(ctx, Some(slices)) => convert_slices(ctx, decoded, &mut self.out, slices),
-            Conversion::Own(own, rows, columns) => {
+            Conversion::Own(own, rows, columns, tail) => {
                 packed = self.grid.is_some() && columns.is_some();
                 let target = Target { layout: self.format.layout, packed, out: self.out.data_mut(0), stride };
                 own.convert_rows(decoded, rows, columns.as_deref(), target);
-                Ok(())
+                match tail {
+                    Some((ctx, slices)) => convert_slices(ctx, decoded, &mut self.out, slices),
+                    None => Ok(()),
+                }
             }
         }
         .map_err(|e| DecodeError::Convert(fmt, e))?;

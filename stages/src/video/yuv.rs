@@ -1,11 +1,12 @@
 //! Bit-exact re-implementations of swscale's conversions of 8-bit YUV to packed BGR or RGB at
 //! the same size, so that the decoder can convert only the pixels a consumer reads, in loops that
-//! vectorise. Two of swscale's paths are reproduced element for element: the general path that
+//! vectorise. Three of swscale's paths are reproduced element for element: the general path that
 //! 4:4:4 input takes (identity filters, then its full-chroma per-pixel output, scalar C that
-//! converts every row of every frame), and the direct converter of 4:2:0 frames of even height
-//! (x86 SIMD in 16-bit lanes, which converts rows in pairs). Each is checked against swscale
-//! itself before use ([`YuvToRgb::matching_swscale`]), so an FFmpeg build that computes
-//! otherwise keeps swscale.
+//! converts every row of every frame), the direct converter of 4:2:0 frames of even height (x86
+//! SIMD in 16-bit lanes, which converts rows in pairs), and the general path that 4:2:0 frames of
+//! odd height take to BGR (its bicubic vertical chroma filter and x86 MMX output in 16-bit lanes,
+//! one row at a time). Each is checked against swscale itself before use
+//! ([`YuvToRgb::matching_swscale`]), so an FFmpeg build that computes otherwise keeps swscale.
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
@@ -15,8 +16,8 @@ use super::pixel::{with_simd, Layout};
 
 /// swscale's integer YUV -> RGB coefficients for one colour matrix and range, as
 /// `ff_yuv2rgb_c_init_tables` derives them (neutral brightness, contrast and saturation): the
-/// luma offset as the general path (9 fractional bits) and the x86 direct converter (3
-/// fractional bits) subtract it, and the five multipliers with 13 fractional bits.
+/// luma offset as the general path's C output (9 fractional bits) and the x86 converters in 16-bit
+/// lanes (3 fractional bits) subtract it, and the five multipliers with 13 fractional bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coefficients {
     y_offset_general: i32,
@@ -58,13 +59,168 @@ impl Coefficients {
 }
 
 /// A conversion of 8-bit YUV frames to packed BGR or RGB at the same size that gives swscale's
-/// bytes, for the two layouts whose swscale paths are reproduced here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// bytes, for the three cases whose swscale paths are reproduced here.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum YuvToRgb {
     /// 4:4:4 through swscale's general path.
     Full444(Coefficients),
     /// 4:2:0 of even height through swscale's direct converter (x86 SIMD).
     Direct420(Coefficients),
+    /// 4:2:0 of odd height to BGR through swscale's general path (x86 MMX output), for every
+    /// row but the last two ([`YuvToRgb::own_rows`]), which swscale converts with its C
+    /// functions and are left to it.
+    General420(Coefficients, ChromaFilter),
+}
+
+/// swscale's vertical chroma filter for 4:2:0 input of odd height to packed RGB, as its
+/// `initFilter` builds it for x86 (taps aligned to pairs): the chroma rows interpolated to every
+/// output row with its default bicubic (B = 0, C = 0.6), in 12-bit fixed point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChromaFilter {
+    /// Taps per output row.
+    size: usize,
+    /// The first chroma row of each output row's taps.
+    first: Vec<usize>,
+    /// `size` coefficients per output row, summing to 4096.
+    coeffs: Vec<i16>,
+}
+
+impl ChromaFilter {
+    /// The filter for `height` output rows of a frame of that (odd) height, from its
+    /// `height.div_ceil(2)` chroma rows; `None` for frames too small for the general filter.
+    /// Follows `initFilter` step for step with the values this case gives it: no extra source or
+    /// destination filter, the chroma sited as swscale assumes by default (centred between luma
+    /// rows in the source, on them in the output), and the same integer and floating-point
+    /// operations, so the coefficients are swscale's to the bit.
+    pub fn bicubic(height: usize) -> Option<ChromaFilter> {
+        let (src, dst) = (height.div_ceil(2) as i64, height as i64);
+        if src < 8 {
+            return None;
+        }
+        let inc = ((src << 16) + (dst >> 1)) / dst;
+        // `1 << (54 - av_log2(src / dst))`: an upscale divides to 0, whose log is 0.
+        let fone = 1i64 << 54;
+        // The chroma positions in 1/256 of a row: `get_local_pos` gives 128 for both.
+        let (src_pos, dst_pos) = (128i64, 128i64);
+        let mut size = 5.min(src - 2).max(1) as usize;
+        let (b, c) = (0i64, (0.6 * f64::from(1 << 24)) as i64);
+        let mut first = vec![0i64; dst as usize];
+        let mut filter = vec![0i64; dst as usize * size];
+        let mut at = ((dst_pos * inc) >> 7) - ((src_pos << 16) >> 7);
+        for i in 0..dst as usize {
+            // C's division truncates towards zero, as Rust's does.
+            let xx = (at - (size as i64 - 2) * (1 << 16)) / (1 << 17);
+            first[i] = xx;
+            for j in 0..size {
+                // Tap j sits on chroma row xx + j.
+                let d = ((xx + j as i64) * (1 << 17) - at).abs() << 13;
+                filter[i * size + j] = if d >= 1 << 31 {
+                    0
+                } else {
+                    let dd = (d * d) >> 30;
+                    let ddd = (dd * d) >> 30;
+                    if d < 1 << 30 {
+                        (12 * (1 << 24) - 9 * b - 6 * c) * ddd
+                            + (-18 * (1 << 24) + 12 * b + 6 * c) * dd
+                            + (6 * (1 << 24) - 2 * b) * (1 << 30)
+                    } else {
+                        (-b - 6 * c) * ddd
+                            + (6 * b + 30 * c) * dd
+                            + (-12 * b - 48 * c) * d
+                            + (8 * b + 24 * c) * (1 << 30)
+                    }
+                };
+            }
+            at += 2 * inc;
+        }
+        // Drop near-zero taps: shift each row's filter left past them, then count those on the
+        // right; the widest row decides the size.
+        let cut_off = 0.002 * fone as f64;
+        let mut min_size = 0;
+        for i in (0..dst as usize).rev() {
+            let row = &mut filter[i * size..][..size];
+            let mut sum = 0i64;
+            for _ in 0..size {
+                sum += row[0].abs();
+                if sum as f64 > cut_off || (i + 1 < dst as usize && first[i] >= first[i + 1]) {
+                    break;
+                }
+                row.copy_within(1.., 0);
+                row[size - 1] = 0;
+                first[i] += 1;
+            }
+            let (mut kept, mut sum) = (size, 0i64);
+            for j in (1..size).rev() {
+                sum += row[j].abs();
+                if sum as f64 > cut_off {
+                    break;
+                }
+                kept -= 1;
+            }
+            min_size = min_size.max(kept);
+        }
+        // Pairs of taps on x86 (MMX), except for a one-tap filter.
+        let new_size = if min_size == 1 { 1 } else { min_size.next_multiple_of(2) };
+        let mut taps = vec![0i64; dst as usize * new_size];
+        for i in 0..dst as usize {
+            for j in 0..new_size.min(size) {
+                taps[i * new_size + j] = filter[i * size + j];
+            }
+        }
+        size = new_size;
+        // Keep every tap inside the frame: fold those above row 0 onto it, and shift a filter
+        // that reaches past the last row up, folding what falls off onto the last row.
+        for i in 0..dst as usize {
+            let row = &mut taps[i * size..][..size];
+            if first[i] < 0 {
+                for j in 1..size {
+                    let to = (j as i64 + first[i]).max(0) as usize;
+                    row[to] += row[j];
+                    row[j] = 0;
+                }
+                first[i] = 0;
+            }
+            if first[i] + size as i64 > src {
+                let shift = first[i] + (size as i64 - src).min(0);
+                let mut folded = 0;
+                for j in (0..size).rev() {
+                    if first[i] + j as i64 >= src {
+                        folded += row[j];
+                        row[j] = 0;
+                    }
+                }
+                for j in (0..size).rev() {
+                    row[j] = if (j as i64) < shift { 0 } else { row[j - shift as usize] };
+                }
+                first[i] -= shift;
+                row[(src - 1 - first[i]) as usize] += folded;
+            }
+        }
+        // Normalise to 12 bits, carrying each tap's rounding error into the next.
+        let one = 1i64 << 12;
+        let mut coeffs = vec![0i16; taps.len()];
+        for (row, out) in taps.chunks(size).zip(coeffs.chunks_mut(size)) {
+            let sum = match (row.iter().sum::<i64>() + one / 2) / one {
+                0 => 1,
+                sum => sum,
+            };
+            let mut error = 0;
+            for (&tap, out) in row.iter().zip(out) {
+                let v = tap + error;
+                let rounded = (if v >= 0 { v + (sum >> 1) } else { v - (sum >> 1) }) / sum;
+                // swscale stores an int into its int16_t filter.
+                *out = rounded as i16;
+                error = v - rounded * sum;
+            }
+        }
+        let first = first.into_iter().map(|f| f as usize).collect();
+        Some(ChromaFilter { size, first, coeffs })
+    }
+
+    /// The first chroma row and the coefficients of output row `y`'s taps.
+    fn taps(&self, y: usize) -> (usize, &[i16]) {
+        (self.first[y], &self.coeffs[y * self.size..][..self.size])
+    }
 }
 
 impl YuvToRgb {
@@ -84,10 +240,21 @@ impl YuvToRgb {
         let coefficients = Coefficients::new(table, full_range);
         let conversion = match format {
             Pixel::YUV444P | Pixel::YUVJ444P => YuvToRgb::Full444(coefficients),
-            Pixel::YUV420P | Pixel::YUVJ420P => YuvToRgb::Direct420(coefficients),
+            Pixel::YUV420P | Pixel::YUVJ420P if height % 2 == 0 => YuvToRgb::Direct420(coefficients),
+            // swscale's general path has MMX output for BGR of even width only (an odd width
+            // makes it interpolate chroma horizontally too); its filter depends on the height,
+            // so the calibration frame has the frame's own.
+            Pixel::YUV420P | Pixel::YUVJ420P if layout == Layout::Bgr && width % 2 == 0 => {
+                YuvToRgb::General420(coefficients, ChromaFilter::bicubic(height as usize)?)
+            }
             _ => return None,
         };
-        let mut frame = ffmpeg::frame::Video::new(format, width, if height <= 64 { height } else { 64 + height % 2 });
+        let rows = match conversion {
+            YuvToRgb::General420(..) => height,
+            _ if height <= 64 => height,
+            _ => 64 + height % 2,
+        };
+        let mut frame = ffmpeg::frame::Video::new(format, width, rows);
         let extremes = [0u8, 16, 128, 240, 255];
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut scattered = || {
@@ -115,7 +282,7 @@ impl YuvToRgb {
     }
 
     /// Whether converting `frame` (of this conversion's format) gives the bytes swscale gives,
-    /// set up by `configure`.
+    /// set up by `configure`, on the rows this conversion converts ([`YuvToRgb::own_rows`]).
     pub fn matches(
         &self,
         frame: &ffmpeg::frame::Video,
@@ -136,15 +303,28 @@ impl YuvToRgb {
         let target = Target { layout, packed: false, out: &mut got, stride: want.stride(0) };
         self.convert_rows(frame, &vec![true; h as usize], None, target);
         let row = 3 * w as usize;
-        (0..h as usize).all(|y| got[y * want.stride(0)..][..row] == want.data(0)[y * want.stride(0)..][..row])
+        (0..self.own_rows(h as usize))
+            .all(|y| got[y * want.stride(0)..][..row] == want.data(0)[y * want.stride(0)..][..row])
     }
 
-    /// Convert the rows of `frame` marked in `rows` into `target`: whole rows, or only the
-    /// pixels at `columns` (ascending), which is what pays when a consumer reads few of them.
-    /// The other bytes of the target keep what they held. Compiled for the CPU's widest SIMD
-    /// ([`with_simd`]); whole 4:4:4 rows vectorise, the rest is per pixel.
+    /// How many rows of a frame of `height` rows this conversion converts, from the top: all, or
+    /// for [`YuvToRgb::General420`] all but the last two (swscale's general path converts those
+    /// with its C output functions, which compute otherwise; the caller asks swscale for them).
+    pub fn own_rows(&self, height: usize) -> usize {
+        match self {
+            YuvToRgb::General420(..) => height.saturating_sub(2),
+            _ => height,
+        }
+    }
+
+    /// Convert the rows of `frame` marked in `rows` (of [`YuvToRgb::own_rows`]; the others are
+    /// skipped) into `target`: whole rows, or only the pixels at `columns` (ascending), which is
+    /// what pays when a consumer reads few of them ([`YuvToRgb::General420`] converts whole rows
+    /// and packs nothing). The other bytes of the target keep what they held. Compiled for the
+    /// CPU's widest SIMD ([`with_simd`]); whole 4:4:4 and general 4:2:0 rows vectorise, the rest
+    /// is per pixel.
     pub fn convert_rows(&self, frame: &ffmpeg::frame::Video, rows: &[bool], columns: Option<&[usize]>, target: Target) {
-        with_simd(ConvertRows { conversion: *self, frame, rows, columns, target });
+        with_simd(ConvertRows { conversion: self, frame, rows, columns, target });
     }
 }
 
@@ -191,22 +371,90 @@ fn clip_30_bits(x: i32) -> u8 {
 
 /// The high half of a signed 16-bit product (`pmulhw`).
 #[inline(always)]
-fn mul_high(a: i16, b: i32) -> i16 {
-    (i32::from(a).wrapping_mul(b) >> 16) as i16
+fn mul_high(a: i16, b: i16) -> i16 {
+    ((i32::from(a) * i32::from(b)) >> 16) as i16
 }
 
 /// One 4:2:0 pixel, (R, G, B), as swscale's direct x86 converter computes it in 16-bit lanes:
-/// luma and chroma scaled by 8 and offset (`y * 8 - offset`, `u * 8 - 1024`), the high halves
-/// of their products with the coefficients (`pmulhw`), 16-bit sums, then saturated to 8 bits.
-/// swscale saturates its subtractions and sums to 16 bits, which never applies: the scaled
-/// values lie in -1024..=2040 and the coefficients in i16, so each product's high half is
-/// within +-1020 and every sum within +-2044 (plain wrapping operations are exact, and cheaper).
+/// luma and chroma scaled by 8 ([`mmx_pixel`]).
 #[inline(always)]
 fn direct_420_pixel(c: Coefficients, y: u8, u: u8, v: u8) -> [u8; 3] {
-    let ym = mul_high((i16::from(y) << 3).wrapping_sub(c.y_offset_direct), c.y_coeff);
-    let (u, v) = ((i16::from(u) << 3).wrapping_sub(1024), (i16::from(v) << 3).wrapping_sub(1024));
-    let green = mul_high(u, c.u2g).wrapping_add(mul_high(v, c.v2g));
-    [mul_high(v, c.v2r), green, mul_high(u, c.u2b)].map(|chroma| ym.wrapping_add(chroma).clamp(0, 255) as u8)
+    mmx_pixel(c, i16::from(y) << 3, i16::from(u) << 3, i16::from(v) << 3)
+}
+
+/// One pixel, (R, G, B), from luma and chroma scaled by 8, as swscale's x86 converters compute
+/// it in 16-bit lanes (the direct one and the general path's MMX output alike): offset
+/// (`y - offset`, `u - 1024`), the high halves of their products with the coefficients
+/// (`pmulhw`), 16-bit sums, then saturated to 8 bits. Some of swscale's subtractions and sums
+/// saturate to 16 bits, others wrap; neither ever applies: the scaled values lie within
+/// -1024..=2600 (the general path's bicubic overshoot included) and the coefficients in i16,
+/// so each product's high half is within +-1300 and every sum within +-2600 (plain wrapping
+/// operations are exact, and cheaper).
+#[inline(always)]
+fn mmx_pixel(c: Coefficients, y: i16, u: i16, v: i16) -> [u8; 3] {
+    // The coefficients are i16 values (`round_to_i16`): as i16 the products are `pmulhw`.
+    let k = |coeff: i32| coeff as i16;
+    let ym = mul_high(y.wrapping_sub(c.y_offset_direct), k(c.y_coeff));
+    let (u, v) = (u.wrapping_sub(1024), v.wrapping_sub(1024));
+    let green = mul_high(u, k(c.u2g)).wrapping_add(mul_high(v, k(c.v2g)));
+    [mul_high(v, k(c.v2r)), green, mul_high(u, k(c.u2b))].map(|chroma| ym.wrapping_add(chroma).clamp(0, 255) as u8)
+}
+
+/// A whole row `y` of a 4:2:0 frame of odd height into packed pixels, as swscale's general path
+/// computes it on x86: luma and chroma at 15 bits (`<< 7`, its identity horizontal filters),
+/// chroma filtered vertically by `filter` in MMX (the high half of each tap's product with its
+/// 12-bit coefficient, summed in 16 bits from a rounding term of 4), luma by its one-tap
+/// identity (`8 * y + 4` the same way), then [`mmx_pixel`], two pixels per chroma sample. In
+/// chunks whose arithmetic runs over contiguous arrays, so that it vectorises.
+#[inline(always)]
+fn general_420_row(
+    c: Coefficients,
+    filter: &ChromaFilter,
+    frame: &ffmpeg::frame::Video,
+    y: usize,
+    layout: Layout,
+    out: &mut [u8],
+) {
+    let (first, coeffs) = filter.taps(y);
+    let luma = plane_row(frame, 0, y);
+    // The taps' chroma rows, looked up once per row (a plane row is a few calls into FFmpeg).
+    let taps: Vec<[(&[u8], i16); 2]> = (coeffs.iter().enumerate())
+        .map(|(j, &k)| [1, 2].map(|plane| (plane_row(frame, plane, first + j), k)))
+        .collect();
+    const HALF: usize = CHUNK / 2;
+    for (chunk, out) in out.chunks_mut(3 * CHUNK).enumerate() {
+        let (x0, n) = (chunk * CHUNK, out.len() / 3);
+        let mut filtered = [[4i16; HALF]; 2];
+        for (plane, sums) in filtered.iter_mut().enumerate() {
+            for &(row, k) in taps.iter().map(|tap| &tap[plane]) {
+                let row = &row[x0 / 2..][..n.div_ceil(2)];
+                for (sum, &sample) in sums.iter_mut().zip(row) {
+                    *sum = sum.wrapping_add(mul_high(i16::from(sample) << 7, k));
+                }
+            }
+        }
+        let mut samples = [[0i16; CHUNK]; 3];
+        for (i, &l) in luma[x0..][..n].iter().enumerate() {
+            samples[0][i] = (i16::from(l) << 3) + 4;
+        }
+        for i in 0..HALF {
+            for plane in 0..2 {
+                samples[plane + 1][2 * i] = filtered[plane][i];
+                samples[plane + 1][2 * i + 1] = filtered[plane][i];
+            }
+        }
+        let mut channels = [[0u8; CHUNK]; 3];
+        for i in 0..CHUNK {
+            [channels[0][i], channels[1][i], channels[2][i]] =
+                mmx_pixel(c, samples[0][i], samples[1][i], samples[2][i]);
+        }
+        if layout == Layout::Bgr {
+            channels.swap(0, 2);
+        }
+        for (i, px) in out.chunks_exact_mut(3).enumerate() {
+            (px[0], px[1], px[2]) = (channels[0][i], channels[1][i], channels[2][i]);
+        }
+    }
 }
 
 /// A whole row of 4:4:4 planes Y, U, V (equal lengths) into packed pixels, in chunks that
@@ -233,7 +481,7 @@ fn full_444_row(c: Coefficients, y: &[u8], u: &[u8], v: &[u8], layout: Layout, o
 
 /// [`YuvToRgb::convert_rows`] as an operation [`with_simd`] compiles for the CPU's widest SIMD.
 struct ConvertRows<'a> {
-    conversion: YuvToRgb,
+    conversion: &'a YuvToRgb,
     frame: &'a ffmpeg::frame::Video,
     rows: &'a [bool],
     columns: Option<&'a [usize]>,
@@ -246,19 +494,21 @@ impl pulp::WithSimd for ConvertRows<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let (frame, width, target) = (self.frame, self.frame.width() as usize, self.target);
-        let (layout, packed) = (target.layout, target.packed && self.columns.is_some());
-        for (r, y) in (0..self.rows.len()).filter(|&y| self.rows[y]).enumerate() {
+        let columns = self.columns.filter(|_| !matches!(self.conversion, YuvToRgb::General420(..)));
+        let (layout, packed) = (target.layout, target.packed && columns.is_some());
+        let own = self.conversion.own_rows(self.rows.len());
+        for (r, y) in (0..own).filter(|&y| self.rows[y]).enumerate() {
             let out = &mut target.out[if packed { r } else { y } * target.stride..][..3 * width];
-            match (self.conversion, self.columns) {
-                (YuvToRgb::Full444(c), None) => {
+            match (self.conversion, columns) {
+                (&YuvToRgb::Full444(c), None) => {
                     let [py, pu, pv] = [0, 1, 2].map(|p| plane_row(frame, p, y));
                     full_444_row(c, py, pu, pv, layout, out);
                 }
-                (YuvToRgb::Full444(c), Some(columns)) => {
+                (&YuvToRgb::Full444(c), Some(columns)) => {
                     let planes = [0, 1, 2].map(|p| plane_row(frame, p, y));
                     listed_pixels(|y, u, v| full_444_pixel(c, y, u, v), planes, 0, columns, (layout, packed), out);
                 }
-                (YuvToRgb::Direct420(c), columns) => {
+                (&YuvToRgb::Direct420(c), columns) => {
                     let planes = [(0, y), (1, y / 2), (2, y / 2)].map(|(p, y)| plane_row(frame, p, y));
                     let all: Vec<usize>;
                     let columns = match columns {
@@ -270,6 +520,7 @@ impl pulp::WithSimd for ConvertRows<'_> {
                     };
                     listed_pixels(|y, u, v| direct_420_pixel(c, y, u, v), planes, 1, columns, (layout, packed), out);
                 }
+                (YuvToRgb::General420(c, filter), _) => general_420_row(*c, filter, frame, y, layout, out),
             }
         }
     }
@@ -368,11 +619,12 @@ mod tests {
     use super::*;
     use ffmpeg::ffi;
 
-    /// A 4096 x 4096 frame of an 8-bit planar format holding every (Y, U, V) at least once:
-    /// pixel `i` (row-major) of 4:4:4 has the bytes of `i`; in 4:2:0, chroma block `b` has the
-    /// (U, V) of `b mod 2^16` and its four pixels the luma values `4 * (b / 2^16) + 0..4`.
-    fn every_colour(format: Pixel) -> ffmpeg::frame::Video {
-        let mut frame = ffmpeg::frame::Video::new(format, 4096, 4096);
+    /// A 4096 x `height` frame of an 8-bit planar format holding, at the height 4096, every (Y, U,
+    /// V) at least once: pixel `i` (row-major) of 4:4:4 has the bytes of `i`; in 4:2:0, chroma
+    /// block `b` has the (U, V) of `b mod 2^16` and its four pixels the luma values
+    /// `4 * (b / 2^16) + 0..4`.
+    fn every_colour(format: Pixel, height: u32) -> ffmpeg::frame::Video {
+        let mut frame = ffmpeg::frame::Video::new(format, 4096, height);
         let subsampled = frame.plane_width(1) < 4096;
         for plane in 0..3 {
             let (w, h) = (frame.plane_width(plane) as usize, frame.plane_height(plane) as usize);
@@ -402,7 +654,7 @@ mod tests {
         for (format, conversion) in
             [(Pixel::YUV444P, YuvToRgb::Full444 as fn(Coefficients) -> YuvToRgb), (Pixel::YUV420P, YuvToRgb::Direct420)]
         {
-            let frame = every_colour(format);
+            let frame = every_colour(format, 4096);
             for matrix in matrices {
                 for full in [false, true] {
                     let own = conversion(Coefficients::new(coefficients(matrix), full));
@@ -426,9 +678,44 @@ mod tests {
             let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, ffi::SWS_CS_DEFAULT, false);
             assert!(!wrong.matches(&frame, Layout::Bgr, configure));
         }
-        // An odd height sends 4:2:0 through swscale's general path, which computes otherwise.
+    }
+
+    /// An odd height sends 4:2:0 through swscale's general path, whose vertical chroma filter
+    /// depends on the height: ours gives its bytes on (nearly) every colour, on the calibration
+    /// frames of other sizes (the extremes and random samples), with every matrix and range, to
+    /// BGR; to RGB and at odd widths swscale computes otherwise, and no copy is offered.
+    #[test]
+    fn odd_height_420_converts_as_swscale_does() {
+        super::super::ffmpeg_init();
+        let matrices = [ffi::SWS_CS_DEFAULT, ffi::SWS_CS_ITU709, ffi::SWS_CS_BT2020];
+        let frame = every_colour(Pixel::YUV420P, 4095);
+        for matrix in matrices {
+            for full in [false, true] {
+                let filter = ChromaFilter::bicubic(4095).expect("a large frame");
+                let own = YuvToRgb::General420(Coefficients::new(coefficients(matrix), full), filter);
+                let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, matrix, full);
+                assert!(own.matches(&frame, Layout::Bgr, configure), "matrix {matrix}, full {full}");
+                for size in [(720, 405), (1280, 721), (98, 17), (34, 99), (640, 359)] {
+                    let calibrated = YuvToRgb::matching_swscale(
+                        Pixel::YUV420P,
+                        size,
+                        coefficients(matrix),
+                        full,
+                        Layout::Bgr,
+                        configure,
+                    );
+                    assert!(
+                        matches!(calibrated, Some(YuvToRgb::General420(..))),
+                        "{size:?}, matrix {matrix}, full {full}"
+                    );
+                }
+            }
+        }
         let configure = |ctx: &mut scaling::Context| set_colorspace(ctx, ffi::SWS_CS_DEFAULT, false);
         let table = coefficients(ffi::SWS_CS_DEFAULT);
-        assert!(YuvToRgb::matching_swscale(Pixel::YUV420P, (720, 405), table, false, Layout::Bgr, configure).is_none());
+        assert!(YuvToRgb::matching_swscale(Pixel::YUV420P, (720, 405), table, false, Layout::Rgb, configure).is_none());
+        // An odd width, or too few chroma rows for the general filter: swscale's own.
+        assert!(YuvToRgb::matching_swscale(Pixel::YUV420P, (33, 99), table, false, Layout::Bgr, configure).is_none());
+        assert!(YuvToRgb::matching_swscale(Pixel::YUV420P, (64, 13), table, false, Layout::Bgr, configure).is_none());
     }
 }
