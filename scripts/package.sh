@@ -29,10 +29,18 @@ start=$SECONDS
 prefix=$(scripts/ffmpeg-static.sh | tail -1)
 echo "package: static FFmpeg in $prefix ($((SECONDS - start)) s)" >&2
 features=static-ffmpeg
+build=(build)
 if [ "$variant" = cuda ]; then
   source scripts/cuda-env.sh
   cuda_link_stubs "$profile"
   features+=,cuda
+  # candle's CUDA kernels ask the linker for the C++ runtime (-lstdc++). A folder holding only
+  # its static archive, searched before the system's, links it into the binary, so that a node
+  # needs no libstdc++ (GCC's runtime exception allows that). Only the binary is relinked.
+  cxx=${CARGO_TARGET_DIR:-target}/static-libstdcxx
+  mkdir -p "$cxx"
+  ln -sf "$(g++ -print-file-name=libstdc++.a)" "$cxx/libstdc++.a"
+  build=(rustc)
 fi
 # ffmpeg-sys-next with its `static` feature links the archives of $FFMPEG_DIR/lib into the binary.
 # It does not ask cargo to rerun it when FFMPEG_DIR changes: when the recipe (hence the folder)
@@ -41,7 +49,8 @@ stamp=${CARGO_TARGET_DIR:-target}/mugflow-ffmpeg-static-$profile
 if [ -e "$stamp" ] && [ "$(cat "$stamp")" != "$prefix" ]; then
   cargo clean -p ffmpeg-sys-next --profile "$profile"
 fi
-FFMPEG_DIR=$prefix cargo build --profile "$profile" --features "$features" --bin mugflow
+FFMPEG_DIR=$prefix cargo "${build[@]}" --profile "$profile" --features "$features" --bin mugflow \
+  ${cxx:+-- -L "native=$cxx"}
 echo "$prefix" > "$stamp"
 exe=${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")/mugflow
 
@@ -58,6 +67,10 @@ strip -o "$stage/bin/mugflow" "$exe"
 cp LICENSE "$stage/LICENSES/mugflow-Apache-2.0.txt"
 cp -r "$prefix/share/licenses/." "$stage/LICENSES/"
 cp "$prefix/VERSIONS" "$stage/LICENSES/native-versions.txt"
+if [ "$variant" = cuda ]; then
+  echo "libstdc++ of GCC $(g++ -dumpfullversion) (GPL-3.0-or-later WITH GCC-exception-3.1), linked statically" \
+    > "$stage/LICENSES/libstdc++.txt"
+fi
 
 # The Rust crates compiled into the binary (normal dependencies of mugflow, for this target and
 # these features), their licences in THIRD-PARTY.md and their licence files under LICENSES/rust.
