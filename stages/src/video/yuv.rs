@@ -387,9 +387,9 @@ fn direct_420_pixel(c: Coefficients, y: u8, u: u8, v: u8) -> [u8; 3] {
 /// (`y - offset`, `u - 1024`), the high halves of their products with the coefficients
 /// (`pmulhw`), 16-bit sums, then saturated to 8 bits. Some of swscale's subtractions and sums
 /// saturate to 16 bits, others wrap; neither ever applies: the scaled values lie within
-/// -1024..=2600 (the general path's bicubic overshoot included) and the coefficients in i16,
-/// so each product's high half is within +-1300 and every sum within +-2600 (plain wrapping
-/// operations are exact, and cheaper).
+/// -400..=2400 (the general path's bicubic overshoot included), within -1500..=2100 once offset,
+/// and the coefficients in i16, so each product's high half is within +-1050 and every sum within
+/// +-3150 (plain wrapping operations are exact, and cheaper).
 #[inline(always)]
 fn mmx_pixel(c: Coefficients, y: i16, u: i16, v: i16) -> [u8; 3] {
     // The coefficients are i16 values (`round_to_i16`): as i16 the products are `pmulhw`.
