@@ -406,27 +406,25 @@ fn mmx_pixel(c: Coefficients, y: i16, u: i16, v: i16) -> [u8; 3] {
 /// 12-bit coefficient, summed in 16 bits from a rounding term of 4), luma by its one-tap
 /// identity (`8 * y + 4` the same way), then [`mmx_pixel`], two pixels per chroma sample. In
 /// chunks whose arithmetic runs over contiguous arrays, so that it vectorises.
+///
+/// `luma` is the row's Y samples; `chroma` holds the U and V planes' rows, looked up once per frame (a plane row is a few calls
+/// into FFmpeg).
 #[inline(always)]
 fn general_420_row(
     c: Coefficients,
     filter: &ChromaFilter,
-    frame: &ffmpeg::frame::Video,
+    (luma, chroma): (&[u8], &[Vec<&[u8]>; 2]),
     y: usize,
     layout: Layout,
     out: &mut [u8],
 ) {
     let (first, coeffs) = filter.taps(y);
-    let luma = plane_row(frame, 0, y);
-    // The taps' chroma rows, looked up once per row (a plane row is a few calls into FFmpeg).
-    let taps: Vec<[(&[u8], i16); 2]> = (coeffs.iter().enumerate())
-        .map(|(j, &k)| [1, 2].map(|plane| (plane_row(frame, plane, first + j), k)))
-        .collect();
     const HALF: usize = CHUNK / 2;
     for (chunk, out) in out.chunks_mut(3 * CHUNK).enumerate() {
         let (x0, n) = (chunk * CHUNK, out.len() / 3);
         let mut filtered = [[4i16; HALF]; 2];
-        for (plane, sums) in filtered.iter_mut().enumerate() {
-            for &(row, k) in taps.iter().map(|tap| &tap[plane]) {
+        for (rows, sums) in chroma.iter().zip(&mut filtered) {
+            for (row, &k) in rows[first..].iter().zip(coeffs) {
                 let row = &row[x0 / 2..][..n.div_ceil(2)];
                 for (sum, &sample) in sums.iter_mut().zip(row) {
                     *sum = sum.wrapping_add(mul_high(i16::from(sample) << 7, k));
@@ -497,6 +495,13 @@ impl pulp::WithSimd for ConvertRows<'_> {
         let columns = self.columns.filter(|_| !matches!(self.conversion, YuvToRgb::General420(..)));
         let (layout, packed) = (target.layout, target.packed && columns.is_some());
         let own = self.conversion.own_rows(self.rows.len());
+        // The chroma rows the general 4:2:0 filter reads, once per frame.
+        let chroma: [Vec<&[u8]>; 2] = match self.conversion {
+            YuvToRgb::General420(..) => {
+                [1, 2].map(|p| (0..frame.plane_height(p) as usize).map(|r| plane_row(frame, p, r)).collect())
+            }
+            _ => [Vec::new(), Vec::new()],
+        };
         for (r, y) in (0..own).filter(|&y| self.rows[y]).enumerate() {
             let out = &mut target.out[if packed { r } else { y } * target.stride..][..3 * width];
             match (self.conversion, columns) {
@@ -520,7 +525,9 @@ impl pulp::WithSimd for ConvertRows<'_> {
                     };
                     listed_pixels(|y, u, v| direct_420_pixel(c, y, u, v), planes, 1, columns, (layout, packed), out);
                 }
-                (YuvToRgb::General420(c, filter), _) => general_420_row(*c, filter, frame, y, layout, out),
+                (YuvToRgb::General420(c, filter), _) => {
+                    general_420_row(*c, filter, (plane_row(frame, 0, y), &chroma), y, layout, out)
+                }
             }
         }
     }
